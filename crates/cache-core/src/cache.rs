@@ -1,0 +1,1134 @@
+//! The typed cache: one namespace, one value type, one codec.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::codec::Codec;
+use crate::engine::Engine;
+use crate::error::{Error, ErrorKind, Result};
+use crate::header::Header;
+use crate::key::KeySpace;
+use crate::l1::{L1Entry, NamespaceId};
+use crate::observer::{CacheEvent, CacheObserver};
+use crate::remote::{check_value_size, RemoteEntry};
+
+/// Bytes charged per L1 entry on top of its encoded size (key, bookkeeping, allocator).
+pub const L1_ENTRY_OVERHEAD: u32 = 96;
+
+/// Settings of one typed cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct CacheConfig {
+    /// How long a value is served from L1 (default 30 s). Must not exceed `l2_ttl`.
+    #[serde(with = "duration_ms")]
+    pub l1_ttl: Duration,
+    /// How long a value lives in L2 (default 10 min).
+    #[serde(with = "duration_ms")]
+    pub l2_ttl: Duration,
+    /// How long "the source has no such key" is remembered (default 30 s; L1 uses the
+    /// smaller of this and `l1_ttl`).
+    #[serde(with = "duration_ms")]
+    pub negative_ttl: Duration,
+    /// TTL jitter as a fraction: each TTL is shortened by a random amount up to this share,
+    /// so keys written together do not expire together (default 0.1; 0 disables).
+    pub jitter: f64,
+    /// Schema version put into every key (`{prefix}:{ns}:v{n}:{key}`); bump it when the value
+    /// type changes incompatibly.
+    pub schema_version: Option<u32>,
+    /// Compress payloads of at least this many bytes with lz4 (needs the `lz4` feature).
+    pub compress_above: Option<usize>,
+    /// Raw mode: L2 holds the bare codec payload, no header, for clients in other languages.
+    /// Negative entries are then kept in L1 only.
+    pub raw: bool,
+    /// Longest accepted user key in bytes (default 1024).
+    pub max_key_len: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            l1_ttl: Duration::from_secs(30),
+            l2_ttl: Duration::from_secs(600),
+            negative_ttl: Duration::from_secs(30),
+            jitter: 0.1,
+            schema_version: None,
+            compress_above: None,
+            raw: false,
+            max_key_len: crate::key::DEFAULT_MAX_KEY_LEN,
+        }
+    }
+}
+
+impl CacheConfig {
+    /// Check the settings for contradictions.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::new(ErrorKind::InvalidConfig, m));
+        if self.l1_ttl.is_zero() || self.l2_ttl.is_zero() {
+            return bad("l1_ttl and l2_ttl must be positive".into());
+        }
+        if self.l1_ttl > self.l2_ttl {
+            return bad(format!(
+                "l1_ttl ({:?}) must not exceed l2_ttl ({:?})",
+                self.l1_ttl, self.l2_ttl
+            ));
+        }
+        if !(0.0..1.0).contains(&self.jitter) {
+            return bad(format!("jitter must be in [0, 1), got {}", self.jitter));
+        }
+        if self.max_key_len == 0 {
+            return bad("max_key_len must be positive".into());
+        }
+        #[cfg(not(feature = "lz4"))]
+        if self.compress_above.is_some() {
+            return bad("compress_above needs the `lz4` feature".into());
+        }
+        Ok(())
+    }
+}
+
+mod duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+/// Builds a [`Cache`]; get one from [`Engine::cache`].
+pub struct CacheBuilder<V, C> {
+    engine: Engine,
+    namespace: String,
+    config: CacheConfig,
+    _types: PhantomData<fn() -> (V, C)>,
+}
+
+impl<V, C> fmt::Debug for CacheBuilder<V, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheBuilder")
+            .field("namespace", &self.namespace)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<V, C> CacheBuilder<V, C>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    pub(crate) fn new(engine: Engine, namespace: String, config: CacheConfig) -> Self {
+        CacheBuilder {
+            engine,
+            namespace,
+            config,
+            _types: PhantomData,
+        }
+    }
+
+    /// Replace all settings at once (e.g. deserialized from a config file).
+    pub fn with_config(mut self, config: CacheConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// How long values are served from L1.
+    pub fn with_l1_ttl(mut self, ttl: Duration) -> Self {
+        self.config.l1_ttl = ttl;
+        self
+    }
+
+    /// How long values live in L2.
+    pub fn with_l2_ttl(mut self, ttl: Duration) -> Self {
+        self.config.l2_ttl = ttl;
+        self
+    }
+
+    /// How long negative answers are remembered.
+    pub fn with_negative_ttl(mut self, ttl: Duration) -> Self {
+        self.config.negative_ttl = ttl;
+        self
+    }
+
+    /// TTL jitter fraction in `[0, 1)`; `0` disables it.
+    pub fn with_jitter(mut self, jitter: f64) -> Self {
+        self.config.jitter = jitter;
+        self
+    }
+
+    /// Schema version inside every key.
+    pub fn with_schema_version(mut self, version: u32) -> Self {
+        self.config.schema_version = Some(version);
+        self
+    }
+
+    /// lz4-compress payloads of at least `bytes` bytes (feature `lz4`).
+    pub fn with_compression_above(mut self, bytes: usize) -> Self {
+        self.config.compress_above = Some(bytes);
+        self
+    }
+
+    /// Raw mode (no header in L2).
+    pub fn with_raw(mut self, raw: bool) -> Self {
+        self.config.raw = raw;
+        self
+    }
+
+    /// Longest accepted user key.
+    pub fn with_max_key_len(mut self, max: usize) -> Self {
+        self.config.max_key_len = max;
+        self
+    }
+
+    /// Build the cache.
+    pub fn build(self) -> Result<Cache<V, C>> {
+        self.config.validate()?;
+        let keys = KeySpace::new(
+            &self.engine.inner.prefix,
+            &self.namespace,
+            self.config.schema_version,
+        )?
+        .with_max_key_len(self.config.max_key_len);
+        let ns = self.engine.register_namespace::<V>(&self.namespace)?;
+        let observer = self.engine.inner.observer.for_cache(&self.namespace);
+        Ok(Cache {
+            inner: Arc::new(CacheInner {
+                engine: self.engine,
+                name: self.namespace,
+                ns,
+                keys,
+                config: self.config,
+                observer,
+                stats: Counters::default(),
+                inflight: Mutex::new(HashMap::new()),
+                _codec: PhantomData,
+            }),
+        })
+    }
+}
+
+/// Counters of one typed cache (everything but L1 hits, which the L1 store and the observer
+/// count, to keep the hit path free of shared writes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// L2 reads that returned a usable value.
+    pub l2_hits: u64,
+    /// L2 reads that found nothing (or a logically expired value).
+    pub l2_misses: u64,
+    /// L2 reads that found unreadable bytes (treated as misses, then overwritten).
+    pub l2_corrupt: u64,
+    /// Failed L2 operations (the cache carried on without L2).
+    pub l2_errors: u64,
+    /// Loader calls (a batch loader call counts once).
+    pub loads: u64,
+    /// Loader calls that failed.
+    pub load_errors: u64,
+    /// Callers that joined a load already in flight.
+    pub coalesced: u64,
+    /// Values not written to L2 because they exceeded its maximum size.
+    pub oversize: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    l2_hits: AtomicU64,
+    l2_misses: AtomicU64,
+    l2_corrupt: AtomicU64,
+    l2_errors: AtomicU64,
+    loads: AtomicU64,
+    load_errors: AtomicU64,
+    coalesced: AtomicU64,
+    oversize: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What one load produces, shared by every waiter.
+type Shared<V> = Result<Option<Arc<V>>>;
+type Flight<V> = watch::Receiver<Option<Shared<V>>>;
+
+/// A typed cache over one namespace. Cheap to clone; clones share everything.
+pub struct Cache<V, C> {
+    inner: Arc<CacheInner<V, C>>,
+}
+
+impl<V, C> Clone for Cache<V, C> {
+    fn clone(&self) -> Self {
+        Cache {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<V, C> fmt::Debug for Cache<V, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("namespace", &self.inner.name)
+            .field("base", &self.inner.keys.base())
+            .finish()
+    }
+}
+
+struct CacheInner<V, C> {
+    engine: Engine,
+    name: String,
+    ns: NamespaceId,
+    keys: KeySpace,
+    config: CacheConfig,
+    observer: Arc<dyn CacheObserver>,
+    stats: Counters,
+    inflight: Mutex<HashMap<String, Flight<V>>>,
+    _codec: PhantomData<fn() -> C>,
+}
+
+/// A value read from L2 and decoded.
+struct Decoded<V> {
+    value: Option<V>,
+    expires_at_ms: u64,
+    delta_us: u32,
+    weight: u32,
+}
+
+/// Why L2 bytes gave no value.
+enum Unusable {
+    Expired,
+    Corrupt(Error),
+}
+
+impl<V, C> Cache<V, C>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    /// The namespace.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &CacheConfig {
+        &self.inner.config
+    }
+
+    /// The full L2 key of a user key (validated).
+    pub fn full_key(&self, key: &str) -> Result<String> {
+        self.inner.keys.full(key)
+    }
+
+    /// Counters of this cache.
+    pub fn stats(&self) -> CacheStats {
+        let c = &self.inner.stats;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CacheStats {
+            l2_hits: l(&c.l2_hits),
+            l2_misses: l(&c.l2_misses),
+            l2_corrupt: l(&c.l2_corrupt),
+            l2_errors: l(&c.l2_errors),
+            loads: l(&c.loads),
+            load_errors: l(&c.load_errors),
+            coalesced: l(&c.coalesced),
+            oversize: l(&c.oversize),
+        }
+    }
+
+    /// The L1 answer alone: `Some(Some(v))` a live value, `Some(None)` a live negative entry,
+    /// `None` nothing live. No network, no decoding, no allocation, never yields.
+    #[inline]
+    pub fn get_local(&self, key: &str) -> Option<Option<Arc<V>>> {
+        let inner = &*self.inner;
+        let now = inner.engine.inner.clock.now_ms();
+        match inner.engine.inner.l1.get(inner.ns, key, now) {
+            Some(entry) => match entry.value {
+                None => {
+                    inner.observer.on_event(CacheEvent::L1Hit);
+                    Some(None)
+                }
+                Some(any) => match any.downcast::<V>() {
+                    Ok(v) => {
+                        inner.observer.on_event(CacheEvent::L1Hit);
+                        Some(Some(v))
+                    }
+                    Err(_) => {
+                        inner.observer.on_event(CacheEvent::L1Miss);
+                        None
+                    }
+                },
+            },
+            None => {
+                inner.observer.on_event(CacheEvent::L1Miss);
+                None
+            }
+        }
+    }
+
+    /// Read through L1 then L2 (filling L1 on an L2 hit). `Ok(None)` when neither tier has
+    /// the key (or holds a negative entry). L2 failures are counted and read as a miss.
+    pub async fn get(&self, key: &str) -> Result<Option<Arc<V>>> {
+        crate::key::validate_key(key, self.inner.keys.max_key_len())?;
+        if let Some(hit) = self.get_local(key) {
+            return Ok(hit);
+        }
+        let full = self.inner.keys.full(key)?;
+        Ok(self.inner.l2_read(key, &full).await.flatten())
+    }
+
+    /// Read many keys: L1 first, then one L2 round trip for all L1 misses. The result is
+    /// aligned with `keys`.
+    pub async fn get_many<K: AsRef<str>>(&self, keys: &[K]) -> Result<Vec<Option<Arc<V>>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        let mut missing: Vec<(usize, String)> = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            let k = k.as_ref();
+            crate::key::validate_key(k, self.inner.keys.max_key_len())?;
+            match self.get_local(k) {
+                Some(hit) => out.push(hit),
+                None => {
+                    out.push(None);
+                    missing.push((i, k.to_owned()));
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let found = self
+            .inner
+            .l2_read_many(missing.iter().map(|(_, k)| k.clone()).collect())
+            .await;
+        for ((i, _), v) in missing.into_iter().zip(found) {
+            out[i] = v.flatten();
+        }
+        Ok(out)
+    }
+
+    /// Read through both tiers; on a full miss run `loader` once for all concurrent callers
+    /// of this key in this process, store its value in L2 and L1, and return it.
+    ///
+    /// The load runs in its own task: dropping this future does not cancel it, and other
+    /// callers waiting for it still get the value. A loader error reaches every waiter; a
+    /// panicking loader becomes an [`ErrorKind::LoaderPanicked`] error. If the key is held as
+    /// a negative entry, the result is an [`ErrorKind::NotFound`] error.
+    pub async fn get_or_load<F, Fut, E>(&self, key: &str, loader: F) -> Result<Arc<V>>
+    where
+        F: FnOnce(String) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        let found = self
+            .load_inner(key, None, move |k| async move { loader(k).await.map(Some) })
+            .await?;
+        found.ok_or_else(|| Error::new(ErrorKind::NotFound, "the source has no value for this key"))
+    }
+
+    /// Like [`Cache::get_or_load`], for loaders that can answer "absent" (`Ok(None)`): the
+    /// absence is cached for `negative_ttl` (negative caching).
+    pub async fn get_or_load_optional<F, Fut, E>(
+        &self,
+        key: &str,
+        loader: F,
+    ) -> Result<Option<Arc<V>>>
+    where
+        F: FnOnce(String) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        self.load_inner(key, None, loader).await
+    }
+
+    /// Like [`Cache::get_or_load`] with a per-call L2 TTL (L1 uses the smaller of it and
+    /// `l1_ttl`).
+    pub async fn get_or_load_with_ttl<F, Fut, E>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        loader: F,
+    ) -> Result<Arc<V>>
+    where
+        F: FnOnce(String) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        let found = self
+            .load_inner(
+                key,
+                Some(ttl),
+                move |k| async move { loader(k).await.map(Some) },
+            )
+            .await?;
+        found.ok_or_else(|| Error::new(ErrorKind::NotFound, "the source has no value for this key"))
+    }
+
+    async fn load_inner<F, Fut, E>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        loader: F,
+    ) -> Result<Option<Arc<V>>>
+    where
+        F: FnOnce(String) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        crate::key::validate_key(key, self.inner.keys.max_key_len())?;
+        if let Some(hit) = self.get_local(key) {
+            return Ok(hit);
+        }
+        let full = self.inner.keys.full(key)?;
+        let rx = {
+            let mut map = self.inner.lock_inflight();
+            match map.get(key) {
+                Some(rx) => {
+                    bump(&self.inner.stats.coalesced);
+                    self.inner.observer.on_event(CacheEvent::Coalesced);
+                    rx.clone()
+                }
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    map.insert(key.to_owned(), rx.clone());
+                    drop(map);
+                    let inner = Arc::clone(&self.inner);
+                    let guard = FlightGuard {
+                        inner: Arc::clone(&self.inner),
+                        flights: vec![(key.to_owned(), tx)],
+                    };
+                    let key = key.to_owned();
+                    spawn(async move {
+                        let result = inner.fill_one(key, full, ttl, loader).await;
+                        guard.finish(|_| result.clone());
+                    })?;
+                    rx
+                }
+            }
+        };
+        wait(rx).await
+    }
+
+    /// Read many keys through both tiers; keys missing from both are loaded with one call of
+    /// `loader`, which receives them all and returns the values it found (keys it leaves out
+    /// are cached as absent). Keys already being loaded by another caller are joined, not
+    /// loaded again. The result is aligned with `keys`.
+    pub async fn get_many_or_load<K, F, Fut, E>(
+        &self,
+        keys: &[K],
+        loader: F,
+    ) -> Result<Vec<Option<Arc<V>>>>
+    where
+        K: AsRef<str>,
+        F: FnOnce(Vec<String>) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<HashMap<String, V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        let mut out: Vec<Option<Arc<V>>> = Vec::with_capacity(keys.len());
+        let mut waits: Vec<(usize, Flight<V>)> = Vec::new();
+        let mut led: Vec<(String, watch::Sender<Option<Shared<V>>>)> = Vec::new();
+        {
+            let mut map = self.inner.lock_inflight();
+            for (i, k) in keys.iter().enumerate() {
+                let k = k.as_ref();
+                crate::key::validate_key(k, self.inner.keys.max_key_len())?;
+                if let Some(hit) = self.get_local(k) {
+                    out.push(hit);
+                    continue;
+                }
+                out.push(None);
+                match map.get(k) {
+                    Some(rx) => {
+                        if !led.iter().any(|(l, _)| l == k) {
+                            bump(&self.inner.stats.coalesced);
+                            self.inner.observer.on_event(CacheEvent::Coalesced);
+                        }
+                        waits.push((i, rx.clone()));
+                    }
+                    None => {
+                        let (tx, rx) = watch::channel(None);
+                        map.insert(k.to_owned(), rx.clone());
+                        led.push((k.to_owned(), tx));
+                        waits.push((i, rx));
+                    }
+                }
+            }
+        }
+        if !led.is_empty() {
+            let inner = Arc::clone(&self.inner);
+            let keys: Vec<String> = led.iter().map(|(k, _)| k.clone()).collect();
+            let guard = FlightGuard {
+                inner: Arc::clone(&self.inner),
+                flights: led,
+            };
+            spawn(async move {
+                let results = inner.fill_many(keys, loader).await;
+                guard.finish(|k| {
+                    results.get(k).cloned().unwrap_or_else(|| {
+                        Err(Error::new(ErrorKind::Closed, "batch load lost a key"))
+                    })
+                });
+            })?;
+        }
+        let results = futures::future::join_all(
+            waits
+                .into_iter()
+                .map(|(i, rx)| async move { (i, wait(rx).await) }),
+        )
+        .await;
+        for (i, r) in results {
+            out[i] = r?;
+        }
+        Ok(out)
+    }
+
+    /// Write a value through both tiers with the default TTLs.
+    ///
+    /// The value is encoded and size-checked first: an encode error or an oversized value is
+    /// returned before anything changes. Then L2 is written and L1 updated. If L2 fails, L1
+    /// still holds the new value (this process reads its own write) and the L2 error is
+    /// returned.
+    pub async fn set(&self, key: &str, value: V) -> Result<()> {
+        self.set_inner(key, value, None).await
+    }
+
+    /// Like [`Cache::set`] with a per-call L2 TTL (L1 uses the smaller of it and `l1_ttl`).
+    pub async fn set_with_ttl(&self, key: &str, value: V, ttl: Duration) -> Result<()> {
+        if ttl.is_zero() {
+            return Err(Error::new(ErrorKind::InvalidConfig, "ttl must be positive"));
+        }
+        self.set_inner(key, value, Some(ttl)).await
+    }
+
+    async fn set_inner(&self, key: &str, value: V, ttl: Option<Duration>) -> Result<()> {
+        let full = self.inner.keys.full(key)?;
+        let inner = &self.inner;
+        let prepared = inner.prepare(Some(value), Duration::ZERO, ttl)?;
+        if let (Some(l2), Some(bytes)) = (&inner.engine.inner.l2, &prepared.bytes) {
+            check_value_size(&full, bytes.len(), l2.max_value_size())?;
+        }
+        inner.observer.on_event(CacheEvent::Set);
+        let mut result = Ok(());
+        if let (Some(l2), Some(bytes)) = (&inner.engine.inner.l2, prepared.bytes.clone()) {
+            if let Err(e) = l2.set(&full, bytes, prepared.l2_ttl).await {
+                inner.l2_failed(&e);
+                result = Err(e);
+            }
+        }
+        inner.fill_l1(key, prepared.value.clone(), &prepared);
+        result
+    }
+
+    /// Drop a key from both tiers. L1 is dropped first; an L2 failure is returned.
+    pub async fn invalidate(&self, key: &str) -> Result<()> {
+        let full = self.inner.keys.full(key)?;
+        self.inner.engine.inner.l1.remove(self.inner.ns, key);
+        self.inner.observer.on_event(CacheEvent::Invalidate);
+        if let Some(l2) = &self.inner.engine.inner.l2 {
+            if let Err(e) = l2.delete(std::slice::from_ref(&full)).await {
+                self.inner.l2_failed(&e);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drop a key from this process' L1 only.
+    pub fn invalidate_local(&self, key: &str) {
+        self.inner.engine.inner.l1.remove(self.inner.ns, key);
+    }
+
+    /// Drop every entry of this namespace from this process' L1.
+    pub fn clear_local(&self) {
+        self.inner.engine.inner.l1.clear_namespace(self.inner.ns);
+    }
+}
+
+/// Values ready for both tiers.
+struct Prepared<V> {
+    value: Option<Arc<V>>,
+    bytes: Option<Vec<u8>>,
+    l1_expires_at_ms: u64,
+    l2_ttl: Duration,
+    delta_us: u32,
+    weight: u32,
+}
+
+impl<V, C> CacheInner<V, C>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight<V>>> {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn l2_failed(&self, e: &Error) {
+        bump(&self.stats.l2_errors);
+        self.observer
+            .on_event(CacheEvent::L2Error { kind: e.kind() });
+        tracing::warn!(cache = %self.name, error = %e, "L2 operation failed; continuing without it");
+    }
+
+    fn jittered(&self, ttl: Duration) -> Duration {
+        let j = self.config.jitter;
+        if j <= 0.0 {
+            return ttl;
+        }
+        let cut = ttl.mul_f64(j * fastrand::f64());
+        ttl.saturating_sub(cut).max(Duration::from_millis(1))
+    }
+
+    /// Encode a value (or absence) and work out its TTLs.
+    fn prepare(
+        &self,
+        value: Option<V>,
+        delta: Duration,
+        ttl: Option<Duration>,
+    ) -> Result<Prepared<V>> {
+        let now = self.engine.inner.clock.now_ms();
+        let base_l2 = match (&value, ttl) {
+            (_, Some(t)) => t,
+            (None, None) => self.config.negative_ttl,
+            (Some(_), None) => self.config.l2_ttl,
+        };
+        let l2_ttl = self.jittered(base_l2);
+        let l1_ttl = self.jittered(self.config.l1_ttl.min(base_l2)).min(l2_ttl);
+        let delta_us = u32::try_from(delta.as_micros()).unwrap_or(u32::MAX);
+        let l2_expires_at_ms = now.saturating_add(l2_ttl.as_millis() as u64);
+        let payload = match &value {
+            Some(v) => Some(C::encode(v)?),
+            None => None,
+        };
+        let bytes = if self.config.raw {
+            payload
+        } else {
+            let mut flags = 0u8;
+            #[allow(unused_mut)]
+            let mut body = payload.unwrap_or_default();
+            if value.is_none() {
+                flags |= Header::FLAG_NEGATIVE;
+            }
+            #[cfg(feature = "lz4")]
+            if let Some(min) = self.config.compress_above {
+                if body.len() >= min {
+                    body = crate::compress::compress(&body);
+                    flags |= Header::FLAG_COMPRESSED;
+                }
+            }
+            let h = Header {
+                codec: C::ID.as_u8(),
+                flags,
+                expires_at_ms: l2_expires_at_ms,
+                delta_us,
+            };
+            Some(h.encode(&body))
+        };
+        let weight = bytes
+            .as_ref()
+            .map_or(0, |b| u32::try_from(b.len()).unwrap_or(u32::MAX))
+            .saturating_add(L1_ENTRY_OVERHEAD);
+        Ok(Prepared {
+            value: value.map(Arc::new),
+            bytes,
+            l1_expires_at_ms: now.saturating_add(l1_ttl.as_millis() as u64),
+            l2_ttl,
+            delta_us,
+            weight,
+        })
+    }
+
+    /// Decode L2 bytes.
+    fn decode(&self, bytes: &[u8], now: u64) -> std::result::Result<Decoded<V>, Unusable> {
+        let weight = u32::try_from(bytes.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(L1_ENTRY_OVERHEAD);
+        if self.config.raw {
+            let v = C::decode(bytes).map_err(Unusable::Corrupt)?;
+            return Ok(Decoded {
+                value: Some(v),
+                expires_at_ms: now
+                    .saturating_add(self.jittered(self.config.l1_ttl).as_millis() as u64),
+                delta_us: 0,
+                weight,
+            });
+        }
+        let (h, payload) = Header::decode(bytes)
+            .map_err(|e| Unusable::Corrupt(Error::new(ErrorKind::Decode, e.to_string())))?;
+        if h.expires_at_ms != 0 && h.expires_at_ms <= now {
+            return Err(Unusable::Expired);
+        }
+        let l1_ttl = if h.is_negative() {
+            self.config.l1_ttl.min(self.config.negative_ttl)
+        } else {
+            self.config.l1_ttl
+        };
+        let mut l1_exp = now.saturating_add(self.jittered(l1_ttl).as_millis() as u64);
+        if h.expires_at_ms != 0 {
+            l1_exp = l1_exp.min(h.expires_at_ms);
+        }
+        let value = if h.is_negative() {
+            None
+        } else if h.is_compressed() {
+            let max = self
+                .engine
+                .inner
+                .l2
+                .as_ref()
+                .map_or(512 * 1024 * 1024, |s| s.max_value_size());
+            let plain = crate::compress::decompress(payload, max).map_err(Unusable::Corrupt)?;
+            Some(C::decode_id(h.codec, &plain).map_err(Unusable::Corrupt)?)
+        } else {
+            Some(C::decode_id(h.codec, payload).map_err(Unusable::Corrupt)?)
+        };
+        Ok(Decoded {
+            value,
+            expires_at_ms: l1_exp,
+            delta_us: h.delta_us,
+            weight,
+        })
+    }
+
+    fn fill_l1(&self, key: &str, value: Option<Arc<V>>, p: &Prepared<V>) {
+        self.engine.inner.l1.insert(
+            self.ns,
+            key,
+            L1Entry {
+                value: value.map(|v| v as Arc<dyn std::any::Any + Send + Sync>),
+                expires_at_ms: p.l1_expires_at_ms,
+                delta_us: p.delta_us,
+                weight: p.weight,
+            },
+        );
+    }
+
+    /// Turn one L2 answer into a value: `Some(found)` on a usable hit (L1 filled), `None` on
+    /// a miss, an expired or unreadable value, or an error (all counted).
+    fn accept_l2(
+        &self,
+        key: &str,
+        answer: Option<Vec<u8>>,
+        latency: Duration,
+    ) -> Option<Option<Arc<V>>> {
+        let Some(bytes) = answer else {
+            bump(&self.stats.l2_misses);
+            self.observer.on_event(CacheEvent::L2Miss { latency });
+            return None;
+        };
+        let now = self.engine.inner.clock.now_ms();
+        match self.decode(&bytes, now) {
+            Ok(d) => {
+                bump(&self.stats.l2_hits);
+                self.observer.on_event(CacheEvent::L2Hit { latency });
+                let value = d.value.map(Arc::new);
+                self.engine.inner.l1.insert(
+                    self.ns,
+                    key,
+                    L1Entry {
+                        value: value
+                            .clone()
+                            .map(|v| v as Arc<dyn std::any::Any + Send + Sync>),
+                        expires_at_ms: d.expires_at_ms,
+                        delta_us: d.delta_us,
+                        weight: d.weight,
+                    },
+                );
+                Some(value)
+            }
+            Err(Unusable::Expired) => {
+                bump(&self.stats.l2_misses);
+                self.observer.on_event(CacheEvent::L2Miss { latency });
+                None
+            }
+            Err(Unusable::Corrupt(e)) => {
+                bump(&self.stats.l2_corrupt);
+                self.observer.on_event(CacheEvent::L2Corrupt);
+                tracing::warn!(cache = %self.name, error = %e, "unreadable value in L2, treated as a miss");
+                None
+            }
+        }
+    }
+
+    async fn l2_read(&self, key: &str, full: &str) -> Option<Option<Arc<V>>> {
+        let l2 = self.engine.inner.l2.as_ref()?;
+        let start = Instant::now();
+        match l2.get(full).await {
+            Ok(answer) => self.accept_l2(key, answer, start.elapsed()),
+            Err(e) => {
+                self.l2_failed(&e);
+                None
+            }
+        }
+    }
+
+    /// One L2 round trip for many keys; aligned with `keys`.
+    async fn l2_read_many(&self, keys: Vec<String>) -> Vec<Option<Option<Arc<V>>>> {
+        let Some(l2) = self.engine.inner.l2.as_ref() else {
+            return keys.iter().map(|_| None).collect();
+        };
+        let mut fulls = Vec::with_capacity(keys.len());
+        for k in &keys {
+            match self.keys.full(k) {
+                Ok(f) => fulls.push(f),
+                Err(_) => return keys.iter().map(|_| None).collect(),
+            }
+        }
+        let start = Instant::now();
+        match l2.get_many(&fulls).await {
+            Ok(answers) => {
+                let latency = start.elapsed();
+                keys.iter()
+                    .zip(answers.into_iter().chain(std::iter::repeat(None)))
+                    .map(|(k, a)| self.accept_l2(k, a, latency))
+                    .collect()
+            }
+            Err(e) => {
+                self.l2_failed(&e);
+                keys.iter().map(|_| None).collect()
+            }
+        }
+    }
+
+    /// Store what a loader produced in both tiers and return it.
+    fn store_prepare(
+        &self,
+        value: Option<V>,
+        delta: Duration,
+        ttl: Option<Duration>,
+    ) -> Result<(Prepared<V>, Option<Vec<u8>>)> {
+        let prepared = self.prepare(value, delta, ttl)?;
+        let mut bytes = prepared.bytes.clone();
+        if let (Some(l2), Some(b)) = (&self.engine.inner.l2, &bytes) {
+            if b.len() > l2.max_value_size() {
+                bump(&self.stats.oversize);
+                tracing::warn!(
+                    cache = %self.name,
+                    size = b.len(),
+                    max = l2.max_value_size(),
+                    "loaded value exceeds the L2 maximum size; kept in L1 only"
+                );
+                bytes = None;
+            }
+        }
+        Ok((prepared, bytes))
+    }
+
+    async fn fill_one<F, Fut, E>(
+        self: Arc<Self>,
+        key: String,
+        full: String,
+        ttl: Option<Duration>,
+        loader: F,
+    ) -> Shared<V>
+    where
+        F: FnOnce(String) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        if let Some(found) = self.l2_read(&key, &full).await {
+            return Ok(found);
+        }
+        let start = Instant::now();
+        let loaded = loader(key.clone()).await;
+        let delta = start.elapsed();
+        bump(&self.stats.loads);
+        self.observer.on_event(CacheEvent::Load {
+            duration: delta,
+            ok: loaded.is_ok(),
+        });
+        let value = match loaded {
+            Ok(v) => v,
+            Err(e) => {
+                bump(&self.stats.load_errors);
+                return Err(Error::loader(e.into()));
+            }
+        };
+        let (prepared, bytes) = self.store_prepare(value, delta, ttl)?;
+        if let (Some(l2), Some(bytes)) = (&self.engine.inner.l2, bytes) {
+            if let Err(e) = l2.set(&full, bytes, prepared.l2_ttl).await {
+                self.l2_failed(&e);
+            }
+        }
+        self.fill_l1(&key, prepared.value.clone(), &prepared);
+        Ok(prepared.value)
+    }
+
+    async fn fill_many<F, Fut, E>(
+        self: Arc<Self>,
+        keys: Vec<String>,
+        loader: F,
+    ) -> HashMap<String, Shared<V>>
+    where
+        F: FnOnce(Vec<String>) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<HashMap<String, V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        let mut results: HashMap<String, Shared<V>> = HashMap::with_capacity(keys.len());
+        let found = self.l2_read_many(keys.clone()).await;
+        let mut missing = Vec::new();
+        for (k, f) in keys.into_iter().zip(found) {
+            match f {
+                Some(v) => {
+                    results.insert(k, Ok(v));
+                }
+                None => missing.push(k),
+            }
+        }
+        if missing.is_empty() {
+            return results;
+        }
+        let start = Instant::now();
+        let loaded = loader(missing.clone()).await;
+        let delta = start.elapsed();
+        bump(&self.stats.loads);
+        self.observer.on_event(CacheEvent::Load {
+            duration: delta,
+            ok: loaded.is_ok(),
+        });
+        let mut values = match loaded {
+            Ok(m) => m,
+            Err(e) => {
+                bump(&self.stats.load_errors);
+                let err = Error::loader(e.into());
+                for k in missing {
+                    results.insert(k, Err(err.clone()));
+                }
+                return results;
+            }
+        };
+        let mut writes = Vec::new();
+        let mut fills = Vec::new();
+        for k in missing {
+            let v = values.remove(&k);
+            match self.store_prepare(v, delta, None) {
+                Ok((prepared, bytes)) => {
+                    if let (Some(bytes), Ok(full)) = (bytes, self.keys.full(&k)) {
+                        writes.push(RemoteEntry {
+                            key: full,
+                            value: bytes,
+                            ttl: prepared.l2_ttl,
+                        });
+                    }
+                    fills.push((k, prepared));
+                }
+                Err(e) => {
+                    results.insert(k, Err(e));
+                }
+            }
+        }
+        if let Some(l2) = &self.engine.inner.l2 {
+            if !writes.is_empty() {
+                if let Err(e) = l2.set_many(writes).await {
+                    self.l2_failed(&e);
+                }
+            }
+        }
+        for (k, prepared) in fills {
+            self.fill_l1(&k, prepared.value.clone(), &prepared);
+            results.insert(k, Ok(prepared.value));
+        }
+        results
+    }
+}
+
+/// Owns the senders of a load in flight. Finishing removes the keys from the in-flight map and
+/// sends each result; dropping without finishing (a panic, a runtime shutting down) sends an
+/// error instead, so no waiter ever hangs.
+struct FlightGuard<V, C>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    inner: Arc<CacheInner<V, C>>,
+    flights: Vec<(String, watch::Sender<Option<Shared<V>>>)>,
+}
+
+impl<V, C> FlightGuard<V, C>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    fn finish(mut self, result: impl Fn(&str) -> Shared<V>) {
+        let flights = std::mem::take(&mut self.flights);
+        self.release(flights, result);
+    }
+
+    fn release(
+        &self,
+        flights: Vec<(String, watch::Sender<Option<Shared<V>>>)>,
+        result: impl Fn(&str) -> Shared<V>,
+    ) {
+        {
+            let mut map = self.inner.lock_inflight();
+            for (k, tx) in &flights {
+                if map
+                    .get(k)
+                    .is_some_and(|rx| rx.same_channel(&tx.subscribe()))
+                {
+                    map.remove(k);
+                }
+            }
+        }
+        for (k, tx) in flights {
+            let r = result(&k);
+            tx.send_replace(Some(r));
+        }
+    }
+}
+
+impl<V, C> Drop for FlightGuard<V, C>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    fn drop(&mut self) {
+        if self.flights.is_empty() {
+            return;
+        }
+        let flights = std::mem::take(&mut self.flights);
+        let err = if std::thread::panicking() {
+            Error::new(ErrorKind::LoaderPanicked, "the loader panicked")
+        } else {
+            Error::new(
+                ErrorKind::Closed,
+                "the load was abandoned (runtime shutting down)",
+            )
+        };
+        self.release(flights, |_| Err(err.clone()));
+    }
+}
+
+async fn wait<V>(mut rx: Flight<V>) -> Shared<V> {
+    match rx.wait_for(|r| r.is_some()).await {
+        Ok(r) => match &*r {
+            Some(result) => result.clone(),
+            None => Err(Error::new(ErrorKind::Closed, "load ended without a result")),
+        },
+        Err(_) => Err(Error::new(ErrorKind::Closed, "load ended without a result")),
+    }
+}
+
+fn spawn<F>(fut: F) -> Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidConfig,
+            "loads run on the tokio runtime: call the cache from within one",
+        )
+    })?;
+    handle.spawn(fut);
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! The one error type of the project.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// What went wrong, coarsely. Match on this, not on messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A key, prefix or namespace was rejected (empty, too long, forbidden characters).
+    InvalidKey,
+    /// A configuration value is invalid (TTL order, sizes, builder misuse).
+    InvalidConfig,
+    /// A connection URL could not be understood.
+    InvalidUrl,
+    /// The remote store could not be reached or the connection broke.
+    Connection,
+    /// The remote store refused our credentials.
+    Auth,
+    /// An operation took longer than its timeout.
+    Timeout,
+    /// The remote store answered with an error.
+    Remote,
+    /// A value could not be encoded.
+    Encode,
+    /// Bytes could not be decoded into a value.
+    Decode,
+    /// A value is larger than the configured maximum; nothing was sent.
+    ValueTooLarge,
+    /// The user's loader returned an error.
+    Loader,
+    /// The user's loader panicked.
+    LoaderPanicked,
+    /// The loader said the key does not exist (negative cache hit or absent answer).
+    NotFound,
+    /// The cache or one of its background tasks has shut down.
+    Closed,
+    /// The circuit breaker is open: the remote tier is skipped for now.
+    CircuitOpen,
+}
+
+impl ErrorKind {
+    /// A short, stable, lowercase name (used in logs and metrics labels).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidKey => "invalid_key",
+            ErrorKind::InvalidConfig => "invalid_config",
+            ErrorKind::InvalidUrl => "invalid_url",
+            ErrorKind::Connection => "connection",
+            ErrorKind::Auth => "auth",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Remote => "remote",
+            ErrorKind::Encode => "encode",
+            ErrorKind::Decode => "decode",
+            ErrorKind::ValueTooLarge => "value_too_large",
+            ErrorKind::Loader => "loader",
+            ErrorKind::LoaderPanicked => "loader_panicked",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Closed => "closed",
+            ErrorKind::CircuitOpen => "circuit_open",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+type Source = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The error of every fallible operation of the cache.
+///
+/// Cheap to clone (one load's error reaches every waiter of that load). Messages never
+/// contain passwords or tokens.
+#[derive(Clone)]
+pub struct Error {
+    kind: ErrorKind,
+    message: Arc<str>,
+    source: Option<Source>,
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A new error of `kind` with a human-readable message.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: Arc::from(message.into()),
+            source: None,
+        }
+    }
+
+    /// Attach the underlying cause.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// Attach a boxed underlying cause.
+    pub fn with_boxed_source(mut self, source: Box<dyn std::error::Error + Send + Sync>) -> Self {
+        self.source = Some(Arc::from(source));
+        self
+    }
+
+    /// The coarse kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message, without the source chain.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// True when trying again later may succeed (network trouble, timeouts, an open breaker,
+    /// a failing loader); false for errors that will repeat (bad keys, bad config, oversize).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Connection
+                | ErrorKind::Timeout
+                | ErrorKind::Remote
+                | ErrorKind::Loader
+                | ErrorKind::LoaderPanicked
+                | ErrorKind::CircuitOpen
+        )
+    }
+
+    /// An error for a user loader that failed.
+    pub fn loader(source: Box<dyn std::error::Error + Send + Sync>) -> Self {
+        let message = format!("loader failed: {source}");
+        Error::new(ErrorKind::Loader, message).with_boxed_source(source)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind).field("message", &self.message);
+        if let Some(source) = &self.source {
+            d.field("source", &format_args!("{source}"));
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.source {
+            Some(s) => Some(s.as_ref()),
+            None => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_kinds() {
+        assert!(Error::new(ErrorKind::Timeout, "t").is_transient());
+        assert!(Error::new(ErrorKind::Connection, "c").is_transient());
+        assert!(!Error::new(ErrorKind::ValueTooLarge, "v").is_transient());
+        assert!(!Error::new(ErrorKind::InvalidUrl, "u").is_transient());
+    }
+
+    #[test]
+    fn display_has_kind_and_message() {
+        let e = Error::new(ErrorKind::InvalidKey, "key is empty");
+        assert_eq!(e.to_string(), "invalid_key: key is empty");
+    }
+}

@@ -1,0 +1,176 @@
+//! Key layout and validation: `{prefix}:{namespace}:{key}`, or
+//! `{prefix}:{namespace}:v{schema}:{key}` with a schema version.
+//!
+//! Prefix and namespace are restricted to `[A-Za-z0-9_.-]` so that no user key can escape
+//! its namespace or collide with another one; the user key comes last and may contain any
+//! character. Redis Cluster hash tags in the user key (`{user:42}:profile`) pass through
+//! untouched, so related keys stay on one shard.
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Default maximum length of a user key, in bytes.
+pub const DEFAULT_MAX_KEY_LEN: usize = 1024;
+/// Maximum length of a prefix or namespace.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Check a prefix or namespace name.
+pub fn validate_name(what: &str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::new(
+            ErrorKind::InvalidKey,
+            format!("{what} is empty"),
+        ));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::new(
+            ErrorKind::InvalidKey,
+            format!(
+                "{what} is {} bytes, over the maximum of {MAX_NAME_LEN}",
+                name.len()
+            ),
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return Err(Error::new(
+            ErrorKind::InvalidKey,
+            format!("{what} {name:?} contains {c:?}; only ASCII letters, digits, '_', '-' and '.' are allowed"),
+        ));
+    }
+    Ok(())
+}
+
+/// Check a user key.
+pub fn validate_key(key: &str, max_len: usize) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::new(ErrorKind::InvalidKey, "key is empty"));
+    }
+    if key.len() > max_len {
+        return Err(Error::new(
+            ErrorKind::InvalidKey,
+            format!("key is {} bytes, over the maximum of {max_len}", key.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Builds full keys for one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpace {
+    base: String,
+    max_key_len: usize,
+}
+
+impl KeySpace {
+    /// The key space `{prefix}:{namespace}:` (with `v{schema}:` when given).
+    pub fn new(prefix: &str, namespace: &str, schema: Option<u32>) -> Result<Self> {
+        validate_name("prefix", prefix)?;
+        validate_name("namespace", namespace)?;
+        let base = match schema {
+            Some(v) => format!("{prefix}:{namespace}:v{v}:"),
+            None => format!("{prefix}:{namespace}:"),
+        };
+        Ok(KeySpace {
+            base,
+            max_key_len: DEFAULT_MAX_KEY_LEN,
+        })
+    }
+
+    /// Change the maximum user key length.
+    pub fn with_max_key_len(mut self, max: usize) -> Self {
+        self.max_key_len = max;
+        self
+    }
+
+    /// The common prefix of every full key of this namespace (ends with `:`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The maximum user key length.
+    pub fn max_key_len(&self) -> usize {
+        self.max_key_len
+    }
+
+    /// The full key for a user key, validated.
+    pub fn full(&self, key: &str) -> Result<String> {
+        validate_key(key, self.max_key_len)?;
+        let mut s = String::with_capacity(self.base.len() + key.len());
+        s.push_str(&self.base);
+        s.push_str(key);
+        Ok(s)
+    }
+}
+
+/// The Redis Cluster hash tag of `key`, if it has one (the bytes between the first `{` and
+/// the first `}` after it, when not empty).
+pub fn hash_tag(key: &[u8]) -> Option<&[u8]> {
+    let open = key.iter().position(|b| *b == b'{')?;
+    let rest = &key[open + 1..];
+    let close = rest.iter().position(|b| *b == b'}')?;
+    if close == 0 {
+        None
+    } else {
+        Some(&rest[..close])
+    }
+}
+
+/// The key of the fill lease of `full_key`, in the same hash slot; `None` when no such key
+/// can be formed (a key with a stray `}` and no hash tag), in which case no lease is taken.
+pub fn lease_key(full_key: &str) -> Option<String> {
+    if hash_tag(full_key.as_bytes()).is_some() {
+        Some(format!("{full_key}:lease"))
+    } else if !full_key.contains('}') {
+        Some(format!("{{{full_key}}}:lease"))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout() -> Result<()> {
+        let ks = KeySpace::new("app", "users", None)?;
+        assert_eq!(ks.full("42")?, "app:users:42");
+        let ks = KeySpace::new("app", "users", Some(3))?;
+        assert_eq!(
+            ks.full("{user:42}:profile")?,
+            "app:users:v3:{user:42}:profile"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_bad_names_and_keys() {
+        assert_eq!(
+            KeySpace::new("", "n", None).map_err(|e| e.kind()),
+            Err(ErrorKind::InvalidKey)
+        );
+        assert!(KeySpace::new("a:b", "n", None).is_err());
+        assert!(KeySpace::new("a", "n*", None).is_err());
+        assert!(KeySpace::new("a", "n{x}", None).is_err());
+        let ks = KeySpace::new("a", "n", None).map(|k| k.with_max_key_len(4));
+        let ks = match ks {
+            Ok(k) => k,
+            Err(e) => unreachable!("{e}"),
+        };
+        assert!(ks.full("").is_err());
+        assert!(ks.full("12345").is_err());
+        assert!(ks.full("a\n*").is_ok());
+    }
+
+    #[test]
+    fn tags_and_leases() {
+        assert_eq!(hash_tag(b"a:{user:1}:b"), Some(&b"user:1"[..]));
+        assert_eq!(hash_tag(b"a:{}:b"), None);
+        assert_eq!(hash_tag(b"a:b"), None);
+        assert_eq!(lease_key("p:n:{u1}:x").as_deref(), Some("p:n:{u1}:x:lease"));
+        assert_eq!(lease_key("p:n:x").as_deref(), Some("{p:n:x}:lease"));
+        assert_eq!(lease_key("p:n:a}b"), None);
+    }
+}

@@ -1,0 +1,37 @@
+//! # cache-core
+//!
+//! The contracts and the tiered engine of tiercache, a two-tier cache (in-process L1,
+//! Redis L2) in front of a slow source of truth.
+//!
+//! - [`L1Store`]: the synchronous in-process tier (implemented by `cache-l1`).
+//! - [`RemoteStore`]: the async remote tier, bytes in / bytes out (`cache-redis`, and the
+//!   in-memory [`MemoryStore`] for tests and running without Redis).
+//! - [`Codec`]: typed values to bytes (`cache-codec`).
+//! - [`Observer`]: hooks for metrics.
+//! - [`Engine`] and [`Cache`]: the engine shared by many typed caches, one per namespace.
+//!
+//! Most users depend on the `tiercache` facade crate, which wires these together.
+#![warn(missing_docs)]
+
+pub mod cache;
+pub mod clock;
+pub mod codec;
+pub mod compress;
+pub mod engine;
+pub mod error;
+pub mod header;
+pub mod key;
+pub mod l1;
+pub mod observer;
+pub mod remote;
+
+pub use cache::{Cache, CacheBuilder, CacheConfig, CacheStats};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use codec::{Codec, CodecId};
+pub use engine::{Engine, EngineBuilder};
+pub use error::{Error, ErrorKind, Result};
+pub use header::{Header, HeaderError};
+pub use key::KeySpace;
+pub use l1::{L1Entry, L1Stats, L1Store, NamespaceId};
+pub use observer::{CacheEvent, CacheObserver, NoopObserver, Observer, Tier};
+pub use remote::{MemoryStore, RemoteEntry, RemoteStore};

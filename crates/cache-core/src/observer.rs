@@ -1,0 +1,89 @@
+//! Observation hooks. The engine reports what happens through [`CacheObserver`]; the default
+//! does nothing, `cache-metrics` records through the `metrics` facade.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::ErrorKind;
+
+/// Which tier an event concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Tier {
+    /// The in-process tier.
+    L1,
+    /// The remote tier.
+    L2,
+    /// The user's loader (the source of truth).
+    Loader,
+}
+
+/// Something that happened in one typed cache.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum CacheEvent {
+    /// L1 served a live value.
+    L1Hit,
+    /// L1 had nothing live.
+    L1Miss,
+    /// L2 answered with a usable value.
+    L2Hit {
+        /// Round-trip time.
+        latency: Duration,
+    },
+    /// L2 had no value.
+    L2Miss {
+        /// Round-trip time.
+        latency: Duration,
+    },
+    /// L2 held bytes that could not be read (foreign, corrupt, unknown version); treated as a miss.
+    L2Corrupt,
+    /// An L2 operation failed; the cache carried on without it.
+    L2Error {
+        /// What failed.
+        kind: ErrorKind,
+    },
+    /// The loader ran.
+    Load {
+        /// How long it took.
+        duration: Duration,
+        /// Whether it succeeded.
+        ok: bool,
+    },
+    /// A caller joined a load already in flight instead of starting one.
+    Coalesced,
+    /// A value was refreshed before expiry in the background.
+    EarlyRefresh,
+    /// A value was written (`set`).
+    Set,
+    /// A key was invalidated.
+    Invalidate,
+}
+
+/// Receives the events of one typed cache. Called on the hot path: keep it cheap.
+pub trait CacheObserver: Send + Sync + 'static {
+    /// One event.
+    fn on_event(&self, event: CacheEvent);
+}
+
+/// Makes one [`CacheObserver`] per typed cache, once, when the cache is created (so metric
+/// handles are built once, never looked up per call).
+pub trait Observer: Send + Sync + 'static {
+    /// The observer for the cache named `cache` (its namespace).
+    fn for_cache(&self, cache: &str) -> Arc<dyn CacheObserver>;
+}
+
+/// Does nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoopObserver;
+
+impl CacheObserver for NoopObserver {
+    #[inline]
+    fn on_event(&self, _event: CacheEvent) {}
+}
+
+impl Observer for NoopObserver {
+    fn for_cache(&self, _cache: &str) -> Arc<dyn CacheObserver> {
+        Arc::new(NoopObserver)
+    }
+}

@@ -1,0 +1,276 @@
+//! The L2 contract: an async bytes-in / bytes-out store shared by every instance.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// One entry of a batched write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEntry {
+    /// Full key.
+    pub key: String,
+    /// Encoded bytes (header + payload, or a raw payload).
+    pub value: Vec<u8>,
+    /// Time to live in the store.
+    pub ttl: Duration,
+}
+
+/// The shared remote tier (Redis, Redis Cluster, or the in-memory store for tests).
+///
+/// Every method is bounded in time by the implementation (a response timeout). Keys are full
+/// keys (prefix and namespace included); implementations never rewrite them.
+#[async_trait]
+pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
+    /// A short name for logs and metrics ("redis", "cluster", "memory").
+    fn kind(&self) -> &'static str;
+
+    /// The largest value `set` accepts, in bytes. Larger values are refused before sending.
+    fn max_value_size(&self) -> usize;
+
+    /// The value under `key`.
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// The values under `keys`, in order, in as few round trips as the backend allows.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>>;
+
+    /// Store `value` under `key` for `ttl`.
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()>;
+
+    /// Store many entries in as few round trips as the backend allows.
+    async fn set_many(&self, entries: Vec<RemoteEntry>) -> Result<()>;
+
+    /// Delete keys (missing keys are fine).
+    async fn delete(&self, keys: &[String]) -> Result<()>;
+
+    /// Store `value` under `key` only if `key` does not exist (lease acquisition).
+    async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool>;
+
+    /// Compare-and-set fill: if `lease_key` still holds `token`, delete the lease and store
+    /// `value` under `key` for `ttl`, atomically; otherwise store nothing. Returns whether it
+    /// stored. Both keys are in the same hash slot.
+    async fn set_if_lease(
+        &self,
+        lease_key: &str,
+        token: &[u8],
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool>;
+}
+
+/// Refuse a value over `max` before anything is sent.
+pub fn check_value_size(key: &str, len: usize, max: usize) -> Result<()> {
+    if len > max {
+        return Err(Error::new(
+            ErrorKind::ValueTooLarge,
+            format!(
+                "value for key of {} bytes is {len} bytes, over the maximum of {max} bytes",
+                key.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An in-memory [`RemoteStore`] for unit tests and for running without Redis.
+///
+/// Not shared between processes. It can be switched "down" to simulate an outage, and counts
+/// the calls it receives so tests can assert round trips.
+pub struct MemoryStore {
+    map: Mutex<HashMap<String, (Vec<u8>, Instant)>>,
+    down: AtomicBool,
+    calls: AtomicU64,
+    max_value_size: usize,
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("down", &self.down.load(Ordering::Relaxed))
+            .field("max_value_size", &self.max_value_size)
+            .finish()
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store with a 512 MiB value limit (Redis' own limit).
+    pub fn new() -> Self {
+        Self::with_max_value_size(512 * 1024 * 1024)
+    }
+
+    /// An empty store refusing values over `max` bytes.
+    pub fn with_max_value_size(max: usize) -> Self {
+        MemoryStore {
+            map: Mutex::new(HashMap::new()),
+            down: AtomicBool::new(false),
+            calls: AtomicU64::new(0),
+            max_value_size: max,
+        }
+    }
+
+    /// Simulate an outage (`true`): every call fails with a connection error.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// How many calls reached the store (each one is one "round trip").
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Write raw bytes, bypassing everything (tests plant corrupt values with it).
+    pub fn put_raw(&self, key: &str, value: Vec<u8>, ttl: Duration) {
+        self.lock()
+            .insert(key.to_owned(), (value, Instant::now() + ttl));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Vec<u8>, Instant)>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn enter(&self) -> Result<()> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Error::new(ErrorKind::Connection, "memory store is down"));
+        }
+        Ok(())
+    }
+
+    fn live(map: &mut HashMap<String, (Vec<u8>, Instant)>, key: &str) -> Option<Vec<u8>> {
+        let now = Instant::now();
+        match map.get(key) {
+            Some((v, exp)) if *exp > now => Some(v.clone()),
+            Some(_) => {
+                map.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+#[async_trait]
+impl RemoteStore for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn max_value_size(&self) -> usize {
+        self.max_value_size
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.enter()?;
+        Ok(Self::live(&mut self.lock(), key))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.enter()?;
+        let mut map = self.lock();
+        Ok(keys.iter().map(|k| Self::live(&mut map, k)).collect())
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
+        check_value_size(key, value.len(), self.max_value_size)?;
+        self.enter()?;
+        self.lock()
+            .insert(key.to_owned(), (value, Instant::now() + ttl));
+        Ok(())
+    }
+
+    async fn set_many(&self, entries: Vec<RemoteEntry>) -> Result<()> {
+        for e in &entries {
+            check_value_size(&e.key, e.value.len(), self.max_value_size)?;
+        }
+        self.enter()?;
+        let now = Instant::now();
+        let mut map = self.lock();
+        for e in entries {
+            map.insert(e.key, (e.value, now + e.ttl));
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<()> {
+        self.enter()?;
+        let mut map = self.lock();
+        for k in keys {
+            map.remove(k);
+        }
+        Ok(())
+    }
+
+    async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool> {
+        self.enter()?;
+        let mut map = self.lock();
+        if Self::live(&mut map, key).is_some() {
+            return Ok(false);
+        }
+        map.insert(key.to_owned(), (value, Instant::now() + ttl));
+        Ok(true)
+    }
+
+    async fn set_if_lease(
+        &self,
+        lease_key: &str,
+        token: &[u8],
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool> {
+        check_value_size(key, value.len(), self.max_value_size)?;
+        self.enter()?;
+        let mut map = self.lock();
+        match Self::live(&mut map, lease_key) {
+            Some(t) if t == token => {
+                map.remove(lease_key);
+                map.insert(key.to_owned(), (value, Instant::now() + ttl));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_basics() -> Result<()> {
+        let s = MemoryStore::with_max_value_size(10);
+        s.set("a", b"1".to_vec(), Duration::from_secs(5)).await?;
+        assert_eq!(s.get("a").await?, Some(b"1".to_vec()));
+        let err = s.set("b", vec![0; 11], Duration::from_secs(5)).await;
+        assert_eq!(err.map_err(|e| e.kind()), Err(ErrorKind::ValueTooLarge));
+        assert!(s.set_nx("l", b"t".to_vec(), Duration::from_secs(5)).await?);
+        assert!(!s.set_nx("l", b"u".to_vec(), Duration::from_secs(5)).await?);
+        assert!(
+            !s.set_if_lease("l", b"u", "a", b"2".to_vec(), Duration::from_secs(5))
+                .await?
+        );
+        assert!(
+            s.set_if_lease("l", b"t", "a", b"3".to_vec(), Duration::from_secs(5))
+                .await?
+        );
+        assert_eq!(s.get("a").await?, Some(b"3".to_vec()));
+        s.set_down(true);
+        assert_eq!(
+            s.get("a").await.map_err(|e| e.kind()),
+            Err(ErrorKind::Connection)
+        );
+        Ok(())
+    }
+}
