@@ -16,9 +16,11 @@ use crate::codec::Codec;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::header::Header;
+use crate::key::lease_key;
 use crate::key::KeySpace;
 use crate::l1::{L1Entry, NamespaceId};
 use crate::observer::{CacheEvent, CacheObserver};
+use crate::policy::{NoRefresh, RefreshPolicy};
 use crate::remote::{check_value_size, RemoteEntry};
 
 /// Bytes charged per L1 entry on top of its encoded size (key, bookkeeping, allocator).
@@ -52,6 +54,18 @@ pub struct CacheConfig {
     pub raw: bool,
     /// Longest accepted user key in bytes (default 1024).
     pub max_key_len: usize,
+    /// Fill leases across processes (default on): on a full miss the first instance takes a
+    /// short lease in L2 and loads; the others wait up to `lease_wait` for its value. The
+    /// fill is a compare-and-set refused when the lease was removed by `set`/`invalidate`
+    /// meanwhile, so a slow load never writes an old value back.
+    pub leases: bool,
+    /// How long a lease lives if its holder dies (default 5 s).
+    #[serde(with = "duration_ms")]
+    pub lease_ttl: Duration,
+    /// How long an instance waits for another instance's load before loading itself
+    /// (default 2 s).
+    #[serde(with = "duration_ms")]
+    pub lease_wait: Duration,
 }
 
 impl Default for CacheConfig {
@@ -65,6 +79,9 @@ impl Default for CacheConfig {
             compress_above: None,
             raw: false,
             max_key_len: crate::key::DEFAULT_MAX_KEY_LEN,
+            leases: true,
+            lease_ttl: Duration::from_secs(5),
+            lease_wait: Duration::from_secs(2),
         }
     }
 }
@@ -84,6 +101,9 @@ impl CacheConfig {
         }
         if !(0.0..1.0).contains(&self.jitter) {
             return bad(format!("jitter must be in [0, 1), got {}", self.jitter));
+        }
+        if self.leases && (self.lease_ttl.is_zero() || self.lease_wait.is_zero()) {
+            return bad("lease_ttl and lease_wait must be positive".into());
         }
         if self.max_key_len == 0 {
             return bad("max_key_len must be positive".into());
@@ -114,6 +134,7 @@ pub struct CacheBuilder<V, C> {
     engine: Engine,
     namespace: String,
     config: CacheConfig,
+    policy: Arc<dyn RefreshPolicy>,
     _types: PhantomData<fn() -> (V, C)>,
 }
 
@@ -136,6 +157,7 @@ where
             engine,
             namespace,
             config,
+            policy: Arc::new(NoRefresh),
             _types: PhantomData,
         }
     }
@@ -194,6 +216,25 @@ where
         self
     }
 
+    /// Fill leases across processes on or off (see [`CacheConfig::leases`]).
+    pub fn with_leases(mut self, on: bool) -> Self {
+        self.config.leases = on;
+        self
+    }
+
+    /// Lease lifetime and how long other instances wait for the lease holder's value.
+    pub fn with_lease_timing(mut self, ttl: Duration, wait: Duration) -> Self {
+        self.config.lease_ttl = ttl;
+        self.config.lease_wait = wait;
+        self
+    }
+
+    /// Early refresh policy (default: none). `cache-xfetch` provides XFetch.
+    pub fn with_refresh_policy(mut self, policy: Arc<dyn RefreshPolicy>) -> Self {
+        self.policy = policy;
+        self
+    }
+
     /// Build the cache.
     pub fn build(self) -> Result<Cache<V, C>> {
         self.config.validate()?;
@@ -215,6 +256,8 @@ where
                 observer,
                 stats: Counters::default(),
                 inflight: Mutex::new(HashMap::new()),
+                epochs: std::array::from_fn(|_| AtomicU64::new(0)),
+                policy: self.policy,
                 _codec: PhantomData,
             }),
         })
@@ -242,6 +285,13 @@ pub struct CacheStats {
     pub coalesced: u64,
     /// Values not written to L2 because they exceeded its maximum size.
     pub oversize: u64,
+    /// Refreshes started before expiry by the refresh policy.
+    pub early_refreshes: u64,
+    /// Loads that waited for another instance's lease.
+    pub lease_waits: u64,
+    /// Fills refused because the key was set or invalidated during the load (stale sets
+    /// prevented).
+    pub stale_fills_refused: u64,
 }
 
 #[derive(Default)]
@@ -254,6 +304,9 @@ struct Counters {
     load_errors: AtomicU64,
     coalesced: AtomicU64,
     oversize: AtomicU64,
+    early_refreshes: AtomicU64,
+    lease_waits: AtomicU64,
+    stale_fills_refused: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -295,13 +348,38 @@ struct CacheInner<V, C> {
     observer: Arc<dyn CacheObserver>,
     stats: Counters,
     inflight: Mutex<HashMap<String, Flight<V>>>,
+    /// Invalidation epochs, striped by key hash: a read or load fills L1 only if no `set` or
+    /// `invalidate` touched its stripe meanwhile (no stale fill after an invalidation).
+    epochs: [AtomicU64; EPOCH_STRIPES],
+    policy: Arc<dyn RefreshPolicy>,
     _codec: PhantomData<fn() -> C>,
+}
+
+const EPOCH_STRIPES: usize = 64;
+
+/// What an L2 read found.
+struct Found<V> {
+    value: Option<Arc<V>>,
+    /// Logical expiry recorded in the header (`None` in raw mode).
+    l2_expires_at_ms: Option<u64>,
+    delta_us: u32,
+}
+
+/// How the loaded value may be written.
+enum Fill {
+    /// No lease in use: write plainly.
+    Plain,
+    /// We hold the lease: compare-and-set against it.
+    Lease(String, Vec<u8>),
+    /// Another instance holds the lease: write nothing.
+    Skip,
 }
 
 /// A value read from L2 and decoded.
 struct Decoded<V> {
     value: Option<V>,
     expires_at_ms: u64,
+    l2_expires_at_ms: Option<u64>,
     delta_us: u32,
     weight: u32,
 }
@@ -345,6 +423,9 @@ where
             load_errors: l(&c.load_errors),
             coalesced: l(&c.coalesced),
             oversize: l(&c.oversize),
+            early_refreshes: l(&c.early_refreshes),
+            lease_waits: l(&c.lease_waits),
+            stale_fills_refused: l(&c.stale_fills_refused),
         }
     }
 
@@ -386,7 +467,12 @@ where
             return Ok(hit);
         }
         let full = self.inner.keys.full(key)?;
-        Ok(self.inner.l2_read(key, &full).await.flatten())
+        let epoch = self.inner.epoch(key);
+        Ok(self
+            .inner
+            .l2_read(key, &full, epoch)
+            .await
+            .and_then(|f| f.value))
     }
 
     /// Read many keys: L1 first, then one L2 round trip for all L1 misses. The result is
@@ -413,7 +499,7 @@ where
             .l2_read_many(missing.iter().map(|(_, k)| k.clone()).collect())
             .await;
         for ((i, _), v) in missing.into_iter().zip(found) {
-            out[i] = v.flatten();
+            out[i] = v.and_then(|f| f.value);
         }
         Ok(out)
     }
@@ -487,8 +573,19 @@ where
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
         crate::key::validate_key(key, self.inner.keys.max_key_len())?;
-        if let Some(hit) = self.get_local(key) {
-            return Ok(hit);
+        let inner = &*self.inner;
+        let now = inner.engine.inner.clock.now_ms();
+        if let Some(entry) = inner.engine.inner.l1.get(inner.ns, key, now) {
+            let (refresh_at, expires_at, delta_us) =
+                (entry.refresh_at_ms, entry.expires_at_ms, entry.delta_us);
+            if let Some(hit) = inner.downcast(entry) {
+                if now >= refresh_at {
+                    self.maybe_refresh(key, now, expires_at, delta_us, ttl, &hit, loader)?;
+                }
+                return Ok(hit);
+            }
+        } else {
+            inner.observer.on_event(CacheEvent::L1Miss);
         }
         let full = self.inner.keys.full(key)?;
         let rx = {
@@ -510,7 +607,7 @@ where
                     };
                     let key = key.to_owned();
                     spawn(async move {
-                        let result = inner.fill_one(key, full, ttl, loader).await;
+                        let result = inner.fill_one(key, full, ttl, loader, None, &guard).await;
                         guard.finish(|_| result.clone());
                     })?;
                     rx
@@ -518,6 +615,57 @@ where
             }
         };
         wait(rx).await
+    }
+
+    /// On an L1 hit inside the policy's horizon: draw, and if the policy fires, refresh in the
+    /// background (coalesced with any load of the key in flight) while the caller gets the
+    /// current value.
+    #[allow(clippy::too_many_arguments)]
+    fn maybe_refresh<F, Fut, E>(
+        &self,
+        key: &str,
+        now: u64,
+        expires_at: u64,
+        delta_us: u32,
+        ttl: Option<Duration>,
+        current: &Option<Arc<V>>,
+        loader: F,
+    ) -> Result<()>
+    where
+        F: FnOnce(String) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        let inner = &self.inner;
+        let remaining = Duration::from_millis(expires_at.saturating_sub(now));
+        let delta = Duration::from_micros(u64::from(delta_us));
+        let draw = inner.engine.inner.random.draw();
+        if !inner.policy.should_refresh(remaining, delta, draw) {
+            return Ok(());
+        }
+        let mut map = inner.lock_inflight();
+        if map.contains_key(key) {
+            return Ok(());
+        }
+        let full = inner.keys.full(key)?;
+        let (tx, rx) = watch::channel(None);
+        map.insert(key.to_owned(), rx);
+        drop(map);
+        bump(&inner.stats.early_refreshes);
+        inner.observer.on_event(CacheEvent::EarlyRefresh);
+        let task_inner = Arc::clone(&self.inner);
+        let guard = FlightGuard {
+            inner: Arc::clone(&self.inner),
+            flights: vec![(key.to_owned(), tx)],
+        };
+        let key = key.to_owned();
+        let current = current.clone();
+        spawn(async move {
+            let result = task_inner
+                .fill_one(key, full, ttl, loader, Some((expires_at, current)), &guard)
+                .await;
+            guard.finish(|_| result.clone());
+        })
     }
 
     /// Read many keys through both tiers; keys missing from both are loaded with one call of
@@ -619,9 +767,19 @@ where
             check_value_size(&full, bytes.len(), l2.max_value_size())?;
         }
         inner.observer.on_event(CacheEvent::Set);
+        inner.bump_epoch(key);
         let mut result = Ok(());
         if let (Some(l2), Some(bytes)) = (&inner.engine.inner.l2, prepared.bytes.clone()) {
-            if let Err(e) = l2.set(&full, bytes, prepared.l2_ttl).await {
+            // Remove the fill lease first: a load in flight elsewhere must not overwrite us.
+            let removed = match (inner.config.leases, lease_key(&full)) {
+                (true, Some(lk)) => l2.delete(std::slice::from_ref(&lk)).await,
+                _ => Ok(()),
+            };
+            let written = match removed {
+                Ok(()) => l2.set(&full, bytes, prepared.l2_ttl).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
                 inner.l2_failed(&e);
                 result = Err(e);
             }
@@ -633,10 +791,15 @@ where
     /// Drop a key from both tiers. L1 is dropped first; an L2 failure is returned.
     pub async fn invalidate(&self, key: &str) -> Result<()> {
         let full = self.inner.keys.full(key)?;
+        self.inner.bump_epoch(key);
         self.inner.engine.inner.l1.remove(self.inner.ns, key);
         self.inner.observer.on_event(CacheEvent::Invalidate);
         if let Some(l2) = &self.inner.engine.inner.l2 {
-            if let Err(e) = l2.delete(std::slice::from_ref(&full)).await {
+            let mut keys = vec![full];
+            if let (true, Some(lk)) = (self.inner.config.leases, lease_key(&keys[0])) {
+                keys.push(lk);
+            }
+            if let Err(e) = l2.delete(&keys).await {
                 self.inner.l2_failed(&e);
                 return Err(e);
             }
@@ -646,11 +809,15 @@ where
 
     /// Drop a key from this process' L1 only.
     pub fn invalidate_local(&self, key: &str) {
+        self.inner.bump_epoch(key);
         self.inner.engine.inner.l1.remove(self.inner.ns, key);
     }
 
     /// Drop every entry of this namespace from this process' L1.
     pub fn clear_local(&self) {
+        for e in &self.inner.epochs {
+            e.fetch_add(1, Ordering::SeqCst);
+        }
         self.inner.engine.inner.l1.clear_namespace(self.inner.ns);
     }
 }
@@ -660,6 +827,7 @@ struct Prepared<V> {
     value: Option<Arc<V>>,
     bytes: Option<Vec<u8>>,
     l1_expires_at_ms: u64,
+    l1_refresh_at_ms: u64,
     l2_ttl: Duration,
     delta_us: u32,
     weight: u32,
@@ -672,6 +840,130 @@ where
 {
     fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight<V>>> {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stripe(key: &str) -> usize {
+        // FNV-1a: cheap, and only on miss/write paths.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in key.as_bytes() {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        (h % EPOCH_STRIPES as u64) as usize
+    }
+
+    fn epoch(&self, key: &str) -> u64 {
+        self.epochs[Self::stripe(key)].load(Ordering::SeqCst)
+    }
+
+    fn bump_epoch(&self, key: &str) {
+        self.epochs[Self::stripe(key)].fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// When an entry expiring at `expires_at` becomes eligible for early refresh.
+    fn refresh_at(&self, expires_at: u64, delta_us: u32) -> u64 {
+        let horizon = self
+            .policy
+            .horizon(Duration::from_micros(u64::from(delta_us)));
+        expires_at.saturating_sub(horizon.as_millis() as u64)
+    }
+
+    /// The value of a live L1 entry, counting the hit; `None` on a type mismatch.
+    #[inline]
+    fn downcast(&self, entry: L1Entry) -> Option<Option<Arc<V>>> {
+        match entry.value {
+            None => {
+                self.observer.on_event(CacheEvent::L1Hit);
+                Some(None)
+            }
+            Some(any) => match any.downcast::<V>() {
+                Ok(v) => {
+                    self.observer.on_event(CacheEvent::L1Hit);
+                    Some(Some(v))
+                }
+                Err(_) => {
+                    self.observer.on_event(CacheEvent::L1Miss);
+                    None
+                }
+            },
+        }
+    }
+
+    /// Does the refresh policy say an L2 value should be reloaded now?
+    fn l2_refresh_due(&self, found: &Found<V>) -> bool {
+        let Some(exp) = found.l2_expires_at_ms else {
+            return false;
+        };
+        let now = self.engine.inner.clock.now_ms();
+        let remaining = Duration::from_millis(exp.saturating_sub(now));
+        let delta = Duration::from_micros(u64::from(found.delta_us));
+        if remaining > self.policy.horizon(delta) {
+            return false;
+        }
+        self.policy
+            .should_refresh(remaining, delta, self.engine.inner.random.draw())
+    }
+
+    /// Take the fill lease for `full`. With no value at hand and the lease busy, wait up to
+    /// `lease_wait` for the holder's value (`Err(found)` when it arrives).
+    async fn take_lease(
+        &self,
+        key: &str,
+        full: &str,
+        have_value: bool,
+        epoch: u64,
+    ) -> std::result::Result<Fill, Option<Arc<V>>> {
+        let Some(l2) = self.engine.inner.l2.as_ref() else {
+            return Ok(Fill::Plain);
+        };
+        if !self.config.leases {
+            return Ok(Fill::Plain);
+        }
+        let Some(lk) = lease_key(full) else {
+            return Ok(Fill::Plain);
+        };
+        let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)).into_bytes();
+        match l2.set_nx(&lk, token.clone(), self.config.lease_ttl).await {
+            Ok(true) => return Ok(Fill::Lease(lk, token)),
+            Ok(false) => {}
+            Err(e) => {
+                self.l2_failed(&e);
+                return Ok(Fill::Plain);
+            }
+        }
+        if have_value {
+            return Ok(Fill::Skip);
+        }
+        bump(&self.stats.lease_waits);
+        let deadline = Instant::now() + self.config.lease_wait;
+        let mut pause = Duration::from_millis(1);
+        while Instant::now() < deadline {
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+            pause = (pause * 2).min(Duration::from_millis(10));
+            let start = Instant::now();
+            match l2.get(full).await {
+                Ok(Some(bytes)) => {
+                    if let Some(found) = self.accept_l2(key, Some(bytes), start.elapsed(), epoch) {
+                        return Err(found.value);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.l2_failed(&e);
+                    return Ok(Fill::Plain);
+                }
+            }
+        }
+        // The holder did not deliver in time: try to take over its lease, else load without
+        // writing (we cannot prove our value is not stale).
+        match l2.set_nx(&lk, token.clone(), self.config.lease_ttl).await {
+            Ok(true) => Ok(Fill::Lease(lk, token)),
+            Ok(false) => Ok(Fill::Skip),
+            Err(e) => {
+                self.l2_failed(&e);
+                Ok(Fill::Plain)
+            }
+        }
     }
 
     fn l2_failed(&self, e: &Error) {
@@ -739,10 +1031,12 @@ where
             .as_ref()
             .map_or(0, |b| u32::try_from(b.len()).unwrap_or(u32::MAX))
             .saturating_add(L1_ENTRY_OVERHEAD);
+        let l1_expires_at_ms = now.saturating_add(l1_ttl.as_millis() as u64);
         Ok(Prepared {
             value: value.map(Arc::new),
             bytes,
-            l1_expires_at_ms: now.saturating_add(l1_ttl.as_millis() as u64),
+            l1_expires_at_ms,
+            l1_refresh_at_ms: self.refresh_at(l1_expires_at_ms, delta_us),
             l2_ttl,
             delta_us,
             weight,
@@ -761,6 +1055,7 @@ where
                 expires_at_ms: now
                     .saturating_add(self.jittered(self.config.l1_ttl).as_millis() as u64),
                 delta_us: 0,
+                l2_expires_at_ms: None,
                 weight,
             });
         }
@@ -795,6 +1090,7 @@ where
         Ok(Decoded {
             value,
             expires_at_ms: l1_exp,
+            l2_expires_at_ms: (h.expires_at_ms != 0).then_some(h.expires_at_ms),
             delta_us: h.delta_us,
             weight,
         })
@@ -807,6 +1103,7 @@ where
             L1Entry {
                 value: value.map(|v| v as Arc<dyn std::any::Any + Send + Sync>),
                 expires_at_ms: p.l1_expires_at_ms,
+                refresh_at_ms: p.l1_refresh_at_ms,
                 delta_us: p.delta_us,
                 weight: p.weight,
             },
@@ -820,7 +1117,8 @@ where
         key: &str,
         answer: Option<Vec<u8>>,
         latency: Duration,
-    ) -> Option<Option<Arc<V>>> {
+        epoch: u64,
+    ) -> Option<Found<V>> {
         let Some(bytes) = answer else {
             bump(&self.stats.l2_misses);
             self.observer.on_event(CacheEvent::L2Miss { latency });
@@ -832,19 +1130,26 @@ where
                 bump(&self.stats.l2_hits);
                 self.observer.on_event(CacheEvent::L2Hit { latency });
                 let value = d.value.map(Arc::new);
-                self.engine.inner.l1.insert(
-                    self.ns,
-                    key,
-                    L1Entry {
-                        value: value
-                            .clone()
-                            .map(|v| v as Arc<dyn std::any::Any + Send + Sync>),
-                        expires_at_ms: d.expires_at_ms,
-                        delta_us: d.delta_us,
-                        weight: d.weight,
-                    },
-                );
-                Some(value)
+                if self.epoch(key) == epoch {
+                    self.engine.inner.l1.insert(
+                        self.ns,
+                        key,
+                        L1Entry {
+                            value: value
+                                .clone()
+                                .map(|v| v as Arc<dyn std::any::Any + Send + Sync>),
+                            expires_at_ms: d.expires_at_ms,
+                            refresh_at_ms: self.refresh_at(d.expires_at_ms, d.delta_us),
+                            delta_us: d.delta_us,
+                            weight: d.weight,
+                        },
+                    );
+                }
+                Some(Found {
+                    value,
+                    l2_expires_at_ms: d.l2_expires_at_ms,
+                    delta_us: d.delta_us,
+                })
             }
             Err(Unusable::Expired) => {
                 bump(&self.stats.l2_misses);
@@ -860,11 +1165,11 @@ where
         }
     }
 
-    async fn l2_read(&self, key: &str, full: &str) -> Option<Option<Arc<V>>> {
+    async fn l2_read(&self, key: &str, full: &str, epoch: u64) -> Option<Found<V>> {
         let l2 = self.engine.inner.l2.as_ref()?;
         let start = Instant::now();
         match l2.get(full).await {
-            Ok(answer) => self.accept_l2(key, answer, start.elapsed()),
+            Ok(answer) => self.accept_l2(key, answer, start.elapsed(), epoch),
             Err(e) => {
                 self.l2_failed(&e);
                 None
@@ -873,7 +1178,8 @@ where
     }
 
     /// One L2 round trip for many keys; aligned with `keys`.
-    async fn l2_read_many(&self, keys: Vec<String>) -> Vec<Option<Option<Arc<V>>>> {
+    async fn l2_read_many(&self, keys: Vec<String>) -> Vec<Option<Found<V>>> {
+        let epochs: Vec<u64> = keys.iter().map(|k| self.epoch(k)).collect();
         let Some(l2) = self.engine.inner.l2.as_ref() else {
             return keys.iter().map(|_| None).collect();
         };
@@ -889,8 +1195,9 @@ where
             Ok(answers) => {
                 let latency = start.elapsed();
                 keys.iter()
+                    .zip(epochs)
                     .zip(answers.into_iter().chain(std::iter::repeat(None)))
-                    .map(|(k, a)| self.accept_l2(k, a, latency))
+                    .map(|((k, epoch), a)| self.accept_l2(k, a, latency, epoch))
                     .collect()
             }
             Err(e) => {
@@ -924,20 +1231,52 @@ where
         Ok((prepared, bytes))
     }
 
+    /// Lead the load of one key: L2, then (with a lease) the loader, then both tiers.
+    ///
+    /// `refresh` is set for an early refresh of a live L1 entry: `(its expiry, its value)`.
+    /// An L2 value is then taken only if it is newer than that entry. When the policy says an
+    /// L2 value is due for refresh, waiters get it at once and the load continues here.
     async fn fill_one<F, Fut, E>(
         self: Arc<Self>,
         key: String,
         full: String,
         ttl: Option<Duration>,
         loader: F,
+        refresh: Option<(u64, Option<Arc<V>>)>,
+        guard: &FlightGuard<V, C>,
     ) -> Shared<V>
     where
         F: FnOnce(String) -> Fut + Send + 'static,
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
-        if let Some(found) = self.l2_read(&key, &full).await {
-            return Ok(found);
+        let epoch = self.epoch(&key);
+        let mut current: Option<Option<Arc<V>>> = refresh.as_ref().map(|(_, v)| v.clone());
+        if let Some(found) = self.l2_read(&key, &full, epoch).await {
+            let newer = match (&refresh, found.l2_expires_at_ms) {
+                (Some((floor, _)), Some(exp)) => exp > *floor,
+                (Some(_), None) => true,
+                (None, _) => true,
+            };
+            if newer {
+                if !self.l2_refresh_due(&found) {
+                    return Ok(found.value);
+                }
+                if refresh.is_none() {
+                    bump(&self.stats.early_refreshes);
+                    self.observer.on_event(CacheEvent::EarlyRefresh);
+                }
+                guard.publish_early(&key, Ok(found.value.clone()));
+                current = Some(found.value);
+            }
+        }
+        let fill = match self.take_lease(&key, &full, current.is_some(), epoch).await {
+            Ok(fill) => fill,
+            Err(found) => return Ok(found),
+        };
+        if let (Fill::Skip, Some(value)) = (&fill, &current) {
+            // Another instance is refreshing this key; keep serving what we have.
+            return Ok(value.clone());
         }
         let start = Instant::now();
         let loaded = loader(key.clone()).await;
@@ -951,17 +1290,70 @@ where
             Ok(v) => v,
             Err(e) => {
                 bump(&self.stats.load_errors);
+                if let Fill::Lease(lk, token) = &fill {
+                    self.release_lease(lk, token).await;
+                }
                 return Err(Error::loader(e.into()));
             }
         };
-        let (prepared, bytes) = self.store_prepare(value, delta, ttl)?;
-        if let (Some(l2), Some(bytes)) = (&self.engine.inner.l2, bytes) {
-            if let Err(e) = l2.set(&full, bytes, prepared.l2_ttl).await {
-                self.l2_failed(&e);
+        let (prepared, bytes) = match self.store_prepare(value, delta, ttl) {
+            Ok(p) => p,
+            Err(e) => {
+                if let Fill::Lease(lk, token) = &fill {
+                    self.release_lease(lk, token).await;
+                }
+                return Err(e);
             }
+        };
+        let mut fresh = self.epoch(&key) == epoch;
+        match (&self.engine.inner.l2, bytes, fill) {
+            (Some(l2), Some(bytes), Fill::Lease(lk, token)) => {
+                match l2
+                    .set_if_lease(&lk, &token, &full, bytes, prepared.l2_ttl)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => fresh = false,
+                    Err(e) => self.l2_failed(&e),
+                }
+            }
+            (Some(l2), Some(bytes), Fill::Plain) => {
+                if let Err(e) = l2.set(&full, bytes, prepared.l2_ttl).await {
+                    self.l2_failed(&e);
+                }
+            }
+            (Some(l2), None, Fill::Lease(lk, token)) => {
+                // Nothing to write (oversized or raw-mode absence): free the lease.
+                let _ = l2;
+                self.release_lease(&lk, &token).await;
+            }
+            (_, _, Fill::Skip) => fresh = false,
+            _ => {}
         }
-        self.fill_l1(&key, prepared.value.clone(), &prepared);
+        if fresh {
+            self.fill_l1(&key, prepared.value.clone(), &prepared);
+        } else {
+            bump(&self.stats.stale_fills_refused);
+            tracing::debug!(cache = %self.name, "key changed during the load; the loaded value is returned but not cached");
+        }
         Ok(prepared.value)
+    }
+
+    /// Give a lease back early (after a failed load), only if it is still ours.
+    async fn release_lease(&self, lease_key: &str, token: &[u8]) {
+        if let Some(l2) = &self.engine.inner.l2 {
+            // A compare-and-set of an empty marker that expires at once frees the lease
+            // without touching another holder's.
+            let _ = l2
+                .set_if_lease(
+                    lease_key,
+                    token,
+                    lease_key,
+                    Vec::new(),
+                    Duration::from_millis(1),
+                )
+                .await;
+        }
     }
 
     async fn fill_many<F, Fut, E>(
@@ -975,12 +1367,14 @@ where
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
         let mut results: HashMap<String, Shared<V>> = HashMap::with_capacity(keys.len());
+        let epochs: HashMap<String, u64> =
+            keys.iter().map(|k| (k.clone(), self.epoch(k))).collect();
         let found = self.l2_read_many(keys.clone()).await;
         let mut missing = Vec::new();
         for (k, f) in keys.into_iter().zip(found) {
             match f {
-                Some(v) => {
-                    results.insert(k, Ok(v));
+                Some(f) => {
+                    results.insert(k, Ok(f.value));
                 }
                 None => missing.push(k),
             }
@@ -1035,7 +1429,11 @@ where
             }
         }
         for (k, prepared) in fills {
-            self.fill_l1(&k, prepared.value.clone(), &prepared);
+            if epochs.get(&k).is_some_and(|e| *e == self.epoch(&k)) {
+                self.fill_l1(&k, prepared.value.clone(), &prepared);
+            } else {
+                bump(&self.stats.stale_fills_refused);
+            }
             results.insert(k, Ok(prepared.value));
         }
         results
@@ -1059,6 +1457,16 @@ where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
     C: Codec,
 {
+    /// Give waiters a result now while the leader keeps working (early refresh): the key
+    /// stays in flight so no second load starts.
+    fn publish_early(&self, key: &str, result: Shared<V>) {
+        for (k, tx) in &self.flights {
+            if k == key {
+                tx.send_replace(Some(result.clone()));
+            }
+        }
+    }
+
     fn finish(mut self, result: impl Fn(&str) -> Shared<V>) {
         let flights = std::mem::take(&mut self.flights);
         self.release(flights, result);

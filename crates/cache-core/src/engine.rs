@@ -13,6 +13,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::key::validate_name;
 use crate::l1::{L1Stats, L1Store, NamespaceId};
 use crate::observer::{NoopObserver, Observer};
+use crate::policy::{RandomSource, ThreadRandom};
 use crate::remote::RemoteStore;
 
 /// What every typed cache of an engine shares.
@@ -22,6 +23,7 @@ pub(crate) struct EngineInner {
     pub(crate) l2: Option<Arc<dyn RemoteStore>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) observer: Arc<dyn Observer>,
+    pub(crate) random: Arc<dyn RandomSource>,
     namespaces: Mutex<HashMap<String, (NamespaceId, TypeId)>>,
 }
 
@@ -61,6 +63,7 @@ impl Engine {
             l2: None,
             clock: Arc::new(SystemClock),
             observer: Arc::new(NoopObserver),
+            random: Arc::new(ThreadRandom),
         }
     }
 
@@ -122,6 +125,7 @@ pub struct EngineBuilder {
     l2: Option<Arc<dyn RemoteStore>>,
     clock: Arc<dyn Clock>,
     observer: Arc<dyn Observer>,
+    random: Arc<dyn RandomSource>,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -158,6 +162,12 @@ impl EngineBuilder {
         self
     }
 
+    /// The source of random draws for early refresh (tests inject a seeded one).
+    pub fn with_random(mut self, random: Arc<dyn RandomSource>) -> Self {
+        self.random = random;
+        self
+    }
+
     /// Build the engine.
     pub fn build(self) -> Result<Engine> {
         validate_name("prefix", &self.prefix)?;
@@ -174,6 +184,7 @@ impl EngineBuilder {
                 l2: self.l2,
                 clock: self.clock,
                 observer: self.observer,
+                random: self.random,
                 namespaces: Mutex::new(HashMap::new()),
             }),
         })

@@ -13,6 +13,9 @@ pub struct L1Entry {
     pub value: Option<Arc<dyn Any + Send + Sync>>,
     /// When the entry stops being served, unix milliseconds.
     pub expires_at_ms: u64,
+    /// From when a hit consults the refresh policy (`expires_at_ms` minus the policy's
+    /// horizon); a hit before it pays one compare.
+    pub refresh_at_ms: u64,
     /// How long the load that produced the value took, microseconds (for early refresh).
     pub delta_us: u32,
     /// Weight in bytes charged against the L1 budget (encoded size + overhead).

@@ -23,6 +23,7 @@ pub mod header;
 pub mod key;
 pub mod l1;
 pub mod observer;
+pub mod policy;
 pub mod remote;
 
 pub use cache::{Cache, CacheBuilder, CacheConfig, CacheStats};
@@ -34,4 +35,5 @@ pub use header::{Header, HeaderError};
 pub use key::KeySpace;
 pub use l1::{L1Entry, L1Stats, L1Store, NamespaceId};
 pub use observer::{CacheEvent, CacheObserver, NoopObserver, Observer, Tier};
+pub use policy::{NoRefresh, RandomSource, RefreshPolicy, SeededRandom, ThreadRandom};
 pub use remote::{MemoryStore, RemoteEntry, RemoteStore};

@@ -148,8 +148,7 @@ impl L1Store for QuickL1 {
             return Some(entry);
         }
         self.expired.fetch_add(1, Ordering::Relaxed);
-        self.cache
-            .remove_if(&lookup, |e| e.expires_at_ms <= now_ms);
+        self.cache.remove_if(&lookup, |e| e.expires_at_ms <= now_ms);
         None
     }
 
@@ -197,6 +196,7 @@ mod tests {
         L1Entry {
             value: Some(Arc::new(v)),
             expires_at_ms: exp,
+            refresh_at_ms: exp,
             delta_us: 0,
             weight,
         }
