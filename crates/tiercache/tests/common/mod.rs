@@ -1,0 +1,579 @@
+//! The behaviour suite: every case runs unchanged against every L2 backend.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tiercache::core::header::Header;
+use tiercache::{Cache, Engine, ErrorKind, Json, MsgPack, RemoteStore};
+
+pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: u64,
+    pub name: String,
+    pub score: f64,
+    pub tags: Vec<String>,
+}
+
+pub fn user(id: u64) -> User {
+    User {
+        id,
+        name: format!("user-{id}"),
+        score: id as f64 / 3.0,
+        tags: vec!["a".into(), "b".into()],
+    }
+}
+
+/// A backend under test: makes remote stores that all see the same data.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    /// A new handle (connection) to the shared data.
+    async fn store(&self) -> Arc<dyn RemoteStore>;
+    /// Make the backend unreachable (`true`) or bring it back (`false`).
+    async fn set_down(&self, down: bool);
+}
+
+static PREFIX: AtomicUsize = AtomicUsize::new(0);
+
+/// A prefix no other test uses (tests share one server).
+pub fn unique_prefix(test: &str) -> String {
+    format!(
+        "t{}-{}-{}",
+        std::process::id(),
+        PREFIX.fetch_add(1, Ordering::SeqCst),
+        test.replace('_', "-")
+    )
+}
+
+pub async fn engine(b: &dyn Backend, prefix: &str) -> Result<Engine, tiercache::Error> {
+    tiercache::builder(prefix)
+        .l1_capacity_bytes(8 * 1024 * 1024)
+        .remote(b.store().await)
+        .build()
+        .await
+}
+
+pub fn users(e: &Engine) -> Result<Cache<User, MsgPack>, tiercache::Error> {
+    e.cache::<User, MsgPack>("users").with_jitter(0.0).build()
+}
+
+fn counting_loader(
+    calls: Arc<AtomicU64>,
+) -> impl FnOnce(String) -> futures::future::BoxFuture<'static, Result<User, std::io::Error>> {
+    move |k: String| {
+        Box::pin(async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok(user(k.parse().unwrap_or(0)))
+        })
+    }
+}
+
+pub async fn full_miss_loads_once_and_fills_both(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("full-miss");
+    let a = users(&engine(b, &p).await?)?;
+    let calls = Arc::new(AtomicU64::new(0));
+    let v = a.get_or_load("7", counting_loader(calls.clone())).await?;
+    assert_eq!(*v, user(7));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // L1 now answers without L2 or loader.
+    assert_eq!(a.get_local("7"), Some(Some(Arc::new(user(7)))));
+    let v = a.get_or_load("7", counting_loader(calls.clone())).await?;
+    assert_eq!(*v, user(7));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(a.stats().l2_hits, 0);
+    // L2 holds it too: a second engine (own L1) reads it from L2.
+    let other = users(&engine(b, &p).await?)?;
+    assert_eq!(other.get("7").await?.as_deref(), Some(&user(7)));
+    assert_eq!(other.stats().l2_hits, 1);
+    Ok(())
+}
+
+pub async fn l2_hit_fills_l1(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("l2-hit");
+    let a = users(&engine(b, &p).await?)?;
+    a.set("1", user(1)).await?;
+    let other = users(&engine(b, &p).await?)?;
+    assert_eq!(other.get_local("1"), None);
+    let calls = Arc::new(AtomicU64::new(0));
+    let v = other
+        .get_or_load("1", counting_loader(calls.clone()))
+        .await?;
+    assert_eq!(*v, user(1));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "an L2 hit must not call the loader"
+    );
+    assert_eq!(other.stats().l2_hits, 1);
+    assert!(other.get_local("1").is_some(), "the L2 hit filled L1");
+    other.get("1").await?;
+    assert_eq!(other.stats().l2_hits, 1, "the second read came from L1");
+    Ok(())
+}
+
+pub async fn invalidate_clears_both(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("invalidate");
+    let a = users(&engine(b, &p).await?)?;
+    a.set("1", user(1)).await?;
+    assert!(a.get_local("1").is_some());
+    a.invalidate("1").await?;
+    assert_eq!(a.get_local("1"), None);
+    assert_eq!(a.get("1").await?, None);
+    let store = b.store().await;
+    assert_eq!(store.get(&a.full_key("1")?).await?, None);
+    Ok(())
+}
+
+pub async fn ttl_expiry_in_both_tiers(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("ttl");
+    let e = engine(b, &p).await?;
+    let c = e
+        .cache::<User, MsgPack>("users")
+        .with_jitter(0.0)
+        .with_l1_ttl(Duration::from_millis(300))
+        .with_l2_ttl(Duration::from_millis(900))
+        .build()?;
+    let calls = Arc::new(AtomicU64::new(0));
+    c.get_or_load("5", counting_loader(calls.clone())).await?;
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(c.get_local("5"), None, "L1 entry expired");
+    c.get_or_load("5", counting_loader(calls.clone())).await?;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "still served by L2");
+    assert_eq!(c.stats().l2_hits, 1);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.invalidate_local("5");
+    c.get_or_load("5", counting_loader(calls.clone())).await?;
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "L2 entry expired too");
+    Ok(())
+}
+
+pub async fn engines_share_l2_writes(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("share");
+    let a = users(&engine(b, &p).await?)?;
+    let bb = users(&engine(b, &p).await?)?;
+    a.set("9", user(9)).await?;
+    assert_eq!(bb.get("9").await?.as_deref(), Some(&user(9)));
+    bb.set("10", user(10)).await?;
+    assert_eq!(a.get("10").await?.as_deref(), Some(&user(10)));
+    Ok(())
+}
+
+pub async fn reads_values_written_with_another_codec(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("codec");
+    let writer = engine(b, &p).await?.cache::<User, Json>("users").build()?;
+    writer.set("3", user(3)).await?;
+    let reader = engine(b, &p)
+        .await?
+        .cache::<User, MsgPack>("users")
+        .build()?;
+    assert_eq!(reader.get("3").await?.as_deref(), Some(&user(3)));
+    assert_eq!(reader.stats().l2_corrupt, 0);
+    // And the other way round.
+    reader.set("4", user(4)).await?;
+    let json_reader = engine(b, &p).await?.cache::<User, Json>("users").build()?;
+    assert_eq!(json_reader.get("4").await?.as_deref(), Some(&user(4)));
+    Ok(())
+}
+
+pub async fn corrupt_bytes_are_a_miss_and_get_overwritten(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("corrupt");
+    let c = users(&engine(b, &p).await?)?;
+    let store = b.store().await;
+    let garbage: [&[u8]; 4] = [
+        b"not a cache value",
+        &[0xCA, 0x01, 0x02, 0x00, 1, 2, 3],
+        &[0xCA, 0x09, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        &[
+            0xCA, 0x01, 0x02, 0x00, 255, 255, 255, 255, 255, 255, 255, 127, 0, 0, 0, 0, 0xc1,
+        ],
+    ];
+    for (i, g) in garbage.iter().enumerate() {
+        let key = format!("{i}");
+        store
+            .set(&c.full_key(&key)?, g.to_vec(), Duration::from_secs(60))
+            .await?;
+        let calls = Arc::new(AtomicU64::new(0));
+        let v = c.get_or_load(&key, counting_loader(calls.clone())).await?;
+        assert_eq!(*v, user(i as u64));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Overwritten: a fresh engine reads a good value from L2.
+        let fresh = users(&engine(b, &p).await?)?;
+        assert_eq!(fresh.get(&key).await?.as_deref(), Some(&user(i as u64)));
+        assert_eq!(fresh.stats().l2_corrupt, 0);
+    }
+    assert_eq!(c.stats().l2_corrupt, garbage.len() as u64);
+    Ok(())
+}
+
+pub async fn oversized_value_is_refused_before_sending(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("oversize");
+    let store = b.store().await;
+    let max = store.max_value_size();
+    let e = engine(b, &p).await?;
+    let c = e.cache::<String, MsgPack>("blobs").build()?;
+    let big = "x".repeat(max + 1);
+    let err = c.set("big", big).await.err().map(|e| e.kind());
+    assert_eq!(err, Some(ErrorKind::ValueTooLarge));
+    assert_eq!(c.get_local("big"), None, "nothing changed in L1");
+    assert_eq!(
+        store.get(&c.full_key("big")?).await?,
+        None,
+        "nothing sent to L2"
+    );
+    Ok(())
+}
+
+pub async fn negative_results_are_cached(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("negative");
+    let e = engine(b, &p).await?;
+    let c = e
+        .cache::<User, MsgPack>("users")
+        .with_negative_ttl(Duration::from_millis(400))
+        .with_jitter(0.0)
+        .build()?;
+    let calls = Arc::new(AtomicU64::new(0));
+    for _ in 0..3 {
+        let k = calls.clone();
+        let v = c
+            .get_or_load_optional("404", move |_| async move {
+                k.fetch_add(1, Ordering::SeqCst);
+                Ok::<Option<User>, std::io::Error>(None)
+            })
+            .await?;
+        assert_eq!(v, None);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Another instance sees the negative entry in L2.
+    let other = e.clone();
+    let _ = other;
+    let fresh = engine(b, &p)
+        .await?
+        .cache::<User, MsgPack>("users")
+        .build()?;
+    let k = calls.clone();
+    let v = fresh
+        .get_or_load_optional("404", move |_| async move {
+            k.fetch_add(1, Ordering::SeqCst);
+            Ok::<Option<User>, std::io::Error>(Some(user(404)))
+        })
+        .await?;
+    assert_eq!(v, None, "negative entry read from L2");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // A non-optional get_or_load on a negative entry says NotFound.
+    let err = c
+        .get_or_load("404", |_| async { Ok::<_, std::io::Error>(user(1)) })
+        .await
+        .err()
+        .map(|e| e.kind());
+    assert_eq!(err, Some(ErrorKind::NotFound));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let k = calls.clone();
+    let v = c
+        .get_or_load_optional("404", move |_| async move {
+            k.fetch_add(1, Ordering::SeqCst);
+            Ok::<Option<User>, std::io::Error>(Some(user(404)))
+        })
+        .await?;
+    assert_eq!(v.as_deref(), Some(&user(404)), "negative entry expired");
+    Ok(())
+}
+
+pub async fn get_many_mixes_tiers(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("get-many");
+    let a = users(&engine(b, &p).await?)?;
+    let c = users(&engine(b, &p).await?)?;
+    a.set("1", user(1)).await?; // L2 only for c
+    c.set("2", user(2)).await?; // L1 (and L2) for c
+    let got = c.get_many(&["1", "2", "3"]).await?;
+    assert_eq!(got[0].as_deref(), Some(&user(1)));
+    assert_eq!(got[1].as_deref(), Some(&user(2)));
+    assert_eq!(got[2], None);
+    assert_eq!(c.stats().l2_hits, 1);
+    assert!(c.get_local("1").is_some(), "L2 hit of get_many filled L1");
+    Ok(())
+}
+
+pub async fn get_many_or_load_batches_the_misses(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("many-load");
+    let a = users(&engine(b, &p).await?)?;
+    let c = users(&engine(b, &p).await?)?;
+    a.set("1", user(1)).await?;
+    c.set("2", user(2)).await?;
+    let seen: Arc<std::sync::Mutex<Vec<Vec<String>>>> = Arc::default();
+    let s = seen.clone();
+    let keys = ["1", "2", "3", "4", "404", "3"];
+    let got = c
+        .get_many_or_load(&keys, move |missing| async move {
+            let mut out = HashMap::new();
+            for k in &missing {
+                if k != "404" {
+                    out.insert(k.clone(), user(k.parse().unwrap_or(0)));
+                }
+            }
+            s.lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .push(missing);
+            Ok::<_, std::io::Error>(out)
+        })
+        .await?;
+    let calls = seen.lock().map(|v| v.clone()).unwrap_or_default();
+    assert_eq!(calls.len(), 1, "one batch loader call");
+    let mut batch = calls[0].clone();
+    batch.sort();
+    assert_eq!(batch, vec!["3", "4", "404"]);
+    assert_eq!(got[0].as_deref(), Some(&user(1)));
+    assert_eq!(got[1].as_deref(), Some(&user(2)));
+    assert_eq!(got[2].as_deref(), Some(&user(3)));
+    assert_eq!(got[3].as_deref(), Some(&user(4)));
+    assert_eq!(got[4], None);
+    assert_eq!(got[5].as_deref(), Some(&user(3)));
+    // Loaded values reached L2.
+    let fresh = users(&engine(b, &p).await?)?;
+    let again = fresh.get_many(&["3", "4", "404"]).await?;
+    assert_eq!(again[0].as_deref(), Some(&user(3)));
+    assert_eq!(again[1].as_deref(), Some(&user(4)));
+    assert_eq!(again[2], None);
+    Ok(())
+}
+
+pub async fn l1_hit_survives_l2_outage(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("outage");
+    let c = users(&engine(b, &p).await?)?;
+    c.set("1", user(1)).await?;
+    b.set_down(true).await;
+    let calls = Arc::new(AtomicU64::new(0));
+    let v = c.get_or_load("1", counting_loader(calls.clone())).await?;
+    assert_eq!(*v, user(1));
+    assert_eq!(c.get("1").await?.as_deref(), Some(&user(1)));
+    // A full miss with L2 down still gets the loader's value; the L2 errors are counted.
+    let v = c.get_or_load("2", counting_loader(calls.clone())).await?;
+    assert_eq!(*v, user(2));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert!(c.stats().l2_errors >= 2, "stats {:?}", c.stats());
+    b.set_down(false).await;
+    Ok(())
+}
+
+pub async fn concurrent_callers_share_one_load(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("single-flight");
+    let c = users(&engine(b, &p).await?)?;
+    let calls = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let c = c.clone();
+        let calls = calls.clone();
+        tasks.push(tokio::spawn(async move {
+            c.get_or_load("1", move |_| async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok::<_, std::io::Error>(user(1))
+            })
+            .await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(*t.await??, user(1));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+pub async fn loader_errors_reach_every_waiter(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("loader-error");
+    let c = users(&engine(b, &p).await?)?;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c.get_or_load("1", |_| async {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                Err::<User, _>(std::io::Error::other("db down"))
+            })
+            .await
+        }));
+    }
+    for t in tasks {
+        let e = t.await?.err().map(|e| e.kind());
+        assert_eq!(e, Some(ErrorKind::Loader));
+    }
+    // Nothing cached: the next call tries again and succeeds.
+    let v = c
+        .get_or_load("1", |_| async { Ok::<_, std::io::Error>(user(1)) })
+        .await?;
+    assert_eq!(*v, user(1));
+    // A panicking loader is an error for its waiters, never a hang.
+    let r = c
+        .get_or_load("2", |_| async {
+            if true {
+                panic!("loader bug");
+            }
+            Ok::<_, std::io::Error>(user(2))
+        })
+        .await;
+    assert_eq!(r.err().map(|e| e.kind()), Some(ErrorKind::LoaderPanicked));
+    Ok(())
+}
+
+pub async fn dropped_leader_still_completes_the_load(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("cancel");
+    let c = users(&engine(b, &p).await?)?;
+    let calls = Arc::new(AtomicU64::new(0));
+    let slow = |calls: Arc<AtomicU64>| {
+        move |_: String| async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<_, std::io::Error>(user(1))
+        }
+    };
+    let leader = {
+        let c = c.clone();
+        let f = slow(calls.clone());
+        tokio::spawn(async move { c.get_or_load("1", f).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let waiter = {
+        let c = c.clone();
+        let f = slow(calls.clone());
+        tokio::spawn(async move { c.get_or_load("1", f).await })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    leader.abort();
+    assert_eq!(*waiter.await??, user(1));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+pub async fn raw_mode_writes_plain_payloads(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("raw");
+    let e = engine(b, &p).await?;
+    let c = e.cache::<User, Json>("users").with_raw(true).build()?;
+    c.set("1", user(1)).await?;
+    let store = b.store().await;
+    let bytes = store.get(&c.full_key("1")?).await?.unwrap_or_default();
+    let parsed: serde_json::Value = serde_json::from_slice(&bytes)?;
+    assert_eq!(parsed["name"], "user-1");
+    // Another client in another language writes plain JSON; the cache reads it.
+    store
+        .set(
+            &c.full_key("2")?,
+            serde_json::to_vec(&user(2))?,
+            Duration::from_secs(60),
+        )
+        .await?;
+    let fresh = engine(b, &p)
+        .await?
+        .cache::<User, Json>("users")
+        .with_raw(true)
+        .build()?;
+    assert_eq!(fresh.get("2").await?.as_deref(), Some(&user(2)));
+    Ok(())
+}
+
+pub async fn ttl_jitter_spreads_expiry(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("jitter");
+    let e = engine(b, &p).await?;
+    let c = e
+        .cache::<u64, MsgPack>("n")
+        .with_l2_ttl(Duration::from_secs(1000))
+        .with_jitter(0.2)
+        .build()?;
+    let store = b.store().await;
+    let mut expiries = std::collections::BTreeSet::new();
+    for i in 0..50u64 {
+        c.set(&i.to_string(), i).await?;
+        let bytes = store
+            .get(&c.full_key(&i.to_string())?)
+            .await?
+            .unwrap_or_default();
+        let (h, _) = Header::decode(&bytes).map_err(|e| e.to_string())?;
+        expiries.insert(h.expires_at_ms / 1000);
+    }
+    assert!(expiries.len() > 10, "expiries not spread: {expiries:?}");
+    let now_s = tiercache::core::clock::precise_now_ms() / 1000;
+    for s in &expiries {
+        assert!(
+            *s >= now_s + 790 && *s <= now_s + 1001,
+            "expiry {s} outside the jitter band"
+        );
+    }
+    Ok(())
+}
+
+pub async fn invalid_keys_are_typed_errors(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("keys");
+    let e = engine(b, &p).await?;
+    let c = e.cache::<u64, MsgPack>("n").with_max_key_len(16).build()?;
+    assert_eq!(
+        c.get("").await.err().map(|e| e.kind()),
+        Some(ErrorKind::InvalidKey)
+    );
+    let long = "k".repeat(17);
+    assert_eq!(
+        c.set(&long, 1).await.err().map(|e| e.kind()),
+        Some(ErrorKind::InvalidKey)
+    );
+    // Keys with separators and hash tags stay inside the namespace.
+    c.set("a:b*{c}\n", 5).await?;
+    assert_eq!(c.full_key("a:b*{c}\n")?, format!("{p}:n:a:b*{{c}}\n"));
+    assert_eq!(c.get("a:b*{c}\n").await?.as_deref(), Some(&5));
+    let bad = e
+        .cache::<u64, MsgPack>("bad:ns")
+        .build()
+        .err()
+        .map(|e| e.kind());
+    assert_eq!(bad, Some(ErrorKind::InvalidKey));
+    let clash = e
+        .cache::<String, MsgPack>("n")
+        .build()
+        .err()
+        .map(|e| e.kind());
+    assert_eq!(clash, Some(ErrorKind::InvalidConfig));
+    let ttl = e
+        .cache::<u64, MsgPack>("m")
+        .with_l1_ttl(Duration::from_secs(10))
+        .with_l2_ttl(Duration::from_secs(5))
+        .build()
+        .err()
+        .map(|e| e.kind());
+    assert_eq!(ttl, Some(ErrorKind::InvalidConfig));
+    Ok(())
+}
+
+/// Generates one `#[tokio::test]` per case for a backend made by `$make().await?`.
+macro_rules! behaviour_suite {
+    ($make:path) => {
+        behaviour_suite!(@cases $make;
+            full_miss_loads_once_and_fills_both,
+            l2_hit_fills_l1,
+            invalidate_clears_both,
+            ttl_expiry_in_both_tiers,
+            engines_share_l2_writes,
+            reads_values_written_with_another_codec,
+            corrupt_bytes_are_a_miss_and_get_overwritten,
+            oversized_value_is_refused_before_sending,
+            negative_results_are_cached,
+            get_many_mixes_tiers,
+            get_many_or_load_batches_the_misses,
+            concurrent_callers_share_one_load,
+            loader_errors_reach_every_waiter,
+            dropped_leader_still_completes_the_load,
+            raw_mode_writes_plain_payloads,
+            ttl_jitter_spreads_expiry,
+            invalid_keys_are_typed_errors,
+        );
+    };
+    (@cases $make:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() -> crate::common::TestResult {
+                let backend = $make().await?;
+                crate::common::$case(&backend).await
+            }
+        )*
+    };
+}
