@@ -285,6 +285,9 @@ pub struct CacheStats {
     pub coalesced: u64,
     /// Values not written to L2 because they exceeded its maximum size.
     pub oversize: u64,
+    /// Loads that callers had to wait for (full misses). Early refreshes, which callers do
+    /// not wait for, are not counted: under steady traffic with early refresh this stays 0.
+    pub sync_loads: u64,
     /// Refreshes started before expiry by the refresh policy.
     pub early_refreshes: u64,
     /// Loads that waited for another instance's lease.
@@ -304,6 +307,7 @@ struct Counters {
     load_errors: AtomicU64,
     coalesced: AtomicU64,
     oversize: AtomicU64,
+    sync_loads: AtomicU64,
     early_refreshes: AtomicU64,
     lease_waits: AtomicU64,
     stale_fills_refused: AtomicU64,
@@ -423,6 +427,7 @@ where
             load_errors: l(&c.load_errors),
             coalesced: l(&c.coalesced),
             oversize: l(&c.oversize),
+            sync_loads: l(&c.sync_loads),
             early_refreshes: l(&c.early_refreshes),
             lease_waits: l(&c.lease_waits),
             stale_fills_refused: l(&c.stale_fills_refused),
@@ -1278,6 +1283,9 @@ where
             // Another instance is refreshing this key; keep serving what we have.
             return Ok(value.clone());
         }
+        if current.is_none() {
+            bump(&self.stats.sync_loads);
+        }
         let start = Instant::now();
         let loaded = loader(key.clone()).await;
         let delta = start.elapsed();
@@ -1305,7 +1313,9 @@ where
                 return Err(e);
             }
         };
-        let mut fresh = self.epoch(&key) == epoch;
+        // Checked again right before filling L1 (no await in between): a `set` or
+        // `invalidate` that ran during the load or the write wins.
+        let mut fresh = true;
         match (&self.engine.inner.l2, bytes, fill) {
             (Some(l2), Some(bytes), Fill::Lease(lk, token)) => {
                 match l2
@@ -1330,6 +1340,7 @@ where
             (_, _, Fill::Skip) => fresh = false,
             _ => {}
         }
+        fresh = fresh && self.epoch(&key) == epoch;
         if fresh {
             self.fill_l1(&key, prepared.value.clone(), &prepared);
         } else {
@@ -1382,6 +1393,7 @@ where
         if missing.is_empty() {
             return results;
         }
+        bump(&self.stats.sync_loads);
         let start = Instant::now();
         let loaded = loader(missing.clone()).await;
         let delta = start.elapsed();

@@ -39,12 +39,14 @@
 
 use std::sync::Arc;
 
+pub use cache_core::policy::{NoRefresh, RandomSource, RefreshPolicy, SeededRandom};
 pub use cache_core::{
     CacheBuilder, CacheConfig, CacheEvent, CacheObserver, CacheStats, Clock, Codec, CodecId,
     Engine, EngineBuilder, Error, ErrorKind, L1Stats, L1Store, ManualClock, MemoryStore,
     NoopObserver, Observer, RemoteEntry, RemoteStore, Result, SystemClock,
 };
 pub use cache_l1::QuickL1;
+pub use cache_xfetch::XFetch;
 
 #[cfg(feature = "cbor")]
 pub use cache_codec::Cbor;

@@ -364,7 +364,7 @@ pub async fn concurrent_callers_share_one_load(b: &dyn Backend) -> TestResult {
     let c = users(&engine(b, &p).await?)?;
     let calls = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..200 {
+    for _ in 0..1000 {
         let c = c.clone();
         let calls = calls.clone();
         tasks.push(tokio::spawn(async move {
@@ -380,6 +380,41 @@ pub async fn concurrent_callers_share_one_load(b: &dyn Backend) -> TestResult {
         assert_eq!(*t.await??, user(1));
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+pub async fn four_engines_one_load_with_leases(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("leases");
+    let calls = Arc::new(AtomicU64::new(0));
+    let mut caches = Vec::new();
+    for _ in 0..4 {
+        caches.push(users(&engine(b, &p).await?)?);
+    }
+    let mut tasks = Vec::new();
+    for c in &caches {
+        for _ in 0..250 {
+            let c = c.clone();
+            let calls = calls.clone();
+            tasks.push(tokio::spawn(async move {
+                c.get_or_load("cold", move |_| async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, std::io::Error>(user(1))
+                })
+                .await
+            }));
+        }
+    }
+    for t in tasks {
+        assert_eq!(*t.await??, user(1));
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one loader call across 4 engines"
+    );
+    let waits: u64 = caches.iter().map(|c| c.stats().lease_waits).sum();
+    assert!(waits >= 1, "the other engines waited on the lease");
     Ok(())
 }
 
@@ -560,6 +595,7 @@ macro_rules! behaviour_suite {
             get_many_mixes_tiers,
             get_many_or_load_batches_the_misses,
             concurrent_callers_share_one_load,
+            four_engines_one_load_with_leases,
             loader_errors_reach_every_waiter,
             dropped_leader_still_completes_the_load,
             raw_mode_writes_plain_payloads,
