@@ -19,7 +19,7 @@ use crate::header::Header;
 use crate::key::lease_key;
 use crate::key::KeySpace;
 use crate::l1::{L1Entry, NamespaceId};
-use crate::observer::{CacheEvent, CacheObserver};
+use crate::observer::{CacheEvent, CacheObserver, L2Op};
 use crate::policy::{NoRefresh, RefreshPolicy};
 use crate::remote::{check_value_size, RemoteEntry};
 
@@ -785,7 +785,7 @@ where
                 Err(e) => Err(e),
             };
             if let Err(e) = written {
-                inner.l2_failed(&e);
+                inner.l2_failed(L2Op::Set, &e);
                 result = Err(e);
             }
         }
@@ -805,7 +805,7 @@ where
                 keys.push(lk);
             }
             if let Err(e) = l2.delete(&keys).await {
-                self.inner.l2_failed(&e);
+                self.inner.l2_failed(L2Op::Delete, &e);
                 return Err(e);
             }
         }
@@ -929,10 +929,13 @@ where
         };
         let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)).into_bytes();
         match l2.set_nx(&lk, token.clone(), self.config.lease_ttl).await {
-            Ok(true) => return Ok(Fill::Lease(lk, token)),
+            Ok(true) => {
+                self.observer.on_event(CacheEvent::LeaseAcquired);
+                return Ok(Fill::Lease(lk, token));
+            }
             Ok(false) => {}
             Err(e) => {
-                self.l2_failed(&e);
+                self.l2_failed(L2Op::Lease, &e);
                 return Ok(Fill::Plain);
             }
         }
@@ -940,6 +943,7 @@ where
             return Ok(Fill::Skip);
         }
         bump(&self.stats.lease_waits);
+        self.observer.on_event(CacheEvent::LeaseWait);
         let deadline = Instant::now() + self.config.lease_wait;
         let mut pause = Duration::from_millis(1);
         while Instant::now() < deadline {
@@ -954,7 +958,7 @@ where
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    self.l2_failed(&e);
+                    self.l2_failed(L2Op::Get, &e);
                     return Ok(Fill::Plain);
                 }
             }
@@ -965,16 +969,16 @@ where
             Ok(true) => Ok(Fill::Lease(lk, token)),
             Ok(false) => Ok(Fill::Skip),
             Err(e) => {
-                self.l2_failed(&e);
+                self.l2_failed(L2Op::Lease, &e);
                 Ok(Fill::Plain)
             }
         }
     }
 
-    fn l2_failed(&self, e: &Error) {
+    fn l2_failed(&self, op: L2Op, e: &Error) {
         bump(&self.stats.l2_errors);
         self.observer
-            .on_event(CacheEvent::L2Error { kind: e.kind() });
+            .on_event(CacheEvent::L2Error { op, kind: e.kind() });
         tracing::warn!(cache = %self.name, error = %e, "L2 operation failed; continuing without it");
     }
 
@@ -1176,7 +1180,7 @@ where
         match l2.get(full).await {
             Ok(answer) => self.accept_l2(key, answer, start.elapsed(), epoch),
             Err(e) => {
-                self.l2_failed(&e);
+                self.l2_failed(L2Op::Get, &e);
                 None
             }
         }
@@ -1206,7 +1210,7 @@ where
                     .collect()
             }
             Err(e) => {
-                self.l2_failed(&e);
+                self.l2_failed(L2Op::Get, &e);
                 keys.iter().map(|_| None).collect()
             }
         }
@@ -1324,12 +1328,12 @@ where
                 {
                     Ok(true) => {}
                     Ok(false) => fresh = false,
-                    Err(e) => self.l2_failed(&e),
+                    Err(e) => self.l2_failed(L2Op::Set, &e),
                 }
             }
             (Some(l2), Some(bytes), Fill::Plain) => {
                 if let Err(e) = l2.set(&full, bytes, prepared.l2_ttl).await {
-                    self.l2_failed(&e);
+                    self.l2_failed(L2Op::Set, &e);
                 }
             }
             (Some(l2), None, Fill::Lease(lk, token)) => {
@@ -1436,7 +1440,7 @@ where
         if let Some(l2) = &self.engine.inner.l2 {
             if !writes.is_empty() {
                 if let Err(e) = l2.set_many(writes).await {
-                    self.l2_failed(&e);
+                    self.l2_failed(L2Op::Set, &e);
                 }
             }
         }

@@ -34,6 +34,6 @@ pub use error::{Error, ErrorKind, Result};
 pub use header::{Header, HeaderError};
 pub use key::KeySpace;
 pub use l1::{L1Entry, L1Stats, L1Store, NamespaceId};
-pub use observer::{CacheEvent, CacheObserver, NoopObserver, Observer, Tier};
+pub use observer::{CacheEvent, CacheObserver, L2Op, NoopObserver, Observer, Tier};
 pub use policy::{NoRefresh, RandomSource, RefreshPolicy, SeededRandom, ThreadRandom};
 pub use remote::{MemoryStore, RemoteEntry, RemoteStore};

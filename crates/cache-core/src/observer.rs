@@ -18,6 +18,20 @@ pub enum Tier {
     Loader,
 }
 
+/// Which operation an L2 error interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum L2Op {
+    /// A read (`GET`, `MGET`).
+    Get,
+    /// A write (`SET`, pipelined `SET`s, the lease compare-and-set).
+    Set,
+    /// A delete (`DEL`).
+    Delete,
+    /// Taking a fill lease.
+    Lease,
+}
+
 /// Something that happened in one typed cache.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
@@ -40,8 +54,15 @@ pub enum CacheEvent {
     L2Corrupt,
     /// An L2 operation failed; the cache carried on without it.
     L2Error {
+        /// What was being done.
+        op: L2Op,
         /// What failed.
         kind: ErrorKind,
+    },
+    /// An L2 write completed.
+    L2Set {
+        /// Round-trip time.
+        latency: Duration,
     },
     /// The loader ran.
     Load {
@@ -52,12 +73,43 @@ pub enum CacheEvent {
     },
     /// A caller joined a load already in flight instead of starting one.
     Coalesced,
-    /// A value was refreshed before expiry in the background.
+    /// A value is being refreshed before expiry in the background.
     EarlyRefresh,
+    /// This instance took a fill lease (it will load for every instance).
+    LeaseAcquired,
+    /// This instance waited for another instance's lease.
+    LeaseWait,
+    /// A stale value was served because the loader failed or was too slow (fail-safe).
+    StaleServed,
     /// A value was written (`set`).
     Set,
-    /// A key was invalidated.
+    /// A key was invalidated by this instance.
     Invalidate,
+    /// Invalidation messages published to other instances.
+    InvalidationsSent {
+        /// Keys (or namespace/tag markers) in the batch.
+        keys: u32,
+    },
+    /// Invalidations received from other instances and applied to L1.
+    InvalidationsReceived {
+        /// Keys in the message.
+        keys: u32,
+    },
+    /// A possible loss of invalidations was detected (sequence gap, disconnect, missing
+    /// heartbeat); the namespace's L1 was flushed.
+    InvalidationsLost,
+    /// The invalidation subscription reconnected.
+    BusReconnect,
+    /// The L2 circuit breaker changed state.
+    Breaker {
+        /// `true` when it opened (L2 skipped), `false` when it closed.
+        open: bool,
+    },
+    /// Depth of the write-behind queue after a change.
+    WriteBehindDepth {
+        /// Entries waiting to be written to the source.
+        depth: u64,
+    },
 }
 
 /// Receives the events of one typed cache. Called on the hot path: keep it cheap.
