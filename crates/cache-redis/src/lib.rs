@@ -1,1 +1,54 @@
-//! placeholder
+//! # cache-redis
+//!
+//! The Redis L2 tier of tiercache: [`RedisStore`] implements [`cache_core::RemoteStore`]
+//! over one multiplexed, self-reconnecting redis-rs connection
+//! ([`redis::aio::ConnectionManager`]) on tokio.
+//!
+//! - [`RedisConfig`]: a serde struct and a fluent builder. Defaults: `connect_timeout` 1 s,
+//!   `response_timeout` 500 ms (every call is bounded by it), `max_value_size` 16 MiB
+//!   (larger values are refused before sending), reconnect rounds of 3 attempts with
+//!   jittered exponential backoff from 50 ms (capped at 1 s).
+//! - URLs: `redis://[[user]:password@]host[:port][/db]`, `rediss://` (TLS, feature `tls`),
+//!   `redis+unix:///path.sock?db=N`, `unix:///path.sock`. Invalid ones fail with
+//!   [`ErrorKind::InvalidUrl`](cache_core::ErrorKind::InvalidUrl) saying what is wrong.
+//! - Passwords appear in no `Debug` output, error message or log line.
+//!
+//! Features: `tls` enables `rediss://` (rustls with the `ring` provider and the webpki root
+//! certificates). Without it a `rediss://` URL is an
+//! [`ErrorKind::InvalidConfig`](cache_core::ErrorKind::InvalidConfig) error, never a plaintext
+//! connection.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use cache_core::RemoteStore;
+//! use cache_redis::{RedisConfig, RedisStore};
+//!
+//! # async fn demo() -> cache_core::Result<()> {
+//! let config = RedisConfig::builder()
+//!     .url("redis://127.0.0.1:6379/0")
+//!     .password("s3cret")
+//!     .response_timeout(Duration::from_millis(200))
+//!     .build()?;
+//! let store = RedisStore::connect(config).await?;
+//! store.set("app:k", b"v".to_vec(), Duration::from_secs(30)).await?;
+//! let values = store.get_many(&["app:k".to_owned(), "app:missing".to_owned()]).await?;
+//! assert_eq!(values, vec![Some(b"v".to_vec()), None]);
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+mod config;
+mod errors;
+mod store;
+mod target;
+
+pub use config::{
+    RedisConfig, RedisConfigBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_VALUE_SIZE,
+    DEFAULT_RECONNECT_MAX_DELAY, DEFAULT_RECONNECT_MIN_DELAY, DEFAULT_RECONNECT_RETRIES,
+    DEFAULT_RESPONSE_TIMEOUT, DEFAULT_URL,
+};
+pub use store::RedisStore;
+
+/// The redis-rs crate this store is built on (for [`RedisStore::connection`] users).
+pub use redis;

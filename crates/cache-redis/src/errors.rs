@@ -1,0 +1,184 @@
+//! redis-rs errors to [`cache_core::Error`], with passwords scrubbed.
+
+use std::time::Duration;
+
+use cache_core::{Error, ErrorKind};
+use redis::{RedisError, ServerErrorKind};
+
+use crate::target::REDACTED;
+
+/// What an error message may say about the connection (never a password).
+#[derive(Clone)]
+pub(crate) struct ErrorContext {
+    pub(crate) endpoint: String,
+    pub(crate) user: String,
+    pub(crate) has_password: bool,
+    secrets: Vec<String>,
+}
+
+impl ErrorContext {
+    pub(crate) fn new(
+        endpoint: String,
+        user: String,
+        has_password: bool,
+        secrets: Vec<String>,
+    ) -> Self {
+        ErrorContext {
+            endpoint,
+            user,
+            has_password,
+            secrets,
+        }
+    }
+
+    /// `text` with every configured password replaced by `***` (belt and braces: redis-rs
+    /// messages are not known to contain them).
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for secret in &self.secrets {
+            if !secret.is_empty() && out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), REDACTED);
+            }
+        }
+        out
+    }
+
+    /// Our own timeout (the `tokio::time::timeout` around every call) ran out.
+    pub(crate) fn elapsed(&self, op: &str, limit: Duration, setting: &str) -> Error {
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "Redis at {} did not answer {op} within {limit:?} ({setting})",
+                self.endpoint
+            ),
+        )
+    }
+
+    /// Map a redis-rs error from `op` ("GET", "connect", ...).
+    pub(crate) fn map(&self, op: &str, e: &RedisError) -> Error {
+        let detail = self.scrub(&e.to_string());
+        let ep = &self.endpoint;
+        let code = e.code().unwrap_or("");
+        let (kind, message) = if code == "NOAUTH" && !self.has_password {
+            (
+                ErrorKind::Auth,
+                format!(
+                    "Redis at {ep} requires authentication (NOAUTH) but no password is configured"
+                ),
+            )
+        } else if e.kind() == redis::ErrorKind::AuthenticationFailed
+            || code == "WRONGPASS"
+            || code == "NOAUTH"
+        {
+            // redis-rs' own text ("Password authentication failed - AuthenticationFailed")
+            // adds nothing; the server's (WRONGPASS ...) does.
+            let why = if code.is_empty() {
+                String::new()
+            } else {
+                format!(" ({detail})")
+            };
+            (
+                ErrorKind::Auth,
+                format!(
+                    "Redis at {ep} refused the credentials for user `{}`{why}",
+                    self.user
+                ),
+            )
+        } else if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoPerm) || code == "NOPERM"
+        {
+            (
+                ErrorKind::Auth,
+                format!(
+                    "Redis user `{}` is not allowed to run {op} at {ep}: {detail}",
+                    self.user
+                ),
+            )
+        } else if e.is_timeout() {
+            (
+                ErrorKind::Timeout,
+                format!("Redis at {ep} did not answer {op} in time: {detail}"),
+            )
+        } else if e.is_connection_refusal() {
+            (
+                ErrorKind::Connection,
+                format!("cannot reach Redis at {ep}: connection refused"),
+            )
+        } else if e.is_io_error() || e.is_connection_dropped() {
+            (
+                ErrorKind::Connection,
+                if op == "connect" {
+                    format!("cannot reach Redis at {ep}: {detail}")
+                } else {
+                    format!("connection to Redis at {ep} failed during {op}: {detail}")
+                },
+            )
+        } else if e.kind() == redis::ErrorKind::InvalidClientConfig {
+            (
+                ErrorKind::InvalidConfig,
+                format!("the Redis client refused the configuration for {ep}: {detail}"),
+            )
+        } else {
+            (
+                ErrorKind::Remote,
+                format!("Redis at {ep} answered {op} with an error: {detail}"),
+            )
+        };
+        Error::new(kind, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> ErrorContext {
+        ErrorContext::new(
+            "h:1".to_owned(),
+            "alice".to_owned(),
+            true,
+            vec!["hunter2".to_owned()],
+        )
+    }
+
+    #[test]
+    fn kinds() {
+        let c = ctx();
+        let auth = RedisError::from((redis::ErrorKind::AuthenticationFailed, "bad"));
+        assert_eq!(c.map("connect", &auth).kind(), ErrorKind::Auth);
+        assert_eq!(
+            c.map("connect", &auth).message(),
+            "Redis at h:1 refused the credentials for user `alice`"
+        );
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let e = c.map("connect", &refused);
+        assert_eq!(e.kind(), ErrorKind::Connection);
+        assert_eq!(e.message(), "cannot reach Redis at h:1: connection refused");
+        let timed_out = RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert_eq!(c.map("GET", &timed_out).kind(), ErrorKind::Timeout);
+        let reset = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(c.map("GET", &reset).kind(), ErrorKind::Connection);
+        let server = RedisError::from((
+            redis::ErrorKind::Server(ServerErrorKind::ResponseError),
+            "boom",
+        ));
+        assert_eq!(c.map("GET", &server).kind(), ErrorKind::Remote);
+        let noperm = RedisError::from((redis::ErrorKind::Server(ServerErrorKind::NoPerm), "no"));
+        assert_eq!(c.map("GET", &noperm).kind(), ErrorKind::Auth);
+        let wrongpass = redis::make_extension_error("WRONGPASS".to_owned(), Some("x".to_owned()));
+        assert_eq!(c.map("GET", &wrongpass).kind(), ErrorKind::Auth);
+    }
+
+    #[test]
+    fn scrubbing() {
+        let c = ctx();
+        let e = RedisError::from((
+            redis::ErrorKind::Server(ServerErrorKind::ResponseError),
+            "echo",
+            "password hunter2 leaked".to_owned(),
+        ));
+        let mapped = c.map("GET", &e);
+        assert!(!mapped.to_string().contains("hunter2"), "{mapped}");
+        assert!(!format!("{mapped:?}").contains("hunter2"));
+        assert_eq!(c.scrub("a hunter2 b hunter2"), "a *** b ***");
+    }
+}

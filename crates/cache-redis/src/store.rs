@@ -1,0 +1,459 @@
+//! [`RedisStore`]: the [`RemoteStore`] over a redis-rs [`ConnectionManager`].
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use cache_core::remote::check_value_size;
+use cache_core::{Error, ErrorKind, RemoteEntry, RemoteStore, Result};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncConnectionConfig, RedisResult, Value};
+
+use crate::config::RedisConfig;
+use crate::errors::ErrorContext;
+
+/// The compare-and-set fill of [`RemoteStore::set_if_lease`]:
+/// `KEYS = [lease_key, key]`, `ARGV = [token, value, ttl_ms]`.
+const SET_IF_LEASE_LUA: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// Longest TTL sent to Redis, in milliseconds (about 2 230 years): longer ones are capped so
+/// `now + ttl` cannot overflow on the server ("invalid expire time").
+const MAX_TTL_MS: u64 = 1 << 46;
+
+/// `ttl` in whole milliseconds for `PX`: at least 1 (Redis refuses `PX 0`), at most
+/// [`MAX_TTL_MS`].
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis())
+        .unwrap_or(u64::MAX)
+        .clamp(1, MAX_TTL_MS)
+}
+
+/// A standalone Redis server as the shared L2 tier.
+///
+/// One multiplexed connection (redis-rs [`ConnectionManager`]) carries every call
+/// concurrently and reconnects by itself after the connection breaks (a new round of
+/// attempts starts with the next call after a failed round). Every operation is bounded by
+/// the config's `response_timeout`, so a hung server yields [`ErrorKind::Timeout`], never a
+/// hung caller. Cloning is cheap and shares the connection.
+///
+/// Errors: [`ErrorKind::Connection`] (unreachable, broken connection), [`ErrorKind::Timeout`],
+/// [`ErrorKind::Auth`] (refused credentials or missing ACL permission),
+/// [`ErrorKind::Remote`] (the server answered with an error), [`ErrorKind::ValueTooLarge`]
+/// (refused before sending). Messages name the endpoint and the user, never a password.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use cache_core::RemoteStore;
+/// use cache_redis::{RedisConfig, RedisStore};
+///
+/// # async fn demo() -> cache_core::Result<()> {
+/// let config = RedisConfig::builder().url("redis://127.0.0.1:6379/").build()?;
+/// let store = RedisStore::connect(config).await?;
+/// store.set("app:user:42", b"bytes".to_vec(), Duration::from_secs(60)).await?;
+/// assert_eq!(store.get("app:user:42").await?, Some(b"bytes".to_vec()));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RedisConfig,
+    ctx: ErrorContext,
+    lease_script: redis::Script,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.inner.config;
+        f.debug_struct("RedisStore")
+            .field("endpoint", &self.inner.ctx.endpoint)
+            .field("url", &c.redacted_url())
+            .field("user", &self.inner.ctx.user)
+            .field("response_timeout", &c.response_timeout)
+            .field("max_value_size", &c.max_value_size)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// Connect eagerly: validate the config, open a connection, authenticate and `PING`, all
+    /// within `connect_timeout`, so that a bad URL, an unreachable server or refused
+    /// credentials are reported here, with a clear message:
+    ///
+    /// - [`ErrorKind::InvalidUrl`] / [`ErrorKind::InvalidConfig`]: see
+    ///   [`RedisConfig::validate`];
+    /// - [`ErrorKind::Connection`]: "cannot reach Redis at 127.0.0.1:6379: connection refused";
+    /// - [`ErrorKind::Timeout`]: no answer within `connect_timeout`;
+    /// - [`ErrorKind::Auth`]: "Redis at ... refused the credentials for user `app`".
+    ///
+    /// Must be called within a tokio runtime (the connection's driver task runs on it).
+    pub async fn connect(config: RedisConfig) -> Result<RedisStore> {
+        let target = config.resolve()?;
+        let ctx = ErrorContext::new(
+            target.endpoint.clone(),
+            target.user.clone(),
+            target.has_password,
+            target.secrets.clone(),
+        );
+        #[cfg(feature = "tls")]
+        if target.tls {
+            // rustls needs a process-wide crypto provider; ours is `ring` (aws-lc-rs, the
+            // rustls default, would need cmake). No-op when one is installed already.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        #[cfg(not(feature = "tls"))]
+        let _ = target.tls;
+
+        let client = open_client(&config, &target, &ctx)?;
+        let started = Instant::now();
+        let connect_timeout = config.connect_timeout;
+
+        // 1. One direct attempt (the manager would retry refused credentials until the
+        //    timeout, hiding the real cause), then PING.
+        let probe_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(connect_timeout));
+        let probe = async {
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&probe_config)
+                .await?;
+            redis::cmd("PING").query_async::<Value>(&mut conn).await
+        };
+        match tokio::time::timeout(connect_timeout, probe).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(connect_error(&ctx, Some(&e), connect_timeout)),
+            Err(_) => return Err(connect_error(&ctx, None, connect_timeout)),
+        }
+
+        // 2. The long-lived, self-reconnecting connection.
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(config.response_timeout))
+            .set_number_of_retries(config.reconnect_retries)
+            .set_min_delay(config.reconnect_min_delay)
+            .set_max_delay(config.reconnect_max_delay)
+            .set_exponent_base(2.0);
+        let remaining = connect_timeout.saturating_sub(started.elapsed());
+        let conn = match tokio::time::timeout(
+            remaining,
+            ConnectionManager::new_with_config(client, manager_config),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(connect_error(&ctx, Some(&e), connect_timeout)),
+            Err(_) => return Err(connect_error(&ctx, None, connect_timeout)),
+        };
+        tracing::info!(
+            endpoint = %ctx.endpoint,
+            user = %ctx.user,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "connected to Redis"
+        );
+        Ok(RedisStore {
+            conn,
+            inner: Arc::new(Inner {
+                config,
+                ctx,
+                lease_script: redis::Script::new(SET_IF_LEASE_LUA),
+            }),
+        })
+    }
+
+    /// A clone of the underlying multiplexed, self-reconnecting connection, for other
+    /// components (pub/sub, custom commands). Calls made through it are not bounded by
+    /// `response_timeout` beyond the connection's own response timeout.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// The config this store was connected with.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// `host:port` or the unix socket path (no credentials).
+    pub fn endpoint(&self) -> &str {
+        &self.inner.ctx.endpoint
+    }
+
+    /// `PING` the server (bounded by `response_timeout`).
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        self.run("PING", async move {
+            redis::cmd("PING").query_async::<Value>(&mut conn).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Run one call under `response_timeout`, mapping its error.
+    async fn run<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = RedisResult<T>> + Send,
+    ) -> Result<T> {
+        let limit = self.inner.config.response_timeout;
+        let result = match tokio::time::timeout(limit, call).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => match self.inner.ctx.map(op, &e) {
+                // The connection's own response timeout (same limit) fired first.
+                t if t.kind() == ErrorKind::Timeout => {
+                    self.inner.ctx.elapsed(op, limit, "response_timeout")
+                }
+                other => other,
+            },
+            Err(_) => self.inner.ctx.elapsed(op, limit, "response_timeout"),
+        };
+        tracing::debug!(
+            op,
+            endpoint = %self.inner.ctx.endpoint,
+            kind = %result.kind(),
+            error = %result.message(),
+            "Redis call failed"
+        );
+        Err(result)
+    }
+
+    fn check_size(&self, key: &str, len: usize) -> Result<()> {
+        check_value_size(key, len, self.inner.config.max_value_size)
+    }
+}
+
+/// The redis-rs client: plain, or TLS with the configured CA file.
+fn open_client(
+    config: &RedisConfig,
+    target: &crate::target::Target,
+    ctx: &ErrorContext,
+) -> Result<redis::Client> {
+    #[cfg(feature = "tls")]
+    if let (true, Some(path)) = (target.tls, &config.tls_ca_file) {
+        let pem = std::fs::read(path).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("cannot read tls_ca_file {}: {e}", path.display()),
+            )
+        })?;
+        let certs = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        };
+        return redis::Client::build_with_tls(target.info.clone(), certs)
+            .map_err(|e| ctx.map("connect", &e));
+    }
+    #[cfg(not(feature = "tls"))]
+    let _ = config;
+    redis::Client::open(target.info.clone()).map_err(|e| ctx.map("connect", &e))
+}
+
+/// A connect-time error (`None`: our own timeout ran out); timeouts from either layer read
+/// the same.
+fn connect_error(
+    ctx: &ErrorContext,
+    e: Option<&redis::RedisError>,
+    connect_timeout: Duration,
+) -> Error {
+    let mapped = match e.map(|e| ctx.map("connect", e)) {
+        Some(mapped) if mapped.kind() != ErrorKind::Timeout => mapped,
+        _ => Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "cannot reach Redis at {}: no answer within {connect_timeout:?} \
+                 (connect_timeout)",
+                ctx.endpoint
+            ),
+        ),
+    };
+    tracing::warn!(
+        endpoint = %ctx.endpoint,
+        kind = %mapped.kind(),
+        error = %mapped.message(),
+        "cannot connect to Redis"
+    );
+    mapped
+}
+
+#[async_trait]
+impl RemoteStore for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn max_value_size(&self) -> usize {
+        self.inner.config.max_value_size
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("GET").arg(key).to_owned();
+        self.run("GET", async move {
+            cmd.query_async::<Option<Vec<u8>>>(&mut conn).await
+        })
+        .await
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("MGET").arg(keys).to_owned();
+        let values = self
+            .run("MGET", async move {
+                cmd.query_async::<Vec<Option<Vec<u8>>>>(&mut conn).await
+            })
+            .await?;
+        if values.len() != keys.len() {
+            return Err(Error::new(
+                ErrorKind::Remote,
+                format!(
+                    "Redis at {} answered MGET of {} keys with {} values",
+                    self.inner.ctx.endpoint,
+                    keys.len(),
+                    values.len()
+                ),
+            ));
+        }
+        Ok(values)
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
+        self.check_size(key, value.len())?;
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(ttl_ms(ttl))
+            .to_owned();
+        self.run("SET", async move { cmd.exec_async(&mut conn).await })
+            .await
+    }
+
+    async fn set_many(&self, entries: Vec<RemoteEntry>) -> Result<()> {
+        for e in &entries {
+            self.check_size(&e.key, e.value.len())?;
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for e in entries {
+            pipe.cmd("SET")
+                .arg(e.key)
+                .arg(e.value)
+                .arg("PX")
+                .arg(ttl_ms(e.ttl))
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        self.run(
+            "SET (pipeline)",
+            async move { pipe.exec_async(&mut conn).await },
+        )
+        .await
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("DEL").arg(keys).to_owned();
+        self.run("DEL", async move { cmd.exec_async(&mut conn).await })
+            .await
+    }
+
+    async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool> {
+        self.check_size(key, value.len())?;
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms(ttl))
+            .to_owned();
+        let answer = self
+            .run("SET NX", async move {
+                cmd.query_async::<Value>(&mut conn).await
+            })
+            .await?;
+        match answer {
+            Value::Okay => Ok(true),
+            Value::Nil => Ok(false),
+            other => Err(Error::new(
+                ErrorKind::Remote,
+                format!(
+                    "Redis at {} answered SET NX with an unexpected {}",
+                    self.inner.ctx.endpoint,
+                    value_type(&other)
+                ),
+            )),
+        }
+    }
+
+    async fn set_if_lease(
+        &self,
+        lease_key: &str,
+        token: &[u8],
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool> {
+        self.check_size(key, value.len())?;
+        let mut conn = self.conn.clone();
+        let mut invocation = self.inner.lease_script.prepare_invoke();
+        invocation
+            .key(lease_key)
+            .key(key)
+            .arg(token)
+            .arg(value)
+            .arg(ttl_ms(ttl));
+        let stored = self
+            .run("EVALSHA (set_if_lease)", async move {
+                invocation.invoke_async::<i64>(&mut conn).await
+            })
+            .await?;
+        Ok(stored == 1)
+    }
+}
+
+/// A short name of a reply's type, for messages (never its content).
+fn value_type(value: &Value) -> &'static str {
+    match value {
+        Value::Nil => "nil",
+        Value::Int(_) => "integer",
+        Value::BulkString(_) => "bulk string",
+        Value::Array(_) => "array",
+        Value::SimpleString(_) => "simple string",
+        Value::Okay => "OK",
+        _ => "reply",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_is_clamped_to_what_redis_accepts() {
+        assert_eq!(ttl_ms(Duration::ZERO), 1);
+        assert_eq!(ttl_ms(Duration::from_micros(10)), 1);
+        assert_eq!(ttl_ms(Duration::from_millis(1500)), 1500);
+        assert_eq!(ttl_ms(Duration::MAX), MAX_TTL_MS);
+    }
+}
