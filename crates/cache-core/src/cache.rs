@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::bus::BusTarget;
 use crate::codec::Codec;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
@@ -246,8 +247,10 @@ where
         .with_max_key_len(self.config.max_key_len);
         let ns = self.engine.register_namespace::<V>(&self.namespace)?;
         let observer = self.engine.inner.observer.for_cache(&self.namespace);
-        Ok(Cache {
+        let channel = format!("{}__inv", keys.base());
+        let cache = Cache {
             inner: Arc::new(CacheInner {
+                channel,
                 engine: self.engine,
                 name: self.namespace,
                 ns,
@@ -260,7 +263,12 @@ where
                 policy: self.policy,
                 _codec: PhantomData,
             }),
-        })
+        };
+        if let Some(bus) = &cache.inner.engine.inner.bus {
+            let target: Arc<dyn BusTarget> = cache.inner.clone();
+            bus.register(cache.inner.channel.clone(), Arc::downgrade(&target));
+        }
+        Ok(cache)
     }
 }
 
@@ -345,6 +353,8 @@ impl<V, C> fmt::Debug for Cache<V, C> {
 
 struct CacheInner<V, C> {
     engine: Engine,
+    /// The invalidation channel of this namespace (`{prefix}:{ns}:__inv`).
+    channel: String,
     name: String,
     ns: NamespaceId,
     keys: KeySpace,
@@ -790,6 +800,7 @@ where
             }
         }
         inner.fill_l1(key, prepared.value.clone(), &prepared);
+        inner.announce(key);
         result
     }
 
@@ -799,6 +810,7 @@ where
         self.inner.bump_epoch(key);
         self.inner.engine.inner.l1.remove(self.inner.ns, key);
         self.inner.observer.on_event(CacheEvent::Invalidate);
+        self.inner.announce(key);
         if let Some(l2) = &self.inner.engine.inner.l2 {
             let mut keys = vec![full];
             if let (true, Some(lk)) = (self.inner.config.leases, lease_key(&keys[0])) {
@@ -820,10 +832,34 @@ where
 
     /// Drop every entry of this namespace from this process' L1.
     pub fn clear_local(&self) {
-        for e in &self.inner.epochs {
-            e.fetch_add(1, Ordering::SeqCst);
+        self.inner.flush_local();
+    }
+
+    /// Clear the namespace everywhere: this process' L1, every other instance's L1 (through
+    /// the bus) and L2 (every key under the namespace's base, deleted in batches with SCAN;
+    /// values written while the clear runs may survive). Returns the number of L2 keys deleted.
+    pub async fn clear_namespace(&self) -> Result<u64> {
+        let inner = &self.inner;
+        inner.flush_local();
+        if let Some(bus) = &inner.engine.inner.bus {
+            bus.publish_clear(&inner.channel);
+            inner
+                .observer
+                .on_event(CacheEvent::InvalidationsSent { keys: 1 });
         }
-        self.inner.engine.inner.l1.clear_namespace(self.inner.ns);
+        let deleted = match &inner.engine.inner.l2 {
+            Some(l2) => match l2.delete_prefix(inner.keys.base()).await {
+                Ok(n) => n,
+                Err(e) => {
+                    inner.l2_failed(L2Op::Delete, &e);
+                    return Err(e);
+                }
+            },
+            None => 0,
+        };
+        // Entries filled from L2 while the delete ran may be old: flush once more.
+        inner.flush_local();
+        Ok(deleted)
     }
 }
 
@@ -845,6 +881,22 @@ where
 {
     fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight<V>>> {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tell other instances that `key` changed (batched by the bus).
+    fn announce(&self, key: &str) {
+        if let Some(bus) = &self.engine.inner.bus {
+            bus.publish_keys(&self.channel, vec![key.to_owned()]);
+            self.observer
+                .on_event(CacheEvent::InvalidationsSent { keys: 1 });
+        }
+    }
+
+    fn flush_local(&self) {
+        for e in &self.epochs {
+            e.fetch_add(1, Ordering::SeqCst);
+        }
+        self.engine.inner.l1.clear_namespace(self.ns);
     }
 
     fn stripe(key: &str) -> usize {
@@ -1555,4 +1607,29 @@ where
     })?;
     handle.spawn(fut);
     Ok(())
+}
+
+impl<V, C> BusTarget for CacheInner<V, C>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    fn invalidate_keys(&self, keys: &[String]) {
+        for k in keys {
+            self.bump_epoch(k);
+            self.engine.inner.l1.remove(self.ns, k);
+        }
+    }
+
+    fn flush(&self) {
+        self.flush_local();
+    }
+
+    fn report(&self, event: CacheEvent) {
+        self.observer.on_event(event);
+    }
+
+    fn base(&self) -> &str {
+        self.keys.base()
+    }
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use crate::bus::{BusConfig, BusRuntime, BusStats, BusTransport};
 use crate::cache::{CacheBuilder, CacheConfig};
 use crate::clock::{Clock, SystemClock};
 use crate::codec::Codec;
@@ -24,6 +25,7 @@ pub(crate) struct EngineInner {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) observer: Arc<dyn Observer>,
     pub(crate) random: Arc<dyn RandomSource>,
+    pub(crate) bus: Option<BusRuntime>,
     namespaces: Mutex<HashMap<String, (NamespaceId, TypeId)>>,
 }
 
@@ -64,6 +66,9 @@ impl Engine {
             clock: Arc::new(SystemClock),
             observer: Arc::new(NoopObserver),
             random: Arc::new(ThreadRandom),
+            bus: None,
+            tracking: None,
+            bus_config: BusConfig::default(),
         }
     }
 
@@ -80,6 +85,16 @@ impl Engine {
     /// The shared L1 store.
     pub fn l1(&self) -> &Arc<dyn L1Store> {
         &self.inner.l1
+    }
+
+    /// This instance's id on the invalidation bus, when there is one.
+    pub fn instance_id(&self) -> Option<u64> {
+        self.inner.bus.as_ref().map(|b| b.instance)
+    }
+
+    /// Counters of the invalidation bus, when there is one.
+    pub fn bus_stats(&self) -> Option<BusStats> {
+        self.inner.bus.as_ref().map(BusRuntime::stats)
     }
 
     /// Counters of the shared L1.
@@ -126,6 +141,9 @@ pub struct EngineBuilder {
     clock: Arc<dyn Clock>,
     observer: Arc<dyn Observer>,
     random: Arc<dyn RandomSource>,
+    bus: Option<Arc<dyn BusTransport>>,
+    tracking: Option<Arc<dyn BusTransport>>,
+    bus_config: BusConfig,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -168,6 +186,27 @@ impl EngineBuilder {
         self
     }
 
+    /// Keep L1 coherent with other instances through this invalidation bus (e.g. Redis
+    /// pub/sub from `cache-redis`): `set`, `invalidate` and `clear_namespace` are published,
+    /// and losses are detected and answered with a flush.
+    pub fn with_bus(mut self, bus: Arc<dyn BusTransport>) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
+    /// Also drop L1 copies of keys written by any client (Redis client tracking). Needs a bus
+    /// (`with_bus`) for this instance's own writes to reach the others' L1 in all cases.
+    pub fn with_tracking(mut self, tracking: Arc<dyn BusTransport>) -> Self {
+        self.tracking = Some(tracking);
+        self
+    }
+
+    /// Bus timing (batching window, heartbeat).
+    pub fn with_bus_config(mut self, config: BusConfig) -> Self {
+        self.bus_config = config;
+        self
+    }
+
     /// Build the engine.
     pub fn build(self) -> Result<Engine> {
         validate_name("prefix", &self.prefix)?;
@@ -177,6 +216,15 @@ impl EngineBuilder {
                 "an L1 store is required (with_l1)",
             )
         })?;
+        let bus = match (self.bus, self.tracking) {
+            (Some(bus), tracking) => Some(BusRuntime::start(bus, tracking, self.bus_config)?),
+            (None, Some(tracking)) => Some(BusRuntime::start(
+                Arc::new(crate::bus::NullTransport),
+                Some(tracking),
+                self.bus_config,
+            )?),
+            (None, None) => None,
+        };
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 prefix: self.prefix,
@@ -185,6 +233,7 @@ impl EngineBuilder {
                 clock: self.clock,
                 observer: self.observer,
                 random: self.random,
+                bus,
                 namespaces: Mutex::new(HashMap::new()),
             }),
         })

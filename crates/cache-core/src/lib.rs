@@ -13,6 +13,7 @@
 //! Most users depend on the `tiercache` facade crate, which wires these together.
 #![warn(missing_docs)]
 
+pub mod bus;
 pub mod cache;
 pub mod clock;
 pub mod codec;
@@ -26,6 +27,7 @@ pub mod observer;
 pub mod policy;
 pub mod remote;
 
+pub use bus::{BusConfig, BusEvent, BusStats, BusTransport, MemoryBus, MemoryBusHandle};
 pub use cache::{Cache, CacheBuilder, CacheConfig, CacheStats};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{Codec, CodecId};

@@ -51,6 +51,16 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
     /// Store `value` under `key` only if `key` does not exist (lease acquisition).
     async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool>;
 
+    /// Delete every key starting with `prefix` (namespace clear); returns how many. The
+    /// default refuses: a store must opt in.
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        let _ = prefix;
+        Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!("the {} store cannot delete by prefix", self.kind()),
+        ))
+    }
+
     /// Compare-and-set fill: if `lease_key` still holds `token`, delete the lease and store
     /// `value` under `key` for `ttl`, atomically; otherwise store nothing. Returns whether it
     /// stored. Both keys are in the same hash slot.
@@ -210,6 +220,14 @@ impl RemoteStore for MemoryStore {
             map.remove(k);
         }
         Ok(())
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        self.enter()?;
+        let mut map = self.lock();
+        let before = map.len();
+        map.retain(|k, _| !k.starts_with(prefix));
+        Ok((before - map.len()) as u64)
     }
 
     async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool> {

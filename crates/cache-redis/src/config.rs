@@ -268,19 +268,22 @@ impl RedisConfigBuilder {
     }
 }
 
-/// Durations as text with a unit (`"500ms"`), read from text or a number of milliseconds.
-mod duration_text {
+/// Serde helpers for durations as text with a unit (`"500ms"`), read from text or a number
+/// of milliseconds: `#[serde(with = "cache_redis::support::duration_text")]`.
+pub mod duration_text {
     use std::fmt;
     use std::time::Duration;
 
     use serde::de::{self, Visitor};
     use serde::{Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    /// Write `d` as text with a unit (`"500ms"`, `"2s"`).
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format(*d))
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    /// Read a duration from a number of milliseconds or text with a unit.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         d.deserialize_any(DurationVisitor)
     }
 

@@ -7,17 +7,23 @@ use redis::{RedisError, ServerErrorKind};
 
 use crate::target::REDACTED;
 
-/// What an error message may say about the connection (never a password).
+/// What an error message may say about the connection (never a password): maps redis-rs
+/// errors to [`cache_core::Error`] with a clear message and scrubs every configured password
+/// from it. Shared with `cache-cluster`.
 #[derive(Clone)]
-pub(crate) struct ErrorContext {
-    pub(crate) endpoint: String,
-    pub(crate) user: String,
-    pub(crate) has_password: bool,
+pub struct ErrorContext {
+    /// `host:port`, a socket path, or a description of several nodes (never credentials).
+    pub endpoint: String,
+    /// The ACL user (`default` when none is configured).
+    pub user: String,
+    /// Whether a password is configured (to tell "NOAUTH: none configured" from "refused").
+    pub has_password: bool,
     secrets: Vec<String>,
 }
 
 impl ErrorContext {
-    pub(crate) fn new(
+    /// A context for `endpoint` and `user`; `secrets` are scrubbed from every message.
+    pub fn new(
         endpoint: String,
         user: String,
         has_password: bool,
@@ -33,7 +39,7 @@ impl ErrorContext {
 
     /// `text` with every configured password replaced by `***` (belt and braces: redis-rs
     /// messages are not known to contain them).
-    pub(crate) fn scrub(&self, text: &str) -> String {
+    pub fn scrub(&self, text: &str) -> String {
         let mut out = text.to_owned();
         for secret in &self.secrets {
             if !secret.is_empty() && out.contains(secret.as_str()) {
@@ -44,7 +50,7 @@ impl ErrorContext {
     }
 
     /// Our own timeout (the `tokio::time::timeout` around every call) ran out.
-    pub(crate) fn elapsed(&self, op: &str, limit: Duration, setting: &str) -> Error {
+    pub fn elapsed(&self, op: &str, limit: Duration, setting: &str) -> Error {
         Error::new(
             ErrorKind::Timeout,
             format!(
@@ -55,7 +61,7 @@ impl ErrorContext {
     }
 
     /// Map a redis-rs error from `op` ("GET", "connect", ...).
-    pub(crate) fn map(&self, op: &str, e: &RedisError) -> Error {
+    pub fn map(&self, op: &str, e: &RedisError) -> Error {
         let detail = self.scrub(&e.to_string());
         let ep = &self.endpoint;
         let code = e.code().unwrap_or("");

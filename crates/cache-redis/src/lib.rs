@@ -38,11 +38,13 @@
 //! ```
 #![warn(missing_docs)]
 
+mod bus;
 mod config;
 mod errors;
 mod store;
 mod target;
 
+pub use bus::{RedisBus, RedisTracking};
 pub use config::{
     RedisConfig, RedisConfigBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_VALUE_SIZE,
     DEFAULT_RECONNECT_MAX_DELAY, DEFAULT_RECONNECT_MIN_DELAY, DEFAULT_RECONNECT_RETRIES,
@@ -52,3 +54,11 @@ pub use store::RedisStore;
 
 /// The redis-rs crate this store is built on (for [`RedisStore::connection`] users).
 pub use redis;
+
+/// Building blocks shared with `cache-cluster` (URL validation and credentials, error mapping
+/// with password scrubbing, redaction, duration serde). Not meant for applications.
+pub mod support {
+    pub use crate::config::duration_text;
+    pub use crate::errors::ErrorContext;
+    pub use crate::target::{redact_url, resolve, Target, REDACTED};
+}

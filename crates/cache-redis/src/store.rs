@@ -71,7 +71,8 @@ pub struct RedisStore {
 
 struct Inner {
     config: RedisConfig,
-    ctx: ErrorContext,
+    client: redis::Client,
+    ctx: Arc<ErrorContext>,
     lease_script: redis::Script,
 }
 
@@ -118,6 +119,7 @@ impl RedisStore {
         let _ = target.tls;
 
         let client = open_client(&config, &target, &ctx)?;
+        let client_copy = client.clone();
         let started = Instant::now();
         let connect_timeout = config.connect_timeout;
 
@@ -167,10 +169,21 @@ impl RedisStore {
             conn,
             inner: Arc::new(Inner {
                 config,
-                ctx,
+                client: client_copy,
+                ctx: Arc::new(ctx),
                 lease_script: redis::Script::new(SET_IF_LEASE_LUA),
             }),
         })
+    }
+
+    /// The redis-rs client (same server, credentials and TLS settings), for components that
+    /// need connections of their own (pub/sub, tracking).
+    pub fn client(&self) -> redis::Client {
+        self.inner.client.clone()
+    }
+
+    pub(crate) fn error_context(&self) -> Arc<ErrorContext> {
+        self.inner.ctx.clone()
     }
 
     /// A clone of the underlying multiplexed, self-reconnecting connection, for other
@@ -375,6 +388,46 @@ impl RemoteStore for RedisStore {
         let cmd = redis::cmd("DEL").arg(keys).to_owned();
         self.run("DEL", async move { cmd.exec_async(&mut conn).await })
             .await
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        // SCAN with a MATCH pattern (glob characters in the prefix escaped), deleting each
+        // batch as it comes. Each SCAN/DEL call is bounded by response_timeout.
+        let mut pattern = String::with_capacity(prefix.len() + 1);
+        for c in prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('*');
+        let mut cursor: u64 = 0;
+        let mut deleted = 0u64;
+        loop {
+            let mut conn = self.conn.clone();
+            let cmd = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .to_owned();
+            let (next, keys): (u64, Vec<String>) = self
+                .run("SCAN", async move { cmd.query_async(&mut conn).await })
+                .await?;
+            if !keys.is_empty() {
+                let mut conn = self.conn.clone();
+                let cmd = redis::cmd("UNLINK").arg(&keys).to_owned();
+                let n: u64 = self
+                    .run("UNLINK", async move { cmd.query_async(&mut conn).await })
+                    .await?;
+                deleted += n;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
     }
 
     async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool> {

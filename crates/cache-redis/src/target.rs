@@ -6,7 +6,7 @@ use cache_core::{Error, ErrorKind, Result};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion};
 
 /// What a redacted password is replaced with.
-pub(crate) const REDACTED: &str = "***";
+pub const REDACTED: &str = "***";
 
 const TCP_FORM: &str = "expected redis://[[user]:password@]host[:port][/db]";
 const UNIX_FORM: &str =
@@ -281,7 +281,7 @@ fn parse_unix(url: &url::Url) -> Result<ParsedUrl> {
 
 /// `input` with its password (userinfo or `pass=` query parameter) replaced by `***`; a
 /// placeholder when the URL cannot be parsed (its text could hold a password anywhere).
-pub(crate) fn redact_url(input: &str) -> String {
+pub fn redact_url(input: &str) -> String {
     let Ok(mut url) = url::Url::parse(input.trim()) else {
         return "<unparsable URL, hidden>".to_owned();
     };
@@ -310,18 +310,24 @@ pub(crate) fn redact_url(input: &str) -> String {
 
 /// Everything needed to connect, with the config's credentials applied.
 #[derive(Clone)]
-pub(crate) struct Target {
-    pub(crate) info: ConnectionInfo,
-    pub(crate) endpoint: String,
-    pub(crate) user: String,
-    pub(crate) has_password: bool,
-    pub(crate) tls: bool,
+pub struct Target {
+    /// The redis-rs connection settings (address, TLS, database, user, password, protocol).
+    pub info: ConnectionInfo,
+    /// `host:port` or the socket path, for messages (no credentials).
+    pub endpoint: String,
+    /// The ACL user (`default` when none is given).
+    pub user: String,
+    /// Whether a password is set.
+    pub has_password: bool,
+    /// Whether the URL is `rediss://`.
+    pub tls: bool,
     /// Strings that must never appear in a message (passwords, decoded and encoded).
-    pub(crate) secrets: Vec<String>,
+    pub secrets: Vec<String>,
 }
 
-/// Resolve `url` with the overriding `username` / `password`.
-pub(crate) fn resolve(url: &str, username: Option<&str>, password: Option<&str>) -> Result<Target> {
+/// Validate `url` (typed [`ErrorKind::InvalidUrl`] errors saying what is wrong) and apply the
+/// overriding `username` / `password`.
+pub fn resolve(url: &str, username: Option<&str>, password: Option<&str>) -> Result<Target> {
     let parsed = parse_url(url)?;
     let username = username
         .filter(|u| !u.is_empty())

@@ -41,9 +41,10 @@ use std::sync::Arc;
 
 pub use cache_core::policy::{NoRefresh, RandomSource, RefreshPolicy, SeededRandom};
 pub use cache_core::{
-    CacheBuilder, CacheConfig, CacheEvent, CacheObserver, CacheStats, Clock, Codec, CodecId,
-    Engine, EngineBuilder, Error, ErrorKind, L1Stats, L1Store, ManualClock, MemoryStore,
-    NoopObserver, Observer, RemoteEntry, RemoteStore, Result, SystemClock,
+    BusConfig, BusStats, BusTransport, CacheBuilder, CacheConfig, CacheEvent, CacheObserver,
+    CacheStats, Clock, Codec, CodecId, Engine, EngineBuilder, Error, ErrorKind, L1Stats, L1Store,
+    ManualClock, MemoryBus, MemoryBusHandle, MemoryStore, NoopObserver, Observer, RemoteEntry,
+    RemoteStore, Result, SystemClock,
 };
 pub use cache_l1::QuickL1;
 pub use cache_xfetch::XFetch;
@@ -56,7 +57,7 @@ pub use cache_codec::Json;
 pub use cache_codec::MsgPack;
 
 #[cfg(feature = "redis")]
-pub use cache_redis::{RedisConfig, RedisStore};
+pub use cache_redis::{RedisBus, RedisConfig, RedisStore, RedisTracking};
 
 /// The lower layers, for users who compose their own engine.
 pub mod core {
@@ -84,6 +85,9 @@ pub fn builder(prefix: impl Into<String>) -> Builder {
         l2: L2::None,
         observer: None,
         clock: None,
+        bus: BusChoice::Auto,
+        tracking: false,
+        bus_config: BusConfig::default(),
     }
 }
 
@@ -104,6 +108,16 @@ pub struct Builder {
     l2: L2,
     observer: Option<Arc<dyn Observer>>,
     clock: Option<Arc<dyn Clock>>,
+    bus: BusChoice,
+    tracking: bool,
+    bus_config: BusConfig,
+}
+
+enum BusChoice {
+    /// Redis pub/sub when the L2 is Redis; none otherwise.
+    Auto,
+    Off,
+    Transport(Arc<dyn BusTransport>),
 }
 
 impl std::fmt::Debug for Builder {
@@ -164,6 +178,34 @@ impl Builder {
         self
     }
 
+    /// Turn the invalidation bus off (`false`) or back on (`true`, the default): with Redis as
+    /// L2, `set`/`invalidate` are published on Redis pub/sub and other instances drop their L1
+    /// copies; losses are detected and answered with an L1 flush.
+    pub fn bus(mut self, on: bool) -> Self {
+        self.bus = if on { BusChoice::Auto } else { BusChoice::Off };
+        self
+    }
+
+    /// Use this bus transport (e.g. a [`MemoryBus`] handle for several engines in one process).
+    pub fn bus_transport(mut self, transport: Arc<dyn BusTransport>) -> Self {
+        self.bus = BusChoice::Transport(transport);
+        self
+    }
+
+    /// Bus timing: batching window, heartbeat interval.
+    pub fn bus_config(mut self, config: BusConfig) -> Self {
+        self.bus_config = config;
+        self
+    }
+
+    /// Redis client tracking (RESP3 `CLIENT TRACKING ON BCAST PREFIX {prefix}:`): writes by
+    /// any client, e.g. a service in another language or `redis-cli`, drop L1 copies. Off by
+    /// default; see `docs/coherence.md` for the trade-offs.
+    pub fn tracking(mut self, on: bool) -> Self {
+        self.tracking = on;
+        self
+    }
+
     /// Read time from this clock (tests).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
@@ -174,7 +216,11 @@ impl Builder {
     /// build the engine.
     pub async fn build(self) -> Result<Engine> {
         let l1: Arc<dyn L1Store> = Arc::new(QuickL1::with_capacity_bytes(self.l1_capacity_bytes));
-        let mut b = Engine::builder(self.prefix).with_l1(l1);
+        let mut b = Engine::builder(self.prefix.clone()).with_l1(l1);
+        let mut bus: Option<Arc<dyn BusTransport>> = None;
+        let mut tracking: Option<Arc<dyn BusTransport>> = None;
+        #[cfg(feature = "redis")]
+        let mut redis_store: Option<RedisStore> = None;
         let l2: Option<Arc<dyn RemoteStore>> = match self.l2 {
             L2::None => None,
             L2::Memory => Some(Arc::new(MemoryStore::new())),
@@ -182,11 +228,42 @@ impl Builder {
             #[cfg(feature = "redis")]
             L2::RedisUrl(url) => {
                 let config = RedisConfig::builder().url(url).build()?;
-                Some(Arc::new(RedisStore::connect(config).await?))
+                let store = RedisStore::connect(config).await?;
+                redis_store = Some(store.clone());
+                Some(Arc::new(store))
             }
             #[cfg(feature = "redis")]
-            L2::Redis(config) => Some(Arc::new(RedisStore::connect(*config).await?)),
+            L2::Redis(config) => {
+                let store = RedisStore::connect(*config).await?;
+                redis_store = Some(store.clone());
+                Some(Arc::new(store))
+            }
         };
+        #[cfg(feature = "redis")]
+        if let Some(store) = &redis_store {
+            if matches!(self.bus, BusChoice::Auto) {
+                bus = Some(Arc::new(RedisBus::new(store)));
+            }
+            if self.tracking {
+                tracking = Some(Arc::new(RedisTracking::new(store, &self.prefix)?));
+            }
+        }
+        if let BusChoice::Transport(t) = self.bus {
+            bus = Some(t);
+        }
+        if self.tracking && tracking.is_none() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "tracking needs Redis as the L2 (redis_url or redis)",
+            ));
+        }
+        if let Some(t) = bus {
+            b = b.with_bus(t);
+        }
+        if let Some(t) = tracking {
+            b = b.with_tracking(t);
+        }
+        b = b.with_bus_config(self.bus_config);
         if let Some(l2) = l2 {
             b = b.with_l2(l2);
         }

@@ -1,0 +1,787 @@
+//! L1 coherence across instances: an invalidation bus that notices its own losses.
+//!
+//! Redis pub/sub delivers at most once. A lost message would leave another instance serving
+//! its L1 copy until the TTL ends, silently. So every publisher numbers its messages per
+//! channel and sends a heartbeat carrying its latest number; a receiver that sees a gap, a
+//! disconnect, or a publisher falling silent flushes the namespaces concerned from its L1 and
+//! counts the loss. Staleness after a loss is bounded by the detection time, never by the TTL.
+//!
+//! The transport ([`BusTransport`]) only moves bytes: `cache-redis` implements it over
+//! Redis pub/sub, and over RESP3 client tracking (writes by any client, in any language,
+//! drop L1 copies).
+//!
+//! Wire format of a message (little endian):
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 1 | version (`1`) |
+//! | 1 | kind: 1 keys, 2 clear namespace, 3 heartbeat |
+//! | 8 | publisher instance id |
+//! | 8 | sequence number on this channel (heartbeats repeat the latest) |
+//! | 4 | key count, then per key: 4-byte length + UTF-8 bytes |
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// What a transport delivers to the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BusEvent {
+    /// A message published on a subscribed channel.
+    Message {
+        /// The channel.
+        channel: String,
+        /// The bytes published.
+        payload: Vec<u8>,
+    },
+    /// Full keys changed by some client (tracking mode); empty means "everything" (FLUSHALL).
+    KeysChanged(Vec<String>),
+    /// The subscription is (re)established: anything sent before may have been missed.
+    Connected,
+    /// The subscription broke; messages sent from now on are lost until `Connected`.
+    Disconnected,
+}
+
+/// Moves invalidation messages between instances.
+#[async_trait]
+pub trait BusTransport: Send + Sync + fmt::Debug + 'static {
+    /// A short name ("redis-pubsub", "redis-tracking", "memory").
+    fn kind(&self) -> &'static str;
+
+    /// Publish `payload` on `channel`.
+    async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<()>;
+
+    /// Start delivering events into `events`, reconnecting with back-off by itself and
+    /// reporting every `Disconnected` / `Connected`. The returned task is aborted when the
+    /// engine is dropped.
+    fn start(&self, events: mpsc::UnboundedSender<BusEvent>) -> Result<JoinHandle<()>>;
+
+    /// Listen on one more channel from now on (kept across reconnects). Idempotent.
+    fn subscribe(&self, channel: &str);
+}
+
+/// Bus timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BusConfig {
+    /// How long invalidations are gathered before one message is published (default 1 ms).
+    pub batch_window: Duration,
+    /// At most this many keys per message (default 256).
+    pub batch_max_keys: usize,
+    /// How often each instance announces its latest sequence number (default 1 s).
+    pub heartbeat: Duration,
+    /// A publisher not heard for this long is presumed lost: its namespaces are flushed
+    /// (default 3 heartbeats).
+    pub silence_limit: Duration,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            batch_window: Duration::from_millis(1),
+            batch_max_keys: 256,
+            heartbeat: Duration::from_secs(1),
+            silence_limit: Duration::from_secs(3),
+        }
+    }
+}
+
+impl BusConfig {
+    /// Set the heartbeat interval; the silence limit becomes three intervals.
+    pub fn with_heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self.silence_limit = every * 3;
+        self
+    }
+
+    /// Set the batching window.
+    pub fn with_batch_window(mut self, window: Duration) -> Self {
+        self.batch_window = window;
+        self
+    }
+}
+
+/// A typed cache as the bus sees it.
+pub(crate) trait BusTarget: Send + Sync {
+    /// Drop these user keys from L1 (they changed elsewhere).
+    fn invalidate_keys(&self, keys: &[String]);
+    /// Drop the whole namespace from L1 (cleared elsewhere, or a possible loss).
+    fn flush(&self);
+    /// Report an event to the cache's observer.
+    fn report(&self, event: crate::observer::CacheEvent);
+    /// The key base (`{prefix}:{ns}:`), to map tracked full keys back to user keys.
+    fn base(&self) -> &str;
+}
+
+const VERSION: u8 = 1;
+const KIND_KEYS: u8 = 1;
+const KIND_CLEAR: u8 = 2;
+const KIND_HEARTBEAT: u8 = 3;
+
+/// A decoded bus message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// 1 keys, 2 clear, 3 heartbeat.
+    pub kind: u8,
+    /// Publisher instance.
+    pub instance: u64,
+    /// Sequence number on the channel.
+    pub seq: u64,
+    /// User keys (kind 1).
+    pub keys: Vec<String>,
+}
+
+impl Message {
+    /// Encode.
+    pub fn encode(&self) -> Vec<u8> {
+        let len: usize = self.keys.iter().map(|k| 4 + k.len()).sum();
+        let mut out = Vec::with_capacity(22 + len);
+        out.push(VERSION);
+        out.push(self.kind);
+        out.extend_from_slice(&self.instance.to_le_bytes());
+        out.extend_from_slice(&self.seq.to_le_bytes());
+        out.extend_from_slice(&(self.keys.len() as u32).to_le_bytes());
+        for k in &self.keys {
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(k.as_bytes());
+        }
+        out
+    }
+
+    /// Decode; foreign or corrupt bytes are an error, never a panic.
+    pub fn decode(bytes: &[u8]) -> Result<Message> {
+        let bad = |m: &str| Error::new(ErrorKind::Decode, format!("bus message: {m}"));
+        let take = |b: &[u8], at: usize, n: usize| -> Result<Vec<u8>> {
+            b.get(at..at + n)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| bad("truncated"))
+        };
+        if bytes.len() < 22 {
+            return Err(bad("shorter than its header"));
+        }
+        if bytes[0] != VERSION {
+            return Err(bad("unknown version"));
+        }
+        let kind = bytes[1];
+        if !(KIND_KEYS..=KIND_HEARTBEAT).contains(&kind) {
+            return Err(bad("unknown kind"));
+        }
+        let u64_at = |at: usize| -> Result<u64> {
+            let v = take(bytes, at, 8)?;
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&v);
+            Ok(u64::from_le_bytes(a))
+        };
+        let u32_at = |at: usize| -> Result<usize> {
+            let v = take(bytes, at, 4)?;
+            let mut a = [0u8; 4];
+            a.copy_from_slice(&v);
+            Ok(u32::from_le_bytes(a) as usize)
+        };
+        let instance = u64_at(2)?;
+        let seq = u64_at(10)?;
+        let count = u32_at(18)?;
+        if count > bytes.len() / 4 {
+            return Err(bad("key count larger than the message"));
+        }
+        let mut keys = Vec::with_capacity(count);
+        let mut at = 22;
+        for _ in 0..count {
+            let n = u32_at(at)?;
+            let k = take(bytes, at + 4, n)?;
+            keys.push(String::from_utf8(k).map_err(|_| bad("key is not UTF-8"))?);
+            at += 4 + n;
+        }
+        if at != bytes.len() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(Message {
+            kind,
+            instance,
+            seq,
+            keys,
+        })
+    }
+}
+
+/// Work for the publisher task.
+enum Outgoing {
+    Keys(String, Vec<String>),
+    Clear(String),
+}
+
+struct PublisherState {
+    /// Latest sequence number sent per channel.
+    seqs: HashMap<String, u64>,
+}
+
+/// What a receiver knows of one publisher on one channel.
+struct Heard {
+    seq: u64,
+    at: Instant,
+}
+
+/// The engine's side of the bus: batching publisher, heartbeats, receiver with loss detection.
+pub(crate) struct BusRuntime {
+    pub(crate) instance: u64,
+    transport: Arc<dyn BusTransport>,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
+    targets: Arc<Mutex<HashMap<String, Weak<dyn BusTarget>>>>,
+    pub(crate) stats: Arc<BusCounters>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Counters of the bus, engine-wide.
+#[derive(Debug, Default)]
+pub(crate) struct BusCounters {
+    pub(crate) sent_messages: AtomicU64,
+    pub(crate) sent_keys: AtomicU64,
+    pub(crate) received_keys: AtomicU64,
+    pub(crate) losses: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
+    pub(crate) publish_errors: AtomicU64,
+}
+
+/// Engine-wide bus counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BusStats {
+    /// Messages published (data, not heartbeats).
+    pub sent_messages: u64,
+    /// Keys carried by those messages.
+    pub sent_keys: u64,
+    /// Keys received from other instances (or tracking) and dropped from L1.
+    pub received_keys: u64,
+    /// Possible losses detected (each flushed one or more namespaces).
+    pub losses: u64,
+    /// Times the subscription came back after a break.
+    pub reconnects: u64,
+    /// Publishes that failed.
+    pub publish_errors: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl BusRuntime {
+    /// Start the publisher, heartbeat and receiver tasks on the current tokio runtime.
+    pub(crate) fn start(
+        transport: Arc<dyn BusTransport>,
+        tracking: Option<Arc<dyn BusTransport>>,
+        config: BusConfig,
+    ) -> Result<BusRuntime> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                "the invalidation bus runs on tokio: build the engine inside a runtime",
+            )
+        })?;
+        let instance = fastrand::u64(1..);
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let targets: Arc<Mutex<HashMap<String, Weak<dyn BusTarget>>>> = Arc::default();
+        let stats = Arc::new(BusCounters::default());
+        let publisher = Arc::new(Mutex::new(PublisherState {
+            seqs: HashMap::new(),
+        }));
+        let mut tasks = vec![transport.start(ev_tx.clone())?];
+        if let Some(t) = &tracking {
+            tasks.push(t.start(ev_tx)?);
+        }
+        tasks.push(handle.spawn(publish_loop(
+            transport.clone(),
+            out_rx,
+            publisher.clone(),
+            instance,
+            config,
+            stats.clone(),
+        )));
+        tasks.push(handle.spawn(heartbeat_loop(
+            transport.clone(),
+            publisher,
+            targets.clone(),
+            instance,
+            config,
+            stats.clone(),
+        )));
+        tasks.push(handle.spawn(receive_loop(
+            ev_rx,
+            targets.clone(),
+            instance,
+            config,
+            stats.clone(),
+        )));
+        Ok(BusRuntime {
+            instance,
+            transport,
+            outgoing: out_tx,
+            targets,
+            stats,
+            tasks: Mutex::new(tasks),
+        })
+    }
+
+    pub(crate) fn register(&self, channel: String, target: Weak<dyn BusTarget>) {
+        self.transport.subscribe(&channel);
+        lock(&self.targets).insert(channel, target);
+    }
+
+    pub(crate) fn publish_keys(&self, channel: &str, keys: Vec<String>) {
+        let _ = self.outgoing.send(Outgoing::Keys(channel.to_owned(), keys));
+    }
+
+    pub(crate) fn publish_clear(&self, channel: &str) {
+        let _ = self.outgoing.send(Outgoing::Clear(channel.to_owned()));
+    }
+
+    pub(crate) fn stats(&self) -> BusStats {
+        let s = &self.stats;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        BusStats {
+            sent_messages: l(&s.sent_messages),
+            sent_keys: l(&s.sent_keys),
+            received_keys: l(&s.received_keys),
+            losses: l(&s.losses),
+            reconnects: l(&s.reconnects),
+            publish_errors: l(&s.publish_errors),
+        }
+    }
+}
+
+impl Drop for BusRuntime {
+    fn drop(&mut self) {
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+async fn send(
+    transport: &Arc<dyn BusTransport>,
+    publisher: &Mutex<PublisherState>,
+    channel: &str,
+    kind: u8,
+    instance: u64,
+    keys: Vec<String>,
+    stats: &BusCounters,
+) {
+    let seq = {
+        let mut p = lock(publisher);
+        let seq = p.seqs.entry(channel.to_owned()).or_insert(0);
+        *seq += 1;
+        *seq
+    };
+    let n = keys.len() as u64;
+    let payload = Message {
+        kind,
+        instance,
+        seq,
+        keys,
+    }
+    .encode();
+    match transport.publish(channel, payload).await {
+        Ok(()) => {
+            stats.sent_messages.fetch_add(1, Ordering::Relaxed);
+            stats.sent_keys.fetch_add(n, Ordering::Relaxed);
+        }
+        Err(e) => {
+            // The receivers will see the gap in our sequence (at the latest with the next
+            // heartbeat) and flush: a failed publish degrades to a flush, never to staleness.
+            stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(channel, error = %e, "invalidation publish failed");
+        }
+    }
+}
+
+/// Add one request to the batch being built; returns how many keys it added.
+fn gather(o: Outgoing, keys: &mut HashMap<String, Vec<String>>, clears: &mut Vec<String>) -> usize {
+    match o {
+        Outgoing::Keys(ch, ks) => {
+            let n = ks.len();
+            keys.entry(ch).or_default().extend(ks);
+            n
+        }
+        Outgoing::Clear(ch) => {
+            clears.push(ch);
+            1
+        }
+    }
+}
+
+async fn publish_loop(
+    transport: Arc<dyn BusTransport>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    publisher: Arc<Mutex<PublisherState>>,
+    instance: u64,
+    config: BusConfig,
+    stats: Arc<BusCounters>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut keys: HashMap<String, Vec<String>> = HashMap::new();
+        let mut clears: Vec<String> = Vec::new();
+        let mut total = gather(first, &mut keys, &mut clears);
+        let deadline = tokio::time::Instant::now() + config.batch_window;
+        while total < config.batch_max_keys {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(o)) => total += gather(o, &mut keys, &mut clears),
+                _ => break,
+            }
+        }
+        for ch in clears {
+            keys.remove(&ch);
+            send(
+                &transport,
+                &publisher,
+                &ch,
+                KIND_CLEAR,
+                instance,
+                Vec::new(),
+                &stats,
+            )
+            .await;
+        }
+        for (ch, mut ks) in keys {
+            ks.sort_unstable();
+            ks.dedup();
+            for chunk in ks.chunks(config.batch_max_keys.max(1)) {
+                send(
+                    &transport,
+                    &publisher,
+                    &ch,
+                    KIND_KEYS,
+                    instance,
+                    chunk.to_vec(),
+                    &stats,
+                )
+                .await;
+            }
+        }
+    }
+}
+
+async fn heartbeat_loop(
+    transport: Arc<dyn BusTransport>,
+    publisher: Arc<Mutex<PublisherState>>,
+    targets: Arc<Mutex<HashMap<String, Weak<dyn BusTarget>>>>,
+    instance: u64,
+    config: BusConfig,
+    stats: Arc<BusCounters>,
+) {
+    let mut tick = tokio::time::interval(config.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let channels: Vec<String> = lock(&targets).keys().cloned().collect();
+        for ch in channels {
+            let seq = lock(&publisher).seqs.get(&ch).copied().unwrap_or(0);
+            let payload = Message {
+                kind: KIND_HEARTBEAT,
+                instance,
+                seq,
+                keys: Vec::new(),
+            }
+            .encode();
+            if let Err(e) = transport.publish(&ch, payload).await {
+                stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(channel = %ch, error = %e, "heartbeat publish failed");
+            }
+        }
+    }
+}
+
+fn live_targets(targets: &Mutex<HashMap<String, Weak<dyn BusTarget>>>) -> Vec<Arc<dyn BusTarget>> {
+    lock(targets).values().filter_map(Weak::upgrade).collect()
+}
+
+fn flush_for_loss(target: &dyn BusTarget, stats: &BusCounters) {
+    stats.losses.fetch_add(1, Ordering::Relaxed);
+    target.flush();
+    target.report(crate::observer::CacheEvent::InvalidationsLost);
+}
+
+async fn receive_loop(
+    mut rx: mpsc::UnboundedReceiver<BusEvent>,
+    targets: Arc<Mutex<HashMap<String, Weak<dyn BusTarget>>>>,
+    instance: u64,
+    config: BusConfig,
+    stats: Arc<BusCounters>,
+) {
+    // (publisher, channel) -> last heard
+    let mut heard: HashMap<(u64, String), Heard> = HashMap::new();
+    let mut check = tokio::time::interval(config.heartbeat.max(Duration::from_millis(10)));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut connected_once = false;
+    loop {
+        let event = tokio::select! {
+            e = rx.recv() => match e {
+                Some(e) => e,
+                None => return,
+            },
+            _ = check.tick() => {
+                // Publishers gone silent: their messages may be getting lost.
+                let now = Instant::now();
+                let silent: Vec<(u64, String)> = heard
+                    .iter()
+                    .filter(|(_, h)| now.duration_since(h.at) > config.silence_limit)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for key in silent {
+                    heard.remove(&key);
+                    let target = lock(&targets).get(&key.1).and_then(Weak::upgrade);
+                    if let Some(t) = target {
+                        tracing::warn!(channel = %key.1, "an instance fell silent on the invalidation bus; flushing L1 of the namespace");
+                        flush_for_loss(t.as_ref(), &stats);
+                    }
+                }
+                continue;
+            }
+        };
+        match event {
+            BusEvent::Message { channel, payload } => {
+                let Some(target) = lock(&targets).get(&channel).and_then(Weak::upgrade) else {
+                    continue;
+                };
+                let msg = match Message::decode(&payload) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(channel = %channel, error = %e, "ignoring a foreign message on the invalidation channel");
+                        continue;
+                    }
+                };
+                if msg.instance == instance {
+                    continue;
+                }
+                let now = Instant::now();
+                let key = (msg.instance, channel);
+                let expected = match heard.get(&key) {
+                    Some(h) => h.seq,
+                    // First contact: anything this publisher sent before is unknown to us.
+                    None => 0,
+                };
+                let gap = if msg.kind == KIND_HEARTBEAT {
+                    msg.seq > expected
+                } else {
+                    msg.seq > expected + 1
+                };
+                if gap {
+                    tracing::warn!(channel = %key.1, expected, got = msg.seq, "invalidation sequence gap; flushing L1 of the namespace");
+                    flush_for_loss(target.as_ref(), &stats);
+                }
+                let entry = heard.entry(key).or_insert(Heard { seq: 0, at: now });
+                entry.seq = entry.seq.max(msg.seq);
+                entry.at = now;
+                match msg.kind {
+                    KIND_KEYS => {
+                        stats
+                            .received_keys
+                            .fetch_add(msg.keys.len() as u64, Ordering::Relaxed);
+                        target.invalidate_keys(&msg.keys);
+                        target.report(crate::observer::CacheEvent::InvalidationsReceived {
+                            keys: msg.keys.len() as u32,
+                        });
+                    }
+                    KIND_CLEAR => {
+                        target.flush();
+                        target
+                            .report(crate::observer::CacheEvent::InvalidationsReceived { keys: 1 });
+                    }
+                    _ => {}
+                }
+            }
+            BusEvent::KeysChanged(full_keys) => {
+                let live = live_targets(&targets);
+                if full_keys.is_empty() {
+                    for t in &live {
+                        t.flush();
+                    }
+                    continue;
+                }
+                for t in &live {
+                    let base = t.base();
+                    let mine: Vec<String> = full_keys
+                        .iter()
+                        .filter_map(|k| k.strip_prefix(base).map(str::to_owned))
+                        .collect();
+                    if !mine.is_empty() {
+                        stats
+                            .received_keys
+                            .fetch_add(mine.len() as u64, Ordering::Relaxed);
+                        t.invalidate_keys(&mine);
+                        t.report(crate::observer::CacheEvent::InvalidationsReceived {
+                            keys: mine.len() as u32,
+                        });
+                    }
+                }
+            }
+            BusEvent::Disconnected => {
+                tracing::warn!("invalidation bus disconnected; flushing L1");
+                heard.clear();
+                for t in live_targets(&targets) {
+                    flush_for_loss(t.as_ref(), &stats);
+                }
+            }
+            BusEvent::Connected => {
+                heard.clear();
+                if connected_once {
+                    stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    // Values filled while we were deaf may be stale: flush once more.
+                    for t in live_targets(&targets) {
+                        t.flush();
+                        t.report(crate::observer::CacheEvent::BusReconnect);
+                    }
+                }
+                connected_once = true;
+            }
+        }
+    }
+}
+
+/// A transport that carries nothing (tracking without a pub/sub bus).
+#[derive(Debug)]
+pub(crate) struct NullTransport;
+
+#[async_trait]
+impl BusTransport for NullTransport {
+    fn kind(&self) -> &'static str {
+        "none"
+    }
+
+    async fn publish(&self, _channel: &str, _payload: Vec<u8>) -> Result<()> {
+        Ok(())
+    }
+
+    fn start(&self, events: mpsc::UnboundedSender<BusEvent>) -> Result<JoinHandle<()>> {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::new(ErrorKind::InvalidConfig, "no tokio runtime"))?;
+        // Keep the sender alive for the engine's lifetime.
+        Ok(handle.spawn(async move {
+            events.closed().await;
+        }))
+    }
+
+    fn subscribe(&self, _channel: &str) {}
+}
+
+/// One attached engine: where to deliver, and which channels it listens to.
+type Subscriber = (mpsc::UnboundedSender<BusEvent>, Arc<Mutex<Vec<String>>>);
+
+/// An in-process transport: every engine attached to the same `MemoryBus` hears every other.
+/// For tests and for several engines in one process without Redis.
+#[derive(Debug, Default)]
+pub struct MemoryBus {
+    subscribers: Mutex<Vec<Subscriber>>,
+    dropped: AtomicU64,
+}
+
+impl MemoryBus {
+    /// A new, empty bus. Give each engine its own `MemoryBus::attach` handle.
+    pub fn new() -> Arc<MemoryBus> {
+        Arc::new(MemoryBus::default())
+    }
+
+    /// A transport handle for one engine.
+    pub fn attach(self: &Arc<Self>) -> Arc<MemoryBusHandle> {
+        Arc::new(MemoryBusHandle {
+            bus: self.clone(),
+            channels: Arc::default(),
+            drop_next: AtomicU64::new(0),
+        })
+    }
+
+    /// Messages deliberately dropped (see [`MemoryBusHandle`]).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// One engine's handle on a [`MemoryBus`].
+#[derive(Debug)]
+pub struct MemoryBusHandle {
+    bus: Arc<MemoryBus>,
+    channels: Arc<Mutex<Vec<String>>>,
+    drop_next: AtomicU64,
+}
+
+impl MemoryBusHandle {
+    /// Drop the next `n` messages this handle publishes (loss injection for tests).
+    pub fn drop_next(&self, n: u64) {
+        self.drop_next.store(n, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl BusTransport for MemoryBusHandle {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<()> {
+        if self
+            .drop_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            self.bus.dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let subs = lock(&self.bus.subscribers);
+        for (tx, chans) in subs.iter() {
+            if lock(chans).iter().any(|c| c == channel) {
+                let _ = tx.send(BusEvent::Message {
+                    channel: channel.to_owned(),
+                    payload: payload.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn start(&self, events: mpsc::UnboundedSender<BusEvent>) -> Result<JoinHandle<()>> {
+        let _ = events.send(BusEvent::Connected);
+        lock(&self.bus.subscribers).push((events, self.channels.clone()));
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::new(ErrorKind::InvalidConfig, "no tokio runtime"))?;
+        Ok(handle.spawn(async {}))
+    }
+
+    fn subscribe(&self, channel: &str) {
+        let mut c = lock(&self.channels);
+        if !c.iter().any(|x| x == channel) {
+            c.push(channel.to_owned());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_round_trip_and_garbage() -> Result<()> {
+        let m = Message {
+            kind: KIND_KEYS,
+            instance: 7,
+            seq: 42,
+            keys: vec!["a".into(), "{user:1}:x\n".into(), String::new()],
+        };
+        assert_eq!(Message::decode(&m.encode())?, m);
+        assert!(Message::decode(b"hello").is_err());
+        let mut bytes = m.encode();
+        bytes.truncate(bytes.len() - 1);
+        assert!(Message::decode(&bytes).is_err());
+        let mut bomb = m.encode();
+        bomb[18..22].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Message::decode(&bomb).is_err());
+        Ok(())
+    }
+}
