@@ -763,7 +763,96 @@ where
     /// still holds the new value (this process reads its own write) and the L2 error is
     /// returned.
     pub async fn set(&self, key: &str, value: V) -> Result<()> {
-        self.set_inner(key, value, None).await
+        self.set_inner(key, Arc::new(value), None, &[]).await
+    }
+
+    /// Like [`Cache::set`], recording the key under each tag so that
+    /// [`Cache::invalidate_tag`] drops it (in L2 and in every instance's L1).
+    pub async fn set_with_tags(&self, key: &str, value: V, tags: &[&str]) -> Result<()> {
+        for t in tags {
+            crate::key::validate_key(t, 256)?;
+        }
+        let tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
+        self.set_inner(key, Arc::new(value), None, &tags).await
+    }
+
+    /// Write-through: run `writer` (your database write) first; when it succeeds, write the
+    /// value through L2 and L1 and tell the other instances. If the writer fails, the cache is
+    /// unchanged and the error (kind [`ErrorKind::Writer`]) is returned. If the cache update
+    /// fails after the source was written, the key is invalidated (never left stale) and the
+    /// cache's error is returned.
+    pub async fn write<F, Fut, E>(&self, key: &str, value: V, writer: F) -> Result<()>
+    where
+        F: FnOnce(String, Arc<V>) -> Fut,
+        Fut: Future<Output = std::result::Result<(), E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.inner.keys.full(key)?;
+        let value = Arc::new(value);
+        if let Err(e) = writer(key.to_owned(), value.clone()).await {
+            let source: Box<dyn std::error::Error + Send + Sync> = e.into();
+            return Err(
+                Error::new(ErrorKind::Writer, format!("writer failed: {source}"))
+                    .with_boxed_source(source),
+            );
+        }
+        match self.set_inner(key, value, None, &[]).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(cache = %self.inner.name, error = %e, "cache update after a write-through failed; invalidating the key");
+                let _ = self.invalidate(key).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Drop every key written with `tag` (see [`Cache::set_with_tags`]) from L2, from this
+    /// instance's L1 and, through the bus, from every other instance's L1. Returns how many
+    /// keys the tag held.
+    ///
+    /// Design: each tagged write adds the key to an index set in L2
+    /// (`{prefix}:__tags:{namespace}:{tag}`); this call takes and deletes the set atomically,
+    /// deletes its keys, and publishes them as invalidations. Reads pay nothing.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<u64> {
+        crate::key::validate_key(tag, 256)?;
+        let inner = &self.inner;
+        let Some(l2) = &inner.engine.inner.l2 else {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "tags are kept in L2: this engine has none",
+            ));
+        };
+        let tag_key = crate::key::tag_key(&inner.engine.inner.prefix, &inner.name, tag);
+        let members = l2.tag_take(&tag_key).await.inspect_err(|e| {
+            inner.l2_failed(L2Op::Delete, e);
+        })?;
+        let base = inner.keys.base();
+        let user_keys: Vec<String> = members
+            .iter()
+            .filter_map(|m| m.strip_prefix(base).map(str::to_owned))
+            .collect();
+        for k in &user_keys {
+            inner.bump_epoch(k);
+            inner.engine.inner.l1.remove(inner.ns, k);
+        }
+        if !members.is_empty() {
+            let mut doomed = members.clone();
+            if inner.config.leases {
+                doomed.extend(members.iter().filter_map(|m| lease_key(m)));
+            }
+            l2.delete(&doomed).await.inspect_err(|e| {
+                inner.l2_failed(L2Op::Delete, e);
+            })?;
+        }
+        if let Some(bus) = &inner.engine.inner.bus {
+            if !user_keys.is_empty() {
+                inner.observer.on_event(CacheEvent::InvalidationsSent {
+                    keys: user_keys.len() as u32,
+                });
+                bus.publish_keys(&inner.channel, user_keys);
+            }
+        }
+        Ok(members.len() as u64)
     }
 
     /// Like [`Cache::set`] with a per-call L2 TTL (L1 uses the smaller of it and `l1_ttl`).
@@ -771,10 +860,16 @@ where
         if ttl.is_zero() {
             return Err(Error::new(ErrorKind::InvalidConfig, "ttl must be positive"));
         }
-        self.set_inner(key, value, Some(ttl)).await
+        self.set_inner(key, Arc::new(value), Some(ttl), &[]).await
     }
 
-    async fn set_inner(&self, key: &str, value: V, ttl: Option<Duration>) -> Result<()> {
+    async fn set_inner(
+        &self,
+        key: &str,
+        value: Arc<V>,
+        ttl: Option<Duration>,
+        tags: &[String],
+    ) -> Result<()> {
         let full = self.inner.keys.full(key)?;
         let inner = &self.inner;
         let prepared = inner.prepare(Some(value), Duration::ZERO, ttl)?;
@@ -790,10 +885,17 @@ where
                 (true, Some(lk)) => l2.delete(std::slice::from_ref(&lk)).await,
                 _ => Ok(()),
             };
-            let written = match removed {
+            let mut written = match removed {
                 Ok(()) => l2.set(&full, bytes, prepared.l2_ttl).await,
                 Err(e) => Err(e),
             };
+            for tag in tags {
+                if written.is_err() {
+                    break;
+                }
+                let tag_key = crate::key::tag_key(&inner.engine.inner.prefix, &inner.name, tag);
+                written = l2.tag_add(&tag_key, &full, prepared.l2_ttl).await;
+            }
             if let Err(e) = written {
                 inner.l2_failed(L2Op::Set, &e);
                 result = Err(e);
@@ -1046,7 +1148,7 @@ where
     /// Encode a value (or absence) and work out its TTLs.
     fn prepare(
         &self,
-        value: Option<V>,
+        value: Option<Arc<V>>,
         delta: Duration,
         ttl: Option<Duration>,
     ) -> Result<Prepared<V>> {
@@ -1061,7 +1163,7 @@ where
         let delta_us = u32::try_from(delta.as_micros()).unwrap_or(u32::MAX);
         let l2_expires_at_ms = now.saturating_add(l2_ttl.as_millis() as u64);
         let payload = match &value {
-            Some(v) => Some(C::encode(v)?),
+            Some(v) => Some(C::encode(&**v)?),
             None => None,
         };
         let bytes = if self.config.raw {
@@ -1094,7 +1196,7 @@ where
             .saturating_add(L1_ENTRY_OVERHEAD);
         let l1_expires_at_ms = now.saturating_add(l1_ttl.as_millis() as u64);
         Ok(Prepared {
-            value: value.map(Arc::new),
+            value,
             bytes,
             l1_expires_at_ms,
             l1_refresh_at_ms: self.refresh_at(l1_expires_at_ms, delta_us),
@@ -1275,7 +1377,7 @@ where
         delta: Duration,
         ttl: Option<Duration>,
     ) -> Result<(Prepared<V>, Option<Vec<u8>>)> {
-        let prepared = self.prepare(value, delta, ttl)?;
+        let prepared = self.prepare(value.map(Arc::new), delta, ttl)?;
         let mut bytes = prepared.bytes.clone();
         if let (Some(l2), Some(b)) = (&self.engine.inner.l2, &bytes) {
             if b.len() > l2.max_value_size() {

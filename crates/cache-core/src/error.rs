@@ -31,6 +31,10 @@ pub enum ErrorKind {
     Loader,
     /// The user's loader panicked.
     LoaderPanicked,
+    /// The user's writer (write-through / write-behind to the source) returned an error.
+    Writer,
+    /// A bounded queue is full and its policy is to refuse (write-behind).
+    QueueFull,
     /// The loader said the key does not exist (negative cache hit or absent answer).
     NotFound,
     /// The cache or one of its background tasks has shut down.
@@ -55,6 +59,8 @@ impl ErrorKind {
             ErrorKind::ValueTooLarge => "value_too_large",
             ErrorKind::Loader => "loader",
             ErrorKind::LoaderPanicked => "loader_panicked",
+            ErrorKind::Writer => "writer",
+            ErrorKind::QueueFull => "queue_full",
             ErrorKind::NotFound => "not_found",
             ErrorKind::Closed => "closed",
             ErrorKind::CircuitOpen => "circuit_open",
@@ -126,6 +132,8 @@ impl Error {
                 | ErrorKind::Remote
                 | ErrorKind::Loader
                 | ErrorKind::LoaderPanicked
+                | ErrorKind::Writer
+                | ErrorKind::QueueFull
                 | ErrorKind::CircuitOpen
         )
     }

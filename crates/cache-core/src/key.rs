@@ -21,6 +21,14 @@ pub fn validate_name(what: &str, name: &str) -> Result<()> {
             format!("{what} is empty"),
         ));
     }
+    if name.starts_with("__") {
+        return Err(Error::new(
+            ErrorKind::InvalidKey,
+            format!(
+                "{what} {name:?} starts with \"__\", which is reserved for the cache's own keys"
+            ),
+        ));
+    }
     if name.len() > MAX_NAME_LEN {
         return Err(Error::new(
             ErrorKind::InvalidKey,
@@ -119,14 +127,25 @@ pub fn hash_tag(key: &[u8]) -> Option<&[u8]> {
 
 /// The key of the fill lease of `full_key`, in the same hash slot; `None` when no such key
 /// can be formed (a key with a stray `}` and no hash tag), in which case no lease is taken.
+///
+/// Lease keys start with `{`, which no full key does (full keys start with the prefix), so
+/// they never collide with a user's key.
 pub fn lease_key(full_key: &str) -> Option<String> {
-    if hash_tag(full_key.as_bytes()).is_some() {
-        Some(format!("{full_key}:lease"))
+    if let Some(tag) = hash_tag(full_key.as_bytes()) {
+        let tag = std::str::from_utf8(tag).ok()?;
+        Some(format!("{{{tag}}}:lease:{full_key}"))
     } else if !full_key.contains('}') {
         Some(format!("{{{full_key}}}:lease"))
     } else {
         None
     }
+}
+
+/// The key of the index set of `tag` in the namespace `namespace` under `prefix`:
+/// `{prefix}:__tags:{namespace}:{tag}` (namespaces may not start with `__`, so no cache's
+/// keys live there).
+pub fn tag_key(prefix: &str, namespace: &str, tag: &str) -> String {
+    format!("{prefix}:__tags:{namespace}:{tag}")
 }
 
 #[cfg(test)]
@@ -169,7 +188,10 @@ mod tests {
         assert_eq!(hash_tag(b"a:{user:1}:b"), Some(&b"user:1"[..]));
         assert_eq!(hash_tag(b"a:{}:b"), None);
         assert_eq!(hash_tag(b"a:b"), None);
-        assert_eq!(lease_key("p:n:{u1}:x").as_deref(), Some("p:n:{u1}:x:lease"));
+        assert_eq!(
+            lease_key("p:n:{u1}:x").as_deref(),
+            Some("{u1}:lease:p:n:{u1}:x")
+        );
         assert_eq!(lease_key("p:n:x").as_deref(), Some("{p:n:x}:lease"));
         assert_eq!(lease_key("p:n:a}b"), None);
     }

@@ -61,6 +61,24 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
         ))
     }
 
+    /// Add `member` to the tag index set `tag_key`, which lives at least `ttl` from now.
+    async fn tag_add(&self, tag_key: &str, member: &str, ttl: Duration) -> Result<()> {
+        let _ = (tag_key, member, ttl);
+        Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!("the {} store does not support tags", self.kind()),
+        ))
+    }
+
+    /// Atomically read and delete the tag index set `tag_key`; returns its members.
+    async fn tag_take(&self, tag_key: &str) -> Result<Vec<String>> {
+        let _ = tag_key;
+        Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!("the {} store does not support tags", self.kind()),
+        ))
+    }
+
     /// Compare-and-set fill: if `lease_key` still holds `token`, delete the lease and store
     /// `value` under `key` for `ttl`, atomically; otherwise store nothing. Returns whether it
     /// stored. Both keys are in the same hash slot.
@@ -94,6 +112,7 @@ pub fn check_value_size(key: &str, len: usize, max: usize) -> Result<()> {
 /// the calls it receives so tests can assert round trips.
 pub struct MemoryStore {
     map: Mutex<HashMap<String, (Vec<u8>, Instant)>>,
+    tags: Mutex<HashMap<String, std::collections::BTreeSet<String>>>,
     down: AtomicBool,
     calls: AtomicU64,
     max_value_size: usize,
@@ -124,6 +143,7 @@ impl MemoryStore {
     pub fn with_max_value_size(max: usize) -> Self {
         MemoryStore {
             map: Mutex::new(HashMap::new()),
+            tags: Mutex::new(HashMap::new()),
             down: AtomicBool::new(false),
             calls: AtomicU64::new(0),
             max_value_size: max,
@@ -220,6 +240,24 @@ impl RemoteStore for MemoryStore {
             map.remove(k);
         }
         Ok(())
+    }
+
+    async fn tag_add(&self, tag_key: &str, member: &str, _ttl: Duration) -> Result<()> {
+        self.enter()?;
+        let mut tags = self.tags.lock().unwrap_or_else(|p| p.into_inner());
+        tags.entry(tag_key.to_owned())
+            .or_default()
+            .insert(member.to_owned());
+        Ok(())
+    }
+
+    async fn tag_take(&self, tag_key: &str) -> Result<Vec<String>> {
+        self.enter()?;
+        let mut tags = self.tags.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(tags
+            .remove(tag_key)
+            .map(|s| s.into_iter().collect())
+            .unwrap_or_default())
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {

@@ -23,12 +23,7 @@ pub struct ErrorContext {
 
 impl ErrorContext {
     /// A context for `endpoint` and `user`; `secrets` are scrubbed from every message.
-    pub fn new(
-        endpoint: String,
-        user: String,
-        has_password: bool,
-        secrets: Vec<String>,
-    ) -> Self {
+    pub fn new(endpoint: String, user: String, has_password: bool, secrets: Vec<String>) -> Self {
         ErrorContext {
             endpoint,
             user,

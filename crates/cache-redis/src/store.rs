@@ -74,7 +74,26 @@ struct Inner {
     client: redis::Client,
     ctx: Arc<ErrorContext>,
     lease_script: redis::Script,
+    tag_add_script: redis::Script,
+    tag_take_script: redis::Script,
 }
+
+/// Add a member to a tag index set and make the set live at least as long as the member.
+const TAG_ADD_LUA: &str = r"
+redis.call('SADD', KEYS[1], ARGV[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl >= 0 and ttl < tonumber(ARGV[2]) or ttl == -1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+";
+
+/// Read and delete a tag index set atomically.
+const TAG_TAKE_LUA: &str = r"
+local members = redis.call('SMEMBERS', KEYS[1])
+redis.call('DEL', KEYS[1])
+return members
+";
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -172,6 +191,8 @@ impl RedisStore {
                 client: client_copy,
                 ctx: Arc::new(ctx),
                 lease_script: redis::Script::new(SET_IF_LEASE_LUA),
+                tag_add_script: redis::Script::new(TAG_ADD_LUA),
+                tag_take_script: redis::Script::new(TAG_TAKE_LUA),
             }),
         })
     }
@@ -388,6 +409,26 @@ impl RemoteStore for RedisStore {
         let cmd = redis::cmd("DEL").arg(keys).to_owned();
         self.run("DEL", async move { cmd.exec_async(&mut conn).await })
             .await
+    }
+
+    async fn tag_add(&self, tag_key: &str, member: &str, ttl: Duration) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.inner.tag_add_script.prepare_invoke();
+        inv.key(tag_key).arg(member).arg(ttl_ms(ttl));
+        self.run("EVALSHA (tag_add)", async move {
+            inv.invoke_async::<i64>(&mut conn).await.map(|_| ())
+        })
+        .await
+    }
+
+    async fn tag_take(&self, tag_key: &str) -> Result<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.inner.tag_take_script.prepare_invoke();
+        inv.key(tag_key);
+        self.run("EVALSHA (tag_take)", async move {
+            inv.invoke_async::<Vec<String>>(&mut conn).await
+        })
+        .await
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {

@@ -276,3 +276,8 @@ impl Builder {
         b.build()
     }
 }
+
+/// Metrics through the `metrics` facade (feature `metrics`): `MetricsObserver`, L1 gauges,
+/// and with feature `prometheus` the Prometheus exporter.
+#[cfg(feature = "metrics")]
+pub use cache_metrics;

@@ -110,14 +110,14 @@ async fn invalidate_reaches_other_engines_and_another_process() -> TestResult {
     a.invalidate("k").await?;
     let b_dropped = wait_until(|| b.get_local("k").is_none(), BOUND).await;
     let child_report = tokio::task::spawn_blocking(move || {
-        let mut lines = ready;
-        for line in lines.by_ref() {
-            let line = line.ok()?;
+        // Read to the end (closing the pipe early would fail the child's own output).
+        let mut report = None;
+        for line in ready.map_while(|l| l.ok()) {
             if let Some(ms) = line.split("dropped ").nth(1) {
-                return ms.trim().parse::<i64>().ok();
+                report = ms.trim().parse::<i64>().ok();
             }
         }
-        None
+        report
     })
     .await?;
     let status = child.wait()?;
@@ -330,5 +330,30 @@ async fn clear_namespace_reaches_every_instance_and_l2() -> TestResult {
         Some(&7),
         "other namespaces untouched"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_invalidation_reaches_every_instance() -> TestResult {
+    let prefix = format!("tag{}", std::process::id());
+    let a = cache(&redis_engine(&prefix).await?)?;
+    let b = cache(&redis_engine(&prefix).await?)?;
+    a.set_with_tags("1", 1, &["red"]).await?;
+    a.set_with_tags("2", 2, &["red"]).await?;
+    a.set_with_tags("3", 3, &["blue"]).await?;
+    // Let A's own write invalidations reach B before B caches the values.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let keys = ["1", "2", "3"];
+    b.get_many(&keys).await?;
+    assert!(b.get_local("1").is_some() && b.get_local("3").is_some());
+    assert_eq!(a.invalidate_tag("red").await?, 2);
+    assert!(wait_until(
+        || b.get_local("1").is_none() && b.get_local("2").is_none(),
+        BOUND
+    )
+    .await
+    .is_some());
+    assert!(b.get_local("3").is_some(), "other tags untouched");
+    assert_eq!(b.get("1").await?, None);
     Ok(())
 }

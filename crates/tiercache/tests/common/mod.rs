@@ -418,6 +418,94 @@ pub async fn four_engines_one_load_with_leases(b: &dyn Backend) -> TestResult {
     Ok(())
 }
 
+pub async fn write_through_keeps_source_and_cache_in_step(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("write-through");
+    let e = engine(b, &p).await?;
+    let c = e.cache::<String, MsgPack>("docs").build()?;
+    let db: Arc<std::sync::Mutex<HashMap<String, String>>> = Arc::default();
+    c.set("a", "old".into()).await?;
+    // The writer fails: the cache keeps the old value, the error says so.
+    let err = c
+        .write("a", "new".into(), |_, _| async {
+            Err::<(), _>(std::io::Error::other("db refused"))
+        })
+        .await
+        .err()
+        .map(|e| e.kind());
+    assert_eq!(err, Some(ErrorKind::Writer));
+    assert_eq!(
+        c.get("a").await?.as_deref().map(String::as_str),
+        Some("old")
+    );
+    // The writer succeeds: source, L2 and L1 all hold the new value.
+    let d = db.clone();
+    c.write("a", "new".into(), move |k, v| async move {
+        d.lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .insert(k, (*v).clone());
+        Ok::<_, std::io::Error>(())
+    })
+    .await?;
+    assert_eq!(
+        db.lock()
+            .map(|m| m.get("a").cloned())
+            .ok()
+            .flatten()
+            .as_deref(),
+        Some("new")
+    );
+    assert_eq!(
+        c.get_local("a").flatten().as_deref().map(String::as_str),
+        Some("new")
+    );
+    let fresh = engine(b, &p)
+        .await?
+        .cache::<String, MsgPack>("docs")
+        .build()?;
+    assert_eq!(
+        fresh.get("a").await?.as_deref().map(String::as_str),
+        Some("new")
+    );
+    // The source accepts a value the cache cannot hold: the key is invalidated, not stale.
+    let max = b.store().await.max_value_size();
+    let huge = "x".repeat(max + 10);
+    let err = c
+        .write("a", huge, |_, _| async { Ok::<_, std::io::Error>(()) })
+        .await
+        .err()
+        .map(|e| e.kind());
+    assert_eq!(err, Some(ErrorKind::ValueTooLarge));
+    assert_eq!(
+        c.get("a").await?,
+        None,
+        "the old value is gone from both tiers"
+    );
+    Ok(())
+}
+
+pub async fn tags_invalidate_across_keys(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("tags");
+    let c = users(&engine(b, &p).await?)?;
+    c.set_with_tags("1", user(1), &["team:red", "all"]).await?;
+    c.set_with_tags("2", user(2), &["team:blue", "all"]).await?;
+    c.set_with_tags("3", user(3), &["team:red"]).await?;
+    c.set("4", user(4)).await?;
+    assert_eq!(c.invalidate_tag("team:red").await?, 2);
+    assert_eq!(c.get_local("1"), None);
+    assert_eq!(c.get("1").await?, None);
+    assert_eq!(c.get("3").await?, None);
+    assert_eq!(c.get("2").await?.as_deref(), Some(&user(2)));
+    assert_eq!(
+        c.invalidate_tag("all").await?,
+        2,
+        "members already gone still count"
+    );
+    assert_eq!(c.get("2").await?, None);
+    assert_eq!(c.get("4").await?.as_deref(), Some(&user(4)));
+    assert_eq!(c.invalidate_tag("team:red").await?, 0);
+    Ok(())
+}
+
 pub async fn loader_errors_reach_every_waiter(b: &dyn Backend) -> TestResult {
     let p = unique_prefix("loader-error");
     let c = users(&engine(b, &p).await?)?;
@@ -596,6 +684,8 @@ macro_rules! behaviour_suite {
             get_many_or_load_batches_the_misses,
             concurrent_callers_share_one_load,
             four_engines_one_load_with_leases,
+            write_through_keeps_source_and_cache_in_step,
+            tags_invalidate_across_keys,
             loader_errors_reach_every_waiter,
             dropped_leader_still_completes_the_load,
             raw_mode_writes_plain_payloads,
