@@ -838,7 +838,7 @@ where
         if !members.is_empty() {
             let mut doomed = members.clone();
             if inner.config.leases {
-                doomed.extend(members.iter().filter_map(|m| lease_key(m)));
+                doomed.extend(members.iter().filter_map(|m| inner.lease_key(m)));
             }
             l2.delete(&doomed).await.inspect_err(|e| {
                 inner.l2_failed(L2Op::Delete, e);
@@ -881,7 +881,7 @@ where
         let mut result = Ok(());
         if let (Some(l2), Some(bytes)) = (&inner.engine.inner.l2, prepared.bytes.clone()) {
             // Remove the fill lease first: a load in flight elsewhere must not overwrite us.
-            let removed = match (inner.config.leases, lease_key(&full)) {
+            let removed = match (inner.config.leases, inner.lease_key(&full)) {
                 (true, Some(lk)) => l2.delete(std::slice::from_ref(&lk)).await,
                 _ => Ok(()),
             };
@@ -915,7 +915,7 @@ where
         self.inner.announce(key);
         if let Some(l2) = &self.inner.engine.inner.l2 {
             let mut keys = vec![full];
-            if let (true, Some(lk)) = (self.inner.config.leases, lease_key(&keys[0])) {
+            if let (true, Some(lk)) = (self.inner.config.leases, self.inner.lease_key(&keys[0])) {
                 keys.push(lk);
             }
             if let Err(e) = l2.delete(&keys).await {
@@ -1001,6 +1001,10 @@ where
         self.engine.inner.l1.clear_namespace(self.ns);
     }
 
+    fn lease_key(&self, full: &str) -> Option<String> {
+        lease_key(&self.engine.inner.prefix, full)
+    }
+
     fn stripe(key: &str) -> usize {
         // FNV-1a: cheap, and only on miss/write paths.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -1078,7 +1082,7 @@ where
         if !self.config.leases {
             return Ok(Fill::Plain);
         }
-        let Some(lk) = lease_key(full) else {
+        let Some(lk) = self.lease_key(full) else {
             return Ok(Fill::Plain);
         };
         let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)).into_bytes();

@@ -125,17 +125,20 @@ pub fn hash_tag(key: &[u8]) -> Option<&[u8]> {
     }
 }
 
-/// The key of the fill lease of `full_key`, in the same hash slot; `None` when no such key
-/// can be formed (a key with a stray `}` and no hash tag), in which case no lease is taken.
+/// The key of the fill lease of `full_key` (a key under `prefix`), in the same hash slot;
+/// `None` when no such key can be formed (a key with a stray `}` and no hash tag), in which
+/// case no lease is taken.
 ///
-/// Lease keys start with `{`, which no full key does (full keys start with the prefix), so
-/// they never collide with a user's key.
-pub fn lease_key(full_key: &str) -> Option<String> {
+/// Lease keys are `{prefix}:__lease:{<slot part>}...`: under the prefix (so ACL key patterns
+/// like `~tenantA:*` cover them), in a reserved `__` segment no namespace can use (so they
+/// never collide with a user's key), with a hash tag equal to the value key's tag, or to the
+/// whole value key when it has none (so both land in the same cluster slot).
+pub fn lease_key(prefix: &str, full_key: &str) -> Option<String> {
     if let Some(tag) = hash_tag(full_key.as_bytes()) {
         let tag = std::str::from_utf8(tag).ok()?;
-        Some(format!("{{{tag}}}:lease:{full_key}"))
+        Some(format!("{prefix}:__lease:{{{tag}}}:{full_key}"))
     } else if !full_key.contains('}') {
-        Some(format!("{{{full_key}}}:lease"))
+        Some(format!("{prefix}:__lease:{{{full_key}}}"))
     } else {
         None
     }
@@ -189,10 +192,19 @@ mod tests {
         assert_eq!(hash_tag(b"a:{}:b"), None);
         assert_eq!(hash_tag(b"a:b"), None);
         assert_eq!(
-            lease_key("p:n:{u1}:x").as_deref(),
-            Some("{u1}:lease:p:n:{u1}:x")
+            lease_key("p", "p:n:{u1}:x").as_deref(),
+            Some("p:__lease:{u1}:p:n:{u1}:x")
         );
-        assert_eq!(lease_key("p:n:x").as_deref(), Some("{p:n:x}:lease"));
-        assert_eq!(lease_key("p:n:a}b"), None);
+        assert_eq!(
+            lease_key("p", "p:n:x").as_deref(),
+            Some("p:__lease:{p:n:x}")
+        );
+        assert_eq!(lease_key("p", "p:n:a}b"), None);
+        // Same hash tag as the value key.
+        for full in ["p:n:{u1}:x", "p:n:x", "p:n:a{b"] {
+            let lease = lease_key("p", full).unwrap_or_default();
+            let value_part = hash_tag(full.as_bytes()).unwrap_or(full.as_bytes());
+            assert_eq!(hash_tag(lease.as_bytes()), Some(value_part), "{full}");
+        }
     }
 }
