@@ -2,8 +2,11 @@
 //!
 //! - `test`  — format check, clippy, the whole test suite (starts its own Redis servers), examples.
 //! - `demo`  — the main job: starts a throwaway Redis and runs the end-to-end demo.
-//! - `bench` — starts its own Redis and runs the benchmarks side by side with the peers.
+//! - `bench` — starts its own Redis, runs the benchmarks side by side with the peers, prints one
+//!   table and writes `target/bench/report.json` and `target/bench/report.md`.
 //! - `redis` — starts a throwaway redis-server in the foreground (Ctrl-C stops it).
+//! - `cluster up|down` — a throwaway 6-node Redis Cluster on ports 7000-7005 in the foreground
+//!   (Ctrl-C stops it; `down` stops one recorded in `target/cluster/pids`).
 //!
 //! Only `std`: no `sh -c`, every program is run with explicit arguments.
 
@@ -12,6 +15,9 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
+
+mod cluster;
+mod report;
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -22,13 +28,16 @@ fn main() -> ExitCode {
         Some("demo") => demo(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("redis") => redis(),
+        Some("cluster") => cluster::cluster(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|redis>\n\
+                "usage: cargo xtask <test|demo|bench|redis|cluster>\n\
                  \n  test [--quick]   fmt, clippy, all tests (own Redis servers), examples\
                  \n  demo [args]      the end-to-end demo on a throwaway Redis\
-                 \n  bench [--quick]  benchmarks side by side with the peers\
-                 \n  redis            a throwaway redis-server in the foreground"
+                 \n  bench [--quick]  benchmarks side by side with the peers, one report\
+                 \n                   (--report-only: redo the report from target/bench/raw)\
+                 \n  redis            a throwaway redis-server in the foreground\
+                 \n  cluster up|down  a throwaway 6-node Redis Cluster (ports 7000-7005)"
             );
             Err("no command".into())
         }
@@ -68,6 +77,31 @@ fn run(mut cmd: Command, what: &str) -> Result<()> {
     }
 }
 
+/// `promtool check rules` and `promtool test rules` on the alert rules in `docs/`, when
+/// promtool is installed (Debian: `apt-get install prometheus`; `.ci/run` installs it).
+fn check_alert_rules() -> Result<()> {
+    let found = Command::new("promtool")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found {
+        eprintln!("xtask: promtool not found: skipping the alert rule checks (apt-get install prometheus)");
+        return Ok(());
+    }
+    let mut check = Command::new("promtool");
+    check
+        .args(["check", "rules", "docs/alerts.yml"])
+        .current_dir(root());
+    run(check, "promtool check rules docs/alerts.yml")?;
+    let mut test = Command::new("promtool");
+    test.args(["test", "rules", "docs/alerts.test.yml"])
+        .current_dir(root());
+    run(test, "promtool test rules docs/alerts.test.yml")
+}
+
 fn require_redis() -> Result<()> {
     for bin in ["redis-server", "redis-cli"] {
         let ok = Command::new(bin)
@@ -104,6 +138,7 @@ fn test(args: &[String]) -> Result<()> {
         ]);
         run(clippy, "cargo clippy -D warnings")?;
     }
+    check_alert_rules()?;
     let mut t = cargo();
     t.args(["test", "--workspace", "--all-targets"]);
     run(t, "cargo test (unit, integration, examples build)")?;
@@ -163,13 +198,23 @@ fn demo(args: &[String]) -> Result<()> {
                 Some(server.url())
             }
             Err(e) => {
-                eprintln!("xtask: {e}\nxtask: running the demo on the embedded in-process L2 instead");
+                eprintln!(
+                    "xtask: {e}\nxtask: running the demo on the embedded in-process L2 instead"
+                );
                 None
             }
         },
     };
     let mut c = cargo();
-    c.args(["run", "--quiet", "-p", "tiercache", "--example", "demo", "--"]);
+    c.args([
+        "run",
+        "--quiet",
+        "-p",
+        "tiercache",
+        "--example",
+        "demo",
+        "--",
+    ]);
     c.args(&rest);
     if let Some(u) = url {
         c.env("REDIS_URL", u);
@@ -178,27 +223,106 @@ fn demo(args: &[String]) -> Result<()> {
 }
 
 fn bench(args: &[String]) -> Result<()> {
-    require_redis()?;
     let quick = args.iter().any(|a| a == "--quick");
-    let server = RedisServer::start()?;
-    let mut c = cargo();
-    c.args(["bench", "-p", "benches", "--features", "peers"]);
-    c.env("REDIS_URL", server.url());
-    if quick {
-        c.env("BENCH_QUICK", "1");
+    let report_only = args.iter().any(|a| a == "--report-only");
+    let raw_dir = bench_dir().join("raw");
+    if !report_only {
+        require_redis()?;
+        // Results of an earlier run must not mix with this one.
+        if raw_dir.exists() {
+            std::fs::remove_dir_all(&raw_dir)
+                .map_err(|e| format!("cannot clear {}: {e}", raw_dir.display()))?;
+        }
+        std::fs::create_dir_all(&raw_dir)
+            .map_err(|e| format!("cannot create {}: {e}", raw_dir.display()))?;
+        let before = conditions();
+        let server = RedisServer::start()?;
+        let mut c = cargo();
+        c.args(["bench", "-p", "benches", "--features", "peers"]);
+        c.env("REDIS_URL", server.url());
+        c.env("BENCH_OUT_DIR", &raw_dir);
+        if quick {
+            c.env("BENCH_QUICK", "1");
+        }
+        let passthrough: Vec<&String> = args
+            .iter()
+            .filter(|a| *a != "--quick" && *a != "--report-only")
+            .collect();
+        if !passthrough.is_empty() {
+            c.arg("--");
+            c.args(passthrough);
+        }
+        let started = Instant::now();
+        run(c, "benchmarks")?;
+        drop(server);
+        let after = conditions();
+        let line = format!(
+            "{{\"type\":\"conditions\",\"quick\":{quick},\"cores\":{},\"unix_time\":{},\
+             \"seconds\":{:.0},\"loadavg_before\":{},\"loadavg_after\":{},\
+             \"rustc_running_before\":{},\"rustc_running_after\":{}}}\n",
+            before.cores,
+            before.unix_time,
+            started.elapsed().as_secs_f64(),
+            report::json_str(&before.loadavg),
+            report::json_str(&after.loadavg),
+            before.rustc_running,
+            after.rustc_running,
+        );
+        std::fs::write(raw_dir.join("_conditions.jsonl"), line)
+            .map_err(|e| format!("cannot write the run conditions: {e}"))?;
     }
-    let passthrough: Vec<&String> = args.iter().filter(|a| *a != "--quick").collect();
-    if !passthrough.is_empty() {
-        c.arg("--");
-        c.args(passthrough);
+    report::write(&raw_dir, &bench_dir())
+}
+
+fn bench_dir() -> PathBuf {
+    let target = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { root().join(t) })
+        .unwrap_or_else(|| root().join("target"));
+    target.join("bench")
+}
+
+/// What the machine was doing around a bench run.
+struct Conditions {
+    cores: usize,
+    unix_time: u64,
+    loadavg: String,
+    rustc_running: usize,
+}
+
+fn conditions() -> Conditions {
+    let loadavg = std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into());
+    // Other compilers running at the same time (concurrent builds skew the figures).
+    let rustc_running = std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("comm"))
+                        .map(|c| c.trim() == "rustc")
+                        .unwrap_or(false)
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    Conditions {
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        unix_time: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        loadavg,
+        rustc_running,
     }
-    run(c, "benchmarks")
 }
 
 fn redis() -> Result<()> {
     require_redis()?;
     let mut server = RedisServer::start()?;
-    eprintln!("xtask: redis-server listening at {} (Ctrl-C stops it)", server.url());
+    eprintln!(
+        "xtask: redis-server listening at {} (Ctrl-C stops it)",
+        server.url()
+    );
     let _ = server.child.wait();
     Ok(())
 }

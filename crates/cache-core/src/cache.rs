@@ -22,6 +22,7 @@ use crate::key::KeySpace;
 use crate::l1::{L1Entry, NamespaceId};
 use crate::observer::{CacheEvent, CacheObserver, L2Op};
 use crate::policy::{NoRefresh, RefreshPolicy};
+use crate::recovery::Replay;
 use crate::remote::{check_value_size, RemoteEntry};
 
 /// Bytes charged per L1 entry on top of its encoded size (key, bookkeeping, allocator).
@@ -67,6 +68,26 @@ pub struct CacheConfig {
     /// (default 2 s).
     #[serde(with = "duration_ms")]
     pub lease_wait: Duration,
+    /// Fail-safe (default off): when the loader fails (or passes its hard timeout) and a
+    /// value that expired less than `max_stale` ago is at hand, serve it (counted as stale)
+    /// and retry the load only after `fail_safe_backoff`. Off by default because serving an
+    /// expired value is a decision about your data that the cache should not make for you.
+    pub fail_safe: bool,
+    /// How long past its expiry a value may still be served by fail-safe (default 1 h).
+    /// Values are kept that much longer in both tiers.
+    #[serde(with = "duration_ms")]
+    pub max_stale: Duration,
+    /// After serving a stale value, how long before the loader is tried again (default 10 s).
+    #[serde(with = "duration_ms")]
+    pub fail_safe_backoff: Duration,
+    /// Soft loader timeout: with a stale value at hand, a load slower than this returns the
+    /// stale value to its callers now and keeps running to refresh the cache (default none).
+    #[serde(with = "duration_ms_opt")]
+    pub loader_soft_timeout: Option<Duration>,
+    /// Hard loader timeout: a load slower than this fails with [`ErrorKind::Timeout`] (or,
+    /// with fail-safe, serves the stale value) (default none).
+    #[serde(with = "duration_ms_opt")]
+    pub loader_hard_timeout: Option<Duration>,
 }
 
 impl Default for CacheConfig {
@@ -83,6 +104,11 @@ impl Default for CacheConfig {
             leases: true,
             lease_ttl: Duration::from_secs(5),
             lease_wait: Duration::from_secs(2),
+            fail_safe: false,
+            max_stale: Duration::from_secs(3600),
+            fail_safe_backoff: Duration::from_secs(10),
+            loader_soft_timeout: None,
+            loader_hard_timeout: None,
         }
     }
 }
@@ -106,6 +132,16 @@ impl CacheConfig {
         if self.leases && (self.lease_ttl.is_zero() || self.lease_wait.is_zero()) {
             return bad("lease_ttl and lease_wait must be positive".into());
         }
+        if let (Some(soft), Some(hard)) = (self.loader_soft_timeout, self.loader_hard_timeout) {
+            if soft >= hard {
+                return bad(format!(
+                    "loader_soft_timeout ({soft:?}) must be shorter than loader_hard_timeout ({hard:?})"
+                ));
+            }
+        }
+        if self.fail_safe && self.fail_safe_backoff.is_zero() {
+            return bad("fail_safe_backoff must be positive".into());
+        }
         if self.max_key_len == 0 {
             return bad("max_key_len must be positive".into());
         }
@@ -117,7 +153,23 @@ impl CacheConfig {
     }
 }
 
-mod duration_ms {
+pub(crate) mod duration_ms_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
+pub(crate) mod duration_ms {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
@@ -230,6 +282,22 @@ where
         self
     }
 
+    /// Fail-safe on: serve values up to `max_stale` past expiry when the loader fails, and
+    /// retry the load after `backoff` (see [`CacheConfig::fail_safe`]).
+    pub fn with_fail_safe(mut self, max_stale: Duration, backoff: Duration) -> Self {
+        self.config.fail_safe = true;
+        self.config.max_stale = max_stale;
+        self.config.fail_safe_backoff = backoff;
+        self
+    }
+
+    /// Soft and hard loader timeouts (see [`CacheConfig::loader_soft_timeout`]).
+    pub fn with_loader_timeouts(mut self, soft: Option<Duration>, hard: Option<Duration>) -> Self {
+        self.config.loader_soft_timeout = soft;
+        self.config.loader_hard_timeout = hard;
+        self
+    }
+
     /// Early refresh policy (default: none). `cache-xfetch` provides XFetch.
     pub fn with_refresh_policy(mut self, policy: Arc<dyn RefreshPolicy>) -> Self {
         self.policy = policy;
@@ -260,6 +328,7 @@ where
                 stats: Counters::default(),
                 inflight: Mutex::new(HashMap::new()),
                 epochs: std::array::from_fn(|_| AtomicU64::new(0)),
+                flushed_at: AtomicU64::new(0),
                 policy: self.policy,
                 _codec: PhantomData,
             }),
@@ -303,6 +372,10 @@ pub struct CacheStats {
     /// Fills refused because the key was set or invalidated during the load (stale sets
     /// prevented).
     pub stale_fills_refused: u64,
+    /// Stale values served by fail-safe or a soft timeout.
+    pub stale_served: u64,
+    /// L2 writes and deletes queued for replay after an L2 failure.
+    pub queued_for_recovery: u64,
 }
 
 #[derive(Default)]
@@ -319,6 +392,8 @@ struct Counters {
     early_refreshes: AtomicU64,
     lease_waits: AtomicU64,
     stale_fills_refused: AtomicU64,
+    stale_served: AtomicU64,
+    queued_for_recovery: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -365,6 +440,8 @@ struct CacheInner<V, C> {
     /// Invalidation epochs, striped by key hash: a read or load fills L1 only if no `set` or
     /// `invalidate` touched its stripe meanwhile (no stale fill after an invalidation).
     epochs: [AtomicU64; EPOCH_STRIPES],
+    /// When the namespace was last flushed (fail-safe caches keep entries, see `is_fresh`).
+    flushed_at: AtomicU64,
     policy: Arc<dyn RefreshPolicy>,
     _codec: PhantomData<fn() -> C>,
 }
@@ -374,6 +451,10 @@ const EPOCH_STRIPES: usize = 64;
 /// What an L2 read found.
 struct Found<V> {
     value: Option<Arc<V>>,
+    /// Logically expired, kept for fail-safe: not a hit, only a fallback.
+    stale: bool,
+    /// Until when a stale value may be served.
+    stale_until_ms: u64,
     /// Logical expiry recorded in the header (`None` in raw mode).
     l2_expires_at_ms: Option<u64>,
     delta_us: u32,
@@ -393,6 +474,8 @@ enum Fill {
 struct Decoded<V> {
     value: Option<V>,
     expires_at_ms: u64,
+    stale_until_ms: u64,
+    stale: bool,
     l2_expires_at_ms: Option<u64>,
     delta_us: u32,
     weight: u32,
@@ -412,6 +495,11 @@ where
     /// The namespace.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The engine this cache belongs to (its prefix, its remote store).
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
     }
 
     /// The settings.
@@ -441,6 +529,8 @@ where
             early_refreshes: l(&c.early_refreshes),
             lease_waits: l(&c.lease_waits),
             stale_fills_refused: l(&c.stale_fills_refused),
+            stale_served: l(&c.stale_served),
+            queued_for_recovery: l(&c.queued_for_recovery),
         }
     }
 
@@ -451,7 +541,8 @@ where
         let inner = &*self.inner;
         let now = inner.engine.inner.clock.now_ms();
         match inner.engine.inner.l1.get(inner.ns, key, now) {
-            Some(entry) => match entry.value {
+            Some(entry) if entry.expires_at_ms > now && inner.is_fresh(&entry) => match entry.value
+            {
                 None => {
                     inner.observer.on_event(CacheEvent::L1Hit);
                     Some(None)
@@ -467,7 +558,7 @@ where
                     }
                 },
             },
-            None => {
+            _ => {
                 inner.observer.on_event(CacheEvent::L1Miss);
                 None
             }
@@ -483,11 +574,13 @@ where
         }
         let full = self.inner.keys.full(key)?;
         let epoch = self.inner.epoch(key);
-        Ok(self
-            .inner
-            .l2_read(key, &full, epoch)
-            .await
-            .and_then(|f| f.value))
+        Ok(self.inner.l2_read(key, &full, epoch).await.and_then(|f| {
+            if f.stale {
+                None
+            } else {
+                f.value
+            }
+        }))
     }
 
     /// Read many keys: L1 first, then one L2 round trip for all L1 misses. The result is
@@ -514,7 +607,7 @@ where
             .l2_read_many(missing.iter().map(|(_, k)| k.clone()).collect())
             .await;
         for ((i, _), v) in missing.into_iter().zip(found) {
-            out[i] = v.and_then(|f| f.value);
+            out[i] = v.and_then(|f| if f.stale { None } else { f.value });
         }
         Ok(out)
     }
@@ -590,17 +683,25 @@ where
         crate::key::validate_key(key, self.inner.keys.max_key_len())?;
         let inner = &*self.inner;
         let now = inner.engine.inner.clock.now_ms();
-        if let Some(entry) = inner.engine.inner.l1.get(inner.ns, key, now) {
-            let (refresh_at, expires_at, delta_us) =
-                (entry.refresh_at_ms, entry.expires_at_ms, entry.delta_us);
-            if let Some(hit) = inner.downcast(entry) {
-                if now >= refresh_at {
-                    self.maybe_refresh(key, now, expires_at, delta_us, ttl, &hit, loader)?;
+        let mut stale: Option<(Option<Arc<V>>, u64)> = None;
+        match inner.engine.inner.l1.get(inner.ns, key, now) {
+            Some(entry) if entry.expires_at_ms > now && inner.is_fresh(&entry) => {
+                let (refresh_at, expires_at, delta_us) =
+                    (entry.refresh_at_ms, entry.expires_at_ms, entry.delta_us);
+                if let Some(hit) = inner.downcast(entry) {
+                    if now >= refresh_at {
+                        self.maybe_refresh(key, now, expires_at, delta_us, ttl, &hit, loader)?;
+                    }
+                    return Ok(hit);
                 }
-                return Ok(hit);
             }
-        } else {
-            inner.observer.on_event(CacheEvent::L1Miss);
+            Some(entry) => {
+                // Expired but kept for fail-safe.
+                inner.observer.on_event(CacheEvent::L1Miss);
+                let until = entry.stale_until_ms;
+                stale = CacheInner::<V, C>::value_of(entry).map(|v| (v, until));
+            }
+            None => inner.observer.on_event(CacheEvent::L1Miss),
         }
         let full = self.inner.keys.full(key)?;
         let rx = {
@@ -621,15 +722,56 @@ where
                         flights: vec![(key.to_owned(), tx)],
                     };
                     let key = key.to_owned();
+                    let stale = stale.clone();
                     spawn(async move {
-                        let result = inner.fill_one(key, full, ttl, loader, None, &guard).await;
+                        let result = inner
+                            .fill_one(key, full, ttl, loader, None, stale, &guard)
+                            .await;
                         guard.finish(|_| result.clone());
                     })?;
                     rx
                 }
             }
         };
-        wait(rx).await
+        self.wait_bounded(rx, stale.map(|(v, _)| v)).await
+    }
+
+    /// Wait for a load, bounded from the caller's side: past the soft timeout a caller holding
+    /// a stale value gets it; past the hard timeout the caller gets the stale value
+    /// (fail-safe) or a [`ErrorKind::Timeout`]. The load itself goes on and fills the cache.
+    async fn wait_bounded(&self, rx: Flight<V>, stale: Option<Option<Arc<V>>>) -> Shared<V> {
+        let config = &self.inner.config;
+        let started = Instant::now();
+        let mut pending = std::pin::pin!(wait(rx));
+        if let (Some(soft), Some(value)) = (config.loader_soft_timeout, &stale) {
+            match tokio::time::timeout(soft, pending.as_mut()).await {
+                Ok(r) => return r,
+                Err(_) => {
+                    bump(&self.inner.stats.stale_served);
+                    self.inner.observer.on_event(CacheEvent::StaleServed);
+                    return Ok(value.clone());
+                }
+            }
+        }
+        match config.loader_hard_timeout {
+            Some(hard) => {
+                match tokio::time::timeout(hard.saturating_sub(started.elapsed()), pending).await {
+                    Ok(r) => r,
+                    Err(_) => match stale {
+                        Some(value) => {
+                            bump(&self.inner.stats.stale_served);
+                            self.inner.observer.on_event(CacheEvent::StaleServed);
+                            Ok(value)
+                        }
+                        None => Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!("no value within the hard timeout of {hard:?}"),
+                        )),
+                    },
+                }
+            }
+            None => pending.await,
+        }
     }
 
     /// On an L1 hit inside the policy's horizon: draw, and if the policy fires, refresh in the
@@ -677,7 +819,15 @@ where
         let current = current.clone();
         spawn(async move {
             let result = task_inner
-                .fill_one(key, full, ttl, loader, Some((expires_at, current)), &guard)
+                .fill_one(
+                    key,
+                    full,
+                    ttl,
+                    loader,
+                    Some((expires_at, current)),
+                    None,
+                    &guard,
+                )
                 .await;
             guard.finish(|_| result.clone());
         })
@@ -759,11 +909,18 @@ where
     /// Write a value through both tiers with the default TTLs.
     ///
     /// The value is encoded and size-checked first: an encode error or an oversized value is
-    /// returned before anything changes. Then L2 is written and L1 updated. If L2 fails, L1
-    /// still holds the new value (this process reads its own write) and the L2 error is
-    /// returned.
+    /// returned before anything changes. Then L2 is written, L1 updated and the other
+    /// instances told (bus). If L2 fails (down, breaker open), L1 still holds the new value
+    /// and the write is queued for replay when L2 is back (auto-recovery): `Ok` is returned.
+    /// With auto-recovery off, the L2 error is returned.
     pub async fn set(&self, key: &str, value: V) -> Result<()> {
         self.set_inner(key, Arc::new(value), None, &[]).await
+    }
+
+    /// Like [`Cache::set`] for a value already behind an `Arc` (no copy: the same `Arc` is
+    /// kept in L1). Used by write-behind, which also hands the value to the source writer.
+    pub async fn set_shared(&self, key: &str, value: Arc<V>) -> Result<()> {
+        self.set_inner(key, value, None, &[]).await
     }
 
     /// Like [`Cache::set`], recording the key under each tag so that
@@ -896,9 +1053,29 @@ where
                 let tag_key = crate::key::tag_key(&inner.engine.inner.prefix, &inner.name, tag);
                 written = l2.tag_add(&tag_key, &full, prepared.l2_ttl).await;
             }
-            if let Err(e) = written {
-                inner.l2_failed(L2Op::Set, &e);
-                result = Err(e);
+            match written {
+                Ok(()) => inner.engine.inner.recovered(&full),
+                Err(e) => {
+                    inner.l2_failed(L2Op::Set, &e);
+                    let queued = match &prepared.bytes {
+                        Some(bytes) => inner.engine.inner.queue_recovery(
+                            full.clone(),
+                            Replay::Set {
+                                value: bytes.clone(),
+                                ttl: prepared.l2_ttl,
+                                since: Instant::now(),
+                            },
+                            Some((inner.channel.clone(), key.to_owned())),
+                        ),
+                        None => false,
+                    };
+                    if queued {
+                        // Accepted: L1 holds the value, L2 gets it when it is back.
+                        bump(&inner.stats.queued_for_recovery);
+                    } else {
+                        result = Err(e);
+                    }
+                }
             }
         }
         inner.fill_l1(key, prepared.value.clone(), &prepared);
@@ -906,7 +1083,9 @@ where
         result
     }
 
-    /// Drop a key from both tiers. L1 is dropped first; an L2 failure is returned.
+    /// Drop a key from both tiers and from every other instance's L1 (bus). L1 is dropped
+    /// first; if L2 fails the delete is queued for replay (auto-recovery), or returned as an
+    /// error when auto-recovery is off.
     pub async fn invalidate(&self, key: &str) -> Result<()> {
         let full = self.inner.keys.full(key)?;
         self.inner.bump_epoch(key);
@@ -918,9 +1097,21 @@ where
             if let (true, Some(lk)) = (self.inner.config.leases, self.inner.lease_key(&keys[0])) {
                 keys.push(lk);
             }
-            if let Err(e) = l2.delete(&keys).await {
-                self.inner.l2_failed(L2Op::Delete, &e);
-                return Err(e);
+            match l2.delete(&keys).await {
+                Ok(()) => self.inner.engine.inner.recovered(&keys[0]),
+                Err(e) => {
+                    self.inner.l2_failed(L2Op::Delete, &e);
+                    let full = keys.remove(0);
+                    let queued = self.inner.engine.inner.queue_recovery(
+                        full,
+                        Replay::Delete { also: keys },
+                        Some((self.inner.channel.clone(), key.to_owned())),
+                    );
+                    if !queued {
+                        return Err(e);
+                    }
+                    bump(&self.inner.stats.queued_for_recovery);
+                }
             }
         }
         Ok(())
@@ -970,6 +1161,7 @@ struct Prepared<V> {
     value: Option<Arc<V>>,
     bytes: Option<Vec<u8>>,
     l1_expires_at_ms: u64,
+    l1_stale_until_ms: u64,
     l1_refresh_at_ms: u64,
     l2_ttl: Duration,
     delta_us: u32,
@@ -994,11 +1186,24 @@ where
         }
     }
 
+    /// Drop the namespace from L1 (a clear, or a possible loss of invalidations). A fail-safe
+    /// cache keeps the entries as stale fallbacks: they stop being fresh, not available.
     fn flush_local(&self) {
         for e in &self.epochs {
             e.fetch_add(1, Ordering::SeqCst);
         }
-        self.engine.inner.l1.clear_namespace(self.ns);
+        if self.config.fail_safe {
+            self.flushed_at
+                .store(self.engine.inner.clock.now_ms(), Ordering::SeqCst);
+        } else {
+            self.engine.inner.l1.clear_namespace(self.ns);
+        }
+    }
+
+    /// False for entries stored before the last flush of a fail-safe cache.
+    #[inline]
+    fn is_fresh(&self, entry: &L1Entry) -> bool {
+        entry.born_ms > self.flushed_at.load(Ordering::Relaxed)
     }
 
     fn lease_key(&self, full: &str) -> Option<String> {
@@ -1029,6 +1234,92 @@ where
             .policy
             .horizon(Duration::from_micros(u64::from(delta_us)));
         expires_at.saturating_sub(horizon.as_millis() as u64)
+    }
+
+    /// How long a value expiring at `expires_at` is kept for fail-safe.
+    fn stale_until(&self, expires_at: u64) -> u64 {
+        if self.config.fail_safe {
+            expires_at.saturating_add(self.config.max_stale.as_millis() as u64)
+        } else {
+            expires_at
+        }
+    }
+
+    /// The value of an entry without counting anything; `None` on a type mismatch.
+    fn value_of(entry: L1Entry) -> Option<Option<Arc<V>>> {
+        match entry.value {
+            None => Some(None),
+            Some(any) => any.downcast::<V>().ok().map(Some),
+        }
+    }
+
+    /// Serve a stale value (fail-safe): count it, and keep it fresh in L1 for the back-off so
+    /// the loader is retried only then, not on every call.
+    fn serve_stale(&self, key: &str, value: &Option<Arc<V>>, stale_until: u64, epoch: u64) {
+        bump(&self.stats.stale_served);
+        self.observer.on_event(CacheEvent::StaleServed);
+        tracing::warn!(cache = %self.name, "serving a stale value (fail-safe)");
+        let now = self.engine.inner.clock.now_ms();
+        let until = now
+            .saturating_add(self.config.fail_safe_backoff.as_millis() as u64)
+            .min(stale_until);
+        if until > now && self.epoch(key) == epoch {
+            self.engine.inner.l1.insert(
+                self.ns,
+                key,
+                L1Entry {
+                    value: value
+                        .clone()
+                        .map(|v| v as Arc<dyn std::any::Any + Send + Sync>),
+                    expires_at_ms: until,
+                    born_ms: self.engine.inner.clock.now_ms(),
+                    stale_until_ms: stale_until,
+                    refresh_at_ms: until,
+                    delta_us: 0,
+                    weight: L1_ENTRY_OVERHEAD,
+                },
+            );
+        }
+    }
+
+    /// Run the loader under the soft and hard timeouts. With a fallback at hand, passing the
+    /// soft timeout hands the fallback to the waiters now while the load goes on.
+    async fn run_loader<Fut, E>(
+        &self,
+        fut: Fut,
+        key: &str,
+        fallback: Option<&Option<Arc<V>>>,
+        guard: &FlightGuard<V, C>,
+    ) -> Result<Option<V>>
+    where
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let started = Instant::now();
+        let mut fut = std::pin::pin!(fut);
+        if let (Some(soft), Some(fb)) = (self.config.loader_soft_timeout, fallback) {
+            match tokio::time::timeout(soft, fut.as_mut()).await {
+                Ok(r) => return r.map_err(|e| Error::loader(e.into())),
+                Err(_) => {
+                    bump(&self.stats.stale_served);
+                    self.observer.on_event(CacheEvent::StaleServed);
+                    tracing::info!(cache = %self.name, soft_ms = soft.as_millis() as u64, "loader past its soft timeout: serving the previous value while it finishes");
+                    guard.publish_early(key, Ok(fb.clone()));
+                }
+            }
+        }
+        match self.config.loader_hard_timeout {
+            Some(hard) => {
+                match tokio::time::timeout(hard.saturating_sub(started.elapsed()), fut).await {
+                    Ok(r) => r.map_err(|e| Error::loader(e.into())),
+                    Err(_) => Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!("loader exceeded its hard timeout of {hard:?}"),
+                    )),
+                }
+            }
+            None => fut.await.map_err(|e| Error::loader(e.into())),
+        }
     }
 
     /// The value of a live L1 entry, counting the hit; `None` on a type mismatch.
@@ -1111,7 +1402,9 @@ where
             match l2.get(full).await {
                 Ok(Some(bytes)) => {
                     if let Some(found) = self.accept_l2(key, Some(bytes), start.elapsed(), epoch) {
-                        return Err(found.value);
+                        if !found.stale {
+                            return Err(found.value);
+                        }
                     }
                 }
                 Ok(None) => {}
@@ -1199,10 +1492,17 @@ where
             .map_or(0, |b| u32::try_from(b.len()).unwrap_or(u32::MAX))
             .saturating_add(L1_ENTRY_OVERHEAD);
         let l1_expires_at_ms = now.saturating_add(l1_ttl.as_millis() as u64);
+        // Redis keeps the value `max_stale` past its logical expiry for fail-safe.
+        let l2_ttl = if self.config.fail_safe {
+            l2_ttl.saturating_add(self.config.max_stale)
+        } else {
+            l2_ttl
+        };
         Ok(Prepared {
             value,
             bytes,
             l1_expires_at_ms,
+            l1_stale_until_ms: self.stale_until(l2_expires_at_ms.max(l1_expires_at_ms)),
             l1_refresh_at_ms: self.refresh_at(l1_expires_at_ms, delta_us),
             l2_ttl,
             delta_us,
@@ -1217,10 +1517,12 @@ where
             .saturating_add(L1_ENTRY_OVERHEAD);
         if self.config.raw {
             let v = C::decode(bytes).map_err(Unusable::Corrupt)?;
+            let exp = now.saturating_add(self.jittered(self.config.l1_ttl).as_millis() as u64);
             return Ok(Decoded {
                 value: Some(v),
-                expires_at_ms: now
-                    .saturating_add(self.jittered(self.config.l1_ttl).as_millis() as u64),
+                expires_at_ms: exp,
+                stale_until_ms: self.stale_until(exp),
+                stale: false,
                 delta_us: 0,
                 l2_expires_at_ms: None,
                 weight,
@@ -1228,7 +1530,8 @@ where
         }
         let (h, payload) = Header::decode(bytes)
             .map_err(|e| Unusable::Corrupt(Error::new(ErrorKind::Decode, e.to_string())))?;
-        if h.expires_at_ms != 0 && h.expires_at_ms <= now {
+        let stale = h.expires_at_ms != 0 && h.expires_at_ms <= now;
+        if stale && !(self.config.fail_safe && now < self.stale_until(h.expires_at_ms)) {
             return Err(Unusable::Expired);
         }
         let l1_ttl = if h.is_negative() {
@@ -1257,6 +1560,12 @@ where
         Ok(Decoded {
             value,
             expires_at_ms: l1_exp,
+            stale_until_ms: self.stale_until(if h.expires_at_ms != 0 {
+                h.expires_at_ms
+            } else {
+                l1_exp
+            }),
+            stale,
             l2_expires_at_ms: (h.expires_at_ms != 0).then_some(h.expires_at_ms),
             delta_us: h.delta_us,
             weight,
@@ -1270,6 +1579,8 @@ where
             L1Entry {
                 value: value.map(|v| v as Arc<dyn std::any::Any + Send + Sync>),
                 expires_at_ms: p.l1_expires_at_ms,
+                born_ms: self.engine.inner.clock.now_ms(),
+                stale_until_ms: p.l1_stale_until_ms,
                 refresh_at_ms: p.l1_refresh_at_ms,
                 delta_us: p.delta_us,
                 weight: p.weight,
@@ -1293,6 +1604,17 @@ where
         };
         let now = self.engine.inner.clock.now_ms();
         match self.decode(&bytes, now) {
+            Ok(d) if d.stale => {
+                bump(&self.stats.l2_misses);
+                self.observer.on_event(CacheEvent::L2Miss { latency });
+                Some(Found {
+                    value: d.value.map(Arc::new),
+                    stale: true,
+                    stale_until_ms: d.stale_until_ms,
+                    l2_expires_at_ms: d.l2_expires_at_ms,
+                    delta_us: d.delta_us,
+                })
+            }
             Ok(d) => {
                 bump(&self.stats.l2_hits);
                 self.observer.on_event(CacheEvent::L2Hit { latency });
@@ -1306,6 +1628,8 @@ where
                                 .clone()
                                 .map(|v| v as Arc<dyn std::any::Any + Send + Sync>),
                             expires_at_ms: d.expires_at_ms,
+                            born_ms: self.engine.inner.clock.now_ms(),
+                            stale_until_ms: d.stale_until_ms,
                             refresh_at_ms: self.refresh_at(d.expires_at_ms, d.delta_us),
                             delta_us: d.delta_us,
                             weight: d.weight,
@@ -1314,6 +1638,8 @@ where
                 }
                 Some(Found {
                     value,
+                    stale: false,
+                    stale_until_ms: d.stale_until_ms,
                     l2_expires_at_ms: d.l2_expires_at_ms,
                     delta_us: d.delta_us,
                 })
@@ -1403,6 +1729,7 @@ where
     /// `refresh` is set for an early refresh of a live L1 entry: `(its expiry, its value)`.
     /// An L2 value is then taken only if it is newer than that entry. When the policy says an
     /// L2 value is due for refresh, waiters get it at once and the load continues here.
+    #[allow(clippy::too_many_arguments)]
     async fn fill_one<F, Fut, E>(
         self: Arc<Self>,
         key: String,
@@ -1410,6 +1737,7 @@ where
         ttl: Option<Duration>,
         loader: F,
         refresh: Option<(u64, Option<Arc<V>>)>,
+        mut stale: Option<(Option<Arc<V>>, u64)>,
         guard: &FlightGuard<V, C>,
     ) -> Shared<V>
     where
@@ -1419,7 +1747,17 @@ where
     {
         let epoch = self.epoch(&key);
         let mut current: Option<Option<Arc<V>>> = refresh.as_ref().map(|(_, v)| v.clone());
-        if let Some(found) = self.l2_read(&key, &full, epoch).await {
+        let l2_found = self.l2_read(&key, &full, epoch).await;
+        let l2_found = match l2_found {
+            Some(f) if f.stale => {
+                if stale.is_none() {
+                    stale = Some((f.value, f.stale_until_ms));
+                }
+                None
+            }
+            other => other,
+        };
+        if let Some(found) = l2_found {
             let newer = match (&refresh, found.l2_expires_at_ms) {
                 (Some((floor, _)), Some(exp)) => exp > *floor,
                 (Some(_), None) => true,
@@ -1449,7 +1787,12 @@ where
             bump(&self.stats.sync_loads);
         }
         let start = Instant::now();
-        let loaded = loader(key.clone()).await;
+        let fallback: Option<Option<Arc<V>>> = current
+            .clone()
+            .or_else(|| stale.as_ref().map(|(v, _)| v.clone()));
+        let loaded = self
+            .run_loader(loader(key.clone()), &key, fallback.as_ref(), guard)
+            .await;
         let delta = start.elapsed();
         bump(&self.stats.loads);
         self.observer.on_event(CacheEvent::Load {
@@ -1463,7 +1806,18 @@ where
                 if let Fill::Lease(lk, token) = &fill {
                     self.release_lease(lk, token).await;
                 }
-                return Err(Error::loader(e.into()));
+                if let Some(value) = current {
+                    // A failed refresh: the value in L1 is still fresh.
+                    tracing::warn!(cache = %self.name, error = %e, "early refresh failed; keeping the current value");
+                    return Ok(value);
+                }
+                if let Some((value, until)) = stale {
+                    // Fail-safe (stale values are only kept when it is on).
+                    tracing::warn!(cache = %self.name, error = %e, "loader failed; fail-safe serves the stale value");
+                    self.serve_stale(&key, &value, until, epoch);
+                    return Ok(value);
+                }
+                return Err(e);
             }
         };
         let (prepared, bytes) = match self.store_prepare(value, delta, ttl) {
@@ -1546,10 +1900,10 @@ where
         let mut missing = Vec::new();
         for (k, f) in keys.into_iter().zip(found) {
             match f {
-                Some(f) => {
+                Some(f) if !f.stale => {
                     results.insert(k, Ok(f.value));
                 }
-                None => missing.push(k),
+                _ => missing.push(k),
             }
         }
         if missing.is_empty() {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use crate::breaker::{BreakerBus, BreakerConfig, BreakerStore, CircuitBreaker};
 use crate::bus::{BusConfig, BusRuntime, BusStats, BusTransport};
 use crate::cache::{CacheBuilder, CacheConfig};
 use crate::clock::{Clock, SystemClock};
@@ -15,7 +16,9 @@ use crate::key::validate_name;
 use crate::l1::{L1Stats, L1Store, NamespaceId};
 use crate::observer::{NoopObserver, Observer};
 use crate::policy::{RandomSource, ThreadRandom};
+use crate::recovery::{RecoveryQueue, RecoveryStats};
 use crate::remote::RemoteStore;
+use std::time::Duration;
 
 /// What every typed cache of an engine shares.
 pub(crate) struct EngineInner {
@@ -25,7 +28,11 @@ pub(crate) struct EngineInner {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) observer: Arc<dyn Observer>,
     pub(crate) random: Arc<dyn RandomSource>,
-    pub(crate) bus: Option<BusRuntime>,
+    pub(crate) bus: Option<Arc<BusRuntime>>,
+    pub(crate) l2_breaker: Option<Arc<CircuitBreaker>>,
+    pub(crate) recovery: Option<Arc<RecoveryQueue>>,
+    recovery_interval: Duration,
+    replayer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     namespaces: Mutex<HashMap<String, (NamespaceId, TypeId)>>,
 }
 
@@ -69,6 +76,9 @@ impl Engine {
             bus: None,
             tracking: None,
             bus_config: BusConfig::default(),
+            breaker: Some(BreakerConfig::default()),
+            recovery_capacity: 10_000,
+            recovery_interval: Duration::from_millis(250),
         }
     }
 
@@ -87,6 +97,16 @@ impl Engine {
         &self.inner.l1
     }
 
+    /// True while the L2 circuit breaker is open (L2 skipped).
+    pub fn l2_breaker_open(&self) -> bool {
+        self.inner.l2_breaker.as_ref().is_some_and(|b| b.is_open())
+    }
+
+    /// Counters of the auto-recovery queue, when it is on.
+    pub fn recovery_stats(&self) -> Option<RecoveryStats> {
+        self.inner.recovery.as_ref().map(|r| r.stats())
+    }
+
     /// This instance's id on the invalidation bus, when there is one.
     pub fn instance_id(&self) -> Option<u64> {
         self.inner.bus.as_ref().map(|b| b.instance)
@@ -94,7 +114,7 @@ impl Engine {
 
     /// Counters of the invalidation bus, when there is one.
     pub fn bus_stats(&self) -> Option<BusStats> {
-        self.inner.bus.as_ref().map(BusRuntime::stats)
+        self.inner.bus.as_ref().map(|b| b.stats())
     }
 
     /// Counters of the shared L1.
@@ -144,6 +164,9 @@ pub struct EngineBuilder {
     bus: Option<Arc<dyn BusTransport>>,
     tracking: Option<Arc<dyn BusTransport>>,
     bus_config: BusConfig,
+    breaker: Option<BreakerConfig>,
+    recovery_capacity: usize,
+    recovery_interval: Duration,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -207,6 +230,22 @@ impl EngineBuilder {
         self
     }
 
+    /// Circuit breakers on L2 and on the bus publisher (default: on, 5 failures, 500 ms
+    /// cool-down); `None` turns them off.
+    pub fn with_breaker(mut self, config: Option<BreakerConfig>) -> Self {
+        self.breaker = config;
+        self
+    }
+
+    /// Auto-recovery: how many failed L2 writes/deletes (one per key, newest wins) are kept
+    /// for replay when L2 is back (default 10,000; 0 turns it off), and how often replay is
+    /// attempted (default 250 ms).
+    pub fn with_recovery(mut self, capacity: usize, interval: Duration) -> Self {
+        self.recovery_capacity = capacity;
+        self.recovery_interval = interval;
+        self
+    }
+
     /// Build the engine.
     pub fn build(self) -> Result<Engine> {
         validate_name("prefix", &self.prefix)?;
@@ -216,26 +255,105 @@ impl EngineBuilder {
                 "an L1 store is required (with_l1)",
             )
         })?;
-        let bus = match (self.bus, self.tracking) {
-            (Some(bus), tracking) => Some(BusRuntime::start(bus, tracking, self.bus_config)?),
-            (None, Some(tracking)) => Some(BusRuntime::start(
+        let l2_breaker = match (&self.l2, self.breaker) {
+            (Some(_), Some(cfg)) => Some(Arc::new(CircuitBreaker::new(
+                "L2",
+                cfg,
+                Some(self.observer.clone()),
+            ))),
+            _ => None,
+        };
+        let l2: Option<Arc<dyn RemoteStore>> = match (self.l2, &l2_breaker) {
+            (Some(l2), Some(b)) => Some(Arc::new(BreakerStore::new(l2, b.clone()))),
+            (l2, _) => l2,
+        };
+        let bus_transport: Option<Arc<dyn BusTransport>> = match (self.bus, self.breaker) {
+            (Some(t), Some(cfg)) => Some(Arc::new(BreakerBus::new(
+                t,
+                Arc::new(CircuitBreaker::new(
+                    "bus publisher",
+                    cfg,
+                    Some(self.observer.clone()),
+                )),
+            ))),
+            (t, _) => t,
+        };
+        let bus = match (bus_transport, self.tracking) {
+            (Some(bus), tracking) => {
+                Some(Arc::new(BusRuntime::start(bus, tracking, self.bus_config)?))
+            }
+            (None, Some(tracking)) => Some(Arc::new(BusRuntime::start(
                 Arc::new(crate::bus::NullTransport),
                 Some(tracking),
                 self.bus_config,
-            )?),
+            )?)),
             (None, None) => None,
         };
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 prefix: self.prefix,
                 l1,
-                l2: self.l2,
+                l2,
                 clock: self.clock,
                 observer: self.observer,
                 random: self.random,
                 bus,
+                l2_breaker,
+                recovery: (self.recovery_capacity > 0)
+                    .then(|| Arc::new(RecoveryQueue::new(self.recovery_capacity))),
+                recovery_interval: self.recovery_interval,
+                replayer: Mutex::new(None),
                 namespaces: Mutex::new(HashMap::new()),
             }),
         })
+    }
+}
+
+impl EngineInner {
+    /// Queue a failed L2 operation for replay (starting the replay task on first use).
+    /// Returns false when auto-recovery is off.
+    pub(crate) fn queue_recovery(
+        self: &Arc<Self>,
+        full_key: String,
+        op: crate::recovery::Replay,
+        announce: Option<(String, String)>,
+    ) -> bool {
+        let (Some(queue), Some(l2)) = (&self.recovery, &self.l2) else {
+            return false;
+        };
+        queue.push(full_key, op, announce);
+        let mut replayer = self.replayer.lock().unwrap_or_else(|p| p.into_inner());
+        if replayer.is_none() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let bus = self.bus.as_ref().map(Arc::downgrade).unwrap_or_default();
+                *replayer = Some(handle.spawn(crate::recovery::replay_loop(
+                    Arc::downgrade(queue),
+                    Arc::downgrade(l2),
+                    bus,
+                    self.recovery_interval,
+                )));
+            }
+        }
+        true
+    }
+
+    /// A newer successful write supersedes anything pending for the key.
+    pub(crate) fn recovered(&self, full_key: &str) {
+        if let Some(q) = &self.recovery {
+            q.forget(full_key);
+        }
+    }
+}
+
+impl Drop for EngineInner {
+    fn drop(&mut self) {
+        if let Some(r) = self
+            .replayer
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            r.abort();
+        }
     }
 }

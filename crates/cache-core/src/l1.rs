@@ -11,8 +11,15 @@ pub type NamespaceId = u32;
 pub struct L1Entry {
     /// The decoded value; `None` for a negative entry ("the source has no such key").
     pub value: Option<Arc<dyn Any + Send + Sync>>,
-    /// When the entry stops being served, unix milliseconds.
+    /// Until when the entry is fresh, unix milliseconds.
     pub expires_at_ms: u64,
+    /// When the entry was stored, unix milliseconds: entries older than a namespace flush
+    /// of a fail-safe cache are no longer fresh but still usable as stale fallbacks.
+    pub born_ms: u64,
+    /// Until when the store keeps the entry at all (`>= expires_at_ms`): past its expiry a
+    /// fail-safe cache may still serve it when the loader fails. Equal to `expires_at_ms`
+    /// without fail-safe.
+    pub stale_until_ms: u64,
     /// From when a hit consults the refresh policy (`expires_at_ms` minus the policy's
     /// horizon); a hit before it pays one compare.
     pub refresh_at_ms: u64,
@@ -27,6 +34,7 @@ impl std::fmt::Debug for L1Entry {
         f.debug_struct("L1Entry")
             .field("negative", &self.value.is_none())
             .field("expires_at_ms", &self.expires_at_ms)
+            .field("stale_until_ms", &self.stale_until_ms)
             .field("delta_us", &self.delta_us)
             .field("weight", &self.weight)
             .finish()
@@ -53,7 +61,8 @@ pub struct L1Stats {
 
 /// The in-process tier. Synchronous: a hit must never yield.
 pub trait L1Store: Send + Sync + 'static {
-    /// The live entry for `(ns, key)`, or `None` (absent or expired at `now_ms`).
+    /// The entry for `(ns, key)` if it is kept at `now_ms` (`now_ms < stale_until_ms`); the
+    /// caller checks freshness against `expires_at_ms`.
     fn get(&self, ns: NamespaceId, key: &str, now_ms: u64) -> Option<L1Entry>;
     /// Insert or replace.
     fn insert(&self, ns: NamespaceId, key: &str, entry: L1Entry);

@@ -13,6 +13,7 @@
 //! Most users depend on the `tiercache` facade crate, which wires these together.
 #![warn(missing_docs)]
 
+pub mod breaker;
 pub mod bus;
 pub mod cache;
 pub mod clock;
@@ -25,8 +26,10 @@ pub mod key;
 pub mod l1;
 pub mod observer;
 pub mod policy;
+pub mod recovery;
 pub mod remote;
 
+pub use breaker::{BreakerConfig, CircuitBreaker};
 pub use bus::{BusConfig, BusEvent, BusStats, BusTransport, MemoryBus, MemoryBusHandle};
 pub use cache::{Cache, CacheBuilder, CacheConfig, CacheStats};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -38,4 +41,5 @@ pub use key::KeySpace;
 pub use l1::{L1Entry, L1Stats, L1Store, NamespaceId};
 pub use observer::{CacheEvent, CacheObserver, L2Op, NoopObserver, Observer, Tier};
 pub use policy::{NoRefresh, RandomSource, RefreshPolicy, SeededRandom, ThreadRandom};
+pub use recovery::RecoveryStats;
 pub use remote::{MemoryStore, RemoteEntry, RemoteStore};

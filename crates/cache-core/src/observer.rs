@@ -123,6 +123,12 @@ pub trait CacheObserver: Send + Sync + 'static {
 pub trait Observer: Send + Sync + 'static {
     /// The observer for the cache named `cache` (its namespace).
     fn for_cache(&self, cache: &str) -> Arc<dyn CacheObserver>;
+
+    /// An event that concerns the whole engine rather than one cache (the L2 and bus
+    /// breakers' [`CacheEvent::Breaker`]). Does nothing by default.
+    fn on_engine_event(&self, event: CacheEvent) {
+        let _ = event;
+    }
 }
 
 /// Does nothing.

@@ -144,11 +144,12 @@ impl L1Store for QuickL1 {
     fn get(&self, ns: NamespaceId, key: &str, now_ms: u64) -> Option<L1Entry> {
         let lookup = Lookup { ns, key };
         let entry = self.cache.get(&lookup)?;
-        if entry.expires_at_ms > now_ms {
+        if entry.stale_until_ms > now_ms {
             return Some(entry);
         }
         self.expired.fetch_add(1, Ordering::Relaxed);
-        self.cache.remove_if(&lookup, |e| e.expires_at_ms <= now_ms);
+        self.cache
+            .remove_if(&lookup, |e| e.stale_until_ms <= now_ms);
         None
     }
 
@@ -196,6 +197,8 @@ mod tests {
         L1Entry {
             value: Some(Arc::new(v)),
             expires_at_ms: exp,
+            born_ms: 0,
+            stale_until_ms: exp,
             refresh_at_ms: exp,
             delta_us: 0,
             weight,

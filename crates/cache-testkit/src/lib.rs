@@ -15,6 +15,14 @@
 //! `prctl(PR_SET_PDEATHSIG, SIGKILL)` (Linux), so servers die with the test process even when
 //! they live in a `static` (never dropped) or the test process is killed.
 //!
+//! - [`RedisCluster::start`] starts a real Redis Cluster: 6 nodes (3 primaries, 3 replicas)
+//!   joined with `redis-cli --cluster create`, healthy in about 3 s, with node control
+//!   (kill, `SIGSTOP`, restart, `CLUSTER FAILOVER`); [`shared_cluster`] is one per test
+//!   binary. See the [`cluster`] module.
+//! - [`FaultProxy`] is a TCP proxy in front of a server whose [`Mode`] (pass, delay,
+//!   blackhole, reset) can be switched while a test runs, with a count of accepted
+//!   connections (to bound reconnect attempts). See the [`proxy`] module.
+//!
 //! A missing `redis-server` binary is an error whose message carries the install command
 //! ([`INSTALL_HINT`]); tests must fail on it, never skip.
 //!
@@ -31,6 +39,12 @@
 //! # }
 //! ```
 #![warn(missing_docs)]
+
+pub mod cluster;
+pub mod proxy;
+
+pub use cluster::{shared_cluster, ClusterNode, ClusterOptions, RedisCluster, Role};
+pub use proxy::{FaultProxy, Mode};
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -557,8 +571,16 @@ impl fmt::Debug for TestCerts {
 }
 
 impl TestCerts {
-    /// Generate a CA (P-256) and a server certificate signed by it, valid for two days.
+    /// Generate a CA (P-256) and a server certificate signed by it, valid for two days, for
+    /// `localhost` and `127.0.0.1`.
     pub fn generate() -> Result<TestCerts> {
+        Self::generate_with_san("DNS:localhost,IP:127.0.0.1")
+    }
+
+    /// Like [`TestCerts::generate`], with the server certificate valid only for the names in
+    /// `subject_alt_names` (OpenSSL syntax, e.g. `"DNS:elsewhere.invalid"`): for "wrong host
+    /// name" tests.
+    pub fn generate_with_san(subject_alt_names: &str) -> Result<TestCerts> {
         let openssl = find_binary("openssl").map_err(|_| {
             Error::new(
                 "`openssl` was not found on PATH; install it with: apt-get install -y openssl",
@@ -572,8 +594,10 @@ impl TestCerts {
         let s = |path: &Path| path.to_string_lossy().into_owned();
         std::fs::write(
             p("server.ext"),
-            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n\
-             extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+            format!(
+                "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n\
+                 extendedKeyUsage=serverAuth\nsubjectAltName={subject_alt_names}\n"
+            ),
         )
         .map_err(|e| Error::new(format!("cannot write server.ext: {e}")))?;
         let (ca_key, ca_pem) = (s(&p("ca.key")), s(&p("ca.pem")));

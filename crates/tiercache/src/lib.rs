@@ -33,18 +33,19 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Features: `redis` (default) for standalone Redis, `json`/`msgpack`/`cbor` codecs
-//! (default all), `lz4` compression, `tls` for `rediss://`.
+//! Features: `redis` (default) for standalone Redis, `cluster` for Redis Cluster
+//! ([`Builder::cluster`]), `json`/`msgpack`/`cbor` codecs (default all), `lz4` compression,
+//! `tls` for `rediss://`.
 #![warn(missing_docs)]
 
 use std::sync::Arc;
 
 pub use cache_core::policy::{NoRefresh, RandomSource, RefreshPolicy, SeededRandom};
 pub use cache_core::{
-    BusConfig, BusStats, BusTransport, CacheBuilder, CacheConfig, CacheEvent, CacheObserver,
-    CacheStats, Clock, Codec, CodecId, Engine, EngineBuilder, Error, ErrorKind, L1Stats, L1Store,
-    ManualClock, MemoryBus, MemoryBusHandle, MemoryStore, NoopObserver, Observer, RemoteEntry,
-    RemoteStore, Result, SystemClock,
+    BreakerConfig, BusConfig, BusStats, BusTransport, CacheBuilder, CacheConfig, CacheEvent,
+    CacheObserver, CacheStats, Clock, Codec, CodecId, Engine, EngineBuilder, Error, ErrorKind,
+    L1Stats, L1Store, ManualClock, MemoryBus, MemoryBusHandle, MemoryStore, NoopObserver, Observer,
+    RecoveryStats, RemoteEntry, RemoteStore, Result, SystemClock,
 };
 pub use cache_l1::QuickL1;
 pub use cache_xfetch::XFetch;
@@ -58,6 +59,9 @@ pub use cache_codec::MsgPack;
 
 #[cfg(feature = "redis")]
 pub use cache_redis::{RedisBus, RedisConfig, RedisStore, RedisTracking};
+
+#[cfg(feature = "cluster")]
+pub use cache_cluster::{ClusterBus, ClusterConfig, ClusterStore};
 
 /// The lower layers, for users who compose their own engine.
 pub mod core {
@@ -88,6 +92,8 @@ pub fn builder(prefix: impl Into<String>) -> Builder {
         bus: BusChoice::Auto,
         tracking: false,
         bus_config: BusConfig::default(),
+        breaker: Some(BreakerConfig::default()),
+        recovery: (10_000, std::time::Duration::from_millis(250)),
     }
 }
 
@@ -99,6 +105,8 @@ enum L2 {
     RedisUrl(String),
     #[cfg(feature = "redis")]
     Redis(Box<RedisConfig>),
+    #[cfg(feature = "cluster")]
+    Cluster(Box<ClusterConfig>),
 }
 
 /// Builds an [`Engine`] with the L1 of `cache-l1` and the chosen L2.
@@ -111,6 +119,8 @@ pub struct Builder {
     bus: BusChoice,
     tracking: bool,
     bus_config: BusConfig,
+    breaker: Option<BreakerConfig>,
+    recovery: (usize, std::time::Duration),
 }
 
 enum BusChoice {
@@ -128,6 +138,8 @@ impl std::fmt::Debug for Builder {
             L2::Store(s) => s.kind(),
             #[cfg(feature = "redis")]
             L2::RedisUrl(_) | L2::Redis(_) => "redis",
+            #[cfg(feature = "cluster")]
+            L2::Cluster(_) => "cluster",
         };
         f.debug_struct("Builder")
             .field("prefix", &self.prefix)
@@ -156,6 +168,26 @@ impl Builder {
     #[cfg(feature = "redis")]
     pub fn redis(mut self, config: RedisConfig) -> Self {
         self.l2 = L2::Redis(Box::new(config));
+        self
+    }
+
+    /// Redis Cluster with explicit settings (feature `cluster`); the invalidation bus, when
+    /// on, is [`ClusterBus`] (cluster-wide pub/sub).
+    #[cfg(feature = "cluster")]
+    pub fn cluster(mut self, config: ClusterConfig) -> Self {
+        self.l2 = L2::Cluster(Box::new(config));
+        self
+    }
+
+    /// Redis Cluster reached through these seed nodes (`redis://host:port`, any one reachable
+    /// node is enough) with default timeouts (feature `cluster`).
+    #[cfg(feature = "cluster")]
+    pub fn cluster_urls<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.l2 = L2::Cluster(Box::new(ClusterConfig::from_urls(urls)));
         self
     }
 
@@ -206,6 +238,20 @@ impl Builder {
         self
     }
 
+    /// Circuit breakers on L2 and the bus publisher (default on: 5 consecutive failures open
+    /// it for 500 ms); `None` turns them off.
+    pub fn breaker(mut self, config: Option<BreakerConfig>) -> Self {
+        self.breaker = config;
+        self
+    }
+
+    /// Auto-recovery of failed L2 writes/deletes: queue capacity in keys (default 10,000; 0
+    /// turns it off) and replay interval (default 250 ms).
+    pub fn recovery(mut self, capacity: usize, interval: std::time::Duration) -> Self {
+        self.recovery = (capacity, interval);
+        self
+    }
+
     /// Read time from this clock (tests).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
@@ -218,6 +264,7 @@ impl Builder {
         let l1: Arc<dyn L1Store> = Arc::new(QuickL1::with_capacity_bytes(self.l1_capacity_bytes));
         let mut b = Engine::builder(self.prefix.clone()).with_l1(l1);
         let mut bus: Option<Arc<dyn BusTransport>> = None;
+        #[allow(unused_mut)]
         let mut tracking: Option<Arc<dyn BusTransport>> = None;
         #[cfg(feature = "redis")]
         let mut redis_store: Option<RedisStore> = None;
@@ -236,6 +283,14 @@ impl Builder {
             L2::Redis(config) => {
                 let store = RedisStore::connect(*config).await?;
                 redis_store = Some(store.clone());
+                Some(Arc::new(store))
+            }
+            #[cfg(feature = "cluster")]
+            L2::Cluster(config) => {
+                let store = ClusterStore::connect(*config).await?;
+                if matches!(self.bus, BusChoice::Auto) {
+                    bus = Some(Arc::new(ClusterBus::new(&store)));
+                }
                 Some(Arc::new(store))
             }
         };
@@ -263,7 +318,10 @@ impl Builder {
         if let Some(t) = tracking {
             b = b.with_tracking(t);
         }
-        b = b.with_bus_config(self.bus_config);
+        b = b
+            .with_bus_config(self.bus_config)
+            .with_breaker(self.breaker)
+            .with_recovery(self.recovery.0, self.recovery.1);
         if let Some(l2) = l2 {
             b = b.with_l2(l2);
         }

@@ -1,0 +1,1028 @@
+//! [`ClusterStore`]: the [`RemoteStore`] over a redis-rs cluster-async connection.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use cache_core::remote::check_value_size;
+use cache_core::{Error, ErrorKind, RemoteEntry, RemoteStore, Result};
+use cache_redis::support::ErrorContext;
+use futures::future::join_all;
+use redis::cluster::{ClusterClientBuilder, NodeAddress};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Cmd, RedisError, RedisResult, Value};
+
+use crate::config::{ClusterConfig, Seeds};
+use crate::slot::slot;
+use crate::topology::{TopologyCache, TopologyWatcher};
+
+/// The compare-and-set fill of [`RemoteStore::set_if_lease`] (the same script as the
+/// standalone store): `KEYS = [lease_key, key]`, `ARGV = [token, value, ttl_ms]`. Both keys
+/// are in one hash slot by construction of [`cache_core::key::lease_key`].
+const SET_IF_LEASE_LUA: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// Add a member to a tag index set and make the set live at least `ttl` (as the standalone
+/// store): `KEYS = [tag_key]`, `ARGV = [member, ttl_ms]`.
+const TAG_ADD_LUA: &str = r"
+redis.call('SADD', KEYS[1], ARGV[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl >= 0 and ttl < tonumber(ARGV[2]) or ttl == -1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+";
+
+/// Read and delete a tag index set atomically: `KEYS = [tag_key]`.
+const TAG_TAKE_LUA: &str = r"
+local members = redis.call('SMEMBERS', KEYS[1])
+redis.call('DEL', KEYS[1])
+return members
+";
+
+/// A Lua script: its source and SHA1.
+struct LuaScript {
+    source: &'static str,
+    sha: String,
+}
+
+impl LuaScript {
+    fn new(source: &'static str) -> Self {
+        LuaScript {
+            source,
+            sha: redis::Script::new(source).get_hash().to_owned(),
+        }
+    }
+}
+
+/// Longest TTL sent to Redis, in milliseconds (about 2 230 years): longer ones are capped so
+/// `now + ttl` cannot overflow on the server.
+const MAX_TTL_MS: u64 = 1 << 46;
+
+/// Keys per `SCAN` page of [`RemoteStore::delete_prefix`].
+const SCAN_COUNT: u64 = 1000;
+
+/// `ttl` in whole milliseconds for `PX`: at least 1 (Redis refuses `PX 0`), at most
+/// [`MAX_TTL_MS`].
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis())
+        .unwrap_or(u64::MAX)
+        .clamp(1, MAX_TTL_MS)
+}
+
+/// A Redis Cluster as the shared L2 tier.
+///
+/// One redis-rs cluster connection (a multiplexed connection per node, a slot map refreshed
+/// on `MOVED`, `READONLY` and lost nodes) carries every call. Every operation is bounded by
+/// the config's `response_timeout`, retries and redirects included, so a hung node yields
+/// [`ErrorKind::Timeout`], never a hung caller; a failover shows at most as a few slower calls
+/// (redirects are followed by redis-rs) or transient errors while no node serves a slot.
+///
+/// Batches are slot-aware: [`RemoteStore::get_many`], [`RemoteStore::set_many`] and
+/// [`RemoteStore::delete`] group their keys by hash slot (one `MGET` / `DEL` per slot, one
+/// `SET` per key) and send **one pipeline per primary**, all primaries in parallel: a batch
+/// costs one round trip of latency and at most one request per primary, whatever its size.
+/// Hash tags (`{user:42}:profile`) put related keys in one slot.
+///
+/// Errors: [`ErrorKind::Connection`] (unreachable, broken connection, cluster reconfiguring),
+/// [`ErrorKind::Timeout`], [`ErrorKind::Auth`], [`ErrorKind::Remote`],
+/// [`ErrorKind::ValueTooLarge`] (refused before sending). Messages name the seed nodes and the
+/// user, never a password. Cloning is cheap and shares the connection.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use cache_core::RemoteStore;
+/// use cache_cluster::{ClusterConfig, ClusterStore};
+///
+/// # async fn demo() -> cache_core::Result<()> {
+/// let config = ClusterConfig::builder()
+///     .url("redis://127.0.0.1:7000")
+///     .url("redis://127.0.0.1:7001")
+///     .build()?;
+/// let store = ClusterStore::connect(config).await?;
+/// store.set("app:{user:42}:profile", b"bytes".to_vec(), Duration::from_secs(60)).await?;
+/// let keys = ["app:{user:42}:profile".to_owned(), "app:{user:42}:orders".to_owned()];
+/// assert_eq!(store.get_many(&keys).await?, vec![Some(b"bytes".to_vec()), None]);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ClusterStore {
+    conn: ClusterConnection,
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: ClusterConfig,
+    pub(crate) seeds: Seeds,
+    pub(crate) ctx: Arc<ErrorContext>,
+    pub(crate) topology: Arc<TopologyCache>,
+    requests: AtomicU64,
+    lease_script: LuaScript,
+    tag_add_script: LuaScript,
+    tag_take_script: LuaScript,
+    /// PEM of the CA to trust (`tls_ca_file`), read once.
+    pub(crate) tls_root: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for ClusterStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.inner.config;
+        f.debug_struct("ClusterStore")
+            .field("seeds", &c.redacted_urls())
+            .field("user", &self.inner.ctx.user)
+            .field("response_timeout", &c.response_timeout)
+            .field("max_value_size", &c.max_value_size)
+            .finish()
+    }
+}
+
+/// Keys of one batch that go to one primary: `(slot, indices of its keys)` per slot.
+struct Group {
+    node: Option<NodeAddress>,
+    slots: Vec<(u16, Vec<usize>)>,
+}
+
+impl ClusterStore {
+    /// Connect eagerly: validate the config, reach a seed node, authenticate and load the slot
+    /// map, all within `connect_timeout`, so that bad URLs, unreachable seeds or refused
+    /// credentials are reported here with a clear message ([`ErrorKind::InvalidUrl`],
+    /// [`ErrorKind::InvalidConfig`], [`ErrorKind::Connection`], [`ErrorKind::Timeout`],
+    /// [`ErrorKind::Auth`]).
+    ///
+    /// Must be called within a tokio runtime (the connection's driver task runs on it).
+    pub async fn connect(config: ClusterConfig) -> Result<ClusterStore> {
+        let seeds = config.resolve()?;
+        let ctx = Arc::new(ErrorContext::new(
+            seeds.endpoint.clone(),
+            seeds.user.clone(),
+            seeds.has_password,
+            seeds.secrets.clone(),
+        ));
+        let tls_root = read_tls_root(&config, &seeds)?;
+        let topology = Arc::new(TopologyCache::default());
+        let builder = ClusterClientBuilder::new(seeds.targets.iter().map(|t| t.info.clone()))
+            .connection_timeout(config.connect_timeout)
+            .response_timeout(config.response_timeout)
+            .overall_response_timeout(Some(config.response_timeout))
+            .retries(config.retries)
+            .min_retry_wait(millis(config.retry_min_delay))
+            .max_retry_wait(millis(config.retry_max_delay).max(1))
+            .read_routing_strategy(TopologyWatcher {
+                cache: topology.clone(),
+            });
+        #[cfg(feature = "tls")]
+        let builder = match &tls_root {
+            Some(pem) => builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            }),
+            None => builder,
+        };
+        let client = builder.build().map_err(|e| ctx.map("connect", &e))?;
+        let started = Instant::now();
+        let limit = config.connect_timeout;
+        let conn = match tokio::time::timeout(limit, client.get_async_connection()).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(connect_error(&ctx, Some(&e), limit)),
+            Err(_) => return Err(connect_error(&ctx, None, limit)),
+        };
+        tracing::info!(
+            endpoint = %ctx.endpoint,
+            user = %ctx.user,
+            primaries = topology.primaries().map(|p| p.len()).unwrap_or(0),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "connected to Redis Cluster"
+        );
+        Ok(ClusterStore {
+            conn,
+            inner: Arc::new(Inner {
+                lease_script: LuaScript::new(SET_IF_LEASE_LUA),
+                tag_add_script: LuaScript::new(TAG_ADD_LUA),
+                tag_take_script: LuaScript::new(TAG_TAKE_LUA),
+                config,
+                seeds,
+                ctx,
+                topology,
+                requests: AtomicU64::new(0),
+                tls_root,
+            }),
+        })
+    }
+
+    /// The config this store was connected with.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.inner.config
+    }
+
+    /// A clone of the underlying redis-rs cluster connection, for other components and custom
+    /// commands. Calls made through it are bounded by the connection's own response timeout
+    /// only.
+    pub fn connection(&self) -> ClusterConnection {
+        self.conn.clone()
+    }
+
+    /// How many requests (single commands or pipelines) this store and its clones sent to the
+    /// cluster so far, redirects followed by redis-rs not included. A batch costs at most one
+    /// per primary.
+    pub fn requests_sent(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    /// `host:port` of every primary in the current slot map (empty before it is known).
+    pub fn primaries(&self) -> Vec<String> {
+        self.inner
+            .topology
+            .primaries()
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// `host:port` of the primary serving `slot`, per the current slot map.
+    pub fn primary_for_slot(&self, slot: u16) -> Option<String> {
+        self.inner
+            .topology
+            .primary_for_slot(slot)
+            .map(|a| a.to_string())
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    /// `PING` one primary (bounded by `response_timeout`).
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        self.count(1);
+        self.run("PING", async move {
+            conn.route_command(
+                redis::cmd("PING"),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+            )
+            .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    fn count(&self, n: u64) {
+        self.inner.requests.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Run one call under `response_timeout`, mapping its error.
+    async fn run<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = RedisResult<T>> + Send,
+    ) -> Result<T> {
+        let limit = self.inner.config.response_timeout;
+        let result = match tokio::time::timeout(limit, call).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => match map_error(&self.inner.ctx, op, &e) {
+                t if t.kind() == ErrorKind::Timeout => {
+                    self.inner.ctx.elapsed(op, limit, "response_timeout")
+                }
+                other => other,
+            },
+            Err(_) => self.inner.ctx.elapsed(op, limit, "response_timeout"),
+        };
+        tracing::debug!(
+            op,
+            endpoint = %self.inner.ctx.endpoint,
+            kind = %result.kind(),
+            error = %result.message(),
+            "Redis Cluster call failed"
+        );
+        Err(result)
+    }
+
+    fn check_size(&self, key: &str, len: usize) -> Result<()> {
+        check_value_size(key, len, self.inner.config.max_value_size)
+    }
+
+    /// Group `keys` by slot, and the slots by the primary serving them.
+    fn groups<'k>(&self, keys: impl Iterator<Item = &'k str>) -> Vec<Group> {
+        let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (i, key) in keys.enumerate() {
+            by_slot.entry(slot(key.as_bytes())).or_default().push(i);
+        }
+        let slots: Vec<u16> = by_slot.keys().copied().collect();
+        let primaries = self.inner.topology.primaries_for(&slots);
+        let mut by_node: HashMap<NodeAddress, Vec<(u16, Vec<usize>)>> = HashMap::new();
+        let mut groups = Vec::new();
+        for ((slot, indices), primary) in by_slot.into_iter().zip(primaries) {
+            match primary {
+                Some(node) => by_node.entry(node).or_default().push((slot, indices)),
+                // Unknown slot: alone, routed by redis-rs.
+                None => groups.push(Group {
+                    node: None,
+                    slots: vec![(slot, indices)],
+                }),
+            }
+        }
+        groups.extend(by_node.into_iter().map(|(node, slots)| Group {
+            node: Some(node),
+            slots,
+        }));
+        groups
+    }
+
+    /// Run a slot-grouped batch: `build` makes the command of one slot from its key indices,
+    /// `decode` reads its answer. One pipeline per primary, all in parallel; a primary whose
+    /// pipeline meets a redirect (topology changing under us) is retried slot by slot, where
+    /// redis-rs follows `MOVED`/`ASK` per slot. Not bounded in time: callers wrap it in
+    /// [`Self::run`].
+    async fn batch<T, B, D>(
+        &self,
+        groups: Vec<Group>,
+        read: bool,
+        build: B,
+        decode: D,
+    ) -> RedisResult<Vec<(Vec<usize>, T)>>
+    where
+        B: Fn(&[usize]) -> Cmd + Sync,
+        D: Fn(Value, usize) -> RedisResult<T> + Sync,
+        T: Send,
+    {
+        let runs = groups
+            .into_iter()
+            .map(|group| self.batch_group(group, read, &build, &decode));
+        let mut out = Vec::new();
+        for result in join_all(runs).await {
+            out.extend(result?);
+        }
+        Ok(out)
+    }
+
+    async fn batch_group<T, B, D>(
+        &self,
+        group: Group,
+        read: bool,
+        build: &B,
+        decode: &D,
+    ) -> RedisResult<Vec<(Vec<usize>, T)>>
+    where
+        B: Fn(&[usize]) -> Cmd + Sync,
+        D: Fn(Value, usize) -> RedisResult<T> + Sync,
+    {
+        let Some(node) = group.node.as_ref().filter(|_| group.slots.len() > 1) else {
+            return self.batch_by_slot(group.slots, build, decode).await;
+        };
+        let mut pipe = redis::pipe();
+        for (_, indices) in &group.slots {
+            pipe.add_command(build(indices));
+        }
+        let count = group.slots.len();
+        // Route by the group's first slot: redis-rs maps it to the same primary as `node`,
+        // since both come from the same slot map.
+        let first_slot = group.slots[0].0;
+        let addr = if read {
+            SlotAddr::ReplicaOptional
+        } else {
+            SlotAddr::Master
+        };
+        let route = SingleNodeRoutingInfo::SpecificNode(Route::new(first_slot, addr));
+        let mut conn = self.conn.clone();
+        self.count(1);
+        let answer = conn.route_pipeline(pipe, 0, count, route).await;
+        let redirected = match answer {
+            Ok(values) if values.len() == count => {
+                let mut out = Vec::with_capacity(count);
+                let mut failed = None;
+                for ((_, indices), value) in group.slots.iter().zip(values) {
+                    match value.extract_error() {
+                        Ok(v) => out.push((indices.clone(), decode(v, indices.len())?)),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                match failed {
+                    None => return Ok(out),
+                    Some(e) if is_topology_error(&e) => e,
+                    Some(e) => return Err(e),
+                }
+            }
+            Ok(values) => {
+                return Err(RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "pipeline answer of the wrong length",
+                    format!("{} answers to {count} commands", values.len()),
+                )))
+            }
+            Err(e) if is_topology_error(&e) => e,
+            Err(e) => return Err(e),
+        };
+        tracing::debug!(
+            node = %node,
+            slots = count,
+            error = %self.inner.ctx.scrub(&redirected.to_string()),
+            "batch pipeline met a topology change; retrying slot by slot"
+        );
+        self.batch_by_slot(group.slots, build, decode).await
+    }
+
+    /// One command per slot, in parallel, each routed (and redirected) by redis-rs.
+    async fn batch_by_slot<T, B, D>(
+        &self,
+        slots: Vec<(u16, Vec<usize>)>,
+        build: &B,
+        decode: &D,
+    ) -> RedisResult<Vec<(Vec<usize>, T)>>
+    where
+        B: Fn(&[usize]) -> Cmd + Sync,
+        D: Fn(Value, usize) -> RedisResult<T> + Sync,
+    {
+        self.count(slots.len() as u64);
+        let runs = slots.into_iter().map(|(_, indices)| {
+            let mut conn = self.conn.clone();
+            let cmd = build(&indices);
+            async move {
+                let value = cmd.query_async::<Value>(&mut conn).await?;
+                let decoded = decode(value, indices.len())?;
+                Ok::<_, RedisError>((indices, decoded))
+            }
+        });
+        join_all(runs).await.into_iter().collect()
+    }
+
+    /// `SCAN` one primary for `pattern` and `UNLINK` what it finds; returns how many.
+    async fn scan_delete(&self, node: NodeAddress, pattern: &str) -> Result<u64> {
+        let by_address = SingleNodeRoutingInfo::ByAddress {
+            host: node.host().to_owned(),
+            port: node.port(),
+        };
+        let mut cursor: u64 = 0;
+        let mut deleted: u64 = 0;
+        loop {
+            let scan = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .to_owned();
+            let mut conn = self.conn.clone();
+            let routing = RoutingInfo::SingleNode(by_address.clone());
+            self.count(1);
+            let page = self
+                .run("SCAN", async move {
+                    let value = conn.route_command(scan, routing).await?;
+                    Ok(redis::from_redis_value::<(u64, Vec<Vec<u8>>)>(value)?)
+                })
+                .await?;
+            let (next, keys) = page;
+            if !keys.is_empty() {
+                deleted += self.unlink_on(&by_address, keys).await?;
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    /// `UNLINK` keys found on one node (one pipeline); keys that moved meanwhile are deleted
+    /// one by one through the normal routing.
+    async fn unlink_on(&self, node: &SingleNodeRoutingInfo, keys: Vec<Vec<u8>>) -> Result<u64> {
+        let mut pipe = redis::pipe();
+        for k in &keys {
+            pipe.cmd("UNLINK").arg(k);
+        }
+        let count = keys.len();
+        let mut conn = self.conn.clone();
+        let route = node.clone();
+        self.count(1);
+        let values = self
+            .run("UNLINK (pipeline)", async move {
+                conn.route_pipeline(pipe, 0, count, route).await
+            })
+            .await?;
+        let mut deleted = 0u64;
+        let mut moved = Vec::new();
+        for (key, value) in keys.into_iter().zip(values) {
+            match value {
+                Value::Int(n) => deleted += u64::try_from(n).unwrap_or(0),
+                _ => moved.push(key),
+            }
+        }
+        for key in moved {
+            let mut conn = self.conn.clone();
+            self.count(1);
+            let n = self
+                .run("UNLINK", async move {
+                    redis::cmd("UNLINK")
+                        .arg(key)
+                        .query_async::<i64>(&mut conn)
+                        .await
+                })
+                .await?;
+            deleted += u64::try_from(n).unwrap_or(0);
+        }
+        Ok(deleted)
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The CA file's PEM, read once (TLS only).
+fn read_tls_root(config: &ClusterConfig, seeds: &Seeds) -> Result<Option<Vec<u8>>> {
+    if !seeds.tls {
+        return Ok(None);
+    }
+    #[cfg(feature = "tls")]
+    {
+        // rustls needs a process-wide crypto provider; ours is `ring`. No-op when one is
+        // installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    match &config.tls_ca_file {
+        Some(path) => std::fs::read(path).map(Some).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("cannot read tls_ca_file {}: {e}", path.display()),
+            )
+        }),
+        None => Ok(None),
+    }
+}
+
+/// Errors that mean "the slot map changed under this request": worth a retry slot by slot.
+fn is_topology_error(e: &RedisError) -> bool {
+    e.kind() == redis::ErrorKind::ClusterConnectionNotFound
+        || matches!(
+            e.code(),
+            Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY" | "CROSSSLOT")
+        )
+}
+
+/// Map a redis-rs error, with the cluster's own transient states as connection errors.
+pub(crate) fn map_error(ctx: &ErrorContext, op: &str, e: &RedisError) -> Error {
+    let ep = &ctx.endpoint;
+    // The cluster client wraps the per-node error of its initial connection in an I/O error
+    // ("Failed to create initial connections - ..."); recognise refused credentials in it.
+    let text = e.to_string();
+    if [
+        "AuthenticationFailed",
+        "WRONGPASS",
+        "NOAUTH",
+        "invalid username-password",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+    {
+        let message = if ctx.has_password {
+            format!(
+                "Redis Cluster at {ep} refused the credentials for user `{}`",
+                ctx.user
+            )
+        } else {
+            format!("Redis Cluster at {ep} requires authentication but no password is configured")
+        };
+        return Error::new(ErrorKind::Auth, message);
+    }
+    if e.kind() == redis::ErrorKind::ClusterConnectionNotFound {
+        return Error::new(
+            ErrorKind::Connection,
+            format!(
+                "no connection to the Redis Cluster node serving {op} ({ep}): {}",
+                ctx.scrub(&e.to_string())
+            ),
+        );
+    }
+    if let Some(
+        code @ ("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY"
+        | "LOADING"),
+    ) = e.code()
+    {
+        return Error::new(
+            ErrorKind::Connection,
+            format!(
+                "the Redis Cluster ({ep}) is reconfiguring and could not serve {op} within the \
+                 retries ({code}): {}",
+                ctx.scrub(&e.to_string())
+            ),
+        );
+    }
+    ctx.map(op, e)
+}
+
+/// A connect-time error (`None`: our own timeout ran out).
+fn connect_error(ctx: &ErrorContext, e: Option<&RedisError>, limit: Duration) -> Error {
+    let mapped = match e.map(|e| map_error(ctx, "connect", e)) {
+        Some(mapped) if mapped.kind() != ErrorKind::Timeout => mapped,
+        _ => Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "cannot reach the Redis Cluster at {}: no answer within {limit:?} \
+                 (connect_timeout)",
+                ctx.endpoint
+            ),
+        ),
+    };
+    tracing::warn!(
+        endpoint = %ctx.endpoint,
+        kind = %mapped.kind(),
+        error = %mapped.message(),
+        "cannot connect to Redis Cluster"
+    );
+    mapped
+}
+
+/// `MGET` answer of `n` keys.
+fn decode_mget(value: Value, n: usize) -> RedisResult<Vec<Option<Vec<u8>>>> {
+    let values: Vec<Option<Vec<u8>>> = redis::from_redis_value(value)?;
+    if values.len() != n {
+        return Err(RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "MGET answer of the wrong length",
+            format!("{} values for {n} keys", values.len()),
+        )));
+    }
+    Ok(values)
+}
+
+/// Escape the glob characters of `SCAN MATCH` in `text`.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 4);
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[async_trait]
+impl RemoteStore for ClusterStore {
+    fn kind(&self) -> &'static str {
+        "cluster"
+    }
+
+    fn max_value_size(&self) -> usize {
+        self.inner.config.max_value_size
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("GET").arg(key).to_owned();
+        self.count(1);
+        self.run("GET", async move {
+            cmd.query_async::<Option<Vec<u8>>>(&mut conn).await
+        })
+        .await
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        match keys.len() {
+            0 => return Ok(Vec::new()),
+            1 => return Ok(vec![self.get(&keys[0]).await?]),
+            _ => {}
+        }
+        let groups = self.groups(keys.iter().map(String::as_str));
+        let build = |indices: &[usize]| {
+            let mut cmd = redis::cmd("MGET");
+            for i in indices {
+                cmd.arg(&keys[*i]);
+            }
+            cmd
+        };
+        let parts = self
+            .run("MGET (batch)", self.batch(groups, true, build, decode_mget))
+            .await?;
+        let mut out = vec![None; keys.len()];
+        for (indices, values) in parts {
+            for (i, v) in indices.into_iter().zip(values) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
+        self.check_size(key, value.len())?;
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(ttl_ms(ttl))
+            .to_owned();
+        self.count(1);
+        self.run("SET", async move { cmd.exec_async(&mut conn).await })
+            .await
+    }
+
+    async fn set_many(&self, entries: Vec<RemoteEntry>) -> Result<()> {
+        for e in &entries {
+            self.check_size(&e.key, e.value.len())?;
+        }
+        match entries.len() {
+            0 => return Ok(()),
+            1 => {
+                let mut entries = entries;
+                if let Some(e) = entries.pop() {
+                    return self.set(&e.key, e.value, e.ttl).await;
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        // One pipeline per primary; within it, one `SET` per key (there is no `MSET` with a
+        // TTL), so the "command" of a slot is itself a transaction-free pipeline of SETs.
+        let groups = self.groups(entries.iter().map(|e| e.key.as_str()));
+        let entries = &entries;
+        let run = async move {
+            let mut runs = Vec::new();
+            for group in groups {
+                runs.push(self.set_group(entries, group));
+            }
+            for result in join_all(runs).await {
+                result?;
+            }
+            Ok(())
+        };
+        self.run("SET (batch)", run).await
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<()> {
+        match keys.len() {
+            0 => return Ok(()),
+            1 => {
+                let mut conn = self.conn.clone();
+                let cmd = redis::cmd("DEL").arg(&keys[0]).to_owned();
+                self.count(1);
+                return self
+                    .run("DEL", async move { cmd.exec_async(&mut conn).await })
+                    .await;
+            }
+            _ => {}
+        }
+        // `DEL` of several keys must stay within one slot: one `DEL` per slot, one pipeline
+        // per primary.
+        let groups = self.groups(keys.iter().map(String::as_str));
+        let build = |indices: &[usize]| {
+            let mut cmd = redis::cmd("DEL");
+            for i in indices {
+                cmd.arg(&keys[*i]);
+            }
+            cmd
+        };
+        let decode =
+            |value: Value, _n: usize| redis::from_redis_value::<i64>(value).map_err(Into::into);
+        self.run("DEL (batch)", self.batch(groups, false, build, decode))
+            .await
+            .map(|_| ())
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        let Some(primaries) = self.inner.topology.primaries() else {
+            return Err(Error::new(
+                ErrorKind::Connection,
+                format!(
+                    "the slot map of the Redis Cluster at {} is not known yet; cannot scan \
+                     its primaries",
+                    self.inner.ctx.endpoint
+                ),
+            ));
+        };
+        let pattern = format!("{}*", glob_escape(prefix));
+        let scans = primaries
+            .into_iter()
+            .map(|node| self.scan_delete(node, &pattern));
+        let mut total = 0;
+        for result in join_all(scans).await {
+            total += result?;
+        }
+        Ok(total)
+    }
+
+    async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool> {
+        self.check_size(key, value.len())?;
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms(ttl))
+            .to_owned();
+        self.count(1);
+        let answer = self
+            .run("SET NX", async move {
+                cmd.query_async::<Value>(&mut conn).await
+            })
+            .await?;
+        match answer {
+            Value::Okay => Ok(true),
+            Value::Nil => Ok(false),
+            _ => Err(Error::new(
+                ErrorKind::Remote,
+                format!(
+                    "Redis Cluster at {} answered SET NX with an unexpected reply",
+                    self.inner.ctx.endpoint
+                ),
+            )),
+        }
+    }
+
+    async fn tag_add(&self, tag_key: &str, member: &str, ttl: Duration) -> Result<()> {
+        let ttl = ttl_ms(ttl).to_string();
+        let args: [&[u8]; 2] = [member.as_bytes(), ttl.as_bytes()];
+        self.eval::<i64>(
+            "EVALSHA (tag_add)",
+            &self.inner.tag_add_script,
+            &[tag_key],
+            &args,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn tag_take(&self, tag_key: &str) -> Result<Vec<String>> {
+        self.eval(
+            "EVALSHA (tag_take)",
+            &self.inner.tag_take_script,
+            &[tag_key],
+            &[],
+        )
+        .await
+    }
+
+    async fn set_if_lease(
+        &self,
+        lease_key: &str,
+        token: &[u8],
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool> {
+        self.check_size(key, value.len())?;
+        if slot(lease_key.as_bytes()) != slot(key.as_bytes()) {
+            return Err(Error::new(
+                ErrorKind::InvalidKey,
+                "the lease key and the key are in different hash slots; a script can only \
+                 touch one slot in Redis Cluster",
+            ));
+        }
+        let ttl = ttl_ms(ttl).to_string();
+        let args: [&[u8]; 3] = [token, &value, ttl.as_bytes()];
+        let stored: i64 = self
+            .eval(
+                "EVALSHA (set_if_lease)",
+                &self.inner.lease_script,
+                &[lease_key, key],
+                &args,
+            )
+            .await?;
+        Ok(stored == 1)
+    }
+}
+
+impl ClusterStore {
+    /// Run a script on the node of its keys (all in one slot): `EVALSHA`, and `EVAL` when that
+    /// node has not cached the script yet (`NOSCRIPT`: a new primary after a failover, a
+    /// restart, `SCRIPT FLUSH`), which caches it there.
+    async fn eval<T: redis::FromRedisValue + Send>(
+        &self,
+        op: &'static str,
+        script: &LuaScript,
+        keys: &[&str],
+        args: &[&[u8]],
+    ) -> Result<T> {
+        let call = |first: &str, body: &str| {
+            let mut cmd = redis::cmd(first);
+            cmd.arg(body).arg(keys.len()).arg(keys);
+            for a in args {
+                cmd.arg(*a);
+            }
+            cmd
+        };
+        let evalsha = call("EVALSHA", &script.sha);
+        let mut conn = self.conn.clone();
+        self.count(1);
+        self.run(op, async move {
+            match evalsha.query_async::<T>(&mut conn).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    self.count(1);
+                    call("EVAL", script.source)
+                        .query_async::<T>(&mut conn)
+                        .await
+                }
+                other => other,
+            }
+        })
+        .await
+    }
+
+    /// The `SET`s of one primary's share of a `set_many`: one pipeline, or slot by slot after a
+    /// topology change.
+    async fn set_group(&self, entries: &[RemoteEntry], group: Group) -> RedisResult<()> {
+        let set_pipe = |slots: &[(u16, Vec<usize>)]| {
+            let mut pipe = redis::pipe();
+            for (_, indices) in slots {
+                for i in indices {
+                    let e = &entries[*i];
+                    pipe.cmd("SET")
+                        .arg(&e.key)
+                        .arg(&e.value[..])
+                        .arg("PX")
+                        .arg(ttl_ms(e.ttl));
+                }
+            }
+            pipe
+        };
+        let count: usize = group.slots.iter().map(|(_, i)| i.len()).sum();
+        if let Some(node) = group.node.as_ref().filter(|_| group.slots.len() > 1) {
+            let route =
+                SingleNodeRoutingInfo::SpecificNode(Route::new(group.slots[0].0, SlotAddr::Master));
+            let mut conn = self.conn.clone();
+            self.count(1);
+            let error = match conn
+                .route_pipeline(set_pipe(&group.slots), 0, count, route)
+                .await
+            {
+                Ok(values) => match values.into_iter().find_map(|v| v.extract_error().err()) {
+                    None => return Ok(()),
+                    Some(e) if is_topology_error(&e) => e,
+                    Some(e) => return Err(e),
+                },
+                Err(e) if is_topology_error(&e) => e,
+                Err(e) => return Err(e),
+            };
+            tracing::debug!(
+                node = %node,
+                error = %self.inner.ctx.scrub(&error.to_string()),
+                "SET pipeline met a topology change; retrying slot by slot"
+            );
+        }
+        // Slot by slot: a single-slot pipeline is routed (and redirected) by redis-rs.
+        self.count(group.slots.len() as u64);
+        let runs = group.slots.iter().map(|slot_group| {
+            let pipe = set_pipe(std::slice::from_ref(slot_group));
+            let mut conn = self.conn.clone();
+            async move { pipe.exec_async(&mut conn).await }
+        });
+        for result in join_all(runs).await {
+            result?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_is_clamped() {
+        assert_eq!(ttl_ms(Duration::ZERO), 1);
+        assert_eq!(ttl_ms(Duration::from_millis(1500)), 1500);
+        assert_eq!(ttl_ms(Duration::MAX), MAX_TTL_MS);
+    }
+
+    #[test]
+    fn glob_is_escaped() {
+        assert_eq!(glob_escape("app:users:"), "app:users:");
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+
+    #[test]
+    fn cluster_errors_are_transient_connection_errors() {
+        let ctx = ErrorContext::new("cluster h:1".into(), "default".into(), false, vec![]);
+        let moved = RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::Moved),
+            "moved",
+            "3999 127.0.0.1:6381".to_owned(),
+        ));
+        let e = map_error(&ctx, "GET", &moved);
+        assert_eq!(e.kind(), ErrorKind::Connection);
+        assert!(e.is_transient());
+        let none = RedisError::from((redis::ErrorKind::ClusterConnectionNotFound, "none"));
+        assert_eq!(map_error(&ctx, "GET", &none).kind(), ErrorKind::Connection);
+        let other = RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+            "boom",
+        ));
+        assert_eq!(map_error(&ctx, "GET", &other).kind(), ErrorKind::Remote);
+    }
+}

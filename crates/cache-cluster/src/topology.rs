@@ -1,0 +1,106 @@
+//! The slot → primary map, kept in step with redis-rs' own.
+//!
+//! redis-rs does not expose its slot map, but it tells a read-routing strategy about every
+//! topology refresh (the initial discovery, and each refresh after `MOVED`, `READONLY` or a
+//! lost node). [`TopologyWatcher`] is such a strategy: it records the topology for batching
+//! and routes reads to the primary, as redis-rs does without a strategy. Batches grouped with
+//! this map therefore go where redis-rs would send each key.
+
+use std::sync::{Arc, RwLock};
+
+use redis::cluster::NodeAddress;
+use redis::cluster_read_routing::{
+    ClusterTopology, ReadCandidates, ReadRoutingStrategy, ReadRoutingStrategyFactory,
+};
+
+/// The latest topology redis-rs reported (shared by every strategy instance of a client).
+#[derive(Debug, Default)]
+pub(crate) struct TopologyCache {
+    current: RwLock<Option<ClusterTopology>>,
+}
+
+impl TopologyCache {
+    fn set(&self, topology: ClusterTopology) {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        *current = Some(topology);
+    }
+
+    /// The primary serving `slot`, when known.
+    pub(crate) fn primary_for_slot(&self, slot: u16) -> Option<NodeAddress> {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        current
+            .as_ref()
+            .and_then(|t| t.shard_for_slot(slot))
+            .map(|s| s.primary().clone())
+    }
+
+    /// The primary of every slot, resolved under one lock (`None` for unknown slots).
+    pub(crate) fn primaries_for(&self, slots: &[u16]) -> Vec<Option<NodeAddress>> {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        match current.as_ref() {
+            Some(t) => slots
+                .iter()
+                .map(|s| t.shard_for_slot(*s).map(|sh| sh.primary().clone()))
+                .collect(),
+            None => vec![None; slots.len()],
+        }
+    }
+
+    /// Every primary, when the topology is known.
+    pub(crate) fn primaries(&self) -> Option<Vec<NodeAddress>> {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        current
+            .as_ref()
+            .map(|t| t.shards().map(|s| s.primary().clone()).collect())
+    }
+
+    /// Every node (primaries and replicas), when the topology is known.
+    pub(crate) fn nodes(&self) -> Vec<NodeAddress> {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        match current.as_ref() {
+            Some(t) => t
+                .shards()
+                .flat_map(|s| std::iter::once(s.primary().clone()).chain(s.replicas().to_vec()))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// A [`ReadRoutingStrategyFactory`] whose strategies record the topology into one shared
+/// [`TopologyCache`] and read from primaries.
+#[derive(Debug, Clone)]
+pub(crate) struct TopologyWatcher {
+    pub(crate) cache: Arc<TopologyCache>,
+}
+
+impl ReadRoutingStrategyFactory for TopologyWatcher {
+    fn create_strategy(&self) -> Box<dyn ReadRoutingStrategy> {
+        Box::new(PrimaryReads {
+            cache: self.cache.clone(),
+        })
+    }
+}
+
+struct PrimaryReads {
+    cache: Arc<TopologyCache>,
+}
+
+impl ReadRoutingStrategy for PrimaryReads {
+    fn on_topology_changed(&self, topology: ClusterTopology) {
+        tracing::debug!(
+            shards = topology.shards().count(),
+            "Redis Cluster topology refreshed"
+        );
+        self.cache.set(topology);
+    }
+
+    fn route_read<'a>(&self, candidates: &ReadCandidates<'a>) -> &'a NodeAddress {
+        match candidates {
+            // Reads go to the primary (no replication lag), as without a strategy.
+            ReadCandidates::AnyNode(c) => c.primary(),
+            // Only asked for explicitly replica-only reads, which this crate never sends.
+            ReadCandidates::ReplicasOnly(c) => c.replicas().first(),
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! `ClusterStore` and `ClusterBus` against a real 6-node cluster (cache-testkit).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use cache_cluster::{slot, ClusterBus, ClusterConfig, ClusterStore};
+use cache_core::bus::{BusEvent, BusTransport};
+use cache_core::{ErrorKind, RemoteEntry, RemoteStore};
+use cache_testkit::{shared_cluster, ClusterOptions};
+use proptest::prelude::*;
+
+type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+async fn store() -> Result<ClusterStore, Box<dyn std::error::Error + Send + Sync>> {
+    let cluster = shared_cluster()?;
+    let config = ClusterConfig::builder()
+        .urls(cluster.urls().into_iter().take(2))
+        .response_timeout(Duration::from_millis(500))
+        .build()?;
+    Ok(ClusterStore::connect(config).await?)
+}
+
+fn keys(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}:{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basics_across_slots() -> TestResult {
+    let s = store().await?;
+    assert_eq!(s.kind(), "cluster");
+    assert_eq!(s.primaries().len(), 3, "slot map known after connect");
+    s.ping().await?;
+    let ttl = Duration::from_secs(60);
+    s.set("basics:a", b"1".to_vec(), ttl).await?;
+    assert_eq!(s.get("basics:a").await?, Some(b"1".to_vec()));
+    assert_eq!(s.get("basics:missing").await?, None);
+
+    let ks = keys("basics:many", 40);
+    let slots: HashSet<u16> = ks.iter().map(|k| slot(k.as_bytes())).collect();
+    assert!(slots.len() > 30, "keys spread over slots");
+    s.set_many(
+        ks.iter()
+            .map(|k| RemoteEntry {
+                key: k.clone(),
+                value: k.as_bytes().to_vec(),
+                ttl,
+            })
+            .collect(),
+    )
+    .await?;
+    let mut asked = ks.clone();
+    asked.push("basics:absent".into());
+    let got = s.get_many(&asked).await?;
+    assert_eq!(got.len(), 41);
+    for (k, v) in ks.iter().zip(&got) {
+        assert_eq!(v.as_deref(), Some(k.as_bytes()), "{k}");
+    }
+    assert_eq!(got[40], None);
+
+    // DEL of keys in many slots (one DEL per slot).
+    s.delete(&ks[..20]).await?;
+    let got = s.get_many(&ks).await?;
+    assert!(got[..20].iter().all(Option::is_none));
+    assert!(got[20..].iter().all(Option::is_some));
+
+    // delete_prefix scans every primary.
+    assert_eq!(s.delete_prefix("basics:many:").await?, 20);
+    assert!(s.get_many(&ks).await?.iter().all(Option::is_none));
+    assert_eq!(
+        s.get("basics:a").await?,
+        Some(b"1".to_vec()),
+        "other prefix kept"
+    );
+    // Glob characters in the prefix are literal.
+    s.set("basics:*x", b"1".to_vec(), ttl).await?;
+    assert_eq!(s.delete_prefix("basics:*").await?, 1);
+    assert_eq!(s.get("basics:a").await?, Some(b"1".to_vec()));
+
+    // Oversized values are refused before sending.
+    let small = ClusterStore::connect(
+        ClusterConfig::builder()
+            .urls(shared_cluster()?.urls())
+            .max_value_size(10)
+            .build()?,
+    )
+    .await?;
+    let err = small.set("basics:big", vec![0; 11], ttl).await.err();
+    assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::ValueTooLarge));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_and_compare_and_set_fill() -> TestResult {
+    let s = store().await?;
+    let ttl = Duration::from_secs(30);
+    for key in ["lease:plain", "lease:{user:7}:profile"] {
+        let lease = cache_core::key::lease_key("lease", key).expect("a lease key");
+        assert_eq!(slot(lease.as_bytes()), slot(key.as_bytes()), "{lease}");
+        assert!(s.set_nx(&lease, b"tok".to_vec(), ttl).await?);
+        assert!(!s.set_nx(&lease, b"other".to_vec(), ttl).await?);
+        assert!(
+            !s.set_if_lease(&lease, b"wrong", key, b"v".to_vec(), ttl)
+                .await?
+        );
+        assert_eq!(s.get(key).await?, None);
+        assert!(
+            s.set_if_lease(&lease, b"tok", key, b"v".to_vec(), ttl)
+                .await?
+        );
+        assert_eq!(s.get(key).await?, Some(b"v".to_vec()));
+        assert_eq!(s.get(&lease).await?, None, "the fill released the lease");
+    }
+    // The script is loaded lazily on every primary (NOSCRIPT falls back to EVAL).
+    let cluster = shared_cluster()?;
+    for m in cluster.masters()? {
+        cluster.cli(m.port, &["SCRIPT", "FLUSH"])?;
+    }
+    let key = "lease:{after-flush}";
+    let lease = cache_core::key::lease_key("lease", key).expect("a lease key");
+    assert!(s.set_nx(&lease, b"t".to_vec(), ttl).await?);
+    assert!(
+        s.set_if_lease(&lease, b"t", key, b"w".to_vec(), ttl)
+            .await?
+    );
+    // Tag index sets: one key each, so one slot.
+    s.tag_add("lease:__tags:n:red", "lease:n:1", ttl).await?;
+    s.tag_add("lease:__tags:n:red", "lease:n:2", ttl).await?;
+    let mut members = s.tag_take("lease:__tags:n:red").await?;
+    members.sort();
+    assert_eq!(
+        members,
+        vec!["lease:n:1".to_owned(), "lease:n:2".to_owned()]
+    );
+    assert!(s.tag_take("lease:__tags:n:red").await?.is_empty());
+    // Keys in different slots are refused before sending.
+    let err = s
+        .set_if_lease("{a}x", b"t", "{b}y", b"v".to_vec(), ttl)
+        .await
+        .err();
+    assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::InvalidKey));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_cost_one_request_per_primary() -> TestResult {
+    let s = store().await?;
+    let cluster = shared_cluster()?;
+    let ttl = Duration::from_secs(60);
+    let ks = keys("rt", 100);
+    let entries: Vec<RemoteEntry> = ks
+        .iter()
+        .map(|k| RemoteEntry {
+            key: k.clone(),
+            value: vec![1; 16],
+            ttl,
+        })
+        .collect();
+    let before = s.requests_sent();
+    s.set_many(entries).await?;
+    let set_requests = s.requests_sent() - before;
+    let before = s.requests_sent();
+    let got = s.get_many(&ks).await?;
+    let get_requests = s.requests_sent() - before;
+    assert!(got.iter().all(Option::is_some));
+    let before = s.requests_sent();
+    s.delete(&ks).await?;
+    let del_requests = s.requests_sent() - before;
+    eprintln!("100 keys: set_many {set_requests}, get_many {get_requests}, delete {del_requests} requests");
+    assert_eq!(set_requests, 3, "one pipeline per primary");
+    assert_eq!(get_requests, 3, "one pipeline per primary");
+    assert_eq!(del_requests, 3, "one pipeline per primary");
+
+    // Hash-tagged keys share a slot: one MGET on one node.
+    let tagged: Vec<String> = (0..50).map(|i| format!("{{user:42}}:field:{i}")).collect();
+    let owner = cluster.master_for_slot(slot(b"{user:42}"))?;
+    let server = cluster.server(owner.port)?;
+    let mget_before = server.command_calls("mget")?;
+    let before = s.requests_sent();
+    let got = s.get_many(&tagged).await?;
+    assert_eq!(got.len(), 50);
+    assert_eq!(s.requests_sent() - before, 1);
+    assert_eq!(server.command_calls("mget")? - mget_before, 1, "one MGET");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_the_cluster_not_the_password() -> TestResult {
+    // A cluster with a password (3 primaries, no replicas: quicker to start).
+    let cluster = ClusterOptions::new()
+        .replicas_per_master(0)
+        .requirepass("hunter2")
+        .start()?;
+    let good = ClusterConfig::builder()
+        .urls(cluster.urls())
+        .password("hunter2")
+        .build()?;
+    let s = ClusterStore::connect(good).await?;
+    s.set("auth:k", b"v".to_vec(), Duration::from_secs(5))
+        .await?;
+    assert_eq!(s.get("auth:k").await?, Some(b"v".to_vec()));
+    assert!(!format!("{s:?}").contains("hunter2"));
+
+    let url = cluster.urls()[0].replace("redis://", "redis://:wrong-secret@");
+    let bad = ClusterConfig::builder().url(url).build()?;
+    let err = ClusterStore::connect(bad).await.expect_err("refused");
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    assert!(!err.to_string().contains("wrong-secret"), "{err}");
+    assert!(err.to_string().contains("cluster 127.0.0.1:"), "{err}");
+
+    let none = ClusterConfig::builder().urls(cluster.urls()).build()?;
+    let err = ClusterStore::connect(none).await.expect_err("refused");
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+
+    // Nothing listening: a connection error (or a timeout), quickly.
+    let port = cache_testkit::free_port()?;
+    let nowhere = ClusterConfig::builder()
+        .url(format!("redis://127.0.0.1:{port}"))
+        .connect_timeout(Duration::from_millis(500))
+        .build()?;
+    let started = std::time::Instant::now();
+    let err = ClusterStore::connect(nowhere)
+        .await
+        .expect_err("unreachable");
+    assert!(
+        matches!(err.kind(), ErrorKind::Connection | ErrorKind::Timeout),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    Ok(())
+}
+
+async fn next_event(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<BusEvent>,
+    what: impl Fn(&BusEvent) -> bool,
+) -> Option<BusEvent> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(e)) if what(&e) => return Some(e),
+            Ok(Some(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_delivers_and_reports_a_lost_subscription() -> TestResult {
+    let a = ClusterBus::new(&store().await?);
+    let b = ClusterBus::new(&store().await?);
+    assert_eq!(a.kind(), "cluster-pubsub");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    b.subscribe("bus-test:ch1");
+    let _task = b.start(tx)?;
+    assert!(next_event(&mut rx, |e| *e == BusEvent::Connected)
+        .await
+        .is_some());
+    // Publishing on any node reaches the subscriber wherever it is connected (classic
+    // pub/sub is cluster-wide); repeat until the subscription is in place.
+    let got = async {
+        loop {
+            a.publish("bus-test:ch1", b"hello".to_vec()).await.ok();
+            if let Ok(Some(BusEvent::Message { channel, payload })) =
+                tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
+            {
+                return (channel, payload);
+            }
+        }
+    };
+    let (channel, payload) = tokio::time::timeout(Duration::from_secs(10), got).await?;
+    assert_eq!(
+        (channel.as_str(), payload.as_slice()),
+        ("bus-test:ch1", &b"hello"[..])
+    );
+    // A channel added later is subscribed on the live connection.
+    b.subscribe("bus-test:ch2");
+    let got = async {
+        loop {
+            a.publish("bus-test:ch2", b"later".to_vec()).await.ok();
+            if let Ok(Some(BusEvent::Message { channel, .. })) =
+                tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
+            {
+                if channel == "bus-test:ch2" {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), got).await?;
+    // Cut every pub/sub connection of the cluster: reported, then re-established.
+    let cluster = shared_cluster()?;
+    for port in cluster.ports() {
+        cluster.cli(port, &["CLIENT", "KILL", "TYPE", "pubsub"])?;
+    }
+    assert!(
+        next_event(&mut rx, |e| *e == BusEvent::Disconnected)
+            .await
+            .is_some(),
+        "disconnect reported"
+    );
+    assert!(
+        next_event(&mut rx, |e| *e == BusEvent::Connected)
+            .await
+            .is_some(),
+        "resubscribed"
+    );
+    let got = async {
+        loop {
+            a.publish("bus-test:ch1", b"again".to_vec()).await.ok();
+            if let Ok(Some(BusEvent::Message { payload, .. })) =
+                tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
+            {
+                if payload == b"again" {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), got).await?;
+    Ok(())
+}
+
+fn key_strategy() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        // Arbitrary bytes, braces included.
+        proptest::collection::vec(any::<u8>(), 0..40),
+        // Text keys with a hash tag somewhere.
+        ("[a-z:{}]{0,10}", "[a-z0-9:]{0,10}", "[a-z{}]{0,10}")
+            .prop_map(|(a, tag, b)| format!("{a}{{{tag}}}{b}").into_bytes()),
+        // The layout the cache writes.
+        ("[a-z]{1,8}", "[a-z]{1,8}", "[ -~]{0,20}")
+            .prop_map(|(p, n, k)| format!("{p}:{n}:{k}").into_bytes()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn slot_equals_cluster_keyslot(key in key_strategy()) {
+        let cluster = shared_cluster().map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let server = cluster.keyslot(&key).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(slot(&key), server, "key {:?}", String::from_utf8_lossy(&key));
+    }
+}

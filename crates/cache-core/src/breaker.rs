@@ -1,0 +1,397 @@
+//! Circuit breakers, as layers: [`BreakerStore`] wraps a remote store, [`BreakerBus`] wraps a
+//! bus transport. After `failure_threshold` consecutive failures (errors or timeouts) the
+//! breaker opens: calls fail at once with [`ErrorKind::CircuitOpen`], with no network and no
+//! waiting, for `cool_down`. Then one call is let through (half-open): success closes the
+//! breaker, failure opens it for another cool-down.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::bus::{BusEvent, BusTransport};
+use crate::error::{Error, ErrorKind, Result};
+use crate::observer::{CacheEvent, Observer};
+use crate::remote::{RemoteEntry, RemoteStore};
+
+/// Breaker settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker (default 5).
+    pub failure_threshold: u32,
+    /// How long an open breaker skips the remote side before probing (default 500 ms).
+    #[serde(with = "crate::cache::duration_ms")]
+    pub cool_down: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: 5,
+            cool_down: Duration::from_millis(500),
+        }
+    }
+}
+
+impl BreakerConfig {
+    /// Settings with this threshold and cool-down.
+    pub fn new(failure_threshold: u32, cool_down: Duration) -> Self {
+        BreakerConfig {
+            failure_threshold: failure_threshold.max(1),
+            cool_down,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen { since: Instant },
+}
+
+/// The breaker itself: a small state machine behind a mutex (never held across an await).
+pub struct CircuitBreaker {
+    name: &'static str,
+    config: BreakerConfig,
+    state: Mutex<State>,
+    open: AtomicBool,
+    observer: Option<Arc<dyn Observer>>,
+}
+
+impl fmt::Debug for CircuitBreaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("name", &self.name)
+            .field("open", &self.is_open())
+            .finish()
+    }
+}
+
+impl CircuitBreaker {
+    /// A closed breaker named `name` (for logs), reporting state changes to `observer`.
+    pub fn new(
+        name: &'static str,
+        config: BreakerConfig,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> Self {
+        CircuitBreaker {
+            name,
+            config,
+            state: Mutex::new(State::Closed { failures: 0 }),
+            open: AtomicBool::new(false),
+            observer,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True while calls are being skipped.
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// May a call go through now?
+    pub fn allow(&self) -> bool {
+        let mut s = self.lock();
+        match *s {
+            State::Closed { .. } => true,
+            State::Open { until } => {
+                if Instant::now() >= until {
+                    *s = State::HalfOpen {
+                        since: Instant::now(),
+                    };
+                    true
+                } else {
+                    false
+                }
+            }
+            State::HalfOpen { since } => {
+                // A probe whose caller vanished must not wedge the breaker half-open.
+                if since.elapsed() >= self.config.cool_down {
+                    *s = State::HalfOpen {
+                        since: Instant::now(),
+                    };
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
+
+    /// Report a success.
+    pub fn success(&self) {
+        let mut s = self.lock();
+        let was_open = !matches!(*s, State::Closed { .. });
+        *s = State::Closed { failures: 0 };
+        drop(s);
+        if was_open {
+            self.transition(false);
+        }
+    }
+
+    /// Report a failure.
+    pub fn failure(&self) {
+        let mut s = self.lock();
+        let opened = match *s {
+            State::Closed { failures } if failures + 1 >= self.config.failure_threshold => {
+                *s = State::Open {
+                    until: Instant::now() + self.config.cool_down,
+                };
+                true
+            }
+            State::Closed { failures } => {
+                *s = State::Closed {
+                    failures: failures + 1,
+                };
+                false
+            }
+            State::Open { .. } | State::HalfOpen { .. } => {
+                *s = State::Open {
+                    until: Instant::now() + self.config.cool_down,
+                };
+                !self.is_open()
+            }
+        };
+        drop(s);
+        if opened {
+            self.transition(true);
+        }
+    }
+
+    fn transition(&self, open: bool) {
+        self.open.store(open, Ordering::Relaxed);
+        if open {
+            tracing::warn!(
+                breaker = self.name,
+                cool_down_ms = self.config.cool_down.as_millis() as u64,
+                "circuit breaker opened: skipping the remote side"
+            );
+        } else {
+            tracing::info!(breaker = self.name, "circuit breaker closed");
+        }
+        if let Some(o) = &self.observer {
+            o.on_engine_event(CacheEvent::Breaker { open });
+        }
+    }
+
+    fn rejected(&self) -> Error {
+        Error::new(
+            ErrorKind::CircuitOpen,
+            format!("{} skipped: circuit breaker open", self.name),
+        )
+    }
+
+    /// Run `call` through the breaker.
+    pub async fn call<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        if !self.allow() {
+            return Err(self.rejected());
+        }
+        let result = call.await;
+        match &result {
+            Ok(_) => self.success(),
+            Err(e) if counts_as_failure(e) => self.failure(),
+            // A refused value, a bad key: the remote side is fine.
+            Err(_) => self.success(),
+        }
+        result
+    }
+}
+
+fn counts_as_failure(e: &Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::Remote | ErrorKind::Auth
+    )
+}
+
+/// A remote store behind a circuit breaker.
+pub struct BreakerStore {
+    inner: Arc<dyn RemoteStore>,
+    breaker: Arc<CircuitBreaker>,
+}
+
+impl fmt::Debug for BreakerStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BreakerStore")
+            .field("inner", &self.inner)
+            .field("breaker", &self.breaker)
+            .finish()
+    }
+}
+
+impl BreakerStore {
+    /// Wrap `inner`.
+    pub fn new(inner: Arc<dyn RemoteStore>, breaker: Arc<CircuitBreaker>) -> Self {
+        BreakerStore { inner, breaker }
+    }
+
+    /// The breaker.
+    pub fn breaker(&self) -> &Arc<CircuitBreaker> {
+        &self.breaker
+    }
+}
+
+#[async_trait]
+impl RemoteStore for BreakerStore {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn max_value_size(&self) -> usize {
+        self.inner.max_value_size()
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.breaker.call(self.inner.get(key)).await
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.breaker.call(self.inner.get_many(keys)).await
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
+        self.breaker.call(self.inner.set(key, value, ttl)).await
+    }
+
+    async fn set_many(&self, entries: Vec<RemoteEntry>) -> Result<()> {
+        self.breaker.call(self.inner.set_many(entries)).await
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<()> {
+        self.breaker.call(self.inner.delete(keys)).await
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        self.breaker.call(self.inner.delete_prefix(prefix)).await
+    }
+
+    async fn tag_add(&self, tag_key: &str, member: &str, ttl: Duration) -> Result<()> {
+        self.breaker
+            .call(self.inner.tag_add(tag_key, member, ttl))
+            .await
+    }
+
+    async fn tag_take(&self, tag_key: &str) -> Result<Vec<String>> {
+        self.breaker.call(self.inner.tag_take(tag_key)).await
+    }
+
+    async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool> {
+        self.breaker.call(self.inner.set_nx(key, value, ttl)).await
+    }
+
+    async fn set_if_lease(
+        &self,
+        lease_key: &str,
+        token: &[u8],
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool> {
+        self.breaker
+            .call(self.inner.set_if_lease(lease_key, token, key, value, ttl))
+            .await
+    }
+}
+
+/// A bus transport whose publishing goes through a circuit breaker (subscribing is the
+/// transport's own business: it reconnects with back-off).
+pub struct BreakerBus {
+    inner: Arc<dyn BusTransport>,
+    breaker: Arc<CircuitBreaker>,
+}
+
+impl fmt::Debug for BreakerBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BreakerBus")
+            .field("inner", &self.inner)
+            .field("breaker", &self.breaker)
+            .finish()
+    }
+}
+
+impl BreakerBus {
+    /// Wrap `inner`.
+    pub fn new(inner: Arc<dyn BusTransport>, breaker: Arc<CircuitBreaker>) -> Self {
+        BreakerBus { inner, breaker }
+    }
+}
+
+#[async_trait]
+impl BusTransport for BreakerBus {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<()> {
+        self.breaker
+            .call(self.inner.publish(channel, payload))
+            .await
+    }
+
+    fn start(&self, events: mpsc::UnboundedSender<BusEvent>) -> Result<JoinHandle<()>> {
+        self.inner.start(events)
+    }
+
+    fn subscribe(&self, channel: &str) {
+        self.inner.subscribe(channel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::MemoryStore;
+
+    #[tokio::test]
+    async fn opens_skips_probes_and_closes() -> Result<()> {
+        let mem = Arc::new(MemoryStore::new());
+        let breaker = Arc::new(CircuitBreaker::new(
+            "test",
+            BreakerConfig::new(3, Duration::from_millis(50)),
+            None,
+        ));
+        let store = BreakerStore::new(mem.clone(), breaker.clone());
+        mem.set_down(true);
+        for _ in 0..3 {
+            assert_eq!(
+                store.get("k").await.map_err(|e| e.kind()),
+                Err(ErrorKind::Connection)
+            );
+        }
+        assert!(breaker.is_open());
+        let calls = mem.calls();
+        // Open: no call reaches the store.
+        for _ in 0..10 {
+            assert_eq!(
+                store.get("k").await.map_err(|e| e.kind()),
+                Err(ErrorKind::CircuitOpen)
+            );
+        }
+        assert_eq!(mem.calls(), calls);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        // Half-open probe fails: open again.
+        assert_eq!(
+            store.get("k").await.map_err(|e| e.kind()),
+            Err(ErrorKind::Connection)
+        );
+        assert_eq!(
+            store.get("k").await.map_err(|e| e.kind()),
+            Err(ErrorKind::CircuitOpen)
+        );
+        mem.set_down(false);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(store.get("k").await?, None);
+        assert!(!breaker.is_open());
+        Ok(())
+    }
+}
