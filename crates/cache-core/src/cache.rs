@@ -88,6 +88,9 @@ pub struct CacheConfig {
     /// with fail-safe, serves the stale value) (default none).
     #[serde(with = "duration_ms_opt")]
     pub loader_hard_timeout: Option<Duration>,
+    /// Put raw keys into tracing spans (default off: keys can hold personal data; spans carry
+    /// a hash of the key instead).
+    pub trace_raw_keys: bool,
 }
 
 impl Default for CacheConfig {
@@ -109,6 +112,7 @@ impl Default for CacheConfig {
             fail_safe_backoff: Duration::from_secs(10),
             loader_soft_timeout: None,
             loader_hard_timeout: None,
+            trace_raw_keys: false,
         }
     }
 }
@@ -295,6 +299,12 @@ where
     pub fn with_loader_timeouts(mut self, soft: Option<Duration>, hard: Option<Duration>) -> Self {
         self.config.loader_soft_timeout = soft;
         self.config.loader_hard_timeout = hard;
+        self
+    }
+
+    /// Record raw keys in tracing spans (default off: a hash of the key is recorded).
+    pub fn with_raw_keys_in_traces(mut self, on: bool) -> Self {
+        self.config.trace_raw_keys = on;
         self
     }
 
@@ -574,13 +584,14 @@ where
         }
         let full = self.inner.keys.full(key)?;
         let epoch = self.inner.epoch(key);
-        Ok(self.inner.l2_read(key, &full, epoch).await.and_then(|f| {
-            if f.stale {
-                None
-            } else {
-                f.value
-            }
-        }))
+        let span = self.inner.span(SpanKind::Get, key);
+        use tracing::Instrument;
+        Ok(self
+            .inner
+            .l2_read(key, &full, epoch)
+            .instrument(span)
+            .await
+            .and_then(|f| if f.stale { None } else { f.value }))
     }
 
     /// Read many keys: L1 first, then one L2 round trip for all L1 misses. The result is
@@ -723,7 +734,8 @@ where
                     };
                     let key = key.to_owned();
                     let stale = stale.clone();
-                    spawn(async move {
+                    let span = self.inner.span(SpanKind::Load, &key);
+                    spawn(span, async move {
                         let result = inner
                             .fill_one(key, full, ttl, loader, None, stale, &guard)
                             .await;
@@ -817,7 +829,8 @@ where
         };
         let key = key.to_owned();
         let current = current.clone();
-        spawn(async move {
+        let span = self.inner.span(SpanKind::Refresh, &key);
+        spawn(span, async move {
             let result = task_inner
                 .fill_one(
                     key,
@@ -885,7 +898,8 @@ where
                 inner: Arc::clone(&self.inner),
                 flights: led,
             };
-            spawn(async move {
+            let span = tracing::debug_span!("cache.load_many", cache = %self.inner.name, keys = keys.len());
+            spawn(span, async move {
                 let results = inner.fill_many(keys, loader).await;
                 guard.finish(|k| {
                     results.get(k).cloned().unwrap_or_else(|| {
@@ -1087,6 +1101,12 @@ where
     /// first; if L2 fails the delete is queued for replay (auto-recovery), or returned as an
     /// error when auto-recovery is off.
     pub async fn invalidate(&self, key: &str) -> Result<()> {
+        use tracing::Instrument;
+        let span = self.inner.span(SpanKind::Invalidate, key);
+        self.invalidate_inner(key).instrument(span).await
+    }
+
+    async fn invalidate_inner(&self, key: &str) -> Result<()> {
         let full = self.inner.keys.full(key)?;
         self.inner.bump_epoch(key);
         self.inner.engine.inner.l1.remove(self.inner.ns, key);
@@ -1206,18 +1226,37 @@ where
         entry.born_ms > self.flushed_at.load(Ordering::Relaxed)
     }
 
+    /// A span for one operation on `key`, carrying the cache name and a hash of the key (the
+    /// raw key only when `trace_raw_keys` is on).
+    fn span(&self, kind: SpanKind, key: &str) -> tracing::Span {
+        let hash = format_args!("{:016x}", key_hash(key)).to_string();
+        let span = match kind {
+            SpanKind::Get => {
+                tracing::debug_span!("cache.get", cache = %self.name, key_hash = %hash, key = tracing::field::Empty)
+            }
+            SpanKind::Load => {
+                tracing::debug_span!("cache.load", cache = %self.name, key_hash = %hash, key = tracing::field::Empty)
+            }
+            SpanKind::Refresh => {
+                tracing::debug_span!("cache.refresh", cache = %self.name, key_hash = %hash, key = tracing::field::Empty)
+            }
+            SpanKind::Invalidate => {
+                tracing::debug_span!("cache.invalidate", cache = %self.name, key_hash = %hash, key = tracing::field::Empty)
+            }
+        };
+        if self.config.trace_raw_keys {
+            span.record("key", key);
+        }
+        span
+    }
+
     fn lease_key(&self, full: &str) -> Option<String> {
         lease_key(&self.engine.inner.prefix, full)
     }
 
     fn stripe(key: &str) -> usize {
         // FNV-1a: cheap, and only on miss/write paths.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in key.as_bytes() {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        (h % EPOCH_STRIPES as u64) as usize
+        (key_hash(key) % EPOCH_STRIPES as u64) as usize
     }
 
     fn epoch(&self, key: &str) -> u64 {
@@ -2055,17 +2094,18 @@ async fn wait<V>(mut rx: Flight<V>) -> Shared<V> {
     }
 }
 
-fn spawn<F>(fut: F) -> Result<()>
+fn spawn<F>(span: tracing::Span, fut: F) -> Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    use tracing::Instrument;
     let handle = tokio::runtime::Handle::try_current().map_err(|_| {
         Error::new(
             ErrorKind::InvalidConfig,
             "loads run on the tokio runtime: call the cache from within one",
         )
     })?;
-    handle.spawn(fut);
+    handle.spawn(fut.instrument(span));
     Ok(())
 }
 
@@ -2092,4 +2132,23 @@ where
     fn base(&self) -> &str {
         self.keys.base()
     }
+}
+
+/// Which operation a span describes.
+#[derive(Debug, Clone, Copy)]
+enum SpanKind {
+    Get,
+    Load,
+    Refresh,
+    Invalidate,
+}
+
+/// FNV-1a 64-bit: a stable, cheap hash of a key for traces (not for security).
+fn key_hash(key: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
