@@ -334,6 +334,7 @@ where
                 ns,
                 keys,
                 config: self.config,
+                observe: !observer.is_noop(),
                 observer,
                 stats: Counters::default(),
                 inflight: Mutex::new(HashMap::new()),
@@ -445,6 +446,8 @@ struct CacheInner<V, C> {
     keys: KeySpace,
     config: CacheConfig,
     observer: Arc<dyn CacheObserver>,
+    /// False when the observer is a no-op.
+    observe: bool,
     stats: Counters,
     inflight: Mutex<HashMap<String, Flight<V>>>,
     /// Invalidation epochs, striped by key hash: a read or load fills L1 only if no `set` or
@@ -549,27 +552,13 @@ where
     #[inline]
     pub fn get_local(&self, key: &str) -> Option<Option<Arc<V>>> {
         let inner = &*self.inner;
-        let now = inner.engine.inner.clock.now_ms();
+        let now = inner.engine.inner.now_ms();
         match inner.engine.inner.l1.get(inner.ns, key, now) {
-            Some(entry) if entry.expires_at_ms > now && inner.is_fresh(&entry) => match entry.value
-            {
-                None => {
-                    inner.observer.on_event(CacheEvent::L1Hit);
-                    Some(None)
-                }
-                Some(any) => match any.downcast::<V>() {
-                    Ok(v) => {
-                        inner.observer.on_event(CacheEvent::L1Hit);
-                        Some(Some(v))
-                    }
-                    Err(_) => {
-                        inner.observer.on_event(CacheEvent::L1Miss);
-                        None
-                    }
-                },
-            },
+            Some(entry) if entry.expires_at_ms > now && inner.is_fresh(&entry) => {
+                inner.downcast(entry)
+            }
             _ => {
-                inner.observer.on_event(CacheEvent::L1Miss);
+                inner.event(CacheEvent::L1Miss);
                 None
             }
         }
@@ -693,7 +682,7 @@ where
     {
         crate::key::validate_key(key, self.inner.keys.max_key_len())?;
         let inner = &*self.inner;
-        let now = inner.engine.inner.clock.now_ms();
+        let now = inner.engine.inner.now_ms();
         let mut stale: Option<(Option<Arc<V>>, u64)> = None;
         match inner.engine.inner.l1.get(inner.ns, key, now) {
             Some(entry) if entry.expires_at_ms > now && inner.is_fresh(&entry) => {
@@ -708,11 +697,11 @@ where
             }
             Some(entry) => {
                 // Expired but kept for fail-safe.
-                inner.observer.on_event(CacheEvent::L1Miss);
+                inner.event(CacheEvent::L1Miss);
                 let until = entry.stale_until_ms;
                 stale = CacheInner::<V, C>::value_of(entry).map(|v| (v, until));
             }
-            None => inner.observer.on_event(CacheEvent::L1Miss),
+            None => inner.event(CacheEvent::L1Miss),
         }
         let full = self.inner.keys.full(key)?;
         let rx = {
@@ -1214,7 +1203,7 @@ where
         }
         if self.config.fail_safe {
             self.flushed_at
-                .store(self.engine.inner.clock.now_ms(), Ordering::SeqCst);
+                .store(self.engine.inner.now_ms(), Ordering::SeqCst);
         } else {
             self.engine.inner.l1.clear_namespace(self.ns);
         }
@@ -1298,7 +1287,7 @@ where
         bump(&self.stats.stale_served);
         self.observer.on_event(CacheEvent::StaleServed);
         tracing::warn!(cache = %self.name, "serving a stale value (fail-safe)");
-        let now = self.engine.inner.clock.now_ms();
+        let now = self.engine.inner.now_ms();
         let until = now
             .saturating_add(self.config.fail_safe_backoff.as_millis() as u64)
             .min(stale_until);
@@ -1311,7 +1300,7 @@ where
                         .clone()
                         .map(|v| v as Arc<dyn std::any::Any + Send + Sync>),
                     expires_at_ms: until,
-                    born_ms: self.engine.inner.clock.now_ms(),
+                    born_ms: self.engine.inner.now_ms(),
                     stale_until_ms: stale_until,
                     refresh_at_ms: until,
                     delta_us: 0,
@@ -1361,21 +1350,29 @@ where
         }
     }
 
+    /// Report an event unless the observer is a no-op (skips a virtual call on hits).
+    #[inline]
+    fn event(&self, event: CacheEvent) {
+        if self.observe {
+            self.observer.on_event(event);
+        }
+    }
+
     /// The value of a live L1 entry, counting the hit; `None` on a type mismatch.
     #[inline]
     fn downcast(&self, entry: L1Entry) -> Option<Option<Arc<V>>> {
         match entry.value {
             None => {
-                self.observer.on_event(CacheEvent::L1Hit);
+                self.event(CacheEvent::L1Hit);
                 Some(None)
             }
             Some(any) => match any.downcast::<V>() {
                 Ok(v) => {
-                    self.observer.on_event(CacheEvent::L1Hit);
+                    self.event(CacheEvent::L1Hit);
                     Some(Some(v))
                 }
                 Err(_) => {
-                    self.observer.on_event(CacheEvent::L1Miss);
+                    self.event(CacheEvent::L1Miss);
                     None
                 }
             },
@@ -1387,7 +1384,7 @@ where
         let Some(exp) = found.l2_expires_at_ms else {
             return false;
         };
-        let now = self.engine.inner.clock.now_ms();
+        let now = self.engine.inner.now_ms();
         let remaining = Duration::from_millis(exp.saturating_sub(now));
         let delta = Duration::from_micros(u64::from(found.delta_us));
         if remaining > self.policy.horizon(delta) {
@@ -1488,7 +1485,7 @@ where
         delta: Duration,
         ttl: Option<Duration>,
     ) -> Result<Prepared<V>> {
-        let now = self.engine.inner.clock.now_ms();
+        let now = self.engine.inner.now_ms();
         let base_l2 = match (&value, ttl) {
             (_, Some(t)) => t,
             (None, None) => self.config.negative_ttl,
@@ -1618,7 +1615,7 @@ where
             L1Entry {
                 value: value.map(|v| v as Arc<dyn std::any::Any + Send + Sync>),
                 expires_at_ms: p.l1_expires_at_ms,
-                born_ms: self.engine.inner.clock.now_ms(),
+                born_ms: self.engine.inner.now_ms(),
                 stale_until_ms: p.l1_stale_until_ms,
                 refresh_at_ms: p.l1_refresh_at_ms,
                 delta_us: p.delta_us,
@@ -1641,7 +1638,7 @@ where
             self.observer.on_event(CacheEvent::L2Miss { latency });
             return None;
         };
-        let now = self.engine.inner.clock.now_ms();
+        let now = self.engine.inner.now_ms();
         match self.decode(&bytes, now) {
             Ok(d) if d.stale => {
                 bump(&self.stats.l2_misses);
@@ -1667,7 +1664,7 @@ where
                                 .clone()
                                 .map(|v| v as Arc<dyn std::any::Any + Send + Sync>),
                             expires_at_ms: d.expires_at_ms,
-                            born_ms: self.engine.inner.clock.now_ms(),
+                            born_ms: self.engine.inner.now_ms(),
                             stale_until_ms: d.stale_until_ms,
                             refresh_at_ms: self.refresh_at(d.expires_at_ms, d.delta_us),
                             delta_us: d.delta_us,

@@ -50,6 +50,13 @@ fn coarse_now_ms() -> u64 {
     precise_now_ms()
 }
 
+/// The default clock's reading, callable without a trait object (the engine's hot path uses
+/// it directly when no clock was injected).
+#[inline]
+pub fn system_now_ms() -> u64 {
+    coarse_now_ms()
+}
+
 /// The precise system wall clock in unix milliseconds.
 pub fn precise_now_ms() -> u64 {
     SystemTime::now()

@@ -26,6 +26,9 @@ pub(crate) struct EngineInner {
     pub(crate) l1: Arc<dyn L1Store>,
     pub(crate) l2: Option<Arc<dyn RemoteStore>>,
     pub(crate) clock: Arc<dyn Clock>,
+    /// False when a clock was injected: the hot path then calls it instead of reading the
+    /// system clock inline.
+    pub(crate) system_clock: bool,
     pub(crate) observer: Arc<dyn Observer>,
     pub(crate) random: Arc<dyn RandomSource>,
     pub(crate) bus: Option<Arc<BusRuntime>>,
@@ -71,6 +74,7 @@ impl Engine {
             l1: None,
             l2: None,
             clock: Arc::new(SystemClock),
+            system_clock: true,
             observer: Arc::new(NoopObserver),
             random: Arc::new(ThreadRandom),
             bus: None,
@@ -159,6 +163,7 @@ pub struct EngineBuilder {
     l1: Option<Arc<dyn L1Store>>,
     l2: Option<Arc<dyn RemoteStore>>,
     clock: Arc<dyn Clock>,
+    system_clock: bool,
     observer: Arc<dyn Observer>,
     random: Arc<dyn RandomSource>,
     bus: Option<Arc<dyn BusTransport>>,
@@ -194,6 +199,7 @@ impl EngineBuilder {
     /// The clock (tests inject a [`crate::ManualClock`]).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self.system_clock = false;
         self
     }
 
@@ -295,6 +301,7 @@ impl EngineBuilder {
                 l1,
                 l2,
                 clock: self.clock,
+                system_clock: self.system_clock,
                 observer: self.observer,
                 random: self.random,
                 bus,
@@ -354,6 +361,18 @@ impl Drop for EngineInner {
             .take()
         {
             r.abort();
+        }
+    }
+}
+
+impl EngineInner {
+    /// Now, in unix ms: the coarse system clock inline, or the injected clock.
+    #[inline]
+    pub(crate) fn now_ms(&self) -> u64 {
+        if self.system_clock {
+            crate::clock::system_now_ms()
+        } else {
+            self.clock.now_ms()
         }
     }
 }

@@ -116,6 +116,12 @@ pub enum CacheEvent {
 pub trait CacheObserver: Send + Sync + 'static {
     /// One event.
     fn on_event(&self, event: CacheEvent);
+
+    /// True for an observer that ignores everything: the engine then skips the call on the
+    /// L1 hit path.
+    fn is_noop(&self) -> bool {
+        false
+    }
 }
 
 /// Makes one [`CacheObserver`] per typed cache, once, when the cache is created (so metric
@@ -138,6 +144,10 @@ pub struct NoopObserver;
 impl CacheObserver for NoopObserver {
     #[inline]
     fn on_event(&self, _event: CacheEvent) {}
+
+    fn is_noop(&self) -> bool {
+        true
+    }
 }
 
 impl Observer for NoopObserver {
