@@ -106,8 +106,8 @@
 //!
 //! ## Features
 //!
-//! - `prometheus`: [`install_prometheus`] (HTTP scrape endpoint; pulls hyper's server, no
-//!   TLS), [`install_recorder_only`] and [`prometheus_builder`].
+//! - `prometheus`: `install_prometheus` (HTTP scrape endpoint; pulls hyper's server, no
+//!   TLS), `install_recorder_only` and `prometheus_builder`.
 #![warn(missing_docs)]
 
 mod l1;

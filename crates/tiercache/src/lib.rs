@@ -34,8 +34,9 @@
 //! ```
 //!
 //! Features: `redis` (default) for standalone Redis, `cluster` for Redis Cluster
-//! ([`Builder::cluster`]), `json`/`msgpack`/`cbor` codecs (default all), `lz4` compression,
-//! `tls` for `rediss://`.
+//! (`Builder::cluster`), `json`/`msgpack`/`cbor` codecs (default all), `lz4` compression,
+//! `tls` for `rediss://`, `metrics` / `prometheus` (`tiercache::cache_metrics`),
+//! `write-behind` (`tiercache::cache_writebehind`).
 #![warn(missing_docs)]
 
 use std::sync::Arc;
@@ -339,3 +340,8 @@ impl Builder {
 /// and with feature `prometheus` the Prometheus exporter.
 #[cfg(feature = "metrics")]
 pub use cache_metrics;
+
+/// Write-behind (feature `write-behind`): `WriteBehind` queues writes to the source of truth
+/// and writes them in batches, while the cache is updated at once.
+#[cfg(feature = "write-behind")]
+pub use cache_writebehind;
