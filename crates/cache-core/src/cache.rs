@@ -1060,8 +1060,10 @@ where
                 Ok(()) => inner.engine.inner.recovered(&full),
                 Err(e) => {
                     inner.l2_failed(L2Op::Set, &e);
+                    // Only outages are worth replaying; a refusal (NOPERM, oversize) would
+                    // be refused again and must reach the caller.
                     let queued = match &prepared.bytes {
-                        Some(bytes) => inner.engine.inner.queue_recovery(
+                        Some(bytes) if e.is_transient() => inner.engine.inner.queue_recovery(
                             full.clone(),
                             Replay::Set {
                                 value: bytes.clone(),
@@ -1070,7 +1072,7 @@ where
                             },
                             Some((inner.channel.clone(), key.to_owned())),
                         ),
-                        None => false,
+                        _ => false,
                     };
                     if queued {
                         // Accepted: L1 holds the value, L2 gets it when it is back.
@@ -1111,11 +1113,12 @@ where
                 Err(e) => {
                     self.inner.l2_failed(L2Op::Delete, &e);
                     let full = keys.remove(0);
-                    let queued = self.inner.engine.inner.queue_recovery(
-                        full,
-                        Replay::Delete { also: keys },
-                        Some((self.inner.channel.clone(), key.to_owned())),
-                    );
+                    let queued = e.is_transient()
+                        && self.inner.engine.inner.queue_recovery(
+                            full,
+                            Replay::Delete { also: keys },
+                            Some((self.inner.channel.clone(), key.to_owned())),
+                        );
                     if !queued {
                         return Err(e);
                     }

@@ -269,7 +269,7 @@ fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Shared>)
             .name("fault-proxy-conn".to_owned())
             .spawn(move || serve(client, upstream, resets, conn_shared));
         if spawned.is_err() {
-            // Out of threads: the client sees its connection reset.
+            // Out of threads: the client (dropped with the closure) sees its connection close.
             continue;
         }
     }

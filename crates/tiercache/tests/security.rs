@@ -30,7 +30,7 @@ const SENTINEL: &str = "S3nt1nel-pa55";
 const TENANT: &str = "tenantA";
 
 /// `+@all -@dangerous` confined to the tenant's keys and channels: the simple rule set.
-const RULES_SIMPLE: &str = "resetkeys ~tenantA:* resetchannels &tenantA:* -@all +@all -@dangerous";
+const RULES_SIMPLE: &str = "resetkeys ~tenantA:* resetchannels &tenantA:* +@all -@dangerous";
 
 /// The smallest rule set that runs every operation (see docs/security.md): the commands the
 /// cache sends, and the ones its Lua scripts call (scripts are checked command by command).
@@ -413,11 +413,8 @@ async fn tenant_acl_user_is_confined_to_its_prefix() -> TestResult {
         .build()
         .await?;
     let c = strings(&other, "ns")?;
-    let err = c.set("secret", "overwritten".to_owned()).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
-    assert!(err.message().contains("tenantA"), "names the user: {err}");
-    assert!(!err.to_string().contains(SENTINEL));
-    assert!(c.stats().l2_errors >= 1);
+    let written = c.set("secret", "overwritten".to_owned()).await;
+    assert!(c.stats().l2_errors >= 1, "{:?}", c.stats());
     assert_eq!(server.cli(&["GET", "tenantB:ns:secret"])?.trim(), "b");
     // Raw commands on the tenant's connection: foreign keys and channels are refused.
     let store = RedisStore::connect(tenant_config(&server, TENANT)).await?;
@@ -435,6 +432,12 @@ async fn tenant_acl_user_is_confined_to_its_prefix() -> TestResult {
         denied.contains("tenantB:ns:secret") && denied.contains("tenantB:ns:__inv"),
         "the denials are in the ACL log:\n{denied}"
     );
+    // A refused write is an error for the caller: NOPERM is not an outage that a later
+    // replay (auto-recovery) could fix, so it must not be accepted and queued.
+    let err = written.expect_err("a write the server refused (NOPERM) reported success");
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    assert!(err.message().contains("tenantA"), "names the user: {err}");
+    assert!(!err.to_string().contains(SENTINEL));
     Ok(())
 }
 
@@ -589,8 +592,6 @@ async fn the_password_is_never_printed() -> TestResult {
     // Let the subscriber and tracking loops fail and log a few times.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     server.restart()?;
-    let back = wait_until(|| true, Duration::ZERO).await;
-    assert!(back);
     let deadline = Instant::now() + Duration::from_secs(10);
     while store.ping().await.is_err() {
         assert!(Instant::now() < deadline, "the store never came back");
@@ -650,7 +651,7 @@ async fn connection_resets_every_100ms_never_give_a_wrong_value() -> TestResult 
         let (cache, keys, stop) = (cache.clone(), keys.clone(), stop.clone());
         let (ok, failed, wrong) = (ok.clone(), failed.clone(), wrong.clone());
         tasks.push(tokio::spawn(async move {
-            let rng = fastrand::Rng::with_seed(t as u64);
+            let mut rng = fastrand::Rng::with_seed(t as u64);
             let check = |k: &str, v: Option<&String>| {
                 if let Some(v) = v {
                     if *v != value_of(k, 0) {
@@ -738,9 +739,14 @@ async fn connection_resets_every_100ms_never_give_a_wrong_value() -> TestResult 
         assert!(Instant::now() < deadline, "the engine did not recover");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let stats = cache.stats();
+    let (gets, mgets) = (server.command_calls("get")?, server.command_calls("mget")?);
     eprintln!(
-        "resets: {ok} ok, {failed} failed, 0 wrong, {accepted} connections accepted (bound {bound})"
+        "resets: {ok} ok, {failed} failed, 0 wrong, {accepted} connections accepted (bound \
+         {bound}); server saw {gets} GET, {mgets} MGET; {stats:?}"
     );
+    // The storm really went through Redis (not only through L1 or an open breaker).
+    assert!(gets + mgets > 100, "{gets} GET, {mgets} MGET");
     Ok(())
 }
 
