@@ -632,6 +632,9 @@ struct Flusher {
 enum Outcome {
     /// Nothing to do for now: wait this long (or until woken).
     Idle(Duration),
+    /// Not the flusher: try the lease again after this long (local writes do not wake a
+    /// standby instance; stopping does).
+    Standby(Duration),
     /// Did something: go on at once.
     Busy,
 }
@@ -669,6 +672,14 @@ where
                 redis_backoff.reset();
                 q.wait(d).await;
             }
+            Ok(Outcome::Standby(d)) => {
+                redis_backoff.reset();
+                let deadline = Instant::now() + d;
+                while Instant::now() < deadline && !q.stop.load(Ordering::SeqCst) {
+                    q.wait(deadline.saturating_duration_since(Instant::now()))
+                        .await;
+                }
+            }
             Err(e) => {
                 // Whatever was read stays in our pending list: look there first next time.
                 f.recover = true;
@@ -703,7 +714,7 @@ impl Flusher {
                 let standby = (config.claim_idle / 3)
                     .max(config.poll_interval)
                     .min(Duration::from_secs(1));
-                return Ok(Outcome::Idle(standby));
+                return Ok(Outcome::Standby(standby));
             }
         }
         if !self.renew_if_due(q, config).await {

@@ -15,7 +15,7 @@
 //!   write waits for room ([`QueuePolicy::Backpressure`], the default) or is refused with
 //!   [`ErrorKind::QueueFull`] ([`QueuePolicy::Reject`]). A failing writer is retried with
 //!   capped exponential back-off, forever: a queued write is never given up.
-//! - **Durable mode** (feature `redis`, [`WriteBehindBuilder::with_redis`]): the queue is a
+//! - **Durable mode** (feature `redis`, `WriteBehindBuilder::with_redis`): the queue is a
 //!   Redis Stream; a write is acknowledged only once it is in the stream, so a crash of the
 //!   process loses nothing acknowledged: another instance (or the restarted one) takes the
 //!   entries over.
@@ -157,6 +157,15 @@ where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
     C: Codec,
 {
+    /// The in-memory queue, unless the queue is durable.
+    fn memory(&self) -> Option<&memory::MemoryQueue<V>> {
+        match &self.queue {
+            Queue::Memory(q) => Some(q),
+            #[cfg(feature = "redis")]
+            Queue::Durable(_) => None,
+        }
+    }
+
     fn stripe(&self, key: &str) -> &tokio::sync::Mutex<()> {
         let i = (self.hasher.hash_one(key) as usize) % self.stripes.len();
         &self.stripes[i]
@@ -336,10 +345,12 @@ where
     /// - durable mode: [`ErrorKind::Encode`], or a Redis error (a timeout leaves it unknown
     ///   whether the entry was added; calling again is safe, the write is idempotent).
     ///
-    /// The source is the truth: if the cache update fails (L2 down, value too large for L2),
-    /// the write stays queued and `Ok` is returned; the failure is logged and counted, and the
-    /// key is invalidated once the source has the value, so the cache never keeps an older
-    /// value for good.
+    /// The source is the truth: if the cache update fails (value too large for L2, an L2
+    /// error the engine could not queue for replay), the write stays queued and `Ok` is
+    /// returned; the failure is logged and counted, and the key is invalidated once the source
+    /// has the value, so the cache never keeps an older value for good. The same repair runs
+    /// when the future is dropped after the write was queued but before the cache update
+    /// finished (the write then reaches the source although the caller saw no `Ok`).
     ///
     /// Concurrent writes to the same key are serialized (the cache and the queue see them in
     /// the same order); with [`QueuePolicy::Backpressure`] this call waits while the queue is
@@ -348,23 +359,33 @@ where
         let s = &self.handle.shared;
         s.cache.full_key(key)?;
         let _order = s.stripe(key).lock().await;
-        match &s.queue {
+        let cache_update = match &s.queue {
             Queue::Memory(q) => {
                 let value = Arc::new(value);
                 q.enqueue(s, key, value.clone()).await?;
-                if let Err(e) = s.cache.set_shared(key, value).await {
-                    cache_failed(s, key, &e);
-                    q.mark_repair(key);
-                }
+                let guard = RepairGuard::new(s, key, Pending::Memory);
+                let result = s.cache.set_shared(key, value).await;
+                guard.finish(result.is_ok());
+                result
             }
             #[cfg(feature = "redis")]
             Queue::Durable(q) => {
                 let id = q.add::<V, C>(s, key, &value).await?;
-                if let Err(e) = s.cache.set(key, value).await {
-                    cache_failed(s, key, &e);
-                    q.mark_repair(key, id);
-                }
+                let guard = RepairGuard::new(s, key, Pending::Durable(id));
+                let result = s.cache.set(key, value).await;
+                guard.finish(result.is_ok());
+                result
             }
+        };
+        if let Err(e) = cache_update {
+            add(&s.stats.cache_errors, 1);
+            tracing::warn!(
+                cache = %s.name,
+                key,
+                error = %e,
+                "write-behind: the cache update failed; the write stays queued and the key is \
+                 invalidated once the source has it"
+            );
         }
         Ok(())
     }
@@ -430,15 +451,54 @@ where
     }
 }
 
-fn cache_failed<V, C>(s: &Shared<V, C>, key: &str, e: &Error) {
-    add(&s.stats.cache_errors, 1);
-    tracing::warn!(
-        cache = %s.name,
-        key,
-        error = %e,
-        "write-behind: the cache update failed; the write stays queued and the key is \
-         invalidated once the source has it"
-    );
+/// Which queued write a repair waits for.
+enum Pending {
+    /// The key's slot (or the batch in flight) in the memory queue.
+    Memory,
+    /// This stream entry.
+    #[cfg(feature = "redis")]
+    Durable(durable::StreamId),
+}
+
+/// Asks for a repair (invalidate the key once its queued write is in the source) unless the
+/// cache update after the enqueue succeeded: when it failed, and when the caller's future
+/// was dropped in the middle of it (the cache may then hold the old value, or half of the
+/// update).
+struct RepairGuard<'a, V, C> {
+    shared: &'a Shared<V, C>,
+    key: &'a str,
+    pending: Option<Pending>,
+}
+
+impl<'a, V, C> RepairGuard<'a, V, C> {
+    fn new(shared: &'a Shared<V, C>, key: &'a str, pending: Pending) -> Self {
+        RepairGuard {
+            shared,
+            key,
+            pending: Some(pending),
+        }
+    }
+
+    fn finish(mut self, cache_updated: bool) {
+        if cache_updated {
+            self.pending = None;
+        }
+    }
+}
+
+impl<V, C> Drop for RepairGuard<'_, V, C> {
+    fn drop(&mut self) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        match (&self.shared.queue, pending) {
+            (Queue::Memory(q), Pending::Memory) => q.mark_repair(self.key),
+            #[cfg(feature = "redis")]
+            (Queue::Durable(q), Pending::Durable(id)) => q.mark_repair(self.key, id),
+            #[cfg(feature = "redis")]
+            _ => {}
+        }
+    }
 }
 
 /// Builds a [`WriteBehind`]; get one from [`WriteBehind::builder`].

@@ -206,7 +206,7 @@ where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
     C: Codec,
 {
-    let crate::Queue::Memory(q) = &shared.queue else {
+    let Some(q) = shared.memory() else {
         return;
     };
     let config = &shared.config;

@@ -119,6 +119,25 @@ async fn a_sigkilled_writer_loses_no_acknowledged_write() -> TestResult {
         acks.len()
     );
 
+    // The dead instance held a batch it never finished (pending in the consumer group),
+    // and more entries were never read.
+    let xpending = shared_redis()?.cli(&["XPENDING", &stream_key(&prefix), "wb"])?;
+    let pending_at_dead: u64 = xpending.lines().next().unwrap_or("0").trim().parse()?;
+    let xlen: u64 = shared_redis()?
+        .cli(&["XLEN", &stream_key(&prefix)])?
+        .trim()
+        .parse()?;
+    assert!(pending_at_dead > 0, "XPENDING: {xpending}");
+    assert!(
+        xlen > pending_at_dead,
+        "XLEN {xlen}, pending {pending_at_dead}"
+    );
+    eprintln!(
+        "child acknowledged {} writes; {xlen} entries in the stream, {pending_at_dead} pending \
+         at the dead consumer",
+        acks.len()
+    );
+
     // Another instance takes over: the dead one's pending entries, then the rest.
     let source = Source::default();
     let wb = durable(&url, &prefix, source.writer(Duration::ZERO)).await?;

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_core::ErrorKind;
+use cache_core::MemoryStore;
 use cache_writebehind::{Batch, BatchWriter, BoxError, QueuePolicy, WriteBehind};
-use common::{cache, engine, unique_prefix, Source, TestResult};
+use common::{cache, engine, engine_on, unique_prefix, Source, TestResult};
 use tokio::sync::{mpsc, watch};
 
 /// 8 tasks × 125 keys × 10 versions = 10,000 writes (each task owns its keys, so each key's
@@ -131,6 +132,7 @@ async fn a_writer_failing_half_its_calls_still_ends_with_the_newest_values() -> 
 }
 
 /// A writer that blocks until the gate opens, reporting each call.
+#[allow(clippy::type_complexity)]
 fn gated(
     source: &Source,
 ) -> (
@@ -279,22 +281,35 @@ async fn invalid_keys_are_refused_before_anything_is_queued() -> TestResult {
     Ok(())
 }
 
-/// L2 down: the write is still queued (the source is the truth), and once it is written the
-/// key is invalidated so no tier keeps an older value.
+/// The cache refuses the value (too large for L2, so L1 keeps the old one): the write is
+/// still queued (the source is the truth), and once it is written the key is invalidated so
+/// no tier keeps the older value.
 #[tokio::test]
 async fn a_failed_cache_update_still_reaches_the_source_and_is_repaired() -> TestResult {
-    let (engine, l2) = engine(&unique_prefix("repair"))?;
+    let (engine, _l2) = engine_on(
+        &unique_prefix("repair"),
+        MemoryStore::with_max_value_size(4),
+    )?;
     let c = cache(&engine)?;
+    // An old value in L1 (the L2 fill is skipped as oversize, L1 is filled).
+    let old = c
+        .get_or_load("a", |_| async { Ok::<u64, std::io::Error>(1) })
+        .await?;
+    assert_eq!(*old, 1);
     let source = Source::default();
     let wb = WriteBehind::builder(c.clone(), source.writer(Duration::ZERO))
+        .with_max_age(Duration::from_secs(3600))
         .build()
         .await?;
-    l2.set_down(true);
-    wb.write_behind("a", 1).await?;
+    wb.write_behind("a", 2).await?;
     assert_eq!(wb.stats().cache_errors, 1);
+    assert_eq!(
+        c.get_local("a"),
+        Some(Some(Arc::new(1))),
+        "stale until written"
+    );
     wb.flush().await?;
-    assert_eq!(source.latest("a"), Some(1));
-    l2.set_down(false);
+    assert_eq!(source.latest("a"), Some(2));
     // The repair runs right after the batch.
     for _ in 0..200 {
         if wb.stats().repairs == 1 {
@@ -303,7 +318,11 @@ async fn a_failed_cache_update_still_reaches_the_source_and_is_repaired() -> Tes
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(wb.stats().repairs, 1);
-    assert_eq!(c.get_local("a"), None, "L1 dropped after the write");
+    assert_eq!(
+        c.get_local("a"),
+        None,
+        "the old value is dropped once the source has the new one"
+    );
     wb.shutdown().await?;
     Ok(())
 }

@@ -28,7 +28,15 @@ pub fn unique_prefix(test: &str) -> String {
 
 /// An engine with an in-process L1 and an in-process L2 (returned, to fail it on demand).
 pub fn engine(prefix: &str) -> Result<(Engine, Arc<MemoryStore>), cache_core::Error> {
-    let l2 = Arc::new(MemoryStore::new());
+    engine_on(prefix, MemoryStore::new())
+}
+
+/// Like [`engine`] on the given in-process L2.
+pub fn engine_on(
+    prefix: &str,
+    l2: MemoryStore,
+) -> Result<(Engine, Arc<MemoryStore>), cache_core::Error> {
+    let l2 = Arc::new(l2);
     let engine = Engine::builder(prefix)
         .with_l1(Arc::new(QuickL1::with_capacity_bytes(64 << 20)))
         .with_l2(l2.clone())
