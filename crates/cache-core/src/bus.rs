@@ -73,7 +73,10 @@ pub trait BusTransport: Send + Sync + fmt::Debug + 'static {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BusConfig {
-    /// How long invalidations are gathered before one message is published (default 1 ms).
+    /// How long invalidations are gathered before one message is published. Default 0:
+    /// a message goes out at once, and whatever is queued while it is in flight forms the next
+    /// batch (so a burst becomes one message per round trip, at no added latency). A window
+    /// (e.g. 1 ms) trades that latency for fewer, larger messages.
     pub batch_window: Duration,
     /// At most this many keys per message (default 256).
     pub batch_max_keys: usize,
@@ -87,7 +90,7 @@ pub struct BusConfig {
 impl Default for BusConfig {
     fn default() -> Self {
         BusConfig {
-            batch_window: Duration::from_millis(1),
+            batch_window: Duration::ZERO,
             batch_max_keys: 256,
             heartbeat: Duration::from_secs(1),
             silence_limit: Duration::from_secs(3),
@@ -430,11 +433,22 @@ async fn publish_loop(
         let mut keys: HashMap<String, Vec<String>> = HashMap::new();
         let mut clears: Vec<String> = Vec::new();
         let mut total = gather(first, &mut keys, &mut clears);
-        let deadline = tokio::time::Instant::now() + config.batch_window;
+        // Everything queued while the previous publish was in flight joins this batch: under
+        // a burst, batches form by themselves, one per round trip, with no added latency.
         while total < config.batch_max_keys {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(o)) => total += gather(o, &mut keys, &mut clears),
-                _ => break,
+            match rx.try_recv() {
+                Ok(o) => total += gather(o, &mut keys, &mut clears),
+                Err(_) => break,
+            }
+        }
+        // An explicit window trades latency for fewer messages.
+        if !config.batch_window.is_zero() {
+            let deadline = tokio::time::Instant::now() + config.batch_window;
+            while total < config.batch_max_keys {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(o)) => total += gather(o, &mut keys, &mut clears),
+                    _ => break,
+                }
             }
         }
         for ch in clears {

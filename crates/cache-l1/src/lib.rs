@@ -117,9 +117,17 @@ impl Default for QuickL1 {
 impl QuickL1 {
     /// A store holding at most `bytes` of weight.
     pub fn with_capacity_bytes(bytes: u64) -> Self {
+        // quick_cache sizes its tables and its ghost (recently evicted) queue from the expected
+        // number of entries; assume ~256 bytes per entry (96 bytes overhead + key + a small
+        // payload). Too low an estimate costs hit ratio.
+        Self::with_capacity(bytes, (bytes / 256) as usize)
+    }
+
+    /// A store holding at most `bytes` of weight, expecting about `estimated_items` entries
+    /// (use this when your values are much larger or smaller than ~150 bytes encoded).
+    pub fn with_capacity(bytes: u64, estimated_items: usize) -> Self {
         let bytes = bytes.max(1024);
-        // Assume ~1 KiB per entry for the initial table; it grows as needed.
-        let estimated_items = (bytes / 1024).clamp(16, 1 << 22) as usize;
+        let estimated_items = estimated_items.clamp(16, 1 << 24);
         let evictions = std::sync::Arc::new(AtomicU64::new(0));
         let cache = Cache::with(
             estimated_items,
