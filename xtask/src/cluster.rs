@@ -5,6 +5,9 @@
 //! process group) or when it exits; it also writes their process ids to
 //! `target/cluster/pids`, which `down` uses to stop a cluster whose `up` was killed or
 //! backgrounded. Node directories (logs, `nodes-PORT.conf`) live in `target/cluster/PORT/`.
+//!
+//! [`Cluster::start_on_free_ports`] starts one for the examples of `cargo xtask test` (stopped
+//! when they are done; its nodes live in `target/cluster-examples/PORT/`).
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -33,16 +36,22 @@ pub(crate) fn cluster(args: &[String]) -> Result<()> {
     }
 }
 
-/// The nodes, killed on drop (also when `up` fails half-way).
-struct Nodes(Vec<Child>);
+/// The nodes, killed on drop (also when starting fails half-way).
+struct Nodes {
+    children: Vec<Child>,
+    /// Where their process ids are recorded (`up` only), removed on drop.
+    pid_file: Option<PathBuf>,
+}
 
 impl Drop for Nodes {
     fn drop(&mut self) {
-        for child in &mut self.0 {
+        for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = std::fs::remove_file(pid_file());
+        if let Some(file) = &self.pid_file {
+            let _ = std::fs::remove_file(file);
+        }
     }
 }
 
@@ -54,75 +63,8 @@ fn up(args: &[String]) -> Result<()> {
             .map_err(|_| format!("--port wants a port number, not `{port}`"))?,
         _ => return Err("usage: cargo xtask cluster up [--port FIRST_PORT]".into()),
     };
-    if first > 65535 - 10000 - NODES {
-        return Err(format!(
-            "the first port must be at most {} (cluster bus ports are port + 10000)",
-            65535 - 10000 - NODES
-        ));
-    }
-    crate::require_redis()?;
-    let ports: Vec<u16> = (first..first + NODES).collect();
-    if let Some(busy) = ports
-        .iter()
-        .find(|p| TcpStream::connect(("127.0.0.1", **p)).is_ok())
-    {
-        return Err(format!(
-            "port {busy} is in use (a cluster already up? `cargo xtask cluster down` stops it)"
-        ));
-    }
-    let mut nodes = Nodes(Vec::new());
-    for port in &ports {
-        let node_dir = dir().join(port.to_string());
-        let _ = std::fs::remove_dir_all(&node_dir);
-        std::fs::create_dir_all(&node_dir)
-            .map_err(|e| format!("cannot create {}: {e}", node_dir.display()))?;
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-            .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--repl-diskless-sync-delay", "0"])
-            .arg("--dir")
-            .arg(&node_dir)
-            .args(["--logfile", "redis.log"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start redis-server: {e}"))?;
-        nodes.0.push(child);
-    }
-    let pids: Vec<String> = nodes.0.iter().map(|c| c.id().to_string()).collect();
-    std::fs::write(pid_file(), pids.join("\n") + "\n")
-        .map_err(|e| format!("cannot write {}: {e}", pid_file().display()))?;
-    for port in &ports {
-        wait(Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", *port)).is_ok()
-        })
-        .map_err(|_| format!("redis-server on port {port} did not start"))?;
-    }
     let started = Instant::now();
-    let status = Command::new("redis-cli")
-        .args(["--cluster", "create"])
-        .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
-        .args(["--cluster-replicas", "1", "--cluster-yes"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .map_err(|e| format!("cannot run redis-cli: {e}"))?;
-    if !status.success() {
-        return Err(format!("redis-cli --cluster create failed ({status})"));
-    }
-    wait(Duration::from_secs(30), || {
-        ports.iter().all(|p| {
-            Command::new("redis-cli")
-                .args(["-p", &p.to_string(), "CLUSTER", "INFO"])
-                .stderr(Stdio::null())
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
-                .unwrap_or(false)
-        })
-    })
-    .map_err(|_| "the cluster did not reach cluster_state:ok within 30 s".to_owned())?;
+    let mut cluster = Cluster::start(first, dir(), true)?;
     eprintln!(
         "xtask: Redis Cluster up in {:?}: 3 primaries + 3 replicas on 127.0.0.1:{}-{}\n\
          seed URLs: {}\n\
@@ -130,18 +72,131 @@ fn up(args: &[String]) -> Result<()> {
         started.elapsed(),
         first,
         first + NODES - 1,
-        ports
-            .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(","),
+        cluster.seeds(),
         dir().display()
     );
     // Foreground until the nodes exit (Ctrl-C reaches them too) or this process is stopped.
-    for child in &mut nodes.0 {
+    for child in &mut cluster.nodes.children {
         let _ = child.wait();
     }
     Ok(())
+}
+
+/// A running throwaway cluster; its nodes are stopped when it is dropped.
+pub(crate) struct Cluster {
+    nodes: Nodes,
+    ports: Vec<u16>,
+}
+
+impl Cluster {
+    /// Six nodes on `first..first+6` (and their bus ports, +10000), node directories under
+    /// `base`, joined into a cluster with `redis-cli --cluster create`; returns once every
+    /// node reports `cluster_state:ok`. With `record`, the process ids go to
+    /// `target/cluster/pids` for `cargo xtask cluster down`.
+    pub(crate) fn start(first: u16, base: PathBuf, record: bool) -> Result<Cluster> {
+        if first > 65535 - 10000 - NODES {
+            return Err(format!(
+                "the first port must be at most {} (cluster bus ports are port + 10000)",
+                65535 - 10000 - NODES
+            ));
+        }
+        crate::require_redis()?;
+        let ports: Vec<u16> = (first..first + NODES).collect();
+        if let Some(busy) = ports
+            .iter()
+            .find(|p| TcpStream::connect(("127.0.0.1", **p)).is_ok())
+        {
+            return Err(format!(
+                "port {busy} is in use (a cluster already up? `cargo xtask cluster down` stops it)"
+            ));
+        }
+        let mut nodes = Nodes {
+            children: Vec::new(),
+            pid_file: record.then(pid_file),
+        };
+        for port in &ports {
+            let node_dir = base.join(port.to_string());
+            let _ = std::fs::remove_dir_all(&node_dir);
+            std::fs::create_dir_all(&node_dir)
+                .map_err(|e| format!("cannot create {}: {e}", node_dir.display()))?;
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--repl-diskless-sync-delay", "0"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .args(["--logfile", "redis.log"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start redis-server: {e}"))?;
+            nodes.children.push(child);
+        }
+        if let Some(file) = &nodes.pid_file {
+            let pids: Vec<String> = nodes.children.iter().map(|c| c.id().to_string()).collect();
+            std::fs::write(file, pids.join("\n") + "\n")
+                .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        }
+        for port in &ports {
+            wait(Duration::from_secs(10), || {
+                TcpStream::connect(("127.0.0.1", *port)).is_ok()
+            })
+            .map_err(|_| format!("redis-server on port {port} did not start"))?;
+        }
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run redis-cli: {e}"))?;
+        if !status.success() {
+            return Err(format!("redis-cli --cluster create failed ({status})"));
+        }
+        wait(Duration::from_secs(30), || {
+            ports.iter().all(|p| {
+                Command::new("redis-cli")
+                    .args(["-p", &p.to_string(), "CLUSTER", "INFO"])
+                    .stderr(Stdio::null())
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+                    .unwrap_or(false)
+            })
+        })
+        .map_err(|_| "the cluster did not reach cluster_state:ok within 30 s".to_owned())?;
+        Ok(Cluster { nodes, ports })
+    }
+
+    /// A cluster on six free ports (whose bus ports are free too), for the examples.
+    pub(crate) fn start_on_free_ports(base: PathBuf) -> Result<Cluster> {
+        let free = |p: u16| {
+            std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok()
+        };
+        let mut firsts: Vec<u16> = (20000u16..=40000 - NODES)
+            .step_by(usize::from(NODES))
+            .collect();
+        // Start somewhere that depends on the process id, so that parallel runs rarely collide.
+        let split = std::process::id() as usize % firsts.len();
+        firsts.rotate_left(split);
+        let first = firsts
+            .into_iter()
+            .find(|f| (*f..*f + NODES).all(free))
+            .ok_or("no six free ports (with free bus ports) between 20000 and 40000")?;
+        Cluster::start(first, base, false)
+    }
+
+    /// Comma-separated seed URLs of every node.
+    pub(crate) fn seeds(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 fn down() -> Result<()> {

@@ -1,9 +1,15 @@
 //! Project automation: `cargo xtask <command>`.
 //!
-//! - `test`  — format check, clippy, the whole test suite (starts its own Redis servers), examples.
-//! - `demo`  — the main job: starts a throwaway Redis and runs the end-to-end demo.
+//! - `test`  — format check, clippy, the whole test suite (starts its own Redis servers), a
+//!   build of the demo, and every example (against a throwaway Redis and Redis Cluster).
+//! - `demo`  — the main job: starts a throwaway Redis (or, without redis-server, says so and
+//!   uses the embedded in-process L2) and runs the `demo` crate in release mode: two HTTP
+//!   instances in front of SQLite, a load generator, a results table. `--redis-url URL` uses
+//!   an existing Redis; other arguments go to the demo (`cargo xtask demo --help`).
+//! - `examples` — every example in `crates/tiercache/examples` (the last step of `test`).
 //! - `bench` — starts its own Redis, runs the benchmarks side by side with the peers, prints one
-//!   table and writes `target/bench/report.json` and `target/bench/report.md`.
+//!   table and writes `target/bench/report.json`, `target/bench/report.md` and
+//!   `target/bench/chart.svg`; `--compare old-report.json` prints the change per workload.
 //! - `redis` — starts a throwaway redis-server in the foreground (Ctrl-C stops it).
 //! - `cluster up|down` — a throwaway 6-node Redis Cluster on ports 7000-7005 in the foreground
 //!   (Ctrl-C stops it; `down` stops one recorded in `target/cluster/pids`).
@@ -26,16 +32,19 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("demo") => demo(&args[1..]),
+        Some("examples") => run_examples(),
         Some("bench") => bench(&args[1..]),
         Some("redis") => redis(),
         Some("cluster") => cluster::cluster(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|redis|cluster>\n\
+                "usage: cargo xtask <test|demo|examples|bench|redis|cluster>\n\
                  \n  test [--quick]   fmt, clippy, all tests (own Redis servers), examples\
-                 \n  demo [args]      the end-to-end demo on a throwaway Redis\
+                 \n  demo [args]      the end-to-end demo on a throwaway Redis (--help: its options)\
+                 \n  examples         every example, on a throwaway Redis and Redis Cluster\
                  \n  bench [--quick]  benchmarks side by side with the peers, one report\
-                 \n                   (--report-only: redo the report from target/bench/raw)\
+                 \n                   (--report-only: redo the report from target/bench/raw;\
+                 \n                   --compare old-report.json: the change per workload)\
                  \n  redis            a throwaway redis-server in the foreground\
                  \n  cluster up|down  a throwaway 6-node Redis Cluster (ports 7000-7005)"
             );
@@ -137,14 +146,29 @@ fn test(args: &[String]) -> Result<()> {
             "warnings",
         ]);
         run(clippy, "cargo clippy -D warnings")?;
+        // The examples that need a feature are left out of the workspace run above.
+        let features = example_features().join(",");
+        if !features.is_empty() {
+            let mut clippy = cargo();
+            clippy.args(["clippy", "-p", "tiercache", "--examples", "--features"]);
+            clippy.args([features.as_str(), "--", "-D", "warnings"]);
+            run(clippy, "cargo clippy (examples with their features)")?;
+        }
     }
     check_alert_rules()?;
+    // The demo (axum, SQLite) has no tests: it stays out of the test build, and is only
+    // compiled once below.
     let mut t = cargo();
-    t.args(["test", "--workspace", "--all-targets"]);
+    t.args(["test", "--workspace", "--all-targets", "--exclude", "demo"]);
     run(t, "cargo test (unit, integration, examples build)")?;
     let mut doc = cargo();
-    doc.args(["test", "--workspace", "--doc"]);
+    doc.args(["test", "--workspace", "--doc", "--exclude", "demo"]);
     run(doc, "cargo test --doc")?;
+    let started = Instant::now();
+    let mut demo = cargo();
+    demo.args(["build", "-p", "demo"]);
+    run(demo, "cargo build -p demo (the demo compiles)")?;
+    eprintln!("xtask: demo build took {:.0?}", started.elapsed());
     run_examples()?;
     Ok(())
 }
@@ -167,12 +191,88 @@ fn examples() -> Vec<String> {
     names
 }
 
+/// `required-features` of each `[[example]]` in crates/tiercache/Cargo.toml (a line-based
+/// read of the two keys, enough for that file's plain layout).
+fn example_requirements() -> Vec<(String, Vec<String>)> {
+    let text =
+        std::fs::read_to_string(root().join("crates/tiercache/Cargo.toml")).unwrap_or_default();
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    let mut in_example = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_example = line == "[[example]]";
+            if in_example {
+                out.push((String::new(), Vec::new()));
+            }
+            continue;
+        }
+        let Some(current) = out.last_mut().filter(|_| in_example) else {
+            continue;
+        };
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let value = value.trim();
+        match key.trim() {
+            "name" => current.0 = value.trim_matches('"').to_owned(),
+            "required-features" => {
+                current.1 = value
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .split(',')
+                    .map(|f| f.trim().trim_matches('"').to_owned())
+                    .filter(|f| !f.is_empty())
+                    .collect();
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The features needed by at least one example.
+fn example_features() -> Vec<String> {
+    let mut all: Vec<String> = example_requirements()
+        .into_iter()
+        .flat_map(|(_, f)| f)
+        .collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
 fn run_examples() -> Result<()> {
     let server = RedisServer::start()?;
-    for name in examples() {
+    let requirements = example_requirements();
+    let names = examples();
+    // The cluster example runs against a real throwaway cluster (about 5 s to start).
+    let cluster = if names.iter().any(|n| n == "cluster") {
+        let started = Instant::now();
+        let c = cluster::Cluster::start_on_free_ports(root().join("target/cluster-examples"))?;
+        eprintln!(
+            "xtask: Redis Cluster for the examples up in {:.1?}: {}",
+            started.elapsed(),
+            c.seeds()
+        );
+        Some(c)
+    } else {
+        None
+    };
+    for name in names {
         let mut c = cargo();
         c.args(["run", "--quiet", "-p", "tiercache", "--example", &name])
             .env("REDIS_URL", server.url());
+        let features: Vec<String> = requirements
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .flat_map(|(_, f)| f.clone())
+            .collect();
+        if !features.is_empty() {
+            c.args(["--features", &features.join(",")]);
+        }
+        if let Some(cluster) = &cluster {
+            c.env("CLUSTER_URLS", cluster.seeds());
+        }
         run(c, &format!("example {name}"))?;
     }
     Ok(())
@@ -191,40 +291,72 @@ fn demo(args: &[String]) -> Result<()> {
     }
     let server;
     let url = match redis_url {
-        Some(u) => Some(u),
+        Some(u) => {
+            // Never print a password that the URL may carry.
+            let shown = match (u.split_once("://"), u.rfind('@')) {
+                (Some((scheme, _)), Some(at)) => format!("{scheme}://***{}", &u[at..]),
+                _ => u.clone(),
+            };
+            eprintln!("xtask: the demo uses the Redis at {shown} (--redis-url)");
+            Some(u)
+        }
         None => match RedisServer::start() {
             Ok(s) => {
                 server = s;
+                eprintln!(
+                    "xtask: started a throwaway redis-server at {} (stopped when the demo ends)",
+                    server.url()
+                );
                 Some(server.url())
             }
             Err(e) => {
                 eprintln!(
-                    "xtask: {e}\nxtask: running the demo on the embedded in-process L2 instead"
+                    "xtask: {e}\n\
+                     xtask: NO REDIS: running the demo on the EMBEDDED in-process L2 instead \
+                     (both instances share one in-memory store; install redis-server for the real thing)"
                 );
                 None
             }
         },
     };
     let mut c = cargo();
-    c.args([
-        "run",
-        "--quiet",
-        "-p",
-        "tiercache",
-        "--example",
-        "demo",
-        "--",
-    ]);
+    c.args(["run", "--release", "-p", "demo", "--"]);
     c.args(&rest);
-    if let Some(u) = url {
-        c.env("REDIS_URL", u);
+    match url {
+        Some(u) => {
+            c.env("REDIS_URL", u);
+        }
+        None => {
+            c.arg("--embedded-l2");
+        }
     }
-    run(c, "demo")
+    run(
+        c,
+        "demo (cargo run --release -p demo; the first build takes a few minutes)",
+    )
 }
 
 fn bench(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let report_only = args.iter().any(|a| a == "--report-only");
+    let mut compare_with: Option<PathBuf> = None;
+    let mut passthrough: Vec<String> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" | "--report-only" => {}
+            "--compare" => {
+                let p = it.next().ok_or("--compare needs a report.json")?;
+                compare_with = Some(PathBuf::from(p));
+            }
+            _ => passthrough.push(a.clone()),
+        }
+    }
+    // An earlier report to compare with: read it now, before this run overwrites it.
+    let old_report = match &compare_with {
+        Some(p) => Some(std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?),
+        None => None,
+    };
     let raw_dir = bench_dir().join("raw");
     if !report_only {
         require_redis()?;
@@ -235,32 +367,74 @@ fn bench(args: &[String]) -> Result<()> {
         }
         std::fs::create_dir_all(&raw_dir)
             .map_err(|e| format!("cannot create {}: {e}", raw_dir.display()))?;
+        // Build first, so the timed run and the progress bar cover the benches only.
+        let mut build = cargo();
+        build.args(["bench", "-p", "benches", "--features", "peers", "--no-run"]);
+        run(build, "building the benchmarks (release)")?;
         let before = conditions();
         let server = RedisServer::start()?;
-        let mut c = cargo();
-        c.args(["bench", "-p", "benches", "--features", "peers"]);
-        c.env("REDIS_URL", server.url());
-        c.env("BENCH_OUT_DIR", &raw_dir);
-        if quick {
-            c.env("BENCH_QUICK", "1");
-        }
-        let passthrough: Vec<&String> = args
-            .iter()
-            .filter(|a| *a != "--quick" && *a != "--report-only")
-            .collect();
-        if !passthrough.is_empty() {
-            c.arg("--");
-            c.args(passthrough);
-        }
         let started = Instant::now();
-        run(c, "benchmarks")?;
+        let targets = bench_targets();
+        let total = targets.len();
+        for (i, name) in targets.iter().enumerate() {
+            progress(i, total, name, started.elapsed());
+            let mut c = cargo();
+            c.args([
+                "bench",
+                "--quiet",
+                "-p",
+                "benches",
+                "--features",
+                "peers",
+                "--bench",
+                name,
+            ]);
+            if name == "write_behind" {
+                c.args(["--features", "write-behind"]);
+            }
+            c.env("REDIS_URL", server.url());
+            c.env("BENCH_OUT_DIR", &raw_dir);
+            if quick {
+                c.env("BENCH_QUICK", "1");
+            }
+            if !passthrough.is_empty() {
+                c.arg("--");
+                c.args(&passthrough);
+            }
+            let log = raw_dir.join(format!("{name}.log"));
+            let file = std::fs::File::create(&log)
+                .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+            let err = file
+                .try_clone()
+                .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+            c.stdout(Stdio::from(file)).stderr(Stdio::from(err));
+            let status = c
+                .status()
+                .map_err(|e| format!("bench {name}: cannot start: {e}"))?;
+            if !status.success() {
+                eprintln!(
+                    "\nxtask: bench {name} failed ({status}); its output is in {}",
+                    log.display()
+                );
+                let line = format!(
+                    "{{\"type\":\"result\",\"workload\":{},\"subject\":\"tiercache\",\"role\":\"tiercache\",\
+                     \"label\":\"tiercache\",\"metric\":\"ns_per_op\",\"error\":{}}}\n",
+                    report::json_str(&format!("{name} (bench failed)")),
+                    report::json_str(&format!("not run: bench failed ({status}), see {}", log.display())),
+                );
+                let _ = std::fs::write(raw_dir.join(format!("zz_failed_{name}.jsonl")), line);
+            }
+        }
+        progress(total, total, "done", started.elapsed());
+        eprintln!();
         drop(server);
         let after = conditions();
         let line = format!(
-            "{{\"type\":\"conditions\",\"quick\":{quick},\"cores\":{},\"unix_time\":{},\
+            "{{\"type\":\"conditions\",\"quick\":{quick},\"cores\":{},\"machine\":{},\"unix_time\":{},\
              \"seconds\":{:.0},\"loadavg_before\":{},\"loadavg_after\":{},\
              \"rustc_running_before\":{},\"rustc_running_after\":{}}}\n",
             before.cores,
+            report::json_str(&before.machine),
             before.unix_time,
             started.elapsed().as_secs_f64(),
             report::json_str(&before.loadavg),
@@ -271,7 +445,55 @@ fn bench(args: &[String]) -> Result<()> {
         std::fs::write(raw_dir.join("_conditions.jsonl"), line)
             .map_err(|e| format!("cannot write the run conditions: {e}"))?;
     }
-    report::write(&raw_dir, &bench_dir())
+    report::write(&raw_dir, &bench_dir())?;
+    if let Some(old) = old_report {
+        let old_copy = bench_dir().join("compare-old.json");
+        std::fs::write(&old_copy, old)
+            .map_err(|e| format!("cannot write {}: {e}", old_copy.display()))?;
+        let regressions = report::compare(&old_copy, &bench_dir().join("report.json"), 10.0)?;
+        if regressions > 0 {
+            eprintln!("xtask: {regressions} workload(s) worse by more than 10%");
+        }
+    }
+    Ok(())
+}
+
+/// The bench targets of `benches/Cargo.toml`, in file order (write_behind only when its file
+/// exists).
+fn bench_targets() -> Vec<String> {
+    let manifest = std::fs::read_to_string(root().join("benches/Cargo.toml")).unwrap_or_default();
+    let mut names = Vec::new();
+    let mut in_bench = false;
+    for line in manifest.lines() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            in_bench = l == "[[bench]]";
+            continue;
+        }
+        if in_bench {
+            if let Some(v) = l.strip_prefix("name") {
+                let name = v.trim_start_matches([' ', '=']).trim().trim_matches('"');
+                if root().join(format!("benches/benches/{name}.rs")).exists() {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+    }
+    names
+}
+
+/// One line of progress on stderr: `[#####.....] 3/10 l2_hit (1m 20s)`.
+fn progress(done: usize, total: usize, current: &str, elapsed: Duration) {
+    let width = 30;
+    let filled = (done * width).checked_div(total).unwrap_or(width);
+    let secs = elapsed.as_secs();
+    eprint!(
+        "\r\x1b[2Kxtask: [{}{}] {done}/{total} {current} ({}m {:02}s)",
+        "#".repeat(filled),
+        ".".repeat(width - filled),
+        secs / 60,
+        secs % 60
+    );
 }
 
 fn bench_dir() -> PathBuf {
@@ -285,6 +507,8 @@ fn bench_dir() -> PathBuf {
 /// What the machine was doing around a bench run.
 struct Conditions {
     cores: usize,
+    /// CPU model and memory, from /proc.
+    machine: String,
     unix_time: u64,
     loadavg: String,
     rustc_running: usize,
@@ -306,7 +530,26 @@ fn conditions() -> Conditions {
                 .count()
         })
         .unwrap_or(0);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
     Conditions {
+        machine: format!("{cpu}, {mem_gib:.1} GiB RAM"),
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
         unix_time: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -61,7 +61,10 @@ fn spans_hash_keys_unless_told_otherwise() {
     assert!(hashed.contains("cache.load"), "{hashed}");
     assert!(hashed.contains("cache=people"), "{hashed}");
     assert!(hashed.contains("key_hash="), "{hashed}");
-    assert!(!hashed.contains("alice@example.com"), "raw key leaked: {hashed}");
+    assert!(
+        !hashed.contains("alice@example.com"),
+        "raw key leaked: {hashed}"
+    );
     let raw = run(true);
     assert!(raw.contains("alice@example.com"), "{raw}");
 }

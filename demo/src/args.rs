@@ -1,0 +1,116 @@
+//! Command-line options (hand-parsed: a handful of flags do not need a parser crate).
+
+use std::time::Duration;
+
+pub const USAGE: &str = "\
+usage: demo [options]            (normally run through `cargo xtask demo [options]`)
+
+  --requests N          requests the load generator sends (default 20000)
+  --concurrency N       requests in flight at once (default 32)
+  --rows N              rows in the SQLite table (default 100000)
+  --write-percent P     share of writes, in percent (default 5)
+  --zipf S              zipf exponent of the key popularity (default 1.0)
+  --db-latency-ms MS    network latency added to every SQLite query, as a database
+                        server would have (default 1; 0 for bare in-process SQLite)
+  --seed N              seed of the load generator (default 42)
+  --redis-url URL       Redis for the L2 (default: $REDIS_URL)
+  --embedded-l2         no Redis: both instances share an in-process L2 and bus
+  --database-url URL    another database (PostgreSQL): not supported in this build
+  --serve               keep both instances serving after the run (Ctrl-C stops)
+  -h, --help            this text";
+
+/// Where the L2 lives.
+#[derive(Debug, Clone)]
+pub enum L2Choice {
+    Redis(String),
+    Embedded {
+        /// Why: chosen with `--embedded-l2`, or no Redis URL was given.
+        asked: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub requests: u64,
+    pub concurrency: usize,
+    pub rows: u64,
+    pub write_ratio: f64,
+    pub zipf_s: f64,
+    pub db_latency: Duration,
+    pub seed: u64,
+    pub l2: L2Choice,
+    pub database_url: Option<String>,
+    pub serve: bool,
+}
+
+/// What `parse` found: options to run with, or a request for the usage text.
+pub enum Parsed {
+    Run(Args),
+    Help,
+}
+
+fn value<'a>(it: &mut impl Iterator<Item = &'a String>, flag: &str) -> Result<&'a str, String> {
+    it.next()
+        .map(String::as_str)
+        .ok_or_else(|| format!("{flag} needs a value"))
+}
+
+fn number<T: std::str::FromStr>(s: &str, flag: &str) -> Result<T, String> {
+    s.parse()
+        .map_err(|_| format!("{flag}: `{s}` is not a valid number"))
+}
+
+pub fn parse(argv: &[String], env_redis_url: Option<String>) -> Result<Parsed, String> {
+    let mut a = Args {
+        requests: 20_000,
+        concurrency: 32,
+        rows: 100_000,
+        write_ratio: 0.05,
+        zipf_s: 1.0,
+        db_latency: Duration::from_millis(1),
+        seed: 42,
+        l2: L2Choice::Embedded { asked: false },
+        database_url: None,
+        serve: false,
+    };
+    let mut redis_url = None;
+    let mut embedded = false;
+    let mut it = argv.iter();
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "--requests" => a.requests = number(value(&mut it, flag)?, flag)?,
+            "--concurrency" => a.concurrency = number(value(&mut it, flag)?, flag)?,
+            "--rows" => a.rows = number(value(&mut it, flag)?, flag)?,
+            "--write-percent" => {
+                let p: f64 = number(value(&mut it, flag)?, flag)?;
+                if !(0.0..=100.0).contains(&p) {
+                    return Err(format!("{flag} must be within 0..=100"));
+                }
+                a.write_ratio = p / 100.0;
+            }
+            "--zipf" => a.zipf_s = number(value(&mut it, flag)?, flag)?,
+            "--db-latency-ms" => {
+                a.db_latency = Duration::from_millis(number(value(&mut it, flag)?, flag)?)
+            }
+            "--seed" => a.seed = number(value(&mut it, flag)?, flag)?,
+            "--redis-url" => redis_url = Some(value(&mut it, flag)?.to_owned()),
+            "--embedded-l2" => embedded = true,
+            "--database-url" => a.database_url = Some(value(&mut it, flag)?.to_owned()),
+            "--serve" => a.serve = true,
+            other => return Err(format!("unknown option `{other}`\n\n{USAGE}")),
+        }
+    }
+    if a.requests == 0 || a.concurrency == 0 || a.rows == 0 {
+        return Err("--requests, --concurrency and --rows must be positive".into());
+    }
+    if !(a.zipf_s.is_finite() && a.zipf_s >= 0.0) {
+        return Err("--zipf must be a non-negative number".into());
+    }
+    a.l2 = match (embedded, redis_url.or(env_redis_url)) {
+        (true, _) => L2Choice::Embedded { asked: true },
+        (false, Some(url)) => L2Choice::Redis(url),
+        (false, None) => L2Choice::Embedded { asked: false },
+    };
+    Ok(Parsed::Run(a))
+}
