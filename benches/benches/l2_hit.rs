@@ -15,11 +15,14 @@
 //! with `Instant`; p50/p99/mean come from those per-operation samples. Criterion is not used
 //! here: it reports means only, and would run the subjects one after the other.
 //!
-//! Throughput: 1, 16 and 64 tasks, each on its own key, loop for a fixed time, cut in slices
+//! Throughput: 1, 16, 64 and 256 tasks, each on its own key, loop for a fixed time, cut in slices
 //! run in the order cache, raw, raw, cache (repeated); ops/s is the total count over the
 //! total elapsed time. The raw subject shares one `MultiplexedConnection` (tiercache's
 //! Redis store also multiplexes one connection, a redis-rs `ConnectionManager`), so
 //! concurrent requests are pipelined on it.
+//!
+//! `redis-benchmark -t get -d <raw value size> -c <tasks> -n <N> -q` runs as a subprocess
+//! after each task count (same server, same value size; no decoding: the server's ceiling).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,7 +34,7 @@ use tiercache::{Cache, MsgPack};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-const MAX_TASKS: usize = 64;
+const MAX_TASKS: usize = 256;
 
 fn cache_key(i: usize) -> String {
     format!("user:{i}")
@@ -160,6 +163,43 @@ async fn throughput(
     Ok((ops, elapsed))
 }
 
+/// requests/s of `redis-benchmark -t get` against the server at `url`.
+fn redis_benchmark(url: &str, size: usize, clients: usize, quick: bool) -> Result<f64, BoxError> {
+    let hostport = url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .rsplit('@')
+        .next()
+        .unwrap_or("127.0.0.1:6379")
+        .to_owned();
+    let (host, port) = hostport.rsplit_once(':').ok_or("no port in REDIS_URL")?;
+    let n = if quick { 50_000 } else { 200_000 };
+    let out = std::process::Command::new("redis-benchmark")
+        .args(["-h", host, "-p", port, "-t", "get", "-q"])
+        .args([
+            "-d",
+            &size.to_string(),
+            "-c",
+            &clients.to_string(),
+            "-n",
+            &n.to_string(),
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "GET: 123456.79 requests per second, p50=0.199 msec" (the last \r-separated part)
+    let line = text
+        .split(['\r', '\n'])
+        .rfind(|l| l.starts_with("GET:"))
+        .ok_or_else(|| format!("unexpected redis-benchmark output: {text:?}"))?;
+    let rps = line
+        .trim_start_matches("GET:")
+        .split_whitespace()
+        .next()
+        .ok_or("no figure")?
+        .parse::<f64>()?;
+    Ok(rps)
+}
+
 fn main() -> Result<(), BoxError> {
     let filters = benches::filters();
     let args: Vec<String> = std::env::args().collect();
@@ -279,7 +319,7 @@ fn main() -> Result<(), BoxError> {
             ));
         }
         if run_throughput {
-            for tasks in [1usize, 16, 64] {
+            for tasks in [1usize, 16, 64, 256] {
                 let w = format!(
                     "l2_hit/throughput, {tasks} task{}",
                     if tasks == 1 { "" } else { "s" }
@@ -319,6 +359,28 @@ fn main() -> Result<(), BoxError> {
                                  in A B B A order; total ops / total elapsed",
                             ),
                     );
+                }
+                let bench = redis_benchmark(&url, raw_len, tasks, quick || smoke);
+                match &bench {
+                    Ok(rps) => {
+                        eprintln!("l2_hit: redis-benchmark {tasks:>3} clients {rps:>10.0} requests/s");
+                        records.push(
+                            Record::result(&w, "redis-benchmark", Role::Peer, "redis-benchmark", "ops_per_s")
+                                .num("ops_per_s", *rps)
+                                .str("how", &format!("redis-benchmark -t get -d {raw_len} -c {tasks} -n <N> -q (C client, no decoding)")),
+                        );
+                    }
+                    Err(e) => records.push(
+                        Record::result(&w, "redis-benchmark", Role::Peer, "redis-benchmark", "ops_per_s")
+                            .str("error", &format!("not run: {e}")),
+                    ),
+                }
+                if tasks == 64 {
+                    records.push(
+                        Record::result(&w, "two_tier_peers", Role::Peer, "peer crates' L2 hit", "ops_per_s")
+                            .str("error", "not measured yet (needs a per-peer way to drop the local copy only)"),
+                    );
+                    records.push(Record::target(&w, "ops_per_s", "redis-rs", TargetKind::MinRatio, 0.9, ">= 0.9x raw redis-rs"));
                 }
             }
         }

@@ -11,12 +11,19 @@ use std::time::Duration;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let which = args.get(1).cloned().unwrap_or_else(|| "cache".into());
-    let n: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let n: u64 = args
+        .get(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let value = Arc::new(String::from("a value of a reasonable size for a profile"));
     match which.as_str() {
         "raw" => {
-            let qc: quick_cache::sync::Cache<String, Arc<String>> = quick_cache::sync::Cache::new(1000);
+            let qc: quick_cache::sync::Cache<String, Arc<String>> =
+                quick_cache::sync::Cache::new(1000);
             qc.insert("user:42".into(), value);
             let mut hits = 0u64;
             for _ in 0..n {

@@ -191,7 +191,10 @@ impl Record {
                 "kind",
                 match kind {
                     TargetKind::MaxRatio => "max_ratio",
+                    TargetKind::MinRatio => "min_ratio",
                     TargetKind::MaxDiff => "max_diff",
+                    TargetKind::MaxAbs => "max_abs",
+                    TargetKind::MinDiff => "min_diff",
                 },
             )
             .num("value", value)
@@ -245,8 +248,51 @@ pub enum Role {
 pub enum TargetKind {
     /// tiercache <= value × reference.
     MaxRatio,
+    /// tiercache >= value × reference (throughput).
+    MinRatio,
     /// tiercache <= reference + value.
     MaxDiff,
+    /// tiercache <= value (no reference).
+    MaxAbs,
+    /// tiercache >= reference + value (e.g. a hit ratio at most 0.3 points below: -0.3).
+    MinDiff,
+}
+
+/// Nanoseconds since the Unix epoch on `CLOCK_REALTIME` (comparable between processes on
+/// one machine).
+pub fn realtime_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Time `op` on `subjects` in interleaved rounds: each round runs one batch of `batch[i]`
+/// calls per subject, in rotating order; returns ns/op samples (one per round) per subject.
+pub fn interleaved(rounds: usize, batch: &[u64], ops: &mut [&mut dyn FnMut()]) -> Vec<Samples> {
+    let n = ops.len();
+    let mut per: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); n];
+    for r in 0..rounds {
+        for k in 0..n {
+            let i = (r + k) % n;
+            let op = &mut ops[i];
+            let start = std::time::Instant::now();
+            for _ in 0..batch[i] {
+                op();
+            }
+            per[i].push(start.elapsed().as_nanos() as f64 / batch[i].max(1) as f64);
+        }
+    }
+    per.into_iter().map(Samples::new).collect()
+}
+
+/// A batch size for `op` that takes about `target` (probing with `probe` calls).
+pub fn batch_for(target: Duration, probe: u64, op: &mut dyn FnMut()) -> u64 {
+    let start = std::time::Instant::now();
+    for _ in 0..probe {
+        op();
+    }
+    let d = start.elapsed().max(Duration::from_nanos(1));
+    ((probe as f64 * target.as_nanos() as f64 / d.as_nanos() as f64) as u64).clamp(1, 10_000_000)
 }
 
 /// Quote and escape a JSON string.

@@ -6,7 +6,6 @@
 //! measured on one workload), `"type":"target"` (what tiercache must reach on a workload) and
 //! `"type":"conditions"` (written by xtask: cores, load, quick or not).
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -224,66 +223,109 @@ struct Row {
     workload: String,
     metric: String,
     tiercache: Option<Object>,
-    /// By peer subject.
-    peers: BTreeMap<String, Object>,
-    target: Option<Object>,
+    /// Further tiercache subjects of the row (e.g. write-through and write-behind variants).
+    variants: Vec<Object>,
+    /// By peer subject, in the order first seen.
+    peers: Vec<(String, Object)>,
+    targets: Vec<Object>,
+}
+
+impl Row {
+    fn peer(&self, subject: &str) -> Option<&Object> {
+        self.peers
+            .iter()
+            .find(|(s, _)| s == subject)
+            .map(|(_, o)| o)
+    }
+}
+
+/// One target judged.
+struct Verdict {
+    text: String,
+    met: Option<bool>,
+    note: String,
 }
 
 struct Judged {
     reference: Option<String>,
     ratio: Option<f64>,
-    target: String,
-    met: Option<bool>,
-    note: String,
+    verdicts: Vec<Verdict>,
 }
 
-fn judge(row: &Row, peer_order: &[(String, String)]) -> Judged {
+/// Higher is better for these metrics.
+fn higher_is_better(metric: &str) -> bool {
+    matches!(metric, "ops_per_s" | "hit_pct")
+}
+
+fn judge(row: &Row) -> Judged {
+    // The ratio column: against the first target's reference, else the first peer with a figure.
     let reference = row
-        .target
-        .as_ref()
-        .map(|t| get_str(t, "reference").to_owned())
+        .targets
+        .iter()
+        .map(|t| get_str(t, "reference"))
+        .find(|r| !r.is_empty() && row.peer(r).is_some())
+        .map(str::to_owned)
         .or_else(|| {
-            peer_order
+            row.peers
                 .iter()
-                .map(|(s, _)| s)
-                .find(|s| row.peers.contains_key(*s))
-                .cloned()
+                .find(|(_, o)| get_num(o, &row.metric).is_some())
+                .map(|(s, _)| s.clone())
         });
-    let metric = row
-        .target
-        .as_ref()
-        .map(|t| get_str(t, "metric").to_owned())
-        .unwrap_or_else(|| row.metric.clone());
-    let ours = row.tiercache.as_ref().and_then(|o| get_num(o, &metric));
+    let ours = row.tiercache.as_ref().and_then(|o| get_num(o, &row.metric));
     let theirs = reference
-        .as_ref()
-        .and_then(|r| row.peers.get(r))
-        .and_then(|o| get_num(o, &metric));
+        .as_deref()
+        .and_then(|r| row.peer(r))
+        .and_then(|o| get_num(o, &row.metric));
     let ratio = match (ours, theirs) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
     };
-    let mut met = None;
-    let mut note = String::new();
-    let mut target = "—".to_owned();
-    if let Some(t) = &row.target {
-        target = get_str(t, "text").to_owned();
-        let limit = get_num(t, "value");
-        match (get_str(t, "kind"), ours, theirs, limit) {
-            ("max_ratio", _, _, Some(l)) => met = ratio.map(|r| r <= l),
-            ("max_diff", Some(a), Some(b), Some(l)) => {
-                met = Some(a - b <= l);
-                note = format!("{:+.1} {}", a - b, unit_of(&metric));
+    let verdicts = row
+        .targets
+        .iter()
+        .map(|t| {
+            let metric = get_str(t, "metric");
+            let a = row.tiercache.as_ref().and_then(|o| get_num(o, metric));
+            let b = row
+                .peer(get_str(t, "reference"))
+                .and_then(|o| get_num(o, metric));
+            let limit = get_num(t, "value");
+            let unit = unit_of(metric);
+            let (met, note) = match (get_str(t, "kind"), a, b, limit) {
+                ("max_ratio", Some(a), Some(b), Some(l)) if b > 0.0 => {
+                    (Some(a / b <= l), format!("{:.2}x", a / b))
+                }
+                ("min_ratio", Some(a), Some(b), Some(l)) if b > 0.0 => {
+                    (Some(a / b >= l), format!("{:.2}x", a / b))
+                }
+                ("max_diff", Some(a), Some(b), Some(l)) => {
+                    (Some(a - b <= l), format!("{:+.1} {unit}", a - b))
+                }
+                ("min_diff", Some(a), Some(b), Some(l)) => {
+                    (Some(a - b >= l), format!("{:+.2} {unit}", a - b))
+                }
+                ("max_abs", Some(a), _, Some(l)) => (Some(a <= l), format!("{} {unit}", num(a))),
+                _ => (None, "no figure".to_owned()),
+            };
+            Verdict {
+                text: get_str(t, "text").to_owned(),
+                met,
+                note: note.trim_end().to_owned(),
             }
-            _ => {}
-        }
-    }
+        })
+        .collect();
     Judged {
         reference,
         ratio,
-        target,
-        met,
-        note,
+        verdicts,
+    }
+}
+
+fn num(n: f64) -> String {
+    if n.abs() >= 100.0 || n == n.trunc() {
+        format!("{n:.0}")
+    } else {
+        format!("{n:.2}")
     }
 }
 
@@ -292,6 +334,7 @@ fn unit_of(metric: &str) -> &'static str {
         "ns_per_op" => "ns",
         "p50_us" | "p99_us" | "mean_us" => "µs",
         "ops_per_s" => "op/s",
+        "hit_pct" => "points",
         _ => "",
     }
 }
@@ -311,19 +354,40 @@ fn cell(o: Option<&Object>, metric: &str) -> String {
     let Some(o) = o else {
         return String::new();
     };
-    match metric {
+    let err = get_str(o, "error");
+    if !err.is_empty() {
+        return err.to_owned();
+    }
+    let us = |n: f64| {
+        if n >= 10_000.0 {
+            format!("{:.1} ms", n / 1e3)
+        } else {
+            format!("{n:.1} µs")
+        }
+    };
+    let main = match metric {
         "ns_per_op" => get_num(o, "ns_per_op").map_or("?".into(), |n| format!("{n:.1} ns")),
         "p50_us" => match (get_num(o, "p50_us"), get_num(o, "p99_us")) {
-            (Some(a), Some(b)) => format!("p50 {a:.1} / p99 {b:.1} µs"),
-            (Some(a), None) => format!("p50 {a:.1} µs"),
+            (Some(a), Some(b)) => format!("p50 {} / p99 {}", us(a), us(b)),
+            (Some(a), None) => format!("p50 {}", us(a)),
+            _ => "?".into(),
+        },
+        "p99_us" => match (get_num(o, "p99_us"), get_num(o, "p50_us")) {
+            (Some(b), Some(a)) => format!("p99 {} (p50 {})", us(b), us(a)),
+            (Some(b), None) => format!("p99 {}", us(b)),
             _ => "?".into(),
         },
         "ops_per_s" => get_num(o, "ops_per_s").map_or("?".into(), ops),
+        "hit_pct" => get_num(o, "hit_pct").map_or("?".into(), |n| format!("{n:.2} %")),
         m => get_num(o, m).map_or("?".into(), |n| format!("{n:.3} {m}")),
+    };
+    match get_str(o, "note") {
+        "" => main,
+        n => format!("{main}, {n}"),
     }
 }
 
-/// Read the raw lines, print the table, write report.json and report.md.
+/// Read the raw lines, print the table, write report.json, report.md and chart.svg.
 pub(crate) fn write(raw_dir: &Path, out_dir: &Path) -> Result<()> {
     let mut files: Vec<_> = std::fs::read_dir(raw_dir)
         .map_err(|e| format!("no bench results in {}: {e}", raw_dir.display()))?
@@ -333,7 +397,6 @@ pub(crate) fn write(raw_dir: &Path, out_dir: &Path) -> Result<()> {
         .collect();
     files.sort();
     let mut rows: Vec<Row> = Vec::new();
-    let mut peer_order: Vec<(String, String)> = Vec::new(); // (subject, label)
     let mut conditions: Option<Object> = None;
     for path in &files {
         let text = std::fs::read_to_string(path)
@@ -356,31 +419,31 @@ pub(crate) fn write(raw_dir: &Path, out_dir: &Path) -> Result<()> {
                         workload: workload.clone(),
                         metric: String::new(),
                         tiercache: None,
-                        peers: BTreeMap::new(),
-                        target: None,
+                        variants: Vec::new(),
+                        peers: Vec::new(),
+                        targets: Vec::new(),
                     });
                     rows.len() - 1
                 }
             };
             let row = &mut rows[idx];
             match kind.as_str() {
-                "target" => row.target = Some(o),
+                "target" => row.targets.push(o),
                 "result" => {
                     if row.metric.is_empty() {
                         row.metric = get_str(&o, "metric").to_owned();
                     }
                     if get_str(&o, "role") == "tiercache" {
-                        row.tiercache = Some(o);
+                        match &row.tiercache {
+                            Some(t) if get_str(t, "subject") != get_str(&o, "subject") => {
+                                row.variants.push(o)
+                            }
+                            _ => row.tiercache = Some(o),
+                        }
                     } else {
                         let subject = get_str(&o, "subject").to_owned();
-                        if !peer_order.iter().any(|(s, _)| *s == subject) {
-                            let label = match get_str(&o, "label") {
-                                "" => subject.clone(),
-                                l => l.to_owned(),
-                            };
-                            peer_order.push((subject.clone(), label));
-                        }
-                        row.peers.insert(subject, o);
+                        row.peers.retain(|(s, _)| *s != subject);
+                        row.peers.push((subject, o));
                     }
                 }
                 other => {
@@ -396,53 +459,72 @@ pub(crate) fn write(raw_dir: &Path, out_dir: &Path) -> Result<()> {
     if rows.is_empty() {
         return Err(format!("no bench results in {}", raw_dir.display()));
     }
+    let label_of = |o: &Object| match get_str(o, "label") {
+        "" => get_str(o, "subject").to_owned(),
+        l => l.to_owned(),
+    };
 
-    // The table: workload | tiercache | each peer | ratio | target | met?
-    let mut header = vec!["workload".to_owned(), "tiercache".to_owned()];
-    header.extend(peer_order.iter().map(|(_, l)| l.clone()));
-    header.extend(["ratio".to_owned(), "target".to_owned(), "met?".to_owned()]);
+    // The table: workload | tiercache | peers | ratio | targets
+    let header: Vec<String> = ["workload", "tiercache", "peers", "ratio", "targets"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     let mut table: Vec<Vec<String>> = Vec::new();
     let mut judged = Vec::new();
     for row in &rows {
-        let j = judge(row, &peer_order);
-        let mut line = vec![
-            row.workload.clone(),
-            cell(row.tiercache.as_ref(), &row.metric),
-        ];
-        for (s, _) in &peer_order {
-            line.push(cell(row.peers.get(s), &row.metric));
-        }
-        let label = |s: &str| {
-            peer_order
-                .iter()
-                .find(|(p, _)| p == s)
-                .map_or(s.to_owned(), |(_, l)| l.clone())
-        };
-        line.push(match (j.ratio, &j.reference) {
-            (Some(r), Some(p)) => format!("{r:.2}x {}", label(p)),
+        let j = judge(row);
+        let peers: Vec<String> = row
+            .peers
+            .iter()
+            .map(|(_, o)| format!("{}: {}", label_of(o), cell(Some(o), &row.metric)))
+            .collect();
+        let ratio = match (j.ratio, &j.reference) {
+            (Some(r), Some(p)) => format!("{r:.2}x {}", row.peer(p).map_or(p.clone(), label_of)),
             _ => "—".into(),
-        });
-        line.push(j.target.clone());
-        line.push(match j.met {
-            Some(m) => {
-                let word = if m { "yes" } else { "NO" };
-                if j.note.is_empty() {
-                    word.to_owned()
-                } else {
-                    format!("{word} ({})", j.note)
-                }
-            }
-            None => "—".into(),
-        });
-        table.push(line);
+        };
+        let targets: Vec<String> = j
+            .verdicts
+            .iter()
+            .map(|v| {
+                let word = match v.met {
+                    Some(true) => "met",
+                    Some(false) => "MISSED",
+                    None => "?",
+                };
+                format!("{}: {word} ({})", v.text, v.note)
+            })
+            .collect();
+        let ours = if row.variants.is_empty() {
+            cell(row.tiercache.as_ref(), &row.metric)
+        } else {
+            row.tiercache
+                .iter()
+                .chain(&row.variants)
+                .map(|o| format!("{}: {}", label_of(o), cell(Some(o), &row.metric)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        table.push(vec![
+            row.workload.clone(),
+            ours,
+            peers.join("; "),
+            ratio,
+            if targets.is_empty() {
+                "—".into()
+            } else {
+                targets.join("; ")
+            },
+        ]);
         judged.push(j);
     }
 
     let cond_text = conditions.as_ref().map_or_else(
         || "run conditions unknown".to_owned(),
         |c| {
+            let machine = get_str(c, "machine");
             format!(
-                "{} cores; {} run; load average {} before, {} after; rustc processes running: {} before, {} after; {} s for cargo bench, build included",
+                "{}{} cores; {} run; load average {} before, {} after; rustc processes running: {} before, {} after; {} s for the benches (build excluded)",
+                if machine.is_empty() { String::new() } else { format!("{machine}; ") },
                 get_num(c, "cores").unwrap_or(0.0),
                 if get(c, "quick") == Some(&Value::Bool(true)) { "--quick" } else { "full" },
                 get_str(c, "loadavg_before"),
@@ -455,6 +537,22 @@ pub(crate) fn write(raw_dir: &Path, out_dir: &Path) -> Result<()> {
     );
 
     print_table(&header, &table, &cond_text);
+    let missed: Vec<String> = rows
+        .iter()
+        .zip(&judged)
+        .flat_map(|(r, j)| {
+            j.verdicts
+                .iter()
+                .filter(|v| v.met == Some(false))
+                .map(move |v| format!("{}: {} ({})", r.workload, v.text, v.note))
+        })
+        .collect();
+    if !missed.is_empty() {
+        eprintln!("xtask: targets missed:");
+        for m in &missed {
+            eprintln!("  - {m}");
+        }
+    }
 
     std::fs::create_dir_all(out_dir)
         .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
@@ -464,7 +562,8 @@ pub(crate) fn write(raw_dir: &Path, out_dir: &Path) -> Result<()> {
     let _ = writeln!(md, "Measured by `cargo xtask bench`: {cond_text}.\n");
     let _ = writeln!(
         md,
-        "Ratios compare figures measured in the same run; absolute numbers drift between machines.\n"
+        "Ratios compare figures measured in the same run; absolute numbers drift between machines, \
+         and a loaded machine (see the load average and the rustc count above) skews them.\n"
     );
     let _ = writeln!(md, "| {} |", header.join(" | "));
     let _ = writeln!(md, "|{}", header.iter().map(|_| "---|").collect::<String>());
@@ -472,25 +571,28 @@ pub(crate) fn write(raw_dir: &Path, out_dir: &Path) -> Result<()> {
         let escaped: Vec<String> = line.iter().map(|c| c.replace('|', "\\|")).collect();
         let _ = writeln!(md, "| {} |", escaped.join(" | "));
     }
+    if !missed.is_empty() {
+        md.push_str("\nTargets missed:\n\n");
+        for m in &missed {
+            let _ = writeln!(md, "- {m}");
+        }
+    }
     md.push_str("\nHow each subject is measured:\n\n");
     let mut seen = Vec::new();
     for row in &rows {
-        for o in row.tiercache.iter().chain(row.peers.values()) {
+        for o in row
+            .tiercache
+            .iter()
+            .chain(&row.variants)
+            .chain(row.peers.iter().map(|(_, o)| o))
+        {
             // A peer shared by several rows is described once.
             let how = get_str(o, "how");
             if how.is_empty() || seen.contains(&how) {
                 continue;
             }
             seen.push(how);
-            let _ = writeln!(
-                md,
-                "- {} — {}: {how}",
-                row.workload,
-                match get_str(o, "label") {
-                    "" => get_str(o, "subject"),
-                    l => l,
-                }
-            );
+            let _ = writeln!(md, "- {} — {}: {how}", row.workload, label_of(o));
         }
     }
     let md_path = out_dir.join("report.md");
@@ -512,31 +614,332 @@ pub(crate) fn write(raw_dir: &Path, out_dir: &Path) -> Result<()> {
     );
     js.push_str("  \"rows\": [\n");
     for (i, (row, j)) in rows.iter().zip(&judged).enumerate() {
-        let peers: Vec<String> = row.peers.values().map(obj).collect();
+        let peers: Vec<String> = row.peers.iter().map(|(_, o)| obj(o)).collect();
+        let targets: Vec<String> = row
+            .targets
+            .iter()
+            .zip(&j.verdicts)
+            .map(|(t, v)| {
+                let mut t = t.clone();
+                t.push(("met".into(), v.met.map_or(Value::Null, Value::Bool)));
+                t.push(("judged".into(), Value::Str(v.note.clone())));
+                obj(&t)
+            })
+            .collect();
+        let met = if j.verdicts.iter().any(|v| v.met == Some(false)) {
+            "false"
+        } else if j.verdicts.iter().any(|v| v.met == Some(true)) {
+            "true"
+        } else {
+            "null"
+        };
         let _ = write!(
             js,
             "    {{\"workload\":{},\"metric\":{},\"tiercache\":{},\"peers\":[{}],\"reference\":{},\
-             \"ratio\":{},\"target\":{},\"met\":{}}}",
+             \"ratio\":{},\"targets\":[{}],\"met\":{met}}}",
             json_str(&row.workload),
             json_str(&row.metric),
             row.tiercache.as_ref().map_or("null".into(), obj),
             peers.join(","),
             j.reference.as_deref().map_or("null".into(), json_str),
             j.ratio.map_or("null".into(), json_num),
-            row.target.as_ref().map_or("null".into(), obj),
-            j.met.map_or("null".into(), |m| m.to_string()),
+            targets.join(","),
         );
         js.push_str(if i + 1 < rows.len() { ",\n" } else { "\n" });
     }
     js.push_str("  ]\n}\n");
     let js_path = out_dir.join("report.json");
     std::fs::write(&js_path, js).map_err(|e| format!("cannot write {}: {e}", js_path.display()))?;
+
+    // chart.svg
+    let bars: Vec<(String, f64, bool)> = rows
+        .iter()
+        .zip(&judged)
+        .filter_map(|(r, j)| {
+            let ratio = j.ratio?;
+            let reference = j
+                .reference
+                .as_deref()
+                .and_then(|p| r.peer(p))
+                .map(label_of)?;
+            // "speed-up" > 1 means tiercache is better than the reference.
+            let speedup = if higher_is_better(&r.metric) {
+                ratio
+            } else {
+                1.0 / ratio
+            };
+            Some((
+                format!("{} (vs {reference})", r.workload),
+                speedup,
+                !j.verdicts.iter().any(|v| v.met == Some(false)),
+            ))
+        })
+        .collect();
+    let svg_path = out_dir.join("chart.svg");
+    std::fs::write(&svg_path, chart_svg(&bars, &cond_text))
+        .map_err(|e| format!("cannot write {}: {e}", svg_path.display()))?;
     eprintln!(
-        "xtask: wrote {} and {}",
+        "xtask: wrote {}, {} and {}",
         js_path.display(),
-        md_path.display()
+        md_path.display(),
+        svg_path.display()
     );
     Ok(())
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A horizontal bar chart, log2 scale: how many times better tiercache is than each row's
+/// reference (right of the 1x line: better; left: worse). Red: a target of the row missed.
+fn chart_svg(bars: &[(String, f64, bool)], conditions: &str) -> String {
+    let (label_w, plot_w, bar_h, top) = (560.0, 420.0, 18.0, 50.0);
+    let max = bars
+        .iter()
+        .map(|(_, r, _)| r.log2().abs())
+        .fold(1.0f64, f64::max)
+        .ceil();
+    let x0 = label_w + plot_w / 2.0;
+    let scale = (plot_w / 2.0) / max;
+    let height = top + bars.len() as f64 * (bar_h + 4.0) + 40.0;
+    let width = label_w + plot_w + 90.0;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+         font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"10\" y=\"18\" font-size=\"14\">tiercache vs reference (times better, log scale; red: a target missed)</text>\n\
+         <text x=\"10\" y=\"34\" fill=\"#555\">{}</text>\n",
+        xml(conditions)
+    );
+    for k in -(max as i64)..=(max as i64) {
+        let x = x0 + k as f64 * scale;
+        let _ = writeln!(
+            s,
+            "<line x1=\"{x:.1}\" y1=\"{top}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"{}\"/>\
+             <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#555\">{}</text>",
+            height - 30.0,
+            if k == 0 { "#000" } else { "#ddd" },
+            height - 18.0,
+            if k >= 0 {
+                format!("{}x", 1u64 << k)
+            } else {
+                format!("1/{}x", 1u64 << -k)
+            }
+        );
+    }
+    for (i, (label, r, ok)) in bars.iter().enumerate() {
+        let y = top + i as f64 * (bar_h + 4.0);
+        let v = r.log2() * scale;
+        let (x, w) = if v >= 0.0 { (x0, v) } else { (x0 + v, -v) };
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\
+             <rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{bar_h}\" fill=\"{}\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\">{r:.2}x</text>",
+            label_w - 6.0,
+            y + 13.0,
+            xml(label),
+            w.max(1.0),
+            if *ok { "#4a7ebb" } else { "#c0392b" },
+            x0 + v.max(0.0) + 4.0,
+            y + 13.0,
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// A JSON value of any shape (for reading an earlier report.json).
+#[derive(Debug, Clone, PartialEq)]
+enum Json {
+    Scalar(Value),
+    Arr(Vec<Json>),
+    Obj(Vec<(String, Json)>),
+}
+
+impl Json {
+    fn field(&self, key: &str) -> Option<&Json> {
+        match self {
+            Json::Obj(o) => o.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    fn num(&self) -> Option<f64> {
+        match self {
+            Json::Scalar(Value::Num(n)) => Some(*n),
+            _ => None,
+        }
+    }
+
+    fn str(&self) -> Option<&str> {
+        match self {
+            Json::Scalar(Value::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl Parser<'_> {
+    fn any(&mut self) -> std::result::Result<Json, String> {
+        self.ws();
+        match self.peek() {
+            Some(b'{') => {
+                self.i += 1;
+                let mut o = Vec::new();
+                self.ws();
+                if self.peek() == Some(b'}') {
+                    self.i += 1;
+                    return Ok(Json::Obj(o));
+                }
+                loop {
+                    self.ws();
+                    let k = self.string()?;
+                    self.ws();
+                    self.expect(b':')?;
+                    let v = self.any()?;
+                    o.push((k, v));
+                    self.ws();
+                    match self.next() {
+                        Some(b',') => continue,
+                        Some(b'}') => return Ok(Json::Obj(o)),
+                        _ => return Err(format!("expected , or }} at byte {}", self.i)),
+                    }
+                }
+            }
+            Some(b'[') => {
+                self.i += 1;
+                let mut a = Vec::new();
+                self.ws();
+                if self.peek() == Some(b']') {
+                    self.i += 1;
+                    return Ok(Json::Arr(a));
+                }
+                loop {
+                    a.push(self.any()?);
+                    self.ws();
+                    match self.next() {
+                        Some(b',') => continue,
+                        Some(b']') => return Ok(Json::Arr(a)),
+                        _ => return Err(format!("expected , or ] at byte {}", self.i)),
+                    }
+                }
+            }
+            _ => self.value().map(Json::Scalar),
+        }
+    }
+}
+
+fn parse_json(text: &str) -> std::result::Result<Json, String> {
+    let mut p = Parser {
+        s: text.as_bytes(),
+        i: 0,
+    };
+    let v = p.any()?;
+    p.ws();
+    if p.i != p.s.len() {
+        return Err(format!("trailing characters at byte {}", p.i));
+    }
+    Ok(v)
+}
+
+/// (workload, metric, tiercache's figure, ratio) of every row of a report.json.
+fn report_rows(j: &Json) -> Vec<(String, String, Option<f64>, Option<f64>)> {
+    let Some(Json::Arr(rows)) = j.field("rows") else {
+        return Vec::new();
+    };
+    rows.iter()
+        .filter_map(|r| {
+            let w = r.field("workload")?.str()?.to_owned();
+            let m = r.field("metric")?.str()?.to_owned();
+            let ours = r
+                .field("tiercache")
+                .and_then(|t| t.field(&m))
+                .and_then(Json::num);
+            let ratio = r.field("ratio").and_then(Json::num);
+            Some((w, m, ours, ratio))
+        })
+        .collect()
+}
+
+/// Print the change per workload between an earlier report.json and the one just written.
+/// A change for the worse of more than `threshold` percent is flagged as a regression.
+#[allow(clippy::print_stdout)]
+pub(crate) fn compare(old_path: &Path, new_path: &Path, threshold: f64) -> Result<usize> {
+    let read = |p: &Path| -> Result<Json> {
+        let text =
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        parse_json(&text).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let (old, new) = (read(old_path)?, read(new_path)?);
+    let old_rows = report_rows(&old);
+    let header: Vec<String> = ["workload", "old", "new", "change", "ratio old → new", ""]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let mut table = Vec::new();
+    let mut regressions = 0;
+    for (w, m, ours, ratio) in report_rows(&new) {
+        let Some((_, om, oours, oratio)) = old_rows.iter().find(|(ow, ..)| *ow == w) else {
+            table.push(vec![
+                w,
+                "—".into(),
+                fmt_metric(&m, ours),
+                "new".into(),
+                String::new(),
+                String::new(),
+            ]);
+            continue;
+        };
+        let change = match (oours, ours) {
+            (Some(a), Some(b)) if *a != 0.0 && *om == m => Some((b - a) / a * 100.0),
+            _ => None,
+        };
+        let worse = change.map(|c| if higher_is_better(&m) { -c } else { c });
+        let flag = match worse {
+            Some(x) if x > threshold => {
+                regressions += 1;
+                "REGRESSION"
+            }
+            Some(x) if x < -threshold => "better",
+            _ => "",
+        };
+        let r = |x: &Option<f64>| x.map_or("—".into(), |v| format!("{v:.2}x"));
+        table.push(vec![
+            w,
+            fmt_metric(om, *oours),
+            fmt_metric(&m, ours),
+            change.map_or("—".into(), |c| format!("{c:+.1}%")),
+            format!("{} → {}", r(oratio), r(&ratio)),
+            flag.into(),
+        ]);
+    }
+    print_table(
+        &header,
+        &table,
+        &format!(
+            "{} vs {}; worse by more than {threshold}% is flagged",
+            old_path.display(),
+            new_path.display()
+        ),
+    );
+    Ok(regressions)
+}
+
+fn fmt_metric(metric: &str, v: Option<f64>) -> String {
+    match v {
+        None => "—".into(),
+        Some(n) => match metric {
+            "ns_per_op" => format!("{n:.1} ns"),
+            "p50_us" | "p99_us" => format!("{n:.1} µs"),
+            "ops_per_s" => ops(n),
+            "hit_pct" => format!("{n:.2} %"),
+            _ => format!("{n:.3}"),
+        },
+    }
 }
 
 /// The table goes to stdout: it is what the command is for.
@@ -591,45 +994,101 @@ mod tests {
     }
 
     #[test]
-    fn judges_ratio_and_diff_targets() {
-        let peer = |m: &str, v: f64| -> Object {
-            vec![
-                ("metric".into(), Value::Str(m.into())),
-                (m.into(), Value::Num(v)),
-            ]
-        };
-        let target = |m: &str, kind: &str, v: f64| -> Object {
-            vec![
-                ("metric".into(), Value::Str(m.into())),
-                ("reference".into(), Value::Str("p".into())),
-                ("kind".into(), Value::Str(kind.into())),
-                ("value".into(), Value::Num(v)),
-                ("text".into(), Value::Str("t".into())),
-            ]
-        };
-        let order = vec![("p".to_owned(), "P".to_owned())];
-        let mut row = Row {
-            workload: "w".into(),
-            metric: "ns_per_op".into(),
-            tiercache: Some(peer("ns_per_op", 45.0)),
-            peers: BTreeMap::from([("p".to_owned(), peer("ns_per_op", 30.0))]),
-            target: Some(target("ns_per_op", "max_ratio", 1.5)),
-        };
-        let j = judge(&row, &order);
-        assert_eq!(j.met, Some(true));
-        assert_eq!(j.ratio, Some(1.5));
-        row.tiercache = Some(peer("ns_per_op", 46.0));
-        assert_eq!(judge(&row, &order).met, Some(false));
+    fn parses_nested_json() {
+        let j = parse_json(
+            r#"{"rows":[{"workload":"w","metric":"ns_per_op","tiercache":{"ns_per_op":3},"ratio":null}]}"#,
+        );
+        let j = j.unwrap_or(Json::Arr(vec![]));
+        assert_eq!(
+            report_rows(&j),
+            vec![("w".into(), "ns_per_op".into(), Some(3.0), None)]
+        );
+    }
 
-        let row = Row {
+    fn fig(m: &str, v: f64) -> Object {
+        vec![
+            ("metric".into(), Value::Str(m.into())),
+            (m.into(), Value::Num(v)),
+        ]
+    }
+
+    fn target(m: &str, kind: &str, v: f64) -> Object {
+        vec![
+            ("metric".into(), Value::Str(m.into())),
+            ("reference".into(), Value::Str("p".into())),
+            ("kind".into(), Value::Str(kind.into())),
+            ("value".into(), Value::Num(v)),
+            ("text".into(), Value::Str("t".into())),
+        ]
+    }
+
+    fn row(metric: &str, ours: f64, theirs: f64, t: Object) -> Row {
+        Row {
             workload: "w".into(),
-            metric: "p50_us".into(),
-            tiercache: Some(peer("p50_us", 36.0)),
-            peers: BTreeMap::from([("p".to_owned(), peer("p50_us", 30.0))]),
-            target: Some(target("p50_us", "max_diff", 5.0)),
-        };
-        let j = judge(&row, &order);
-        assert_eq!(j.met, Some(false));
-        assert_eq!(j.note, "+6.0 µs");
+            metric: metric.into(),
+            tiercache: Some(fig(metric, ours)),
+            variants: Vec::new(),
+            peers: vec![("p".to_owned(), fig(metric, theirs))],
+            targets: vec![t],
+        }
+    }
+
+    #[test]
+    fn judges_every_kind_of_target() {
+        let j = judge(&row(
+            "ns_per_op",
+            45.0,
+            30.0,
+            target("ns_per_op", "max_ratio", 1.5),
+        ));
+        assert_eq!(j.verdicts[0].met, Some(true));
+        assert_eq!(j.ratio, Some(1.5));
+        let j = judge(&row(
+            "ns_per_op",
+            46.0,
+            30.0,
+            target("ns_per_op", "max_ratio", 1.5),
+        ));
+        assert_eq!(j.verdicts[0].met, Some(false));
+
+        let j = judge(&row(
+            "p50_us",
+            36.0,
+            30.0,
+            target("p50_us", "max_diff", 5.0),
+        ));
+        assert_eq!(j.verdicts[0].met, Some(false));
+        assert_eq!(j.verdicts[0].note, "+6.0 µs");
+
+        let j = judge(&row(
+            "ops_per_s",
+            95.0,
+            100.0,
+            target("ops_per_s", "min_ratio", 0.9),
+        ));
+        assert_eq!(j.verdicts[0].met, Some(true));
+        let j = judge(&row(
+            "hit_pct",
+            60.0,
+            60.5,
+            target("hit_pct", "min_diff", -0.3),
+        ));
+        assert_eq!(j.verdicts[0].met, Some(false));
+        let j = judge(&row(
+            "p99_us",
+            50_500.0,
+            1.0,
+            target("p99_us", "max_abs", 51_000.0),
+        ));
+        assert_eq!(j.verdicts[0].met, Some(true));
+    }
+
+    #[test]
+    fn chart_is_svg() {
+        let s = chart_svg(
+            &[("a <b>".into(), 4.0, true), ("c".into(), 0.5, false)],
+            "x",
+        );
+        assert!(s.starts_with("<svg") && s.contains("a &lt;b&gt;") && s.contains("#c0392b"));
     }
 }
