@@ -164,6 +164,13 @@ fn test(args: &[String]) -> Result<()> {
     let mut doc = cargo();
     doc.args(["test", "--workspace", "--doc", "--exclude", "demo"]);
     run(doc, "cargo test --doc")?;
+    if !quick {
+        let mut rustdoc = cargo();
+        rustdoc
+            .args(["doc", "--workspace", "--no-deps", "--exclude", "benches"])
+            .env("RUSTDOCFLAGS", "-D warnings");
+        run(rustdoc, "cargo doc --no-deps (no warnings)")?;
+    }
     let started = Instant::now();
     let mut demo = cargo();
     demo.args(["build", "-p", "demo"]);
