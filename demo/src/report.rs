@@ -163,7 +163,7 @@ pub fn print(header: &Header<'_>, stats: &[Stats; 2], out: &Outcome) {
             println!(
                 "             Why: a PUT returns once SQLite, L2 and the writer's own L1 hold the \
                  new value; the other\n             instance's L1 copy is dropped when the \
-                 invalidation arrives: published right after the\n             write (batched with
+                 invalidation arrives: published right after the\n             write (batched with \
                  any writes queued meanwhile) and delivered asynchronously over {}. A read that reaches\n             \
                  the other instance inside that window still gets the old copy. The window is \
                  the bus delay\n             (milliseconds here, on 2 cores shared by Redis, both \
