@@ -15,7 +15,8 @@ usage: demo [options]            (normally run through `cargo xtask demo [option
   --seed N              seed of the load generator (default 42)
   --redis-url URL       Redis for the L2 (default: $REDIS_URL)
   --embedded-l2         no Redis: both instances share an in-process L2 and bus
-  --database-url URL    another database (PostgreSQL): not supported in this build
+  --database-url URL    PostgreSQL instead of SQLite (postgres://user@host/db): a table is
+                        created for the run and dropped after
   --serve               keep both instances serving after the run (Ctrl-C stops)
   -h, --help            this text";
 

@@ -1,5 +1,6 @@
 //! The source of truth: an embedded SQLite database (compiled in, no server) in a temporary
-//! file shared by both instances, each with its own small connection pool.
+//! file shared by both instances, each with its own small connection pool; or, with
+//! `--database-url postgres://…`, a PostgreSQL table created for the run and dropped after.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,8 +91,7 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
 /// One instance's handle on the database: a few connections used from blocking threads,
 /// a simulated network latency per query, and query counters.
 pub struct Db {
-    path: PathBuf,
-    pool: Mutex<Vec<Connection>>,
+    backend: Backend,
     latency: Duration,
     /// SELECTs run by the cache's loader (cache misses in both tiers).
     pub loader_selects: AtomicU64,
@@ -108,11 +108,111 @@ pub enum Purpose {
     Write,
 }
 
+enum Backend {
+    Sqlite {
+        path: PathBuf,
+        pool: Mutex<Vec<Connection>>,
+    },
+    Postgres {
+        client: tokio_postgres::Client,
+        get: tokio_postgres::Statement,
+        update: tokio_postgres::Statement,
+    },
+}
+
+/// A PostgreSQL table made for this run (`--database-url`), dropped by [`PgSource::drop_table`].
+pub struct PgSource {
+    url: String,
+    pub table: String,
+}
+
+async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, BoxError> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+impl PgSource {
+    /// Create `tiercache_demo_<pid>` with `rows` accounts (ids 1..=rows) in one statement.
+    pub async fn create(url: &str, rows: u64) -> Result<(PgSource, Duration), BoxError> {
+        let started = Instant::now();
+        let client = pg_connect(url).await?;
+        let table = format!("tiercache_demo_{}", std::process::id());
+        client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {table};
+                 CREATE TABLE {table} (
+                     id            BIGINT PRIMARY KEY,
+                     owner         TEXT   NOT NULL,
+                     balance_cents BIGINT NOT NULL,
+                     version       BIGINT NOT NULL
+                 );
+                 INSERT INTO {table} (id, owner, balance_cents, version)
+                 SELECT i, 'owner-' || lpad(i::text, 6, '0'), (i % 10000) * 100, 0
+                 FROM generate_series(1, {rows}) AS i;"
+            ))
+            .await?;
+        Ok((
+            PgSource {
+                url: url.to_owned(),
+                table,
+            },
+            started.elapsed(),
+        ))
+    }
+
+    /// One instance's handle (its own connection, statements prepared once).
+    pub async fn db(&self, latency: Duration) -> Result<Arc<Db>, BoxError> {
+        let client = pg_connect(&self.url).await?;
+        let t = &self.table;
+        let get = client
+            .prepare(&format!(
+                "SELECT id, owner, balance_cents, version FROM {t} WHERE id = $1"
+            ))
+            .await?;
+        let update = client
+            .prepare(&format!(
+                "UPDATE {t} SET balance_cents = $1, version = $2 WHERE id = $3 AND version = $4"
+            ))
+            .await?;
+        Ok(Db::with_backend(
+            Backend::Postgres {
+                client,
+                get,
+                update,
+            },
+            latency,
+        ))
+    }
+
+    /// Drop the run's table.
+    pub async fn drop_table(&self) -> Result<(), BoxError> {
+        let client = pg_connect(&self.url).await?;
+        client
+            .batch_execute(&format!("DROP TABLE IF EXISTS {}", self.table))
+            .await?;
+        Ok(())
+    }
+}
+
 impl Db {
     pub fn new(file: &DbFile, latency: Duration) -> Arc<Db> {
+        Db::with_backend(
+            Backend::Sqlite {
+                path: file.path.clone(),
+                pool: Mutex::new(Vec::new()),
+            },
+            latency,
+        )
+    }
+
+    fn with_backend(backend: Backend, latency: Duration) -> Arc<Db> {
         Arc::new(Db {
-            path: file.path.clone(),
-            pool: Mutex::new(Vec::new()),
+            backend,
             latency,
             loader_selects: AtomicU64::new(0),
             write_selects: AtomicU64::new(0),
@@ -126,18 +226,18 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        if !self.latency.is_zero() {
-            tokio::time::sleep(self.latency).await;
-        }
         let db = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
-            let pooled = db.pool.lock().map(|mut p| p.pop()).unwrap_or(None);
+            let Backend::Sqlite { path, pool } = &db.backend else {
+                return Err::<T, BoxError>("not a SQLite database".into());
+            };
+            let pooled = pool.lock().map(|mut p| p.pop()).unwrap_or(None);
             let conn = match pooled {
                 Some(c) => c,
-                None => open(&db.path)?,
+                None => open(path)?,
             };
             let out = f(&conn);
-            if let Ok(mut p) = db.pool.lock() {
+            if let Ok(mut p) = pool.lock() {
                 if p.len() < 8 {
                     p.push(conn);
                 }
@@ -154,6 +254,18 @@ impl Db {
             Purpose::Write => &self.write_selects,
         }
         .fetch_add(1, Ordering::Relaxed);
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        if let Backend::Postgres { client, get, .. } = &self.backend {
+            let row = client.query_opt(get, &[&(id as i64)]).await?;
+            return Ok(row.map(|r| Account {
+                id: r.get::<_, i64>(0) as u64,
+                owner: r.get(1),
+                balance_cents: r.get(2),
+                version: r.get::<_, i64>(3) as u64,
+            }));
+        }
         self.with_conn(move |c| {
             c.prepare_cached(
                 "SELECT id, owner, balance_cents, version FROM accounts WHERE id = ?1",
@@ -175,6 +287,27 @@ impl Db {
     /// concurrent writer that got there first makes this fail instead of being overwritten).
     pub async fn update(self: &Arc<Self>, next: Account) -> Result<(), BoxError> {
         self.updates.fetch_add(1, Ordering::Relaxed);
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        if let Backend::Postgres { client, update, .. } = &self.backend {
+            let changed = client
+                .execute(
+                    update,
+                    &[
+                        &next.balance_cents,
+                        &(next.version as i64),
+                        &(next.id as i64),
+                        &(next.version.saturating_sub(1) as i64),
+                    ],
+                )
+                .await?;
+            return if changed == 1 {
+                Ok(())
+            } else {
+                Err("conflict: the row changed since it was read".into())
+            };
+        }
         let changed = self
             .with_conn(move |c| {
                 c.prepare_cached(

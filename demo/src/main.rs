@@ -29,7 +29,7 @@ use hyper::Method;
 use tiercache::{MemoryBus, MemoryStore};
 
 use crate::args::{L2Choice, Parsed};
-use crate::db::{BoxError, Db, DbFile};
+use crate::db::{BoxError, Db, DbFile, PgSource};
 use crate::report::thousands;
 use crate::service::{Instance, L2Setup, Stats};
 
@@ -47,13 +47,14 @@ fn main() -> ExitCode {
         }
     };
     if let Some(url) = &args.database_url {
-        let scheme = url.split(':').next().unwrap_or(url);
-        eprintln!(
-            "demo: --database-url {scheme}://…: not supported in this build. The demo runs on its \
-             embedded SQLite database only (PostgreSQL support is not built); run it without \
-             --database-url."
-        );
-        return ExitCode::from(2);
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            let scheme = url.split(':').next().unwrap_or(url);
+            eprintln!(
+                "demo: --database-url {scheme}://…: only postgres:// (or postgresql://) URLs are \
+                 supported; without --database-url the demo uses its embedded SQLite database."
+            );
+            return ExitCode::from(2);
+        }
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -131,16 +132,42 @@ async fn run(args: args::Args) -> Result<bool, BoxError> {
     };
     eprintln!("demo: L2 = {l2_label}");
 
-    eprintln!(
-        "demo: creating the SQLite database ({} rows)…",
-        thousands(args.rows)
-    );
-    let (file, took) = DbFile::create(args.rows)?;
-    eprintln!(
-        "demo: {} ready in {}",
-        file.path.display(),
-        report::ms(took)
-    );
+    let (file, pg) = match &args.database_url {
+        Some(url) => {
+            eprintln!(
+                "demo: creating a PostgreSQL table ({} rows) at {}…",
+                thousands(args.rows),
+                redact(url)
+            );
+            let (pg, took) = PgSource::create(url, args.rows).await?;
+            eprintln!("demo: table {} ready in {}", pg.table, report::ms(took));
+            (None, Some(pg))
+        }
+        None => {
+            eprintln!(
+                "demo: creating the SQLite database ({} rows)…",
+                thousands(args.rows)
+            );
+            let (file, took) = DbFile::create(args.rows)?;
+            eprintln!(
+                "demo: {} ready in {}",
+                file.path.display(),
+                report::ms(took)
+            );
+            (Some(file), None)
+        }
+    };
+    let open_db = |latency| {
+        let file = &file;
+        let pg = &pg;
+        async move {
+            match (file, pg) {
+                (Some(f), _) => Ok::<_, BoxError>(Db::new(f, latency)),
+                (None, Some(p)) => p.db(latency).await,
+                (None, None) => Err("no database".into()),
+            }
+        }
+    };
 
     if let L2Setup::Redis(url) = &l2 {
         // A Redis given with --redis-url may hold accounts from an earlier run.
@@ -156,7 +183,7 @@ async fn run(args: args::Args) -> Result<bool, BoxError> {
         "a",
         &l2,
         l2_label.clone(),
-        Db::new(&file, args.db_latency),
+        open_db(args.db_latency).await?,
         metrics.clone(),
     )
     .await?;
@@ -164,7 +191,7 @@ async fn run(args: args::Args) -> Result<bool, BoxError> {
         "b",
         &l2,
         l2_label.clone(),
-        Db::new(&file, args.db_latency),
+        open_db(args.db_latency).await?,
         metrics.clone(),
     )
     .await?;
@@ -211,8 +238,12 @@ async fn run(args: args::Args) -> Result<bool, BoxError> {
         load::call(&client, Method::GET, &format!("{}/metrics", urls[0]), None).await?;
     let scrape = String::from_utf8_lossy(&scrape);
 
+    let engine_label = match &args.database_url {
+        Some(url) => format!("PostgreSQL at {} (a table made for this run)", redact(url)),
+        None => "SQLite (embedded, compiled in)".to_string(),
+    };
     let database = format!(
-        "SQLite (embedded, compiled in), {} accounts, {} simulated network latency per query",
+        "{engine_label}, {} accounts, {} simulated network latency per query",
         thousands(args.rows),
         report::ms(args.db_latency)
     );
@@ -272,6 +303,11 @@ async fn run(args: args::Args) -> Result<bool, BoxError> {
     }
     drop((a, b));
     drop(file);
+    if let Some(pg) = pg {
+        if let Err(e) = pg.drop_table().await {
+            eprintln!("demo: could not drop table {}: {e}", pg.table);
+        }
+    }
     let failed = outcome.errors + stats.iter().map(|s| s.errors).sum::<u64>();
     Ok(failed == 0)
 }

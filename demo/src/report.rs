@@ -90,9 +90,9 @@ pub fn print(header: &Header<'_>, stats: &[Stats; 2], out: &Outcome) {
         pct(sum(|s| s.l2_hits), sum(|s| s.l2_hits + s.l2_misses)),
     );
     let (x, y, t) = num(|s| s.loader_calls);
-    row("loader calls (= SQLite SELECTs)", x, y, t);
+    row("loader calls (= database SELECTs)", x, y, t);
     row(
-        "reads answered without SQLite",
+        "reads answered without the database",
         pct(a.reads.saturating_sub(a.loader_calls), a.reads),
         pct(b.reads.saturating_sub(b.loader_calls), b.reads),
         pct(
@@ -161,7 +161,7 @@ pub fn print(header: &Header<'_>, stats: &[Stats; 2], out: &Outcome) {
         );
         if other > 0 {
             println!(
-                "             Why: a PUT returns once SQLite, L2 and the writer's own L1 hold the \
+                "             Why: a PUT returns once the database, L2 and the writer's own L1 hold the \
                  new value; the other\n             instance's L1 copy is dropped when the \
                  invalidation arrives: published right after the\n             write (batched with \
                  any writes queued meanwhile) and delivered asynchronously over {}. A read that reaches\n             \
@@ -185,7 +185,7 @@ pub fn print(header: &Header<'_>, stats: &[Stats; 2], out: &Outcome) {
     }
     let sql = sum(|s| s.db_loader_selects + s.db_write_selects + s.db_updates);
     println!(
-        "  SQLite:    {} queries in all: {} SELECTs by loaders, {} SELECTs + {} UPDATEs by writes",
+        "  database:  {} queries in all: {} SELECTs by loaders, {} SELECTs + {} UPDATEs by writes",
         thousands(sql),
         thousands(sum(|s| s.db_loader_selects)),
         thousands(sum(|s| s.db_write_selects)),
