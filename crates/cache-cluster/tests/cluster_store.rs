@@ -180,7 +180,10 @@ async fn batches_cost_one_request_per_primary() -> TestResult {
     let got = s.get_many(&tagged).await?;
     assert_eq!(got.len(), 50);
     assert_eq!(s.requests_sent() - before, 1);
-    assert_eq!(server.command_calls("mget")? - mget_before, 1, "one MGET");
+    // The server saw it as an MGET (other tests share this cluster and may add their own
+    // MGETs concurrently, so only "at least one" can be asserted here; the request counter
+    // above is exact).
+    assert!(server.command_calls("mget")? > mget_before, "an MGET on the owner");
     Ok(())
 }
 
