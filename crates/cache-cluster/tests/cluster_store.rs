@@ -183,7 +183,10 @@ async fn batches_cost_one_request_per_primary() -> TestResult {
     // The server saw it as an MGET (other tests share this cluster and may add their own
     // MGETs concurrently, so only "at least one" can be asserted here; the request counter
     // above is exact).
-    assert!(server.command_calls("mget")? > mget_before, "an MGET on the owner");
+    assert!(
+        server.command_calls("mget")? > mget_before,
+        "an MGET on the owner"
+    );
     Ok(())
 }
 
