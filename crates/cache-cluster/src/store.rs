@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use cache_core::remote::check_value_size;
 use cache_core::{Error, ErrorKind, RemoteEntry, RemoteStore, Result};
-use cache_redis::support::ErrorContext;
+#[cfg(test)]
+use cache_redis::support::MAX_TTL_MS;
+use cache_redis::support::{ttl_ms, ErrorContext, SET_IF_LEASE_LUA, TAG_ADD_LUA, TAG_TAKE_LUA};
 use futures::future::join_all;
 use redis::cluster::{ClusterClientBuilder, NodeAddress};
 use redis::cluster_async::ClusterConnection;
@@ -20,36 +22,6 @@ use redis::{Cmd, RedisError, RedisResult, Value};
 use crate::config::{ClusterConfig, Seeds};
 use crate::slot::slot;
 use crate::topology::{TopologyCache, TopologyWatcher};
-
-/// The compare-and-set fill of [`RemoteStore::set_if_lease`] (the same script as the
-/// standalone store): `KEYS = [lease_key, key]`, `ARGV = [token, value, ttl_ms]`. Both keys
-/// are in one hash slot by construction of [`cache_core::key::lease_key`].
-const SET_IF_LEASE_LUA: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-  return 1
-end
-return 0
-";
-
-/// Add a member to a tag index set and make the set live at least `ttl` (as the standalone
-/// store): `KEYS = [tag_key]`, `ARGV = [member, ttl_ms]`.
-const TAG_ADD_LUA: &str = r"
-redis.call('SADD', KEYS[1], ARGV[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl >= 0 and ttl < tonumber(ARGV[2]) or ttl == -1 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 1
-";
-
-/// Read and delete a tag index set atomically: `KEYS = [tag_key]`.
-const TAG_TAKE_LUA: &str = r"
-local members = redis.call('SMEMBERS', KEYS[1])
-redis.call('DEL', KEYS[1])
-return members
-";
 
 /// A Lua script: its source and SHA1.
 struct LuaScript {
@@ -66,20 +38,8 @@ impl LuaScript {
     }
 }
 
-/// Longest TTL sent to Redis, in milliseconds (about 2 230 years): longer ones are capped so
-/// `now + ttl` cannot overflow on the server.
-const MAX_TTL_MS: u64 = 1 << 46;
-
 /// Keys per `SCAN` page of [`RemoteStore::delete_prefix`].
 const SCAN_COUNT: u64 = 1000;
-
-/// `ttl` in whole milliseconds for `PX`: at least 1 (Redis refuses `PX 0`), at most
-/// [`MAX_TTL_MS`].
-fn ttl_ms(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis())
-        .unwrap_or(u64::MAX)
-        .clamp(1, MAX_TTL_MS)
-}
 
 /// A Redis Cluster as the shared L2 tier.
 ///

@@ -56,9 +56,10 @@ pub use store::RedisStore;
 pub use redis;
 
 /// Building blocks shared with `cache-cluster` (URL validation and credentials, error mapping
-/// with password scrubbing, redaction, duration serde). Not meant for applications.
+/// with password scrubbing, redaction, duration serde, the Lua scripts and TTL clamping). Not meant for applications.
 pub mod support {
     pub use crate::config::duration_text;
     pub use crate::errors::ErrorContext;
+    pub use crate::store::{ttl_ms, MAX_TTL_MS, SET_IF_LEASE_LUA, TAG_ADD_LUA, TAG_TAKE_LUA};
     pub use crate::target::{redact_url, resolve, Target, REDACTED};
 }

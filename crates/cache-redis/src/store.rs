@@ -16,7 +16,7 @@ use crate::errors::ErrorContext;
 
 /// The compare-and-set fill of [`RemoteStore::set_if_lease`]:
 /// `KEYS = [lease_key, key]`, `ARGV = [token, value, ttl_ms]`.
-const SET_IF_LEASE_LUA: &str = r"
+pub const SET_IF_LEASE_LUA: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
   redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
@@ -27,11 +27,11 @@ return 0
 
 /// Longest TTL sent to Redis, in milliseconds (about 2 230 years): longer ones are capped so
 /// `now + ttl` cannot overflow on the server ("invalid expire time").
-const MAX_TTL_MS: u64 = 1 << 46;
+pub const MAX_TTL_MS: u64 = 1 << 46;
 
 /// `ttl` in whole milliseconds for `PX`: at least 1 (Redis refuses `PX 0`), at most
 /// [`MAX_TTL_MS`].
-fn ttl_ms(ttl: Duration) -> u64 {
+pub fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis())
         .unwrap_or(u64::MAX)
         .clamp(1, MAX_TTL_MS)
@@ -79,7 +79,7 @@ struct Inner {
 }
 
 /// Add a member to a tag index set and make the set live at least as long as the member.
-const TAG_ADD_LUA: &str = r"
+pub const TAG_ADD_LUA: &str = r"
 redis.call('SADD', KEYS[1], ARGV[1])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl >= 0 and ttl < tonumber(ARGV[2]) or ttl == -1 then
@@ -89,7 +89,7 @@ return 1
 ";
 
 /// Read and delete a tag index set atomically.
-const TAG_TAKE_LUA: &str = r"
+pub const TAG_TAKE_LUA: &str = r"
 local members = redis.call('SMEMBERS', KEYS[1])
 redis.call('DEL', KEYS[1])
 return members
