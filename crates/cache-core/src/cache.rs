@@ -716,20 +716,16 @@ where
                     let (tx, rx) = watch::channel(None);
                     map.insert(key.to_owned(), rx.clone());
                     drop(map);
-                    let inner = Arc::clone(&self.inner);
-                    let guard = FlightGuard {
-                        inner: Arc::clone(&self.inner),
-                        flights: vec![(key.to_owned(), tx)],
-                    };
-                    let key = key.to_owned();
-                    let stale = stale.clone();
-                    let span = self.inner.span(SpanKind::Load, &key);
-                    spawn(span, async move {
-                        let result = inner
-                            .fill_one(key, full, ttl, loader, None, stale, &guard)
-                            .await;
-                        guard.finish(|_| result.clone());
-                    })?;
+                    self.start_flight(
+                        key,
+                        tx,
+                        full,
+                        ttl,
+                        loader,
+                        None,
+                        stale.clone(),
+                        SpanKind::Load,
+                    )?;
                     rx
                 }
             }
@@ -811,25 +807,47 @@ where
         drop(map);
         bump(&inner.stats.early_refreshes);
         inner.observer.on_event(CacheEvent::EarlyRefresh);
-        let task_inner = Arc::clone(&self.inner);
+        self.start_flight(
+            key,
+            tx,
+            full,
+            ttl,
+            loader,
+            Some((expires_at, current.clone())),
+            None,
+            SpanKind::Refresh,
+        )
+    }
+
+    /// Run the flight of one key (already registered in the in-flight map with `tx`) in its
+    /// own task: `fill_one`, then every waiter gets the result.
+    #[allow(clippy::too_many_arguments)]
+    fn start_flight<F, Fut, E>(
+        &self,
+        key: &str,
+        tx: watch::Sender<Option<Shared<V>>>,
+        full: String,
+        ttl: Option<Duration>,
+        loader: F,
+        refresh: Option<(u64, Option<Arc<V>>)>,
+        stale: Option<(Option<Arc<V>>, u64)>,
+        kind: SpanKind,
+    ) -> Result<()>
+    where
+        F: FnOnce(String) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
         let guard = FlightGuard {
             inner: Arc::clone(&self.inner),
             flights: vec![(key.to_owned(), tx)],
         };
         let key = key.to_owned();
-        let current = current.clone();
-        let span = self.inner.span(SpanKind::Refresh, &key);
+        let span = self.inner.span(kind, &key);
         spawn(span, async move {
-            let result = task_inner
-                .fill_one(
-                    key,
-                    full,
-                    ttl,
-                    loader,
-                    Some((expires_at, current)),
-                    None,
-                    &guard,
-                )
+            let result = inner
+                .fill_one(key, full, ttl, loader, refresh, stale, &guard)
                 .await;
             guard.finish(|_| result.clone());
         })
