@@ -8,13 +8,11 @@ use cache_core::{Error, ErrorKind, Result};
 use cache_redis::support::{self, duration_text, Target, REDACTED};
 use serde::{Deserialize, Serialize};
 
-/// Default bound on establishing a connection to a node: 1 s.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The same connect-timeout and value-size defaults as standalone Redis (1 s, 16 MiB).
+pub use cache_redis::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_VALUE_SIZE};
 /// Default bound on every operation, from the call to the answer, retries and redirects
 /// included: 500 ms.
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
-/// Default largest value `set` accepts: 16 MiB.
-pub const DEFAULT_MAX_VALUE_SIZE: usize = 16 * 1024 * 1024;
 /// Default number of retries of one request after a redirect (`MOVED`, `ASK`), a demoted
 /// primary (`READONLY`), a cluster in transition (`TRYAGAIN`, `CLUSTERDOWN`) or a broken
 /// connection: 5.

@@ -249,24 +249,10 @@ impl ClusterStore {
         call: impl Future<Output = RedisResult<T>> + Send,
     ) -> Result<T> {
         let limit = self.inner.config.response_timeout;
-        let result = match tokio::time::timeout(limit, call).await {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(e)) => match map_error(&self.inner.ctx, op, &e) {
-                t if t.kind() == ErrorKind::Timeout => {
-                    self.inner.ctx.elapsed(op, limit, "response_timeout")
-                }
-                other => other,
-            },
-            Err(_) => self.inner.ctx.elapsed(op, limit, "response_timeout"),
-        };
-        tracing::debug!(
-            op,
-            endpoint = %self.inner.ctx.endpoint,
-            kind = %result.kind(),
-            error = %result.message(),
-            "Redis Cluster call failed"
-        );
-        Err(result)
+        self.inner
+            .ctx
+            .bounded(op, limit, "Redis Cluster", call, map_error)
+            .await
     }
 
     fn check_size(&self, key: &str, len: usize) -> Result<()> {

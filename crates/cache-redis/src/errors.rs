@@ -44,6 +44,36 @@ impl ErrorContext {
         out
     }
 
+    /// Run one call under `limit`, mapping its error with `map` (a timeout of the connection
+    /// itself and one of `limit` read the same: "no answer within `limit`"), and log failures
+    /// at DEBUG with `what` ("Redis", "Redis Cluster"). Shared by both stores.
+    pub async fn bounded<T>(
+        &self,
+        op: &'static str,
+        limit: Duration,
+        what: &'static str,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+        map: impl Fn(&Self, &str, &RedisError) -> Error,
+    ) -> Result<T, Error> {
+        let result = match tokio::time::timeout(limit, call).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => match map(self, op, &e) {
+                // The connection's own response timeout (same limit) fired first.
+                t if t.kind() == ErrorKind::Timeout => self.elapsed(op, limit, "response_timeout"),
+                other => other,
+            },
+            Err(_) => self.elapsed(op, limit, "response_timeout"),
+        };
+        tracing::debug!(
+            op,
+            endpoint = %self.endpoint,
+            kind = %result.kind(),
+            error = %result.message(),
+            "{what} call failed"
+        );
+        Err(result)
+    }
+
     /// Our own timeout (the `tokio::time::timeout` around every call) ran out.
     pub fn elapsed(&self, op: &str, limit: Duration, setting: &str) -> Error {
         Error::new(

@@ -241,25 +241,10 @@ impl RedisStore {
         call: impl Future<Output = RedisResult<T>> + Send,
     ) -> Result<T> {
         let limit = self.inner.config.response_timeout;
-        let result = match tokio::time::timeout(limit, call).await {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(e)) => match self.inner.ctx.map(op, &e) {
-                // The connection's own response timeout (same limit) fired first.
-                t if t.kind() == ErrorKind::Timeout => {
-                    self.inner.ctx.elapsed(op, limit, "response_timeout")
-                }
-                other => other,
-            },
-            Err(_) => self.inner.ctx.elapsed(op, limit, "response_timeout"),
-        };
-        tracing::debug!(
-            op,
-            endpoint = %self.inner.ctx.endpoint,
-            kind = %result.kind(),
-            error = %result.message(),
-            "Redis call failed"
-        );
-        Err(result)
+        self.inner
+            .ctx
+            .bounded(op, limit, "Redis", call, |ctx, op, e| ctx.map(op, e))
+            .await
     }
 
     fn check_size(&self, key: &str, len: usize) -> Result<()> {
