@@ -6,8 +6,7 @@
 //! `target/cluster/pids`, which `down` uses to stop a cluster whose `up` was killed or
 //! backgrounded. Node directories (logs, `nodes-PORT.conf`) live in `target/cluster/PORT/`.
 //!
-//! [`Cluster::start_on_free_ports`] starts one for the examples of `cargo xtask test` (stopped
-//! when they are done; its nodes live in `target/cluster-examples/PORT/`).
+//! The examples of `cargo xtask test` use cache-testkit's cluster on free ports instead.
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -139,11 +138,19 @@ impl Cluster {
             std::fs::write(file, pids.join("\n") + "\n")
                 .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
         }
-        for port in &ports {
+        for (port, child) in ports.iter().zip(nodes.children.iter_mut()) {
+            // Ready when it answers PING (a bare TCP connect can succeed without a listener:
+            // a connection to a free local port may connect to itself).
             wait(Duration::from_secs(10), || {
-                TcpStream::connect(("127.0.0.1", *port)).is_ok()
+                matches!(child.try_wait(), Ok(None)) && pong(*port)
             })
-            .map_err(|_| format!("redis-server on port {port} did not start"))?;
+            .map_err(|_| {
+                format!(
+                    "redis-server on port {port} did not start (is the port or its bus port {} taken? see {}/redis.log)",
+                    port + 10000,
+                    base.join(port.to_string()).display()
+                )
+            })?;
         }
         let status = Command::new("redis-cli")
             .args(["--cluster", "create"])
@@ -168,25 +175,6 @@ impl Cluster {
         })
         .map_err(|_| "the cluster did not reach cluster_state:ok within 30 s".to_owned())?;
         Ok(Cluster { nodes, ports })
-    }
-
-    /// A cluster on six free ports (whose bus ports are free too), for the examples.
-    pub(crate) fn start_on_free_ports(base: PathBuf) -> Result<Cluster> {
-        let free = |p: u16| {
-            std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
-                && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok()
-        };
-        let mut firsts: Vec<u16> = (20000u16..=40000 - NODES)
-            .step_by(usize::from(NODES))
-            .collect();
-        // Start somewhere that depends on the process id, so that parallel runs rarely collide.
-        let split = std::process::id() as usize % firsts.len();
-        firsts.rotate_left(split);
-        let first = firsts
-            .into_iter()
-            .find(|f| (*f..*f + NODES).all(free))
-            .ok_or("no six free ports (with free bus ports) between 20000 and 40000")?;
-        Cluster::start(first, base, false)
     }
 
     /// Comma-separated seed URLs of every node.
@@ -225,6 +213,17 @@ fn down() -> Result<()> {
     let _ = std::fs::remove_file(pid_file());
     eprintln!("xtask: cluster stopped");
     Ok(())
+}
+
+/// Whether the server on `port` answers `PING`.
+fn pong(port: u16) -> bool {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "PING"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
+        .unwrap_or(false)
 }
 
 fn wait(limit: Duration, mut done: impl FnMut() -> bool) -> std::result::Result<(), ()> {

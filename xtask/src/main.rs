@@ -14,13 +14,15 @@
 //! - `cluster up|down` — a throwaway 6-node Redis Cluster on ports 7000-7005 in the foreground
 //!   (Ctrl-C stops it; `down` stops one recorded in `target/cluster/pids`).
 //!
-//! Only `std`: no `sh -c`, every program is run with explicit arguments.
+//! Only `std` and cache-testkit (its throwaway redis-server and cluster): no `sh -c`, every
+//! program is run with explicit arguments.
 
 use std::env;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
+
+use cache_testkit::{RedisCluster, RedisServer};
 
 mod cluster;
 mod report;
@@ -249,17 +251,17 @@ fn example_features() -> Vec<String> {
 }
 
 fn run_examples() -> Result<()> {
-    let server = RedisServer::start()?;
+    let server = start_redis()?;
     let requirements = example_requirements();
     let names = examples();
     // The cluster example runs against a real throwaway cluster (about 5 s to start).
     let cluster = if names.iter().any(|n| n == "cluster") {
         let started = Instant::now();
-        let c = cluster::Cluster::start_on_free_ports(root().join("target/cluster-examples"))?;
+        let c = RedisCluster::start().map_err(|e| format!("cannot start a cluster: {e}"))?;
         eprintln!(
             "xtask: Redis Cluster for the examples up in {:.1?}: {}",
             started.elapsed(),
-            c.seeds()
+            c.urls().join(",")
         );
         Some(c)
     } else {
@@ -278,7 +280,7 @@ fn run_examples() -> Result<()> {
             c.args(["--features", &features.join(",")]);
         }
         if let Some(cluster) = &cluster {
-            c.env("CLUSTER_URLS", cluster.seeds());
+            c.env("CLUSTER_URLS", cluster.urls().join(","));
         }
         run(c, &format!("example {name}"))?;
     }
@@ -307,7 +309,7 @@ fn demo(args: &[String]) -> Result<()> {
             eprintln!("xtask: the demo uses the Redis at {shown} (--redis-url)");
             Some(u)
         }
-        None => match RedisServer::start() {
+        None => match start_redis() {
             Ok(s) => {
                 server = s;
                 eprintln!(
@@ -379,7 +381,7 @@ fn bench(args: &[String]) -> Result<()> {
         build.args(["bench", "-p", "benches", "--features", "peers", "--no-run"]);
         run(build, "building the benchmarks (release)")?;
         let before = conditions();
-        let server = RedisServer::start()?;
+        let server = start_redis()?;
         let started = Instant::now();
         let targets = bench_targets();
         let total = targets.len();
@@ -568,83 +570,21 @@ fn conditions() -> Conditions {
 
 fn redis() -> Result<()> {
     require_redis()?;
-    let mut server = RedisServer::start()?;
+    let server = start_redis()?;
     eprintln!(
         "xtask: redis-server listening at {} (Ctrl-C stops it)",
         server.url()
     );
-    let _ = server.child.wait();
+    // Foreground until the server exits (Ctrl-C reaches it too) or this process is stopped.
+    while server.is_running() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     Ok(())
 }
 
-/// A throwaway redis-server on a free port, killed on drop.
-struct RedisServer {
-    child: Child,
-    port: u16,
-    _dir: TempDir,
-}
-
-impl RedisServer {
-    fn start() -> Result<Self> {
-        require_redis()?;
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .map_err(|e| format!("no free port: {e}"))?;
-        let dir = TempDir::new()?;
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir.0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start redis-server: {e}"))?;
-        let server = RedisServer {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err("redis-server did not start within 10 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(server)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let p = env::temp_dir().join(format!("xtask-redis-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).map_err(|e| format!("temp dir: {e}"))?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A throwaway redis-server on a free port (cache-testkit's, which retries when a port is
+/// taken meanwhile and waits until the server answers), killed on drop.
+fn start_redis() -> Result<RedisServer> {
+    require_redis()?;
+    RedisServer::start().map_err(|e| format!("cannot start redis-server: {e}"))
 }
