@@ -328,6 +328,8 @@ where
         let channel = format!("{}__inv", keys.base());
         let cache = Cache {
             inner: Arc::new(CacheInner {
+                l1: Arc::clone(&self.engine.inner.l1),
+                system_clock: self.engine.inner.system_clock,
                 channel,
                 engine: self.engine,
                 name: self.namespace,
@@ -438,6 +440,9 @@ impl<V, C> fmt::Debug for Cache<V, C> {
 }
 
 struct CacheInner<V, C> {
+    /// The engine's L1 and clock choice, kept here so an L1 hit follows one pointer less.
+    l1: Arc<dyn crate::l1::L1Store>,
+    system_clock: bool,
     engine: Engine,
     /// The invalidation channel of this namespace (`{prefix}:{ns}:__inv`).
     channel: String,
@@ -552,8 +557,12 @@ where
     #[inline]
     pub fn get_local(&self, key: &str) -> Option<Option<Arc<V>>> {
         let inner = &*self.inner;
-        let now = inner.engine.inner.now_ms();
-        match inner.engine.inner.l1.get(inner.ns, key, now) {
+        let now = if inner.system_clock {
+            crate::clock::system_now_ms()
+        } else {
+            inner.engine.inner.clock.now_ms()
+        };
+        match inner.l1.get(inner.ns, key, now) {
             Some(entry) if entry.expires_at_ms > now && inner.is_fresh(&entry) => {
                 inner.downcast(entry)
             }
@@ -1107,8 +1116,8 @@ where
     }
 
     /// Drop a key from both tiers and from every other instance's L1 (bus). L1 is dropped
-    /// first; if L2 fails the delete is queued for replay (auto-recovery), or returned as an
-    /// error when auto-recovery is off.
+    /// first, then L2, then the invalidation is published. If L2 fails, the delete is queued
+    /// for replay (auto-recovery), or returned as an error when auto-recovery is off.
     pub async fn invalidate(&self, key: &str) -> Result<()> {
         use tracing::Instrument;
         let span = self.inner.span(SpanKind::Invalidate, key);
@@ -1120,7 +1129,7 @@ where
         self.inner.bump_epoch(key);
         self.inner.engine.inner.l1.remove(self.inner.ns, key);
         self.inner.observer.on_event(CacheEvent::Invalidate);
-        self.inner.announce(key);
+        let mut result = Ok(());
         if let Some(l2) = &self.inner.engine.inner.l2 {
             let mut keys = vec![full];
             if let (true, Some(lk)) = (self.inner.config.leases, self.inner.lease_key(&keys[0])) {
@@ -1137,14 +1146,20 @@ where
                             Replay::Delete { also: keys },
                             Some((self.inner.channel.clone(), key.to_owned())),
                         );
-                    if !queued {
-                        return Err(e);
+                    if queued {
+                        bump(&self.inner.stats.queued_for_recovery);
+                    } else {
+                        result = Err(e);
                     }
-                    bump(&self.inner.stats.queued_for_recovery);
                 }
             }
         }
-        Ok(())
+        // Announced only once L2 no longer holds the key: another instance that drops its
+        // copy on this message and reads L2 at once must not find the old value there (and
+        // cache it again). When the delete failed, the message still goes out: the others'
+        // copies are no newer than L2's, and the replay announces again.
+        self.inner.announce(key);
+        result
     }
 
     /// Drop a key from this process' L1 only.
@@ -1180,8 +1195,15 @@ where
             },
             None => 0,
         };
-        // Entries filled from L2 while the delete ran may be old: flush once more.
+        // Entries filled from L2 while the delete ran may be old: flush once more, here and
+        // (a second message) on every other instance.
         inner.flush_local();
+        if let Some(bus) = &inner.engine.inner.bus {
+            bus.publish_clear(&inner.channel);
+            inner
+                .observer
+                .on_event(CacheEvent::InvalidationsSent { keys: 1 });
+        }
         Ok(deleted)
     }
 }

@@ -12,16 +12,58 @@ pub trait Clock: Send + Sync + 'static {
     fn now_ms(&self) -> u64;
 }
 
-/// The default clock: a coarse wall clock (Linux `CLOCK_REALTIME_COARSE`, a few ns a read,
-/// resolution of one kernel tick), the precise system clock elsewhere.
+/// The default clock: the wall clock in milliseconds, as last stored by one process-wide
+/// background thread (`tiercache-clock`, which reads the system clock every millisecond).
+/// A reading is one atomic load; it lags the system clock by about a millisecond (more when
+/// the machine is so busy that the thread is not scheduled). Should that thread fail to
+/// start, every reading asks the system (a coarse clock on Linux, a few ns).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     #[inline]
     fn now_ms(&self) -> u64 {
-        coarse_now_ms()
+        system_now_ms()
     }
+}
+
+/// The last reading of the ticker thread; 0 until it runs (or when it cannot).
+static TICKED_MS: AtomicU64 = AtomicU64::new(0);
+
+/// How often the ticker thread refreshes [`TICKED_MS`].
+const TICK: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// The default clock's reading, callable without a trait object (the engine's hot path uses
+/// it directly when no clock was injected).
+#[inline]
+pub fn system_now_ms() -> u64 {
+    let ticked = TICKED_MS.load(Ordering::Relaxed);
+    if ticked != 0 {
+        ticked
+    } else {
+        start_ticker()
+    }
+}
+
+/// Starts the ticker thread once; answers from the system clock meanwhile.
+#[cold]
+#[inline(never)]
+fn start_ticker() -> u64 {
+    static START: std::sync::Once = std::sync::Once::new();
+    START.call_once(|| {
+        TICKED_MS.store(precise_now_ms().max(1), Ordering::Relaxed);
+        let spawned = std::thread::Builder::new()
+            .name("tiercache-clock".into())
+            .spawn(|| loop {
+                std::thread::sleep(TICK);
+                TICKED_MS.store(precise_now_ms().max(1), Ordering::Relaxed);
+            });
+        if let Err(e) = spawned {
+            TICKED_MS.store(0, Ordering::Relaxed);
+            tracing::warn!(error = %e, "cannot start the clock thread; reading the system clock on every L1 hit");
+        }
+    });
+    coarse_now_ms()
 }
 
 #[cfg(target_os = "linux")]
@@ -48,13 +90,6 @@ fn coarse_now_ms() -> u64 {
 #[inline]
 fn coarse_now_ms() -> u64 {
     precise_now_ms()
-}
-
-/// The default clock's reading, callable without a trait object (the engine's hot path uses
-/// it directly when no clock was injected).
-#[inline]
-pub fn system_now_ms() -> u64 {
-    coarse_now_ms()
 }
 
 /// The precise system wall clock in unix milliseconds.
@@ -101,9 +136,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn coarse_is_close_to_precise() {
+    fn system_clock_follows_the_wall_clock() {
         let a = SystemClock.now_ms();
         let b = precise_now_ms();
-        assert!(a.abs_diff(b) < 50, "coarse {a} precise {b}");
+        assert!(a.abs_diff(b) < 50, "clock {a} precise {b}");
+        assert!(
+            coarse_now_ms().abs_diff(b) < 50,
+            "coarse {} precise {b}",
+            coarse_now_ms()
+        );
+        // The ticker keeps it moving: 30 ms later it has moved by roughly as much.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let c = SystemClock.now_ms();
+        assert!(c >= a + 20, "the clock moved only {} ms in 30 ms", c - a);
+        assert!(c.abs_diff(precise_now_ms()) < 50);
     }
 }

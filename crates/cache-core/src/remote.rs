@@ -115,6 +115,8 @@ pub struct MemoryStore {
     tags: Mutex<HashMap<String, std::collections::BTreeSet<String>>>,
     down: AtomicBool,
     calls: AtomicU64,
+    /// Added to every call, microseconds (a slow network in tests).
+    latency_us: AtomicU64,
     max_value_size: usize,
 }
 
@@ -146,6 +148,7 @@ impl MemoryStore {
             tags: Mutex::new(HashMap::new()),
             down: AtomicBool::new(false),
             calls: AtomicU64::new(0),
+            latency_us: AtomicU64::new(0),
             max_value_size: max,
         }
     }
@@ -153,6 +156,13 @@ impl MemoryStore {
     /// Simulate an outage (`true`): every call fails with a connection error.
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Make every call from now on take `latency` before it acts (a slow network; tests use
+    /// it to widen races). `Duration::ZERO` turns it off.
+    pub fn set_latency(&self, latency: Duration) {
+        self.latency_us
+            .store(latency.as_micros() as u64, Ordering::SeqCst);
     }
 
     /// How many calls reached the store (each one is one "round trip").
@@ -176,6 +186,14 @@ impl MemoryStore {
             return Err(Error::new(ErrorKind::Connection, "memory store is down"));
         }
         Ok(())
+    }
+
+    /// Waits out the configured latency (nothing when it is zero).
+    async fn pause(&self) {
+        let us = self.latency_us.load(Ordering::SeqCst);
+        if us > 0 {
+            tokio::time::sleep(Duration::from_micros(us)).await;
+        }
     }
 
     fn live(map: &mut HashMap<String, (Vec<u8>, Instant)>, key: &str) -> Option<Vec<u8>> {
@@ -203,11 +221,13 @@ impl RemoteStore for MemoryStore {
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.enter()?;
+        self.pause().await;
         Ok(Self::live(&mut self.lock(), key))
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         self.enter()?;
+        self.pause().await;
         let mut map = self.lock();
         Ok(keys.iter().map(|k| Self::live(&mut map, k)).collect())
     }
@@ -215,6 +235,7 @@ impl RemoteStore for MemoryStore {
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
         check_value_size(key, value.len(), self.max_value_size)?;
         self.enter()?;
+        self.pause().await;
         self.lock()
             .insert(key.to_owned(), (value, Instant::now() + ttl));
         Ok(())
@@ -225,6 +246,7 @@ impl RemoteStore for MemoryStore {
             check_value_size(&e.key, e.value.len(), self.max_value_size)?;
         }
         self.enter()?;
+        self.pause().await;
         let now = Instant::now();
         let mut map = self.lock();
         for e in entries {
@@ -235,6 +257,7 @@ impl RemoteStore for MemoryStore {
 
     async fn delete(&self, keys: &[String]) -> Result<()> {
         self.enter()?;
+        self.pause().await;
         let mut map = self.lock();
         for k in keys {
             map.remove(k);
@@ -244,6 +267,7 @@ impl RemoteStore for MemoryStore {
 
     async fn tag_add(&self, tag_key: &str, member: &str, _ttl: Duration) -> Result<()> {
         self.enter()?;
+        self.pause().await;
         let mut tags = self.tags.lock().unwrap_or_else(|p| p.into_inner());
         tags.entry(tag_key.to_owned())
             .or_default()
@@ -253,6 +277,7 @@ impl RemoteStore for MemoryStore {
 
     async fn tag_take(&self, tag_key: &str) -> Result<Vec<String>> {
         self.enter()?;
+        self.pause().await;
         let mut tags = self.tags.lock().unwrap_or_else(|p| p.into_inner());
         Ok(tags
             .remove(tag_key)
@@ -262,6 +287,7 @@ impl RemoteStore for MemoryStore {
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         self.enter()?;
+        self.pause().await;
         let mut map = self.lock();
         let before = map.len();
         map.retain(|k, _| !k.starts_with(prefix));
@@ -270,6 +296,7 @@ impl RemoteStore for MemoryStore {
 
     async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool> {
         self.enter()?;
+        self.pause().await;
         let mut map = self.lock();
         if Self::live(&mut map, key).is_some() {
             return Ok(false);
@@ -288,6 +315,7 @@ impl RemoteStore for MemoryStore {
     ) -> Result<bool> {
         check_value_size(key, value.len(), self.max_value_size)?;
         self.enter()?;
+        self.pause().await;
         let mut map = self.lock();
         match Self::live(&mut map, lease_key) {
             Some(t) if t == token => {

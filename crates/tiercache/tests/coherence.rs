@@ -361,3 +361,50 @@ async fn tag_invalidation_reaches_every_instance() -> TestResult {
     assert_eq!(b.get("1").await?, None);
     Ok(())
 }
+
+/// An instance that drops its copy on an invalidation and reads L2 at once must not find the
+/// old value there: the message goes out only after L2 deleted the key. A slow L2 (every call
+/// takes 150 ms) widens the window in which the old order (announce, then delete) failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_goes_out_after_l2_dropped_the_key() -> TestResult {
+    let store = Arc::new(MemoryStore::new());
+    let bus = MemoryBus::new();
+    let ea = tiercache::builder("order")
+        .remote(store.clone())
+        .bus_transport(bus.attach())
+        .build()
+        .await?;
+    let eb = tiercache::builder("order")
+        .remote(store.clone())
+        .bus_transport(bus.attach())
+        .build()
+        .await?;
+    let a = cache(&ea)?;
+    let b = cache(&eb)?;
+    a.set("k", 1).await?;
+    tokio::time::sleep(Duration::from_millis(120)).await; // A's own message has reached B
+    assert_eq!(b.get("k").await?.as_deref(), Some(&1));
+    assert!(b.get_local("k").is_some());
+
+    store.set_latency(Duration::from_millis(150));
+    let a2 = a.clone();
+    let started = Instant::now();
+    let invalidation = tokio::spawn(async move { a2.invalidate("k").await });
+    let dropped = wait_until(|| b.get_local("k").is_none(), Duration::from_secs(5)).await;
+    assert!(dropped.is_some(), "B never dropped its copy");
+    let heard_after = started.elapsed();
+    store.set_latency(Duration::ZERO);
+    // B reads through at once: L2 must no longer hold the old value.
+    assert_eq!(
+        b.get("k").await?,
+        None,
+        "B found the old value in L2 after hearing the invalidation ({heard_after:?} after it began)"
+    );
+    assert!(b.get_local("k").is_none());
+    invalidation.await??;
+    assert!(
+        heard_after >= Duration::from_millis(140),
+        "B heard of it {heard_after:?} after the call began, before L2's delete could finish"
+    );
+    Ok(())
+}
