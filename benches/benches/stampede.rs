@@ -10,7 +10,9 @@
 //!   no L2), from 1,000 tasks.
 //!
 //! Figures: loader calls per round (mean) and each waiter's time from its own start to its
-//! answer (p50, p99 over all waiters of all rounds). Target: waiter p99 <= loader time + 1 ms.
+//! answer (p50, p99 over all waiters of all rounds), and how long each loader call really
+//! took (tokio's 50 ms sleep lasts about 51 ms: its timer rounds up to a 1 ms tick). Target:
+//! waiter p99 <= the loader's measured time + 1 ms.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,9 +26,21 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const WAITERS: usize = 1_000;
 const LOADER: Duration = Duration::from_millis(50);
 
-async fn load(calls: Arc<AtomicU64>, id: u64) -> User {
-    calls.fetch_add(1, Ordering::Relaxed);
+/// Loader calls and the time they took in total (the 50 ms sleep takes a little longer:
+/// tokio's timer rounds up to its 1 ms tick).
+#[derive(Default)]
+struct LoaderStats {
+    calls: AtomicU64,
+    ns: AtomicU64,
+}
+
+async fn load(stats: Arc<LoaderStats>, id: u64) -> User {
+    stats.calls.fetch_add(1, Ordering::Relaxed);
+    let start = Instant::now();
     tokio::time::sleep(LOADER).await;
+    stats
+        .ns
+        .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
     sample_user(id)
 }
 
@@ -37,15 +51,15 @@ enum Who {
     Moka,
 }
 
-/// One round: (loader calls, per-waiter latencies in ns).
+/// One round: (loader calls, their total time in ns, per-waiter latencies in ns).
 async fn round(
     who: Who,
     key: String,
     cache: &Cache<User, MsgPack>,
     con: &redis::aio::MultiplexedConnection,
     moka: &moka::future::Cache<String, Arc<User>>,
-) -> Result<(u64, Vec<f64>), BoxError> {
-    let calls = Arc::new(AtomicU64::new(0));
+) -> Result<(u64, u64, Vec<f64>), BoxError> {
+    let calls = Arc::new(LoaderStats::default());
     let mut handles = Vec::with_capacity(WAITERS);
     for _ in 0..WAITERS {
         let (key, calls) = (key.clone(), Arc::clone(&calls));
@@ -95,7 +109,11 @@ async fn round(
     for h in handles {
         lat.push(h.await??);
     }
-    Ok((calls.load(Ordering::Relaxed), lat))
+    Ok((
+        calls.calls.load(Ordering::Relaxed),
+        calls.ns.load(Ordering::Relaxed),
+        lat,
+    ))
 }
 
 fn main() -> Result<(), BoxError> {
@@ -139,13 +157,15 @@ fn main() -> Result<(), BoxError> {
             .as_nanos();
         let whos = [Who::Tiercache, Who::Naive, Who::Moka];
         let mut calls = [0u64; 3];
+        let mut loader_ns = [0u64; 3];
         let mut lats: [Vec<f64>; 3] = Default::default();
         for r in 0..rounds {
             for k in 0..3 {
                 let i = (r + k) % 3;
                 let key = format!("stampede:{nonce}:{r}:{i}");
-                let (c, l) = round(whos[i], key, &cache, &con, &moka).await?;
+                let (c, t, l) = round(whos[i], key, &cache, &con, &moka).await?;
                 calls[i] += c;
+                loader_ns[i] += t;
                 lats[i].extend(l);
             }
         }
@@ -162,8 +182,11 @@ fn main() -> Result<(), BoxError> {
             let s = Samples::new(std::mem::take(&mut lats[i]));
             let per_round = calls[i] as f64 / rounds as f64;
             let (p50, p99) = (s.percentile(50.0) / 1e3, s.percentile(99.0) / 1e3);
+            // How long one loader call really took (mean), and the waiters' p99 beyond it.
+            let loader_us = loader_ns[i] as f64 / calls[i].max(1) as f64 / 1e3;
+            let over = p99 - loader_us;
             eprintln!(
-                "stampede: {:<18} loader calls/round {per_round:>7.1}  waiter p50 {p50:>8.0} µs  p99 {p99:>8.0} µs",
+                "stampede: {:<18} loader calls/round {per_round:>7.1}  loader took {loader_us:>8.0} µs  waiter p50 {p50:>8.0} µs  p99 {p99:>8.0} µs (loader + {over:.0} µs)",
                 labels[i]
             );
             let role = if i == 0 { Role::Tiercache } else { Role::Peer };
@@ -173,8 +196,17 @@ fn main() -> Result<(), BoxError> {
                     .num("p50_us", p50)
                     .num("max_us", s.percentile(100.0) / 1e3)
                     .num("loader_calls", per_round)
+                    .num("loader_us", loader_us)
+                    .num("p99_over_loader_us", over)
                     .num("rounds", rounds as f64)
-                    .str("note", &format!("{per_round:.0} loader calls"))
+                    .str(
+                        "note",
+                        &format!(
+                            "{per_round:.0} loader calls, each took {:.1} ms, p99 = loader + {:.2} ms",
+                            loader_us / 1e3,
+                            over / 1e3
+                        ),
+                    )
                     .str(
                         "how",
                         &format!(
@@ -184,13 +216,14 @@ fn main() -> Result<(), BoxError> {
                     ),
             );
         }
+        // "Loader time" is what the loader took: tokio's 50 ms sleep lasts ~51 ms.
         records.push(Record::target(
             w,
-            "p99_us",
+            "p99_over_loader_us",
             "",
             TargetKind::MaxAbs,
-            LOADER.as_secs_f64() * 1e6 + 1_000.0,
-            "waiter p99 <= loader 50 ms + 1 ms",
+            1_000.0,
+            "waiter p99 <= loader time (measured) + 1 ms",
         ));
         records.push(Record::target(
             w,

@@ -332,7 +332,7 @@ fn num(n: f64) -> String {
 fn unit_of(metric: &str) -> &'static str {
     match metric {
         "ns_per_op" => "ns",
-        "p50_us" | "p99_us" | "mean_us" => "µs",
+        "p50_us" | "p99_us" | "mean_us" | "p99_over_loader_us" | "loader_us" => "µs",
         "ops_per_s" => "op/s",
         "hit_pct" => "points",
         _ => "",

@@ -466,6 +466,38 @@ struct CacheInner<V, C> {
 
 const EPOCH_STRIPES: usize = 64;
 
+/// A future that is either answered already (an L1 hit, no allocation) or a boxed slow path.
+enum Fast<'a, T> {
+    Ready(Option<T>),
+    Boxed(std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>),
+}
+
+impl<T: Unpin> Future for Fast<'_, T> {
+    type Output = T;
+
+    #[inline]
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
+        match self.get_mut() {
+            // Polled again after it answered: stays pending (never panics).
+            Fast::Ready(value) => value
+                .take()
+                .map_or(std::task::Poll::Pending, std::task::Poll::Ready),
+            Fast::Boxed(fut) => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+/// What L1 said about a load.
+enum Local<V, F> {
+    /// Answered from L1 (or refused: an invalid key).
+    Hit(Result<Option<Arc<V>>>),
+    /// Not live in L1: the loader, and a stale value kept for fail-safe.
+    Miss {
+        loader: F,
+        stale: Option<(Option<Arc<V>>, u64)>,
+    },
+}
+
 /// What an L2 read found.
 struct Found<V> {
     value: Option<Arc<V>>,
@@ -575,11 +607,23 @@ where
 
     /// Read through L1 then L2 (filling L1 on an L2 hit). `Ok(None)` when neither tier has
     /// the key (or holds a negative entry). L2 failures are counted and read as a miss.
-    pub async fn get(&self, key: &str) -> Result<Option<Arc<V>>> {
-        crate::key::validate_key(key, self.inner.keys.max_key_len())?;
-        if let Some(hit) = self.get_local(key) {
-            return Ok(hit);
+    ///
+    /// An L1 hit is answered when the future is made (it is ready at its first poll, and
+    /// allocates nothing); only a miss builds the (boxed) L2 read.
+    pub fn get<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> impl Future<Output = Result<Option<Arc<V>>>> + Send + 'a {
+        // An invalid key is never in L1: it misses here and is refused by `get_remote`.
+        match self.get_local(key) {
+            Some(hit) => Fast::Ready(Some(Ok(hit))),
+            None => Fast::Boxed(Box::pin(self.get_remote(key))),
         }
+    }
+
+    /// The L2 part of [`Cache::get`].
+    async fn get_remote(&self, key: &str) -> Result<Option<Arc<V>>> {
+        crate::key::validate_key(key, self.inner.keys.max_key_len())?;
         let full = self.inner.keys.full(key)?;
         let epoch = self.inner.epoch(key);
         let span = self.inner.span(SpanKind::Get, key);
@@ -628,16 +672,33 @@ where
     /// callers waiting for it still get the value. A loader error reaches every waiter; a
     /// panicking loader becomes an [`ErrorKind::LoaderPanicked`] error. If the key is held as
     /// a negative entry, the result is an [`ErrorKind::NotFound`] error.
-    pub async fn get_or_load<F, Fut, E>(&self, key: &str, loader: F) -> Result<Arc<V>>
+    ///
+    /// An L1 hit is answered when the future is made (ready at its first poll, no
+    /// allocation); only a miss builds the (boxed) rest of the read.
+    pub fn get_or_load<'a, F, Fut, E>(
+        &'a self,
+        key: &'a str,
+        loader: F,
+    ) -> impl Future<Output = Result<Arc<V>>> + Send + 'a
     where
         F: FnOnce(String) -> Fut + Send + 'static,
         Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
-        let found = self
-            .load_inner(key, None, move |k| async move { loader(k).await.map(Some) })
-            .await?;
-        found.ok_or_else(|| Error::new(ErrorKind::NotFound, "the source has no value for this key"))
+        let present = |found: Option<Arc<V>>| {
+            found.ok_or_else(|| {
+                Error::new(ErrorKind::NotFound, "the source has no value for this key")
+            })
+        };
+        let loader = move |k| async move { loader(k).await.map(Some) };
+        match self.load_local(key, None, loader) {
+            Local::Hit(found) => Fast::Ready(Some(found.and_then(present))),
+            Local::Miss { loader, stale } => Fast::Boxed(Box::pin(async move {
+                self.load_remote(key, None, loader, stale)
+                    .await
+                    .and_then(present)
+            })),
+        }
     }
 
     /// Like [`Cache::get_or_load`], for loaders that can answer "absent" (`Ok(None)`): the
@@ -689,19 +750,43 @@ where
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
-        crate::key::validate_key(key, self.inner.keys.max_key_len())?;
+        match self.load_local(key, ttl, loader) {
+            Local::Hit(found) => found,
+            Local::Miss { loader, stale } => self.load_remote(key, ttl, loader, stale).await,
+        }
+    }
+
+    /// The L1 part of a load: a live hit (with an early refresh when the policy fires), or
+    /// the loader back with any stale value kept for fail-safe.
+    fn load_local<F, Fut, E>(&self, key: &str, ttl: Option<Duration>, loader: F) -> Local<V, F>
+    where
+        F: FnOnce(String) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        if let Err(e) = crate::key::validate_key(key, self.inner.keys.max_key_len()) {
+            return Local::Hit(Err(e));
+        }
         let inner = &*self.inner;
-        let now = inner.engine.inner.now_ms();
+        let now = if inner.system_clock {
+            crate::clock::system_now_ms()
+        } else {
+            inner.engine.inner.clock.now_ms()
+        };
         let mut stale: Option<(Option<Arc<V>>, u64)> = None;
-        match inner.engine.inner.l1.get(inner.ns, key, now) {
+        match inner.l1.get(inner.ns, key, now) {
             Some(entry) if entry.expires_at_ms > now && inner.is_fresh(&entry) => {
                 let (refresh_at, expires_at, delta_us) =
                     (entry.refresh_at_ms, entry.expires_at_ms, entry.delta_us);
                 if let Some(hit) = inner.downcast(entry) {
                     if now >= refresh_at {
-                        self.maybe_refresh(key, now, expires_at, delta_us, ttl, &hit, loader)?;
+                        if let Err(e) =
+                            self.maybe_refresh(key, now, expires_at, delta_us, ttl, &hit, loader)
+                        {
+                            return Local::Hit(Err(e));
+                        }
                     }
-                    return Ok(hit);
+                    return Local::Hit(Ok(hit));
                 }
             }
             Some(entry) => {
@@ -712,6 +797,23 @@ where
             }
             None => inner.event(CacheEvent::L1Miss),
         }
+        Local::Miss { loader, stale }
+    }
+
+    /// The rest of a load after an L1 miss: join the flight of this key or start one, and
+    /// wait for it (bounded by the loader timeouts).
+    async fn load_remote<F, Fut, E>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        loader: F,
+        stale: Option<(Option<Arc<V>>, u64)>,
+    ) -> Result<Option<Arc<V>>>
+    where
+        F: FnOnce(String) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
         let full = self.inner.keys.full(key)?;
         let rx = {
             let mut map = self.inner.lock_inflight();
@@ -1261,19 +1363,20 @@ where
     /// A span for one operation on `key`, carrying the cache name and a hash of the key (the
     /// raw key only when `trace_raw_keys` is on).
     fn span(&self, kind: SpanKind, key: &str) -> tracing::Span {
-        let hash = format_args!("{:016x}", key_hash(key)).to_string();
+        // Field values are evaluated only when the span is enabled: a disabled span costs no
+        // hashing and no formatting.
         let span = match kind {
             SpanKind::Get => {
-                tracing::debug_span!("cache.get", cache = %self.name, key_hash = %hash, key = tracing::field::Empty)
+                tracing::debug_span!("cache.get", cache = %self.name, key_hash = %KeyHash(key), key = tracing::field::Empty)
             }
             SpanKind::Load => {
-                tracing::debug_span!("cache.load", cache = %self.name, key_hash = %hash, key = tracing::field::Empty)
+                tracing::debug_span!("cache.load", cache = %self.name, key_hash = %KeyHash(key), key = tracing::field::Empty)
             }
             SpanKind::Refresh => {
-                tracing::debug_span!("cache.refresh", cache = %self.name, key_hash = %hash, key = tracing::field::Empty)
+                tracing::debug_span!("cache.refresh", cache = %self.name, key_hash = %KeyHash(key), key = tracing::field::Empty)
             }
             SpanKind::Invalidate => {
-                tracing::debug_span!("cache.invalidate", cache = %self.name, key_hash = %hash, key = tracing::field::Empty)
+                tracing::debug_span!("cache.invalidate", cache = %self.name, key_hash = %KeyHash(key), key = tracing::field::Empty)
             }
         };
         if self.config.trace_raw_keys {
@@ -2184,6 +2287,15 @@ enum SpanKind {
 }
 
 /// FNV-1a 64-bit: a stable, cheap hash of a key for traces (not for security).
+/// Displays a key as its 64-bit FNV-1a hash in hex (what spans carry instead of the key).
+struct KeyHash<'a>(&'a str);
+
+impl std::fmt::Display for KeyHash<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", key_hash(self.0))
+    }
+}
+
 fn key_hash(key: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key.as_bytes() {
