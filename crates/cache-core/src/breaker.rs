@@ -5,7 +5,7 @@
 //! breaker, failure opens it for another cool-down.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,16 +51,22 @@ impl BreakerConfig {
 
 #[derive(Debug, Clone, Copy)]
 enum State {
-    Closed { failures: u32 },
+    Closed,
     Open { until: Instant },
     HalfOpen { since: Instant },
 }
 
 /// The breaker itself: a small state machine behind a mutex (never held across an await).
+/// While it is closed, calls touch only two atomics (`closed`, `failures`); the mutex is taken
+/// on the way to open and while open or half-open.
 pub struct CircuitBreaker {
     name: &'static str,
     config: BreakerConfig,
     state: Mutex<State>,
+    /// Mirrors `state == Closed` (written under the mutex).
+    closed: AtomicBool,
+    /// Consecutive failures while closed.
+    failures: AtomicU32,
     open: AtomicBool,
     observer: Option<Arc<dyn Observer>>,
 }
@@ -84,7 +90,9 @@ impl CircuitBreaker {
         CircuitBreaker {
             name,
             config,
-            state: Mutex::new(State::Closed { failures: 0 }),
+            state: Mutex::new(State::Closed),
+            closed: AtomicBool::new(true),
+            failures: AtomicU32::new(0),
             open: AtomicBool::new(false),
             observer,
         }
@@ -101,9 +109,12 @@ impl CircuitBreaker {
 
     /// May a call go through now?
     pub fn allow(&self) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return true;
+        }
         let mut s = self.lock();
         match *s {
-            State::Closed { .. } => true,
+            State::Closed => true,
             State::Open { until } => {
                 if Instant::now() >= until {
                     *s = State::HalfOpen {
@@ -130,9 +141,18 @@ impl CircuitBreaker {
 
     /// Report a success.
     pub fn success(&self) {
+        if self.closed.load(Ordering::Acquire) {
+            // Only a write when there is a streak to reset: successes in a row share the line.
+            if self.failures.load(Ordering::Relaxed) != 0 {
+                self.failures.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
         let mut s = self.lock();
-        let was_open = !matches!(*s, State::Closed { .. });
-        *s = State::Closed { failures: 0 };
+        let was_open = !matches!(*s, State::Closed);
+        *s = State::Closed;
+        self.failures.store(0, Ordering::Relaxed);
+        self.closed.store(true, Ordering::Release);
         drop(s);
         if was_open {
             self.transition(false);
@@ -141,19 +161,26 @@ impl CircuitBreaker {
 
     /// Report a failure.
     pub fn failure(&self) {
+        if self.closed.load(Ordering::Acquire) {
+            let streak = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if streak < self.config.failure_threshold {
+                return;
+            }
+        }
         let mut s = self.lock();
         let opened = match *s {
-            State::Closed { failures } if failures + 1 >= self.config.failure_threshold => {
-                *s = State::Open {
-                    until: Instant::now() + self.config.cool_down,
-                };
-                true
-            }
-            State::Closed { failures } => {
-                *s = State::Closed {
-                    failures: failures + 1,
-                };
-                false
+            State::Closed => {
+                // The streak reached the threshold (re-checked under the lock: a success may
+                // have reset it meanwhile).
+                if self.failures.load(Ordering::Relaxed) >= self.config.failure_threshold {
+                    *s = State::Open {
+                        until: Instant::now() + self.config.cool_down,
+                    };
+                    self.closed.store(false, Ordering::Release);
+                    true
+                } else {
+                    false
+                }
             }
             State::Open { .. } | State::HalfOpen { .. } => {
                 *s = State::Open {
