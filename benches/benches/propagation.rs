@@ -20,7 +20,8 @@
 //!
 //! Losses: after A is done, B counts the keys still in its L1 (never dropped: a real loss
 //! that nothing detected) and the `InvalidationsLost` events (detected losses: each flushed
-//! L1). For raw pub/sub every missing message is a loss nothing detects.
+//! L1). For raw pub/sub every missing message is a loss nothing detects. A last run at
+//! 1,000/s injects losses: `CLIENT KILL TYPE pubsub` when half of the keys are out.
 
 use std::io::{BufRead, Write};
 use std::process::{Command, Stdio};
@@ -299,13 +300,31 @@ struct Outcome {
     detected: u64,
 }
 
+/// `CLIENT KILL TYPE pubsub` (every subscriber's connection, B's included), sent when half of
+/// the keys are out: the invalidations published until B has resubscribed are lost to B.
+fn kill_subscribers(con: &redis::aio::MultiplexedConnection) -> tokio::task::JoinHandle<()> {
+    let mut con = con.clone();
+    tokio::spawn(async move {
+        let _ = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async::<i64>(&mut con)
+            .await;
+    })
+}
+
 async fn run_tiercache(
     url: &str,
     rate: u64,
     n: usize,
     window: Duration,
     tag: &str,
+    kill_mid: bool,
 ) -> Result<Outcome, BoxError> {
+    let killer = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
     let prefix = format!("benchprop{}{tag}", realtime_ns());
     let sent_times = Arc::new(SentTimes::default());
     let engine = tiercache::builder(prefix.clone())
@@ -368,12 +387,19 @@ async fn run_tiercache(
     let mut sent = vec![0u128; n];
     let mut handles = Vec::with_capacity(n);
     sent_times.on.store(true, Ordering::SeqCst);
+    let mut kill = None;
     paced(n, rate, |i| {
+        if kill_mid && i == n / 2 {
+            kill = Some(kill_subscribers(&killer));
+        }
         sent[i] = realtime_ns();
         let c = cache.clone();
         handles.push(tokio::spawn(async move { c.invalidate(&key(i)).await }));
     })
     .await;
+    if let Some(k) = kill {
+        k.await?;
+    }
     for h in handles {
         h.await??;
     }
@@ -419,7 +445,7 @@ async fn run_tiercache(
     })
 }
 
-async fn run_raw(url: &str, rate: u64, n: usize) -> Result<Outcome, BoxError> {
+async fn run_raw(url: &str, rate: u64, n: usize, kill_mid: bool) -> Result<Outcome, BoxError> {
     let channel = format!("benchprop:raw:{}", realtime_ns());
     let client = redis::Client::open(url)?;
     let con = client.get_multiplexed_async_connection().await?;
@@ -431,7 +457,11 @@ async fn run_raw(url: &str, rate: u64, n: usize) -> Result<Outcome, BoxError> {
     child.wait_for("READY", Duration::from_secs(60)).await?;
     let mut sent = vec![0u128; n];
     let mut handles = Vec::with_capacity(n);
+    let mut kill = None;
     paced(n, rate, |i| {
+        if kill_mid && i == n / 2 {
+            kill = Some(kill_subscribers(&con));
+        }
         sent[i] = realtime_ns();
         let mut c = con.clone();
         let ch = channel.clone();
@@ -446,6 +476,9 @@ async fn run_raw(url: &str, rate: u64, n: usize) -> Result<Outcome, BoxError> {
     .await;
     for h in handles {
         h.await??;
+    }
+    if let Some(k) = kill {
+        k.await?;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     child.say("END")?;
@@ -516,9 +549,11 @@ fn main() -> Result<(), BoxError> {
         let mut records = Vec::new();
         for rate in [1_000u64, 10_000] {
             let n = (rate as f64 * secs) as usize;
-            let raw = run_raw(&url, rate, n).await?;
-            let def = run_tiercache(&url, rate, n, BusConfig::default().batch_window, "d").await?;
-            let windowed = run_tiercache(&url, rate, n, Duration::from_millis(1), "w").await?;
+            let raw = run_raw(&url, rate, n, false).await?;
+            let def =
+                run_tiercache(&url, rate, n, BusConfig::default().batch_window, "d", false).await?;
+            let windowed =
+                run_tiercache(&url, rate, n, Duration::from_millis(1), "w", false).await?;
             let from_call = |o: &Outcome| match &o.from_call {
                 Some(c) => format!(
                     "; from the invalidate() call (L2 DEL included): p50 {:.1} µs / p99 {:.1} µs",
@@ -625,6 +660,61 @@ fn main() -> Result<(), BoxError> {
                     "no loss left undetected",
                 ));
             }
+        }
+        // Losses on purpose: every subscriber's connection is killed when half of the keys are
+        // out. tiercache must notice (and flush B's L1); raw pub/sub just misses what follows.
+        {
+            let rate = 1_000u64;
+            let n = (rate as f64 * secs) as usize;
+            let raw = run_raw(&url, rate, n, true).await?;
+            let tc =
+                run_tiercache(&url, rate, n, BusConfig::default().batch_window, "k", true).await?;
+            let w = format!("propagation {rate}/s, subscriptions killed mid-run");
+            for (subject, role, label, o) in [
+                ("tiercache", Role::Tiercache, "tiercache", &tc),
+                (
+                    "raw_pubsub",
+                    Role::Peer,
+                    "raw redis-rs PUBLISH→SUBSCRIBE",
+                    &raw,
+                ),
+            ] {
+                let undetected = if o.detected > 0 { 0 } else { o.left };
+                eprintln!(
+                    "propagation {rate:>5}/s killed mid-run {label:<30} received {}/{n}  left in L1 {}  detected losses {}  undetected {undetected}",
+                    o.received, o.left, o.detected
+                );
+                records.push(
+                    Record::result(&w, subject, role, label, "undetected")
+                        .num("undetected", undetected as f64)
+                        .num("sent", n as f64)
+                        .num("received", o.received as f64)
+                        .num("lost", o.left as f64)
+                        .num("detected_losses", o.detected as f64)
+                        .str(
+                            "note",
+                            &format!(
+                                "received {} of {n}; stale copies left {}; losses detected {}",
+                                o.received, o.left, o.detected
+                            ),
+                        )
+                        .str(
+                            "how",
+                            "as the rows above (default bus config), plus CLIENT KILL TYPE pubsub when half of \
+                             the keys are out: B's subscription drops and the messages published until it is back \
+                             are lost to B. undetected = stale copies left in B's L1 when no loss was detected \
+                             (raw: every missed message)",
+                        ),
+                );
+            }
+            records.push(Record::target(
+                &w,
+                "undetected",
+                "",
+                TargetKind::MaxAbs,
+                0.0,
+                "no loss left undetected",
+            ));
         }
         Ok::<_, BoxError>(records)
     })?;

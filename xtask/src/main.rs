@@ -353,7 +353,8 @@ fn bench(args: &[String]) -> Result<()> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--quick" | "--report-only" => {}
+            // `cargo xtask bench -- propagation`: the `--` is ours, not the benches'.
+            "--quick" | "--report-only" | "--" => {}
             "--compare" => {
                 let p = it.next().ok_or("--compare needs a report.json")?;
                 compare_with = Some(PathBuf::from(p));

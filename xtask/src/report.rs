@@ -379,6 +379,9 @@ fn cell(o: Option<&Object>, metric: &str) -> String {
         },
         "ops_per_s" => get_num(o, "ops_per_s").map_or("?".into(), ops),
         "hit_pct" => get_num(o, "hit_pct").map_or("?".into(), |n| format!("{n:.2} %")),
+        "undetected" => {
+            get_num(o, "undetected").map_or("?".into(), |n| format!("{n:.0} undetected losses"))
+        }
         m => get_num(o, m).map_or("?".into(), |n| format!("{n:.3} {m}")),
     };
     match get_str(o, "note") {
@@ -698,11 +701,18 @@ fn xml(s: &str) -> String {
 /// reference (right of the 1x line: better; left: worse). Red: a target of the row missed.
 fn chart_svg(bars: &[(String, f64, bool)], conditions: &str) -> String {
     let (label_w, plot_w, bar_h, top) = (560.0, 420.0, 18.0, 50.0);
+    // A ratio of 0 or infinity (a count of 0 against a peer's 750) has no place on a log
+    // scale: such rows are left out of the chart (the table has them).
+    let bars: Vec<&(String, f64, bool)> = bars
+        .iter()
+        .filter(|(_, r, _)| r.is_finite() && *r > 0.0)
+        .collect();
     let max = bars
         .iter()
         .map(|(_, r, _)| r.log2().abs())
         .fold(1.0f64, f64::max)
-        .ceil();
+        .ceil()
+        .min(20.0);
     let x0 = label_w + plot_w / 2.0;
     let scale = (plot_w / 2.0) / max;
     let height = top + bars.len() as f64 * (bar_h + 4.0) + 40.0;
@@ -1090,5 +1100,18 @@ mod tests {
             "x",
         );
         assert!(s.starts_with("<svg") && s.contains("a &lt;b&gt;") && s.contains("#c0392b"));
+    }
+
+    #[test]
+    fn chart_leaves_out_zero_and_infinite_ratios() {
+        let s = chart_svg(
+            &[
+                ("zero".into(), 0.0, true),
+                ("inf".into(), f64::INFINITY, true),
+                ("ok".into(), 2.0, true),
+            ],
+            "x",
+        );
+        assert!(s.contains(">ok<") && !s.contains(">zero<") && !s.contains(">inf<"));
     }
 }

@@ -1505,7 +1505,7 @@ where
     }
 
     /// The value of a live L1 entry, counting the hit; `None` on a type mismatch.
-    #[inline]
+    #[inline(always)]
     fn downcast(&self, entry: L1Entry) -> Option<Option<Arc<V>>> {
         match entry.value {
             None => {
