@@ -378,7 +378,7 @@ fn main() -> Result<(), BoxError> {
                 if tasks == 64 {
                     records.push(
                         Record::result(&w, "two_tier_peers", Role::Peer, "peer crates' L2 hit", "ops_per_s")
-                            .str("error", "not measured yet (needs a per-peer way to drop the local copy only)"),
+                            .str("error", "under concurrency: not measured (their one-task L2 hit is the row l2_hit/peers)"),
                     );
                     records.push(Record::target(&w, "ops_per_s", "redis-rs", TargetKind::MinRatio, 0.9, ">= 0.9x raw redis-rs"));
                 }

@@ -366,7 +366,13 @@ fn cell(o: Option<&Object>, metric: &str) -> String {
         }
     };
     let main = match metric {
-        "ns_per_op" => get_num(o, "ns_per_op").map_or("?".into(), |n| format!("{n:.1} ns")),
+        "ns_per_op" => get_num(o, "ns_per_op").map_or("?".into(), |n| {
+            if n >= 10_000.0 {
+                format!("{:.1} µs", n / 1e3)
+            } else {
+                format!("{n:.1} ns")
+            }
+        }),
         "p50_us" => match (get_num(o, "p50_us"), get_num(o, "p99_us")) {
             (Some(a), Some(b)) => format!("p50 {} / p99 {}", us(a), us(b)),
             (Some(a), None) => format!("p50 {}", us(a)),
