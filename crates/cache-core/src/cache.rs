@@ -610,6 +610,7 @@ where
     ///
     /// An L1 hit is answered when the future is made (it is ready at its first poll, and
     /// allocates nothing); only a miss builds the (boxed) L2 read.
+    #[inline]
     pub fn get<'a>(
         &'a self,
         key: &'a str,
