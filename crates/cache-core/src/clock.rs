@@ -1,6 +1,6 @@
 //! Time sources. The engine reads time through [`Clock`] so tests can drive it by hand.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Wall-clock milliseconds since the unix epoch.
@@ -45,12 +45,18 @@ pub fn system_now_ms() -> u64 {
     }
 }
 
-/// Starts the ticker thread once; answers from the system clock meanwhile.
+/// Whether this process has started (or tried to start) its ticker thread.
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Starts the ticker thread once per process; answers from the system clock meanwhile.
 #[cold]
 #[inline(never)]
 fn start_ticker() -> u64 {
-    static START: std::sync::Once = std::sync::Once::new();
-    START.call_once(|| {
+    if STARTED
+        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+    {
+        reset_in_forked_children();
         TICKED_MS.store(precise_now_ms().max(1), Ordering::Relaxed);
         let spawned = std::thread::Builder::new()
             .name("tiercache-clock".into())
@@ -59,12 +65,38 @@ fn start_ticker() -> u64 {
                 TICKED_MS.store(precise_now_ms().max(1), Ordering::Relaxed);
             });
         if let Err(e) = spawned {
+            // Stays started: every read asks the system clock from now on.
             TICKED_MS.store(0, Ordering::Relaxed);
             tracing::warn!(error = %e, "cannot start the clock thread; reading the system clock on every L1 hit");
         }
-    });
+    }
     coarse_now_ms()
 }
+
+/// A child forked without `exec` has no ticker thread (only the forking thread survives a
+/// fork), so the reading it inherited would stand still: the child starts its own ticker on
+/// its first read. Registered once per process image (children inherit the handler).
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn reset_in_forked_children() {
+    static REGISTERED: AtomicBool = AtomicBool::new(false);
+    extern "C" fn in_child() {
+        // Only atomic stores: safe in a freshly forked child.
+        TICKED_MS.store(0, Ordering::Relaxed);
+        STARTED.store(false, Ordering::Relaxed);
+    }
+    if !REGISTERED.swap(true, Ordering::AcqRel) {
+        // SAFETY: registers a handler that only performs atomic stores; no prepare or parent
+        // handler. A failure (ENOMEM) leaves forked children on a frozen reading, as before.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+        if rc != 0 {
+            tracing::warn!(rc, "cannot register the clock's fork handler");
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn reset_in_forked_children() {}
 
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
