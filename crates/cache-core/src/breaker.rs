@@ -57,16 +57,15 @@ enum State {
 }
 
 /// The breaker itself: a small state machine behind a mutex (never held across an await).
-/// While it is closed, calls touch only two atomics (`closed`, `failures`); the mutex is taken
+/// While it is closed, calls touch only two atomics (`open`, `failures`); the mutex is taken
 /// on the way to open and while open or half-open.
 pub struct CircuitBreaker {
     name: &'static str,
     config: BreakerConfig,
     state: Mutex<State>,
-    /// Mirrors `state == Closed` (written under the mutex).
-    closed: AtomicBool,
     /// Consecutive failures while closed.
     failures: AtomicU32,
+    /// `state != Closed` (open or half-open), written under the mutex.
     open: AtomicBool,
     observer: Option<Arc<dyn Observer>>,
 }
@@ -91,7 +90,6 @@ impl CircuitBreaker {
             name,
             config,
             state: Mutex::new(State::Closed),
-            closed: AtomicBool::new(true),
             failures: AtomicU32::new(0),
             open: AtomicBool::new(false),
             observer,
@@ -109,7 +107,7 @@ impl CircuitBreaker {
 
     /// May a call go through now?
     pub fn allow(&self) -> bool {
-        if self.closed.load(Ordering::Acquire) {
+        if !self.open.load(Ordering::Acquire) {
             return true;
         }
         let mut s = self.lock();
@@ -141,7 +139,7 @@ impl CircuitBreaker {
 
     /// Report a success.
     pub fn success(&self) {
-        if self.closed.load(Ordering::Acquire) {
+        if !self.open.load(Ordering::Acquire) {
             // Only a write when there is a streak to reset: successes in a row share the line.
             if self.failures.load(Ordering::Relaxed) != 0 {
                 self.failures.store(0, Ordering::Relaxed);
@@ -152,16 +150,16 @@ impl CircuitBreaker {
         let was_open = !matches!(*s, State::Closed);
         *s = State::Closed;
         self.failures.store(0, Ordering::Relaxed);
-        self.closed.store(true, Ordering::Release);
+        self.open.store(false, Ordering::Release);
         drop(s);
         if was_open {
-            self.transition(false);
+            self.report(false);
         }
     }
 
     /// Report a failure.
     pub fn failure(&self) {
-        if self.closed.load(Ordering::Acquire) {
+        if !self.open.load(Ordering::Acquire) {
             let streak = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
             if streak < self.config.failure_threshold {
                 return;
@@ -176,7 +174,7 @@ impl CircuitBreaker {
                     *s = State::Open {
                         until: Instant::now() + self.config.cool_down,
                     };
-                    self.closed.store(false, Ordering::Release);
+                    self.open.store(true, Ordering::Release);
                     true
                 } else {
                     false
@@ -186,17 +184,18 @@ impl CircuitBreaker {
                 *s = State::Open {
                     until: Instant::now() + self.config.cool_down,
                 };
-                !self.is_open()
+                // Already open: no new transition to report.
+                false
             }
         };
         drop(s);
         if opened {
-            self.transition(true);
+            self.report(true);
         }
     }
 
-    fn transition(&self, open: bool) {
-        self.open.store(open, Ordering::Relaxed);
+    /// Log and observe a transition (the state is already changed).
+    fn report(&self, open: bool) {
         if open {
             tracing::warn!(
                 breaker = self.name,

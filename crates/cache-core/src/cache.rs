@@ -328,8 +328,6 @@ where
         let channel = format!("{}__inv", keys.base());
         let cache = Cache {
             inner: Arc::new(CacheInner {
-                l1: Arc::clone(&self.engine.inner.l1),
-                system_clock: self.engine.inner.system_clock,
                 channel,
                 engine: self.engine,
                 name: self.namespace,
@@ -440,9 +438,6 @@ impl<V, C> fmt::Debug for Cache<V, C> {
 }
 
 struct CacheInner<V, C> {
-    /// The engine's L1 and clock choice, kept here so an L1 hit follows one pointer less.
-    l1: Arc<dyn crate::l1::L1Store>,
-    system_clock: bool,
     engine: Engine,
     /// The invalidation channel of this namespace (`{prefix}:{ns}:__inv`).
     channel: String,
@@ -589,12 +584,8 @@ where
     #[inline]
     pub fn get_local(&self, key: &str) -> Option<Option<Arc<V>>> {
         let inner = &*self.inner;
-        let now = if inner.system_clock {
-            crate::clock::system_now_ms()
-        } else {
-            inner.engine.inner.clock.now_ms()
-        };
-        match inner.l1.get(inner.ns, key, now) {
+        let now = inner.engine.inner.now_ms();
+        match inner.engine.inner.l1.get(inner.ns, key, now) {
             Some(entry) if entry.expires_at_ms > now && inner.is_fresh(&entry) => {
                 inner.downcast(entry)
             }
@@ -769,13 +760,9 @@ where
             return Local::Hit(Err(e));
         }
         let inner = &*self.inner;
-        let now = if inner.system_clock {
-            crate::clock::system_now_ms()
-        } else {
-            inner.engine.inner.clock.now_ms()
-        };
+        let now = inner.engine.inner.now_ms();
         let mut stale: Option<(Option<Arc<V>>, u64)> = None;
-        match inner.l1.get(inner.ns, key, now) {
+        match inner.engine.inner.l1.get(inner.ns, key, now) {
             Some(entry) if entry.expires_at_ms > now && inner.is_fresh(&entry) => {
                 let (refresh_at, expires_at, delta_us) =
                     (entry.refresh_at_ms, entry.expires_at_ms, entry.delta_us);
@@ -1282,12 +1269,7 @@ where
     pub async fn clear_namespace(&self) -> Result<u64> {
         let inner = &self.inner;
         inner.flush_local();
-        if let Some(bus) = &inner.engine.inner.bus {
-            bus.publish_clear(&inner.channel);
-            inner
-                .observer
-                .on_event(CacheEvent::InvalidationsSent { keys: 1 });
-        }
+        inner.announce_clear();
         let deleted = match &inner.engine.inner.l2 {
             Some(l2) => match l2.delete_prefix(inner.keys.base()).await {
                 Ok(n) => n,
@@ -1301,12 +1283,7 @@ where
         // Entries filled from L2 while the delete ran may be old: flush once more, here and
         // (a second message) on every other instance.
         inner.flush_local();
-        if let Some(bus) = &inner.engine.inner.bus {
-            bus.publish_clear(&inner.channel);
-            inner
-                .observer
-                .on_event(CacheEvent::InvalidationsSent { keys: 1 });
-        }
+        inner.announce_clear();
         Ok(deleted)
     }
 }
@@ -1330,6 +1307,15 @@ where
 {
     fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight<V>>> {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tell other instances to drop this whole namespace from their L1.
+    fn announce_clear(&self) {
+        if let Some(bus) = &self.engine.inner.bus {
+            bus.publish_clear(&self.channel);
+            self.observer
+                .on_event(CacheEvent::InvalidationsSent { keys: 1 });
+        }
     }
 
     /// Tell other instances that `key` changed (batched by the bus).
@@ -2291,7 +2277,6 @@ enum SpanKind {
     Invalidate,
 }
 
-/// FNV-1a 64-bit: a stable, cheap hash of a key for traces (not for security).
 /// Displays a key as its 64-bit FNV-1a hash in hex (what spans carry instead of the key).
 struct KeyHash<'a>(&'a str);
 
@@ -2301,6 +2286,7 @@ impl std::fmt::Display for KeyHash<'_> {
     }
 }
 
+/// FNV-1a 64-bit: a stable, cheap hash of a key for traces (not for security).
 fn key_hash(key: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key.as_bytes() {

@@ -366,7 +366,7 @@ impl Drop for EngineInner {
 }
 
 impl EngineInner {
-    /// Now, in unix ms: the coarse system clock inline, or the injected clock.
+    /// Now, in unix ms: the clock thread's reading inline, or the injected clock.
     #[inline]
     pub(crate) fn now_ms(&self) -> u64 {
         if self.system_clock {
