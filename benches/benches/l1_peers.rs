@@ -40,11 +40,9 @@ type Fut<'a> = Pin<Box<dyn Future<Output = bool> + 'a>>;
 
 const KEY: &str = "user:42";
 
-/// One read: true on a hit with the right value.
-type Read = Arc<dyn Fn() -> Fut<'static>>;
-
-/// One L2 read of key `l2_key(i)`: true when it returned the right value.
-type L2Read = Arc<dyn Fn(usize) -> Fut<'static>>;
+/// One read: true on a hit with the right value. The argument picks the key where a
+/// workload reads several (the L2 reads read `l2_key(i)`); the L1 reads ignore it.
+type Read = Arc<dyn Fn(usize) -> Fut<'static>>;
 
 /// Keys read by the L2 workload: one per concurrent reader.
 const L2_KEYS: usize = 64;
@@ -60,7 +58,7 @@ struct Subject {
     how: &'static str,
     read: Read,
     /// An L2 hit: drop (or skip) the local copy, then read; with how it is done.
-    l2: Option<(L2Read, &'static str)>,
+    l2: Option<(Read, &'static str)>,
 }
 
 async fn tiercache_subject(url: &str) -> Result<Subject, BoxError> {
@@ -85,7 +83,7 @@ async fn tiercache_subject(url: &str) -> Result<Subject, BoxError> {
         how: "Cache::get(key).await -> Arc<User> (L1 hit)",
         read: Arc::new({
             let cache = cache.clone();
-            move || {
+            move |_| {
                 let c = cache.clone();
                 Box::pin(async move { matches!(c.get(KEY).await, Ok(Some(u)) if u.id == 42) })
             }
@@ -127,7 +125,7 @@ async fn sisa_subject(url: &str) -> Result<Subject, BoxError> {
         how: "sisa-caching 0.3 HybridCacheStore::get::<User>(key).await -> User clone (default settings)",
         read: Arc::new({
             let store = store.clone();
-            move || {
+            move |_| {
                 let s = store.clone();
                 Box::pin(
                     async move { matches!(s.get::<User>(KEY).await, Ok(Some(u)) if u.id == 42) },
@@ -176,7 +174,7 @@ async fn amalgam_subject(url: &str) -> Result<Subject, BoxError> {
         how: "amalgam-cache 0.4 Cache::<User>::try_get(key).await -> User clone (max_capacity 10,000)",
         read: Arc::new({
             let cache = Arc::clone(&cache);
-            move || {
+            move |_| {
                 let c = Arc::clone(&cache);
                 Box::pin(async move { matches!(c.try_get(KEY).await, Ok(Some(u)) if u.id == 42) })
             }
@@ -225,7 +223,7 @@ async fn multi_tier_subject(url: &str) -> Result<Subject, BoxError> {
         how: "multi-tier-cache 0.6 CacheManager::get_or_compute_typed::<User>(key, ..).await (moka L1 holds JSON bytes, decoded per hit)",
         read: Arc::new({
             let (mgr, sys) = (Arc::clone(&mgr), Arc::clone(&sys));
-            move || {
+            move |_| {
                 let (m, _keep) = (Arc::clone(&mgr), Arc::clone(&sys));
                 Box::pin(async move {
                     let r: Result<User, _> = m
@@ -278,7 +276,7 @@ async fn redis_cache_subject(url: &str) -> Result<Subject, BoxError> {
         label: "redis-rs cache-aio",
         role: Role::Peer,
         how: "redis-rs 1.8 RESP3 client-side cache (cache-aio, CacheConfig::new()): GET from the local cache + rmp_serde::from_slice::<User>",
-        read: Arc::new(move || {
+        read: Arc::new(move |_| {
             let mut c = con.clone();
             Box::pin(async move {
                 let v: Result<Option<Vec<u8>>, _> = c.get(key).await;
@@ -295,7 +293,7 @@ async fn redis_cache_subject(url: &str) -> Result<Subject, BoxError> {
 }
 
 /// raw redis-rs: GET + `rmp_serde::from_slice::<User>` on one multiplexed connection.
-async fn raw_l2(url: &str) -> Result<L2Read, BoxError> {
+async fn raw_l2(url: &str) -> Result<Read, BoxError> {
     use redis::AsyncCommands;
     let raw_key = |i: usize| format!("bench:l2peers:raw:{}", l2_key(i));
     let mut con = redis::Client::open(url)?
@@ -313,6 +311,34 @@ async fn raw_l2(url: &str) -> Result<L2Read, BoxError> {
             matches!(v, Ok(Some(b)) if matches!(rmp_serde::from_slice::<User>(&b), Ok(u) if u.id == 42))
         })
     }))
+}
+
+/// ns/op of `subjects` subjects: `rounds` rounds of one batch per subject, in rotating
+/// order; each subject's batch is sized, after a probe of `probe` reads, to last about
+/// `target`, within `bounds` reads. `batch(i, n)` times `n` reads of subject `i`.
+fn interleaved(
+    subjects: usize,
+    rounds: usize,
+    probe: u64,
+    target: Duration,
+    bounds: (u64, u64),
+    batch: impl Fn(usize, u64) -> Result<Duration, BoxError>,
+) -> Result<Vec<Samples>, BoxError> {
+    let mut sizes = Vec::with_capacity(subjects);
+    for i in 0..subjects {
+        let d = batch(i, probe)?.max(Duration::from_nanos(1));
+        let n = probe as f64 * target.as_nanos() as f64 / d.as_nanos() as f64;
+        sizes.push((n as u64).clamp(bounds.0, bounds.1));
+    }
+    let mut per: Vec<Vec<f64>> = vec![Vec::new(); subjects];
+    for r in 0..rounds {
+        for k in 0..subjects {
+            let i = (r + k) % subjects;
+            let d = batch(i, sizes[i])?;
+            per[i].push(d.as_nanos() as f64 / sizes[i] as f64);
+        }
+    }
+    Ok(per.into_iter().map(Samples::new).collect())
 }
 
 fn main() -> Result<(), BoxError> {
@@ -362,12 +388,13 @@ fn main() -> Result<(), BoxError> {
             }
         }
     }
+    // `n` reads of the first key, one after the other.
     let batch = |read: &Read, n: u64| -> Result<Duration, BoxError> {
         let read = Arc::clone(read);
         rt.block_on(async move {
             let start = Instant::now();
             for _ in 0..n {
-                if !read().await {
+                if !read(0).await {
                     return Err::<Duration, BoxError>("a read missed".into());
                 }
             }
@@ -381,20 +408,14 @@ fn main() -> Result<(), BoxError> {
     } else {
         300
     };
-    let mut sizes = Vec::new();
-    for s in &subjects {
-        let d = batch(&s.read, 2_000)?.max(Duration::from_nanos(1));
-        sizes.push(((2_000.0 * 1e6 / d.as_nanos() as f64) as u64).clamp(200, 1_000_000));
-    }
-    let mut per: Vec<Vec<f64>> = vec![Vec::new(); subjects.len()];
-    for r in 0..rounds {
-        for k in 0..subjects.len() {
-            let i = (r + k) % subjects.len();
-            let d = batch(&subjects[i].read, sizes[i])?;
-            per[i].push(d.as_nanos() as f64 / sizes[i] as f64);
-        }
-    }
-    let samples: Vec<Samples> = per.into_iter().map(Samples::new).collect();
+    let samples = interleaved(
+        subjects.len(),
+        rounds,
+        2_000,
+        Duration::from_millis(1),
+        (200, 1_000_000),
+        |i, n| batch(&subjects[i].read, n),
+    )?;
     let w = "l1_hit/peers (get.await)";
     let mut records = Vec::new();
     let mut fastest: Option<(&str, f64)> = None;
@@ -439,7 +460,7 @@ fn main() -> Result<(), BoxError> {
     // GET + decode is the floor. Latency: one reader, interleaved ~10 ms batches. Throughput:
     // 64 readers, each on its own key, as 64 futures joined inside one block_on.
     let raw = rt.block_on(raw_l2(u))?;
-    let mut l2: Vec<(&str, &str, Role, String, L2Read)> = subjects
+    let mut l2: Vec<(&str, &str, Role, String, Read)> = subjects
         .iter()
         .filter_map(|s| {
             let (read, how) = s.l2.as_ref()?;
@@ -459,19 +480,7 @@ fn main() -> Result<(), BoxError> {
         "redis-rs MultiplexedConnection GET + rmp_serde::from_slice::<User>".to_owned(),
         raw,
     ));
-    let l2_batch = |read: &L2Read, n: u64| -> Result<Duration, BoxError> {
-        let read = Arc::clone(read);
-        rt.block_on(async move {
-            let start = Instant::now();
-            for _ in 0..n {
-                if !read(0).await {
-                    return Err::<Duration, BoxError>("an L2 read missed".into());
-                }
-            }
-            Ok(start.elapsed())
-        })
-    };
-    let l2_slice = |read: &L2Read, run: Duration| -> Result<(u64, Duration), BoxError> {
+    let l2_slice = |read: &Read, run: Duration| -> Result<(u64, Duration), BoxError> {
         let read = Arc::clone(read);
         rt.block_on(async move {
             let start = Instant::now();
@@ -502,19 +511,14 @@ fn main() -> Result<(), BoxError> {
     } else {
         (100, Duration::from_millis(400))
     };
-    let mut l2_sizes = Vec::new();
-    for (_, _, _, _, read) in &l2 {
-        let d = l2_batch(read, 200)?.max(Duration::from_nanos(1));
-        l2_sizes.push(((200.0 * 1e7 / d.as_nanos() as f64) as u64).clamp(20, 100_000));
-    }
-    let mut l2_per: Vec<Vec<f64>> = vec![Vec::new(); l2.len()];
-    for r in 0..l2_rounds {
-        for k in 0..l2.len() {
-            let i = (r + k) % l2.len();
-            let d = l2_batch(&l2[i].4, l2_sizes[i])?;
-            l2_per[i].push(d.as_nanos() as f64 / l2_sizes[i] as f64);
-        }
-    }
+    let l2_samples = interleaved(
+        l2.len(),
+        l2_rounds,
+        200,
+        Duration::from_millis(10),
+        (20, 100_000),
+        |i, n| batch(&l2[i].4, n),
+    )?;
     // Throughput: 4 slices per subject, rotating order.
     let mut l2_ops = vec![(0u64, Duration::ZERO); l2.len()];
     for r in 0..4 {
@@ -525,10 +529,7 @@ fn main() -> Result<(), BoxError> {
             l2_ops[i].1 += d;
         }
     }
-    let l2_ns: Vec<f64> = l2_per
-        .into_iter()
-        .map(|v| Samples::new(v).percentile(50.0))
-        .collect();
+    let l2_ns: Vec<f64> = l2_samples.iter().map(|x| x.percentile(50.0)).collect();
     let raw_ns = l2_ns.last().copied().unwrap_or(0.0);
     let w2 = "l2_hit/peers (local copy dropped, 1 task)";
     let w3 = "l2_hit/peers throughput (local copy dropped, 64 readers)";

@@ -79,12 +79,36 @@ impl CacheObserver for Events {
     }
 }
 
-struct EventsFor(Arc<Events>);
+/// Hands the same cache observer to every cache of the engine.
+struct Every<T>(Arc<T>);
 
-impl Observer for EventsFor {
+impl<T: CacheObserver> Observer for Every<T> {
     fn for_cache(&self, _cache: &str) -> Arc<dyn CacheObserver> {
         Arc::clone(&self.0) as Arc<dyn CacheObserver>
     }
+}
+
+/// The engine and cache both sides use: Redis at `url`, the bus batch `window`, `observer`,
+/// a day's TTL in both tiers.
+async fn bench_cache(
+    url: &str,
+    prefix: &str,
+    window: Duration,
+    observer: Arc<dyn Observer>,
+) -> Result<(tiercache::Engine, Cache<User, MsgPack>), BoxError> {
+    let engine = tiercache::builder(prefix)
+        .redis_url(url)
+        .bus_config(BusConfig::default().with_batch_window(window))
+        .observer(observer)
+        .build()
+        .await?;
+    let day = Duration::from_secs(86_400);
+    let cache = engine
+        .cache::<User, MsgPack>(CACHE_NAME)
+        .with_l1_ttl(day)
+        .with_l2_ttl(day)
+        .build()?;
+    Ok((engine, cache))
 }
 
 /// A's observer: when each key was handed to the bus (`InvalidationsSent`, right after L2
@@ -105,14 +129,6 @@ impl CacheObserver for SentTimes {
                 }
             }
         }
-    }
-}
-
-struct SentFor(Arc<SentTimes>);
-
-impl Observer for SentFor {
-    fn for_cache(&self, _cache: &str) -> Arc<dyn CacheObserver> {
-        Arc::clone(&self.0) as Arc<dyn CacheObserver>
     }
 }
 
@@ -137,18 +153,13 @@ async fn child_tiercache(url: String) -> Result<(), BoxError> {
         tx: std::sync::Mutex::new(tx.clone()),
         lost: AtomicU64::new(0),
     });
-    let engine = tiercache::builder(prefix)
-        .redis_url(&url)
-        .bus_config(BusConfig::default().with_batch_window(Duration::from_micros(window_us)))
-        .observer(Arc::new(EventsFor(Arc::clone(&events))))
-        .build()
-        .await?;
-    let day = Duration::from_secs(86_400);
-    let cache: Cache<User, MsgPack> = engine
-        .cache::<User, MsgPack>(CACHE_NAME)
-        .with_l1_ttl(day)
-        .with_l2_ttl(day)
-        .build()?;
+    let (_engine, cache) = bench_cache(
+        &url,
+        &prefix,
+        Duration::from_micros(window_us),
+        Arc::new(Every(Arc::clone(&events))),
+    )
+    .await?;
     let keys: Vec<String> = (0..n).map(key).collect();
     let _ = tx.send("READY".into());
     // The parent probes until this process hears it (the first message from a publisher
@@ -327,18 +338,13 @@ async fn run_tiercache(
         .await?;
     let prefix = format!("benchprop{}{tag}", realtime_ns());
     let sent_times = Arc::new(SentTimes::default());
-    let engine = tiercache::builder(prefix.clone())
-        .redis_url(url)
-        .bus_config(BusConfig::default().with_batch_window(window))
-        .observer(Arc::new(SentFor(Arc::clone(&sent_times))))
-        .build()
-        .await?;
-    let day = Duration::from_secs(86_400);
-    let cache: Cache<User, MsgPack> = engine
-        .cache::<User, MsgPack>(CACHE_NAME)
-        .with_l1_ttl(day)
-        .with_l2_ttl(day)
-        .build()?;
+    let (_engine, cache) = bench_cache(
+        url,
+        &prefix,
+        window,
+        Arc::new(Every(Arc::clone(&sent_times))),
+    )
+    .await?;
     let value = Arc::new(sample_user(1));
     let keys: Vec<String> = (0..n).map(key).collect();
     for chunk in keys.chunks(256) {
