@@ -30,7 +30,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::{drain, find_binary, free_port, Error, RedisServer, Result, ServerOptions, State};
+use crate::{drain, find_binary, free_port, Error, RedisServer, Result, ServerOptions};
 
 /// Default cluster node timeout of test clusters (`--cluster-node-timeout`): 2 s.
 pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -553,17 +553,11 @@ impl RedisCluster {
 
 /// Start one cluster-enabled node on free ports (client and cluster bus).
 fn start_node(binary: &Path, options: &ClusterOptions) -> Result<RedisServer> {
-    let mut last_error = Error::new("redis-server was not started");
-    for _attempt in 0..5 {
-        let port = free_port()?;
+    RedisServer::launch_on_free_port(binary, "tiercache-cluster-", |port| {
         let bus_port = free_port()?;
         if bus_port == port {
-            continue;
+            return Ok(None);
         }
-        let dir = tempfile::Builder::new()
-            .prefix("tiercache-cluster-")
-            .tempdir()
-            .map_err(|e| Error::new(format!("cannot create a temp dir for Redis: {e}")))?;
         let mut server_options = ServerOptions::new().args([
             "--cluster-enabled".to_owned(),
             "yes".to_owned(),
@@ -582,23 +576,8 @@ fn start_node(binary: &Path, options: &ClusterOptions) -> Result<RedisServer> {
                 .requirepass(password.clone())
                 .args(["--masterauth".to_owned(), password.clone()]);
         }
-        server_options = server_options.args(options.args.iter().cloned());
-        let server = RedisServer {
-            port,
-            dir,
-            binary: binary.to_path_buf(),
-            options: server_options,
-            state: Mutex::new(State {
-                child: None,
-                pid: 0,
-            }),
-        };
-        match server.launch() {
-            Ok(()) => return Ok(server),
-            Err(e) => last_error = e,
-        }
-    }
-    Err(last_error)
+        Ok(Some(server_options.args(options.args.iter().cloned())))
+    })
 }
 
 /// One cluster per test binary, started on first use; it lives until the test process exits.

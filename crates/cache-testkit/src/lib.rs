@@ -275,18 +275,32 @@ impl RedisServer {
     /// chosen one was taken meanwhile).
     pub fn start_with(options: ServerOptions) -> Result<RedisServer> {
         let binary = find_binary("redis-server")?;
+        Self::launch_on_free_port(&binary, "tiercache-redis-", |_| Ok(Some(options.clone())))
+    }
+
+    /// Start `binary` on a free port in a new temp dir named `dir_prefix…`, trying another
+    /// port (5 attempts) when the chosen one was taken meanwhile. `options(port)` gives the
+    /// server's options for that port, or `None` to pick another port.
+    pub(crate) fn launch_on_free_port(
+        binary: &Path,
+        dir_prefix: &str,
+        mut options: impl FnMut(u16) -> Result<Option<ServerOptions>>,
+    ) -> Result<RedisServer> {
         let mut last_error = Error::new("redis-server was not started");
         for _attempt in 0..5 {
             let port = free_port()?;
+            let Some(options) = options(port)? else {
+                continue;
+            };
             let dir = tempfile::Builder::new()
-                .prefix("tiercache-redis-")
+                .prefix(dir_prefix)
                 .tempdir()
                 .map_err(|e| Error::new(format!("cannot create a temp dir for Redis: {e}")))?;
             let server = RedisServer {
                 port,
                 dir,
-                binary: binary.clone(),
-                options: options.clone(),
+                binary: binary.to_path_buf(),
+                options,
                 state: Mutex::new(State {
                     child: None,
                     pid: 0,

@@ -217,7 +217,16 @@ impl DurableQueue {
     /// Run one command under the response timeout.
     async fn query<T: FromRedisValue>(&self, op: &'static str, cmd: &redis::Cmd) -> Result<T> {
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
+        self.bounded(op, cmd.query_async::<T>(&mut conn)).await
+    }
+
+    /// Await one Redis call under the response timeout, mapping its error.
+    async fn bounded<T>(
+        &self,
+        op: &'static str,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(redis_error(op, e)),
             Err(_) => Err(Error::new(
@@ -237,17 +246,7 @@ impl DurableQueue {
         inv: redis::ScriptInvocation<'_>,
     ) -> Result<T> {
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, inv.invoke_async::<T>(&mut conn)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(redis_error(op, e)),
-            Err(_) => Err(Error::new(
-                ErrorKind::Timeout,
-                format!(
-                    "write-behind {op}: no answer from Redis within {:?}",
-                    self.timeout
-                ),
-            )),
-        }
+        self.bounded(op, inv.invoke_async::<T>(&mut conn)).await
     }
 
     async fn ensure_group(&self) -> Result<()> {
