@@ -12,7 +12,9 @@ use cache_core::remote::check_value_size;
 use cache_core::{Error, ErrorKind, RemoteEntry, RemoteStore, Result};
 #[cfg(test)]
 use cache_redis::support::MAX_TTL_MS;
-use cache_redis::support::{ttl_ms, ErrorContext, SET_IF_LEASE_LUA, TAG_ADD_LUA, TAG_TAKE_LUA};
+use cache_redis::support::{
+    glob_escape, ttl_ms, ErrorContext, SET_IF_LEASE_LUA, TAG_ADD_LUA, TAG_TAKE_LUA,
+};
 use futures::future::join_all;
 use redis::cluster::{ClusterClientBuilder, NodeAddress};
 use redis::cluster_async::ClusterConnection;
@@ -604,18 +606,6 @@ fn decode_mget(value: Value, n: usize) -> RedisResult<Vec<Option<Vec<u8>>>> {
     Ok(values)
 }
 
-/// Escape the glob characters of `SCAN MATCH` in `text`.
-fn glob_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 4);
-    for c in text.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[async_trait]
 impl RemoteStore for ClusterStore {
     fn kind(&self) -> &'static str {
@@ -944,12 +934,6 @@ mod tests {
         assert_eq!(ttl_ms(Duration::ZERO), 1);
         assert_eq!(ttl_ms(Duration::from_millis(1500)), 1500);
         assert_eq!(ttl_ms(Duration::MAX), MAX_TTL_MS);
-    }
-
-    #[test]
-    fn glob_is_escaped() {
-        assert_eq!(glob_escape("app:users:"), "app:users:");
-        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub use redis;
 pub mod support {
     pub use crate::config::duration_text;
     pub use crate::errors::ErrorContext;
-    pub use crate::store::{ttl_ms, MAX_TTL_MS, SET_IF_LEASE_LUA, TAG_ADD_LUA, TAG_TAKE_LUA};
+    pub use crate::store::{
+        glob_escape, ttl_ms, MAX_TTL_MS, SET_IF_LEASE_LUA, TAG_ADD_LUA, TAG_TAKE_LUA,
+    };
     pub use crate::target::{redact_url, resolve, Target, REDACTED};
 }

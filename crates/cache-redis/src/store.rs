@@ -37,6 +37,19 @@ pub fn ttl_ms(ttl: Duration) -> u64 {
         .clamp(1, MAX_TTL_MS)
 }
 
+/// `text` with the glob characters of `SCAN MATCH` (`*`, `?`, `[`, `]`, `\`) escaped, so a
+/// key prefix matches only itself.
+pub fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 4);
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// A standalone Redis server as the shared L2 tier.
 ///
 /// One multiplexed connection (redis-rs [`ConnectionManager`]) carries every call
@@ -419,14 +432,7 @@ impl RemoteStore for RedisStore {
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         // SCAN with a MATCH pattern (glob characters in the prefix escaped), deleting each
         // batch as it comes. Each SCAN/DEL call is bounded by response_timeout.
-        let mut pattern = String::with_capacity(prefix.len() + 1);
-        for c in prefix.chars() {
-            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-                pattern.push('\\');
-            }
-            pattern.push(c);
-        }
-        pattern.push('*');
+        let pattern = format!("{}*", glob_escape(prefix));
         let mut cursor: u64 = 0;
         let mut deleted = 0u64;
         loop {
@@ -534,5 +540,11 @@ mod tests {
         assert_eq!(ttl_ms(Duration::from_micros(10)), 1);
         assert_eq!(ttl_ms(Duration::from_millis(1500)), 1500);
         assert_eq!(ttl_ms(Duration::MAX), MAX_TTL_MS);
+    }
+
+    #[test]
+    fn glob_is_escaped() {
+        assert_eq!(glob_escape("app:users:"), "app:users:");
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
     }
 }
