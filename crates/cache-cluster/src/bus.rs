@@ -15,10 +15,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cache_core::bus::{BusEvent, BusTransport};
 use cache_core::{Error, ErrorKind, Result};
-use cache_redis::support::ErrorContext;
-use futures::StreamExt;
+use cache_redis::support::{pump, ErrorContext, Pumped};
 use redis::cluster_async::ClusterConnection;
-use redis::{ConnectionAddr, ConnectionInfo, Value};
+use redis::{ConnectionAddr, ConnectionInfo};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -29,9 +28,6 @@ use crate::topology::TopologyCache;
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// Largest wait between subscription attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// How often the subscription connection is checked with `PING` (a silently hung node counts
-/// as a disconnect).
-const PING_EVERY: Duration = Duration::from_millis(500);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -227,37 +223,11 @@ impl Subscriber {
                 return;
             }
             tracing::debug!(node = %node, channels = subscribed, "invalidation subscriber connected");
-            let mut ping = tokio::time::interval(PING_EVERY);
-            ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let check = self.response_timeout.max(Duration::from_millis(100));
-            loop {
-                tokio::select! {
-                    msg = stream.next() => match msg {
-                        Some(m) => {
-                            let event = BusEvent::Message {
-                                channel: m.get_channel_name().to_owned(),
-                                payload: m.get_payload_bytes().to_vec(),
-                            };
-                            if events.send(event).is_err() {
-                                return;
-                            }
-                        }
-                        None => break,
-                    },
-                    ch = new_channels.recv() => match ch {
-                        Some(ch) => {
-                            if !matches!(tokio::time::timeout(check, sink.subscribe(&ch)).await, Ok(Ok(()))) {
-                                break;
-                            }
-                        }
-                        None => return,
-                    },
-                    _ = ping.tick() => {
-                        if !matches!(tokio::time::timeout(check, sink.ping::<Value>()).await, Ok(Ok(_))) {
-                            break;
-                        }
-                    }
-                }
+            if pump(&mut stream, &mut sink, &mut new_channels, &events, check).await
+                == Pumped::Stopped
+            {
+                return;
             }
             tracing::warn!(node = %node, "invalidation subscription lost; resubscribing on another cluster node");
             if events.send(BusEvent::Disconnected).is_err() {

@@ -122,6 +122,59 @@ impl BusTransport for RedisBus {
     }
 }
 
+/// Why [`pump`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pumped {
+    /// The subscription broke: the stream ended, or a subscribe or ping failed or timed out.
+    Lost,
+    /// The engine is gone (its event or channel end was dropped).
+    Stopped,
+}
+
+/// Drive one live pub/sub connection: forward its messages to `events`, subscribe to each
+/// channel arriving on `new_channels`, and ping every 500 ms so a dead connection is noticed.
+/// Every subscribe and ping is bounded by `limit`. Shared by the standalone and the cluster
+/// bus.
+pub async fn pump(
+    stream: &mut redis::aio::PubSubStream,
+    sink: &mut redis::aio::PubSubSink,
+    new_channels: &mut mpsc::UnboundedReceiver<String>,
+    events: &mpsc::UnboundedSender<BusEvent>,
+    limit: Duration,
+) -> Pumped {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(m) => {
+                    let event = BusEvent::Message {
+                        channel: m.get_channel_name().to_owned(),
+                        payload: m.get_payload_bytes().to_vec(),
+                    };
+                    if events.send(event).is_err() {
+                        return Pumped::Stopped;
+                    }
+                }
+                None => return Pumped::Lost,
+            },
+            ch = new_channels.recv() => match ch {
+                Some(ch) => {
+                    if !matches!(tokio::time::timeout(limit, sink.subscribe(&ch)).await, Ok(Ok(()))) {
+                        return Pumped::Lost;
+                    }
+                }
+                None => return Pumped::Stopped,
+            },
+            _ = ping.tick() => {
+                if !matches!(tokio::time::timeout(limit, sink.ping::<Value>()).await, Ok(Ok(_))) {
+                    return Pumped::Lost;
+                }
+            }
+        }
+    }
+}
+
 async fn subscriber_loop(
     client: redis::Client,
     channels: Arc<Mutex<Vec<String>>>,
@@ -167,36 +220,17 @@ async fn subscriber_loop(
             return;
         }
         tracing::debug!(endpoint = %ctx.endpoint, channels = current.len(), "invalidation subscriber connected");
-        let mut ping = tokio::time::interval(PING_EVERY);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                msg = stream.next() => match msg {
-                    Some(m) => {
-                        let event = BusEvent::Message {
-                            channel: m.get_channel_name().to_owned(),
-                            payload: m.get_payload_bytes().to_vec(),
-                        };
-                        if events.send(event).is_err() {
-                            return;
-                        }
-                    }
-                    None => break,
-                },
-                ch = new_channels.recv() => match ch {
-                    Some(ch) => {
-                        if !matches!(tokio::time::timeout(connect_timeout, sink.subscribe(&ch)).await, Ok(Ok(()))) {
-                            break;
-                        }
-                    }
-                    None => return,
-                },
-                _ = ping.tick() => {
-                    if !matches!(tokio::time::timeout(connect_timeout, sink.ping::<Value>()).await, Ok(Ok(_))) {
-                        break;
-                    }
-                }
-            }
+        if pump(
+            &mut stream,
+            &mut sink,
+            &mut new_channels,
+            &events,
+            connect_timeout,
+        )
+        .await
+            == Pumped::Stopped
+        {
+            return;
         }
         tracing::warn!(endpoint = %ctx.endpoint, "invalidation subscription lost; reconnecting");
         if events.send(BusEvent::Disconnected).is_err() {

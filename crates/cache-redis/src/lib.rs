@@ -58,6 +58,7 @@ pub use redis;
 /// Building blocks shared with `cache-cluster` (URL validation and credentials, error mapping
 /// with password scrubbing, redaction, duration serde, the Lua scripts and TTL clamping). Not meant for applications.
 pub mod support {
+    pub use crate::bus::{pump, Pumped};
     pub use crate::config::duration_text;
     pub use crate::errors::ErrorContext;
     pub use crate::store::{
