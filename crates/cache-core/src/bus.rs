@@ -24,7 +24,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -85,6 +87,11 @@ pub struct BusConfig {
     /// A publisher not heard for this long is presumed lost: its namespaces are flushed
     /// (default 3 heartbeats).
     pub silence_limit: Duration,
+    /// At most this many keys wait to be published (default 100,000). Past it, the keys
+    /// waiting for a channel are replaced by one "clear namespace" message: the receivers
+    /// flush instead of dropping single keys, and memory stays bounded while the transport
+    /// is slow.
+    pub max_queued_keys: usize,
 }
 
 impl Default for BusConfig {
@@ -94,6 +101,7 @@ impl Default for BusConfig {
             batch_max_keys: 256,
             heartbeat: Duration::from_secs(1),
             silence_limit: Duration::from_secs(3),
+            max_queued_keys: 100_000,
         }
     }
 }
@@ -111,6 +119,36 @@ impl BusConfig {
         self.batch_window = window;
         self
     }
+
+    /// Set how many keys may wait to be published (see [`BusConfig::max_queued_keys`]).
+    pub fn with_max_queued_keys(mut self, keys: usize) -> Self {
+        self.max_queued_keys = keys;
+        self
+    }
+
+    /// Check the settings: a zero heartbeat, a silence limit shorter than a heartbeat, or a
+    /// zero batch size or queue bound is an [`ErrorKind::InvalidConfig`] error.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| {
+            Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("bus config: {m}"),
+            ))
+        };
+        if self.heartbeat.is_zero() {
+            return bad("heartbeat must be positive");
+        }
+        if self.silence_limit < self.heartbeat {
+            return bad("silence_limit must be at least one heartbeat");
+        }
+        if self.batch_max_keys == 0 {
+            return bad("batch_max_keys must be positive");
+        }
+        if self.max_queued_keys == 0 {
+            return bad("max_queued_keys must be positive");
+        }
+        Ok(())
+    }
 }
 
 /// A typed cache as the bus sees it.
@@ -121,8 +159,8 @@ pub(crate) trait BusTarget: Send + Sync {
     fn flush(&self);
     /// Report an event to the cache's observer.
     fn report(&self, event: crate::observer::CacheEvent);
-    /// The key base (`{prefix}:{ns}:`), to map tracked full keys back to user keys.
-    fn base(&self) -> &str;
+    /// The user keys of those `full_keys` that belong to this namespace (tracking mode).
+    fn user_keys(&self, full_keys: &[String]) -> Vec<String>;
 }
 
 const VERSION: u8 = 1;
@@ -216,10 +254,71 @@ impl Message {
     }
 }
 
-/// Work for the publisher task.
-enum Outgoing {
-    Keys(String, Vec<String>),
-    Clear(String),
+/// What waits to be published: keys per channel, and channels to clear. Bounded by
+/// `max_queued_keys`: past it a channel's keys become one clear.
+#[derive(Default)]
+struct OutState {
+    keys: HashMap<String, Vec<String>>,
+    clears: Vec<String>,
+    queued: usize,
+}
+
+struct OutQueue {
+    state: Mutex<OutState>,
+    wake: tokio::sync::Notify,
+    max_keys: usize,
+    overflows: AtomicU64,
+}
+
+impl OutQueue {
+    fn push_keys(&self, channel: &str, keys: Vec<String>) {
+        {
+            let mut s = lock(&self.state);
+            if s.clears.iter().any(|c| c == channel) {
+                // A clear of this channel is on its way: it covers these keys.
+                return;
+            }
+            if s.queued + keys.len() > self.max_keys {
+                let dropped = s.keys.remove(channel).map_or(0, |k| k.len());
+                s.queued -= dropped;
+                s.clears.push(channel.to_owned());
+                self.overflows.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    channel,
+                    "invalidation queue full: the namespace is cleared instead"
+                );
+            } else {
+                s.queued += keys.len();
+                s.keys.entry(channel.to_owned()).or_default().extend(keys);
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    fn push_clear(&self, channel: &str) {
+        {
+            let mut s = lock(&self.state);
+            let dropped = s.keys.remove(channel).map_or(0, |k| k.len());
+            s.queued -= dropped;
+            if !s.clears.iter().any(|c| c == channel) {
+                s.clears.push(channel.to_owned());
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> OutState {
+        std::mem::take(&mut *lock(&self.state))
+    }
+
+    fn is_empty(&self) -> bool {
+        let s = lock(&self.state);
+        s.keys.is_empty() && s.clears.is_empty()
+    }
+
+    fn queued(&self) -> usize {
+        lock(&self.state).queued
+    }
 }
 
 struct PublisherState {
@@ -237,7 +336,7 @@ struct Heard {
 pub(crate) struct BusRuntime {
     pub(crate) instance: u64,
     transport: Arc<dyn BusTransport>,
-    outgoing: mpsc::UnboundedSender<Outgoing>,
+    outgoing: Arc<OutQueue>,
     targets: Arc<Mutex<HashMap<String, Weak<dyn BusTarget>>>>,
     pub(crate) stats: Arc<BusCounters>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -270,6 +369,10 @@ pub struct BusStats {
     pub reconnects: u64,
     /// Publishes that failed.
     pub publish_errors: u64,
+    /// Keys waiting to be published now.
+    pub queued_keys: u64,
+    /// Times the publish queue was full and a namespace clear replaced its keys.
+    pub queue_overflows: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -289,8 +392,14 @@ impl BusRuntime {
                 "the invalidation bus runs on tokio: build the engine inside a runtime",
             )
         })?;
+        config.validate()?;
         let instance = fastrand::u64(1..);
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let outgoing = Arc::new(OutQueue {
+            state: Mutex::new(OutState::default()),
+            wake: tokio::sync::Notify::new(),
+            max_keys: config.max_queued_keys,
+            overflows: AtomicU64::new(0),
+        });
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let targets: Arc<Mutex<HashMap<String, Weak<dyn BusTarget>>>> = Arc::default();
         let stats = Arc::new(BusCounters::default());
@@ -303,7 +412,7 @@ impl BusRuntime {
         }
         tasks.push(handle.spawn(publish_loop(
             transport.clone(),
-            out_rx,
+            outgoing.clone(),
             publisher.clone(),
             instance,
             config,
@@ -327,7 +436,7 @@ impl BusRuntime {
         Ok(BusRuntime {
             instance,
             transport,
-            outgoing: out_tx,
+            outgoing,
             targets,
             stats,
             tasks: Mutex::new(tasks),
@@ -340,11 +449,11 @@ impl BusRuntime {
     }
 
     pub(crate) fn publish_keys(&self, channel: &str, keys: Vec<String>) {
-        let _ = self.outgoing.send(Outgoing::Keys(channel.to_owned(), keys));
+        self.outgoing.push_keys(channel, keys);
     }
 
     pub(crate) fn publish_clear(&self, channel: &str) {
-        let _ = self.outgoing.send(Outgoing::Clear(channel.to_owned()));
+        self.outgoing.push_clear(channel);
     }
 
     pub(crate) fn stats(&self) -> BusStats {
@@ -357,6 +466,8 @@ impl BusRuntime {
             losses: l(&s.losses),
             reconnects: l(&s.reconnects),
             publish_errors: l(&s.publish_errors),
+            queued_keys: self.outgoing.queued() as u64,
+            queue_overflows: self.outgoing.overflows.load(Ordering::Relaxed),
         }
     }
 }
@@ -381,7 +492,7 @@ async fn send(
     let seq = {
         let mut p = lock(publisher);
         let seq = p.seqs.entry(channel.to_owned()).or_insert(0);
-        *seq += 1;
+        *seq = seq.wrapping_add(1);
         *seq
     };
     let n = keys.len() as u64;
@@ -406,53 +517,27 @@ async fn send(
     }
 }
 
-/// Add one request to the batch being built; returns how many keys it added.
-fn gather(o: Outgoing, keys: &mut HashMap<String, Vec<String>>, clears: &mut Vec<String>) -> usize {
-    match o {
-        Outgoing::Keys(ch, ks) => {
-            let n = ks.len();
-            keys.entry(ch).or_default().extend(ks);
-            n
-        }
-        Outgoing::Clear(ch) => {
-            clears.push(ch);
-            1
-        }
-    }
-}
-
 async fn publish_loop(
     transport: Arc<dyn BusTransport>,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    queue: Arc<OutQueue>,
     publisher: Arc<Mutex<PublisherState>>,
     instance: u64,
     config: BusConfig,
     stats: Arc<BusCounters>,
 ) {
-    while let Some(first) = rx.recv().await {
-        let mut keys: HashMap<String, Vec<String>> = HashMap::new();
-        let mut clears: Vec<String> = Vec::new();
-        let mut total = gather(first, &mut keys, &mut clears);
-        // Everything queued while the previous publish was in flight joins this batch: under
-        // a burst, batches form by themselves, one per round trip, with no added latency.
-        while total < config.batch_max_keys {
-            match rx.try_recv() {
-                Ok(o) => total += gather(o, &mut keys, &mut clears),
-                Err(_) => break,
-            }
+    loop {
+        // Whatever queued while the previous publish was in flight forms this batch: under a
+        // burst, batches form by themselves, one per round trip, with no added latency.
+        let woken = queue.wake.notified();
+        if queue.is_empty() {
+            woken.await;
         }
         // An explicit window trades latency for fewer messages.
         if !config.batch_window.is_zero() {
-            let deadline = tokio::time::Instant::now() + config.batch_window;
-            while total < config.batch_max_keys {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(o)) => total += gather(o, &mut keys, &mut clears),
-                    _ => break,
-                }
-            }
+            tokio::time::sleep(config.batch_window).await;
         }
-        for ch in clears {
-            keys.remove(&ch);
+        let batch = queue.take();
+        for ch in batch.clears {
             send(
                 &transport,
                 &publisher,
@@ -464,7 +549,7 @@ async fn publish_loop(
             )
             .await;
         }
-        for (ch, mut ks) in keys {
+        for (ch, mut ks) in batch.keys {
             ks.sort_unstable();
             ks.dedup();
             for chunk in ks.chunks(config.batch_max_keys.max(1)) {
@@ -577,22 +662,27 @@ async fn receive_loop(
                 }
                 let now = Instant::now();
                 let key = (msg.instance, channel);
-                let expected = match heard.get(&key) {
-                    Some(h) => h.seq,
-                    // First contact: anything this publisher sent before is unknown to us.
-                    None => 0,
-                };
-                let gap = if msg.kind == KIND_HEARTBEAT {
-                    msg.seq > expected
-                } else {
-                    msg.seq > expected + 1
-                };
+                // First contact: anything this publisher sent before is unknown to us.
+                let expected = heard.get(&key).map_or(0, |h| h.seq);
+                // A publisher's numbers never go back: if they do, the earlier number was
+                // forged or corrupt, and tracking must resume from this one.
+                let backwards = msg.seq < expected;
+                let gap = backwards
+                    || if msg.kind == KIND_HEARTBEAT {
+                        msg.seq > expected
+                    } else {
+                        msg.seq > expected.saturating_add(1)
+                    };
                 if gap {
                     tracing::warn!(channel = %key.1, expected, got = msg.seq, "invalidation sequence gap; flushing L1 of the namespace");
                     flush_for_loss(target.as_ref(), &stats);
                 }
                 let entry = heard.entry(key).or_insert(Heard { seq: 0, at: now });
-                entry.seq = entry.seq.max(msg.seq);
+                entry.seq = if backwards {
+                    msg.seq
+                } else {
+                    entry.seq.max(msg.seq)
+                };
                 entry.at = now;
                 match msg.kind {
                     KIND_KEYS => {
@@ -621,11 +711,7 @@ async fn receive_loop(
                     continue;
                 }
                 for t in &live {
-                    let base = t.base();
-                    let mine: Vec<String> = full_keys
-                        .iter()
-                        .filter_map(|k| k.strip_prefix(base).map(str::to_owned))
-                        .collect();
+                    let mine = t.user_keys(&full_keys);
                     if !mine.is_empty() {
                         stats
                             .received_keys

@@ -5,8 +5,10 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -20,6 +22,7 @@ use crate::header::Header;
 use crate::key::lease_key;
 use crate::key::KeySpace;
 use crate::l1::{L1Entry, NamespaceId};
+use crate::namespace::{Flight, NsState, Shared};
 use crate::observer::{CacheEvent, CacheObserver, L2Op};
 use crate::policy::{NoRefresh, RefreshPolicy};
 use crate::recovery::Replay;
@@ -323,32 +326,32 @@ where
             self.config.schema_version,
         )?
         .with_max_key_len(self.config.max_key_len);
-        let ns = self.engine.register_namespace::<V>(&self.namespace)?;
         let observer = self.engine.inner.observer.for_cache(&self.namespace);
+        let state = self
+            .engine
+            .namespace_state::<V>(&self.namespace, observer.clone())?;
+        state.joined(keys.base(), self.config.fail_safe);
         let channel = format!("{}__inv", keys.base());
-        let cache = Cache {
+        if let Some(bus) = &self.engine.inner.bus {
+            let target: Arc<dyn BusTarget> = state.clone();
+            bus.register(channel.clone(), Arc::downgrade(&target));
+        }
+        Ok(Cache {
             inner: Arc::new(CacheInner {
                 channel,
                 engine: self.engine,
                 name: self.namespace,
-                ns,
+                ns: state.ns,
+                state,
                 keys,
                 config: self.config,
                 observe: !observer.is_noop(),
                 observer,
                 stats: Counters::default(),
-                inflight: Mutex::new(HashMap::new()),
-                epochs: std::array::from_fn(|_| AtomicU64::new(0)),
-                flushed_at: AtomicU64::new(0),
                 policy: self.policy,
                 _codec: PhantomData,
             }),
-        };
-        if let Some(bus) = &cache.inner.engine.inner.bus {
-            let target: Arc<dyn BusTarget> = cache.inner.clone();
-            bus.register(cache.inner.channel.clone(), Arc::downgrade(&target));
-        }
-        Ok(cache)
+        })
     }
 }
 
@@ -411,10 +414,6 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-/// What one load produces, shared by every waiter.
-type Shared<V> = Result<Option<Arc<V>>>;
-type Flight<V> = watch::Receiver<Option<Shared<V>>>;
-
 /// A typed cache over one namespace. Cheap to clone; clones share everything.
 pub struct Cache<V, C> {
     inner: Arc<CacheInner<V, C>>,
@@ -449,17 +448,11 @@ struct CacheInner<V, C> {
     /// False when the observer is a no-op.
     observe: bool,
     stats: Counters,
-    inflight: Mutex<HashMap<String, Flight<V>>>,
-    /// Invalidation epochs, striped by key hash: a read or load fills L1 only if no `set` or
-    /// `invalidate` touched its stripe meanwhile (no stale fill after an invalidation).
-    epochs: [AtomicU64; EPOCH_STRIPES],
-    /// When the namespace was last flushed (fail-safe caches keep entries, see `is_fresh`).
-    flushed_at: AtomicU64,
+    /// Shared with every other handle of this namespace: epochs, flush mark, loads in flight.
+    state: Arc<NsState<V>>,
     policy: Arc<dyn RefreshPolicy>,
     _codec: PhantomData<fn() -> C>,
 }
-
-const EPOCH_STRIPES: usize = 64;
 
 /// A future that is either answered already (an L1 hit, no allocation) or a boxed slow path.
 enum Fast<'a, T> {
@@ -513,6 +506,9 @@ enum Fill {
     Lease(String, Vec<u8>),
     /// Another instance holds the lease: write nothing.
     Skip,
+    /// The lease could not be taken (L2 failing): fill L1 (if no write intervened), never
+    /// L2 (an unconditional write could land after an invalidation).
+    LocalOnly,
 }
 
 /// A value read from L2 and decoded.
@@ -577,6 +573,12 @@ where
             stale_served: l(&c.stale_served),
             queued_for_recovery: l(&c.queued_for_recovery),
         }
+    }
+
+    /// How many keys of this namespace have a load in flight (every handle of the namespace
+    /// in this engine counts). Zero once every load has finished.
+    pub fn in_flight(&self) -> usize {
+        self.inner.state.inflight_len()
     }
 
     /// The L1 answer alone: `Some(Some(v))` a live value, `Some(None)` a live negative entry,
@@ -778,10 +780,13 @@ where
                 }
             }
             Some(entry) => {
-                // Expired but kept for fail-safe.
+                // Expired (or flushed) but kept for fail-safe; only a fail-safe cache may
+                // fall back on it.
                 inner.event(CacheEvent::L1Miss);
-                let until = entry.stale_until_ms;
-                stale = CacheInner::<V, C>::value_of(entry).map(|v| (v, until));
+                if inner.config.fail_safe {
+                    let until = entry.stale_until_ms;
+                    stale = CacheInner::<V, C>::value_of(entry).map(|v| (v, until));
+                }
             }
             None => inner.event(CacheEvent::L1Miss),
         }
@@ -967,19 +972,27 @@ where
         Fut: Future<Output = std::result::Result<HashMap<String, V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
+        // Every key is checked before any is registered in flight: a bad key leaves nothing
+        // behind.
+        for k in keys {
+            crate::key::validate_key(k.as_ref(), self.inner.keys.max_key_len())?;
+        }
         let mut out: Vec<Option<Arc<V>>> = Vec::with_capacity(keys.len());
         let mut waits: Vec<(usize, Flight<V>)> = Vec::new();
         let mut led: Vec<(String, watch::Sender<Option<Shared<V>>>)> = Vec::new();
+        let mut stale: HashMap<String, (Option<Arc<V>>, u64)> = HashMap::new();
         {
             let mut map = self.inner.lock_inflight();
             for (i, k) in keys.iter().enumerate() {
                 let k = k.as_ref();
-                crate::key::validate_key(k, self.inner.keys.max_key_len())?;
                 if let Some(hit) = self.get_local(k) {
                     out.push(hit);
                     continue;
                 }
                 out.push(None);
+                if let Some(kept) = self.inner.local_stale(k) {
+                    stale.insert(k.to_owned(), kept);
+                }
                 match map.get(k) {
                     Some(rx) => {
                         if !led.iter().any(|(l, _)| l == k) {
@@ -1005,8 +1018,9 @@ where
                 flights: led,
             };
             let span = tracing::debug_span!("cache.load_many", cache = %self.inner.name, keys = keys.len());
+            let kept = stale.clone();
             spawn(span, async move {
-                let results = inner.fill_many(keys, loader).await;
+                let results = inner.fill_many(keys, loader, kept).await;
                 guard.finish(|k| {
                     results.get(k).cloned().unwrap_or_else(|| {
                         Err(Error::new(ErrorKind::Closed, "batch load lost a key"))
@@ -1014,11 +1028,13 @@ where
                 });
             })?;
         }
-        let results = futures::future::join_all(
-            waits
-                .into_iter()
-                .map(|(i, rx)| async move { (i, wait(rx).await) }),
-        )
+        let results = futures::future::join_all(waits.into_iter().map(|(i, rx)| {
+            let kept = keys
+                .get(i)
+                .and_then(|k| stale.get(k.as_ref()))
+                .map(|(v, _)| v.clone());
+            async move { (i, self.wait_bounded(rx, kept).await) }
+        }))
         .await;
         for (i, r) in results {
             out[i] = r?;
@@ -1109,17 +1125,52 @@ where
             .filter_map(|m| m.strip_prefix(base).map(str::to_owned))
             .collect();
         for k in &user_keys {
-            inner.bump_epoch(k);
-            inner.engine.inner.l1.remove(inner.ns, k);
+            inner.state.drop_key(k);
         }
+        let mut result = Ok(members.len() as u64);
         if !members.is_empty() {
             let mut doomed = members.clone();
             if inner.config.leases {
                 doomed.extend(members.iter().filter_map(|m| inner.lease_key(m)));
             }
-            l2.delete(&doomed).await.inspect_err(|e| {
-                inner.l2_failed(L2Op::Delete, e);
-            })?;
+            if let Err(e) = l2.delete(&doomed).await {
+                inner.l2_failed(L2Op::Delete, &e);
+                // The index set is gone already: the members must not be lost with it.
+                // Queue their deletes for replay, or put them back in the set.
+                let mut queued = e.is_transient();
+                for m in &members {
+                    if !queued {
+                        break;
+                    }
+                    let also: Vec<String> = inner
+                        .config
+                        .leases
+                        .then(|| inner.lease_key(m))
+                        .flatten()
+                        .into_iter()
+                        .collect();
+                    let announce = m
+                        .strip_prefix(base)
+                        .map(|k| (inner.channel.clone(), k.to_owned()));
+                    queued = inner.engine.inner.queue_recovery(
+                        m.clone(),
+                        Replay::Delete { also },
+                        announce,
+                    );
+                }
+                if queued {
+                    bump(&inner.stats.queued_for_recovery);
+                } else {
+                    for m in &members {
+                        let _ = l2.tag_add(&tag_key, m, inner.config.l2_ttl).await;
+                    }
+                    result = Err(e);
+                }
+            }
+        }
+        // Reads that ran while the delete was in flight may have cached old values.
+        for k in &user_keys {
+            inner.state.drop_key(k);
         }
         if let Some(bus) = &inner.engine.inner.bus {
             if !user_keys.is_empty() {
@@ -1129,7 +1180,7 @@ where
                 bus.publish_keys(&inner.channel, user_keys);
             }
         }
-        Ok(members.len() as u64)
+        result
     }
 
     /// Like [`Cache::set`] with a per-call L2 TTL (L1 uses the smaller of it and `l1_ttl`).
@@ -1186,6 +1237,20 @@ where
                                 value: bytes.clone(),
                                 ttl: prepared.l2_ttl,
                                 since: Instant::now(),
+                                also: match (inner.config.leases, inner.lease_key(&full)) {
+                                    (true, Some(lk)) => vec![lk],
+                                    _ => Vec::new(),
+                                },
+                                tags: tags
+                                    .iter()
+                                    .map(|t| {
+                                        crate::key::tag_key(
+                                            &inner.engine.inner.prefix,
+                                            &inner.name,
+                                            t,
+                                        )
+                                    })
+                                    .collect(),
                             },
                             Some((inner.channel.clone(), key.to_owned())),
                         ),
@@ -1200,6 +1265,8 @@ where
                 }
             }
         }
+        // A load or read that began while L2 was being written must not fill L1 after us.
+        inner.bump_epoch(key);
         inner.fill_l1(key, prepared.value.clone(), &prepared);
         inner.announce(key);
         result
@@ -1244,6 +1311,9 @@ where
                 }
             }
         }
+        // A read on this instance while the delete was in flight may have found the old value
+        // in L2 and cached it under the already bumped epoch: drop it again.
+        self.inner.state.drop_key(key);
         // Announced only once L2 no longer holds the key: another instance that drops its
         // copy on this message and reads L2 at once must not find the old value there (and
         // cache it again). When the delete failed, the message still goes out: the others'
@@ -1266,18 +1336,29 @@ where
     /// Clear the namespace everywhere: this process' L1, every other instance's L1 (through
     /// the bus) and L2 (every key under the namespace's base, deleted in batches with SCAN;
     /// values written while the clear runs may survive). Returns the number of L2 keys deleted.
+    ///
+    /// The engine's fill leases are deleted first (those of every namespace: a lease key does
+    /// not always show its namespace), so a load that began before the clear cannot store its
+    /// value after it; a load in another namespace then merely skips its L2 write once.
     pub async fn clear_namespace(&self) -> Result<u64> {
         let inner = &self.inner;
         inner.flush_local();
         inner.announce_clear();
         let deleted = match &inner.engine.inner.l2 {
-            Some(l2) => match l2.delete_prefix(inner.keys.base()).await {
-                Ok(n) => n,
-                Err(e) => {
-                    inner.l2_failed(L2Op::Delete, &e);
-                    return Err(e);
+            Some(l2) => {
+                let leases = format!("{}:__lease:", inner.engine.inner.prefix);
+                let result = match l2.delete_prefix(&leases).await {
+                    Ok(_) => l2.delete_prefix(inner.keys.base()).await,
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(n) => n,
+                    Err(e) => {
+                        inner.l2_failed(L2Op::Delete, &e);
+                        return Err(e);
+                    }
                 }
-            },
+            }
             None => 0,
         };
         // Entries filled from L2 while the delete ran may be old: flush once more, here and
@@ -1306,7 +1387,7 @@ where
     C: Codec,
 {
     fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight<V>>> {
-        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock_inflight()
     }
 
     /// Tell other instances to drop this whole namespace from their L1.
@@ -1330,21 +1411,13 @@ where
     /// Drop the namespace from L1 (a clear, or a possible loss of invalidations). A fail-safe
     /// cache keeps the entries as stale fallbacks: they stop being fresh, not available.
     fn flush_local(&self) {
-        for e in &self.epochs {
-            e.fetch_add(1, Ordering::SeqCst);
-        }
-        if self.config.fail_safe {
-            self.flushed_at
-                .store(self.engine.inner.now_ms(), Ordering::SeqCst);
-        } else {
-            self.engine.inner.l1.clear_namespace(self.ns);
-        }
+        self.state.flush();
     }
 
-    /// False for entries stored before the last flush of a fail-safe cache.
+    /// False for entries stored before the last flush.
     #[inline]
     fn is_fresh(&self, entry: &L1Entry) -> bool {
-        entry.born_ms > self.flushed_at.load(Ordering::Relaxed)
+        self.state.is_fresh(entry)
     }
 
     /// A span for one operation on `key`, carrying the cache name and a hash of the key (the
@@ -1376,17 +1449,12 @@ where
         lease_key(&self.engine.inner.prefix, full)
     }
 
-    fn stripe(key: &str) -> usize {
-        // FNV-1a: cheap, and only on miss/write paths.
-        (key_hash(key) % EPOCH_STRIPES as u64) as usize
-    }
-
     fn epoch(&self, key: &str) -> u64 {
-        self.epochs[Self::stripe(key)].load(Ordering::SeqCst)
+        self.state.epoch(key)
     }
 
     fn bump_epoch(&self, key: &str) {
-        self.epochs[Self::stripe(key)].fetch_add(1, Ordering::SeqCst);
+        self.state.bump_epoch(key);
     }
 
     /// When an entry expiring at `expires_at` becomes eligible for early refresh.
@@ -1404,6 +1472,18 @@ where
         } else {
             expires_at
         }
+    }
+
+    /// A fail-safe cache's fallback for `key`: an L1 entry no longer fresh but kept, with how
+    /// long it may be served. `None` when the cache is not fail-safe.
+    fn local_stale(&self, key: &str) -> Option<(Option<Arc<V>>, u64)> {
+        if !self.config.fail_safe {
+            return None;
+        }
+        let now = self.engine.inner.now_ms();
+        let entry = self.engine.inner.l1.get(self.ns, key, now)?;
+        let until = entry.stale_until_ms;
+        Self::value_of(entry).map(|v| (v, until))
     }
 
     /// The value of an entry without counting anything; `None` on a type mismatch.
@@ -1554,7 +1634,7 @@ where
             Ok(false) => {}
             Err(e) => {
                 self.l2_failed(L2Op::Lease, &e);
-                return Ok(Fill::Plain);
+                return Ok(Fill::LocalOnly);
             }
         }
         if have_value {
@@ -1577,10 +1657,9 @@ where
                     }
                 }
                 Ok(None) => {}
-                Err(e) => {
-                    self.l2_failed(L2Op::Get, &e);
-                    return Ok(Fill::Plain);
-                }
+                // Keep waiting: the holder may still deliver, and loading now would be a
+                // second load of the key across instances.
+                Err(e) => self.l2_failed(L2Op::Get, &e),
             }
         }
         // The holder did not deliver in time: try to take over its lease, else load without
@@ -1590,7 +1669,7 @@ where
             Ok(false) => Ok(Fill::Skip),
             Err(e) => {
                 self.l2_failed(L2Op::Lease, &e);
-                Ok(Fill::Plain)
+                Ok(Fill::LocalOnly)
             }
         }
     }
@@ -2056,10 +2135,15 @@ where
         }
     }
 
+    /// Lead the load of many keys: one L2 round trip, a lease per missing key (waiting for
+    /// another instance's fill like a single-key load), one loader call for the keys left,
+    /// under the hard loader timeout, with fail-safe fallbacks; then both tiers, each fill
+    /// compare-and-set against its lease.
     async fn fill_many<F, Fut, E>(
         self: Arc<Self>,
         keys: Vec<String>,
         loader: F,
+        mut stale: HashMap<String, (Option<Arc<V>>, u64)>,
     ) -> HashMap<String, Shared<V>>
     where
         F: FnOnce(Vec<String>) -> Fut + Send + 'static,
@@ -2069,6 +2153,7 @@ where
         let mut results: HashMap<String, Shared<V>> = HashMap::with_capacity(keys.len());
         let epochs: HashMap<String, u64> =
             keys.iter().map(|k| (k.clone(), self.epoch(k))).collect();
+        let epoch_of = |k: &str| epochs.get(k).copied().unwrap_or(0);
         let found = self.l2_read_many(keys.clone()).await;
         let mut missing = Vec::new();
         for (k, f) in keys.into_iter().zip(found) {
@@ -2076,15 +2161,54 @@ where
                 Some(f) if !f.stale => {
                     results.insert(k, Ok(f.value));
                 }
-                _ => missing.push(k),
+                Some(f) => {
+                    if self.config.fail_safe {
+                        stale
+                            .entry(k.clone())
+                            .or_insert((f.value, f.stale_until_ms));
+                    }
+                    missing.push(k);
+                }
+                None => missing.push(k),
             }
         }
         if missing.is_empty() {
             return results;
         }
+        // A lease per key, taken (or waited for) concurrently.
+        let mut to_load: Vec<(String, String, Fill)> = Vec::new();
+        let leases = futures::future::join_all(missing.into_iter().map(|k| {
+            let this = &self;
+            let epoch = epoch_of(&k);
+            async move {
+                let full = this.keys.full(&k);
+                let fill = match &full {
+                    Ok(full) => this.take_lease(&k, full, false, epoch).await,
+                    Err(_) => Ok(Fill::LocalOnly),
+                };
+                (k, full, fill)
+            }
+        }))
+        .await;
+        for (k, full, fill) in leases {
+            match (full, fill) {
+                (Err(e), _) => {
+                    results.insert(k, Err(e));
+                }
+                // Another instance filled it while we waited for its lease.
+                (Ok(_), Err(value)) => {
+                    results.insert(k, Ok(value));
+                }
+                (Ok(full), Ok(fill)) => to_load.push((k, full, fill)),
+            }
+        }
+        if to_load.is_empty() {
+            return results;
+        }
         bump(&self.stats.sync_loads);
         let start = Instant::now();
-        let loaded = loader(missing.clone()).await;
+        let names: Vec<String> = to_load.iter().map(|(k, _, _)| k.clone()).collect();
+        let loaded = self.run_batch_loader(loader(names)).await;
         let delta = start.elapsed();
         bump(&self.stats.loads);
         self.observer.on_event(CacheEvent::Load {
@@ -2095,42 +2219,85 @@ where
             Ok(m) => m,
             Err(e) => {
                 bump(&self.stats.load_errors);
-                let err = Error::loader(e.into());
-                for k in missing {
-                    results.insert(k, Err(err.clone()));
+                for (k, _, fill) in to_load {
+                    if let Fill::Lease(lk, token) = &fill {
+                        self.release_lease(lk, token).await;
+                    }
+                    match stale.remove(&k) {
+                        Some((value, until)) => {
+                            tracing::warn!(cache = %self.name, error = %e, "batch loader failed; fail-safe serves the stale value");
+                            self.serve_stale(&k, &value, until, epoch_of(&k));
+                            results.insert(k, Ok(value));
+                        }
+                        None => {
+                            results.insert(k, Err(e.clone()));
+                        }
+                    }
                 }
                 return results;
             }
         };
-        let mut writes = Vec::new();
+        let mut plain = Vec::new();
         let mut fills = Vec::new();
-        for k in missing {
+        for (k, full, fill) in to_load {
             let v = values.remove(&k);
             match self.store_prepare(v, delta, None) {
-                Ok((prepared, bytes)) => {
-                    if let (Some(bytes), Ok(full)) = (bytes, self.keys.full(&k)) {
-                        writes.push(RemoteEntry {
-                            key: full,
-                            value: bytes,
-                            ttl: prepared.l2_ttl,
-                        });
-                    }
-                    fills.push((k, prepared));
-                }
+                Ok((prepared, bytes)) => fills.push((k, full, fill, prepared, bytes)),
                 Err(e) => {
+                    if let Fill::Lease(lk, token) = &fill {
+                        self.release_lease(lk, token).await;
+                    }
                     results.insert(k, Err(e));
                 }
             }
         }
-        if let Some(l2) = &self.engine.inner.l2 {
-            if !writes.is_empty() {
-                if let Err(e) = l2.set_many(writes).await {
-                    self.l2_failed(L2Op::Set, &e);
+        // Compare-and-set fills, concurrently; plain ones (no leases) in one batch.
+        let written =
+            futures::future::join_all(fills.iter_mut().map(|(_, full, fill, prepared, bytes)| {
+                let this = &self;
+                let ttl = prepared.l2_ttl;
+                let bytes = bytes.take();
+                async move {
+                    match (&this.engine.inner.l2, bytes, &*fill) {
+                        (Some(l2), Some(bytes), Fill::Lease(lk, token)) => {
+                            match l2.set_if_lease(lk, token, full, bytes, ttl).await {
+                                Ok(stored) => (stored, None),
+                                Err(e) => {
+                                    this.l2_failed(L2Op::Set, &e);
+                                    (true, None)
+                                }
+                            }
+                        }
+                        (Some(_), None, Fill::Lease(lk, token)) => {
+                            this.release_lease(lk, token).await;
+                            (true, None)
+                        }
+                        (Some(_), Some(bytes), Fill::Plain) => (
+                            true,
+                            Some(RemoteEntry {
+                                key: full.clone(),
+                                value: bytes,
+                                ttl,
+                            }),
+                        ),
+                        (_, _, Fill::Skip) => (false, None),
+                        _ => (true, None),
+                    }
                 }
+            }))
+            .await;
+        for (_, entry) in &written {
+            if let Some(entry) = entry {
+                plain.push(entry.clone());
             }
         }
-        for (k, prepared) in fills {
-            if epochs.get(&k).is_some_and(|e| *e == self.epoch(&k)) {
+        if let (Some(l2), false) = (&self.engine.inner.l2, plain.is_empty()) {
+            if let Err(e) = l2.set_many(plain).await {
+                self.l2_failed(L2Op::Set, &e);
+            }
+        }
+        for ((k, _, _, prepared, _), (stored, _)) in fills.into_iter().zip(written) {
+            if stored && self.epoch(&k) == epoch_of(&k) {
                 self.fill_l1(&k, prepared.value.clone(), &prepared);
             } else {
                 bump(&self.stats.stale_fills_refused);
@@ -2138,6 +2305,24 @@ where
             results.insert(k, Ok(prepared.value));
         }
         results
+    }
+
+    /// Run a batch loader under the hard loader timeout.
+    async fn run_batch_loader<Fut, E>(&self, fut: Fut) -> Result<HashMap<String, V>>
+    where
+        Fut: Future<Output = std::result::Result<HashMap<String, V>, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match self.config.loader_hard_timeout {
+            Some(hard) => match tokio::time::timeout(hard, fut).await {
+                Ok(r) => r.map_err(|e| Error::loader(e.into())),
+                Err(_) => Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("batch loader exceeded its hard timeout of {hard:?}"),
+                )),
+            },
+            None => fut.await.map_err(|e| Error::loader(e.into())),
+        }
     }
 }
 
@@ -2243,31 +2428,6 @@ where
     Ok(())
 }
 
-impl<V, C> BusTarget for CacheInner<V, C>
-where
-    V: Serialize + DeserializeOwned + Send + Sync + 'static,
-    C: Codec,
-{
-    fn invalidate_keys(&self, keys: &[String]) {
-        for k in keys {
-            self.bump_epoch(k);
-            self.engine.inner.l1.remove(self.ns, k);
-        }
-    }
-
-    fn flush(&self) {
-        self.flush_local();
-    }
-
-    fn report(&self, event: CacheEvent) {
-        self.observer.on_event(event);
-    }
-
-    fn base(&self) -> &str {
-        self.keys.base()
-    }
-}
-
 /// Which operation a span describes.
 #[derive(Debug, Clone, Copy)]
 enum SpanKind {
@@ -2282,16 +2442,6 @@ struct KeyHash<'a>(&'a str);
 
 impl std::fmt::Display for KeyHash<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:016x}", key_hash(self.0))
+        write!(f, "{:016x}", crate::key::fnv1a(self.0))
     }
-}
-
-/// FNV-1a 64-bit: a stable, cheap hash of a key for traces (not for security).
-fn key_hash(key: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }

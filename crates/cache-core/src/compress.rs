@@ -27,6 +27,18 @@ pub fn decompress(bytes: &[u8], max_len: usize) -> Result<Vec<u8>> {
             format!("compressed payload claims {claimed} bytes, over the maximum of {max_len}"),
         ));
     }
+    // An lz4 block expands at most 255-fold (a run-length byte stands for at most 255
+    // bytes): a larger claim is a lie, refused before anything is allocated for it.
+    let most = (bytes.len() - 4).saturating_mul(255).saturating_add(16);
+    if claimed > most {
+        return Err(Error::new(
+            ErrorKind::Decode,
+            format!(
+                "compressed payload of {} bytes claims {claimed} bytes, more than lz4 can expand to",
+                bytes.len() - 4
+            ),
+        ));
+    }
     lz4_flex::block::decompress_size_prepended(bytes)
         .map_err(|e| Error::new(ErrorKind::Decode, format!("lz4: {e}")))
 }
@@ -54,6 +66,18 @@ mod tests {
         bomb.push(0);
         assert_eq!(
             decompress(&bomb, 1 << 20).map_err(|e| e.kind()),
+            Err(ErrorKind::Decode)
+        );
+        // The most compressible input still decompresses under the expansion bound.
+        for len in [1usize, 100, 65_536, 16 << 20] {
+            let zeros = vec![0u8; len];
+            assert_eq!(decompress(&compress(&zeros), 16 << 20)?, zeros);
+        }
+        // A 5-byte value claiming just under the size limit is refused by the bound.
+        let mut small = ((16u32 << 20) - 1).to_le_bytes().to_vec();
+        small.push(0);
+        assert_eq!(
+            decompress(&small, 16 << 20).map_err(|e| e.kind()),
             Err(ErrorKind::Decode)
         );
         Ok(())

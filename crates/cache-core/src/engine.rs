@@ -1,10 +1,10 @@
 //! The engine: one L1 budget, one remote store, one clock and observer, shared by many
 //! typed caches (one per namespace).
 
-use std::any::TypeId;
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::breaker::{BreakerBus, BreakerConfig, BreakerStore, CircuitBreaker};
 use crate::bus::{BusConfig, BusRuntime, BusStats, BusTransport};
@@ -14,7 +14,8 @@ use crate::codec::Codec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::validate_name;
 use crate::l1::{L1Stats, L1Store, NamespaceId};
-use crate::observer::{NoopObserver, Observer};
+use crate::namespace::NsState;
+use crate::observer::{CacheObserver, NoopObserver, Observer};
 use crate::policy::{RandomSource, ThreadRandom};
 use crate::recovery::{RecoveryQueue, RecoveryStats};
 use crate::remote::RemoteStore;
@@ -36,7 +37,15 @@ pub(crate) struct EngineInner {
     pub(crate) recovery: Option<Arc<RecoveryQueue>>,
     recovery_interval: Duration,
     replayer: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    namespaces: Mutex<HashMap<String, (NamespaceId, TypeId)>>,
+    namespaces: Mutex<HashMap<String, NsEntry>>,
+}
+
+/// A namespace registered with the engine: its id, its value type, and the state its live
+/// handles share.
+struct NsEntry {
+    id: NamespaceId,
+    ty: TypeId,
+    state: Weak<dyn Any + Send + Sync>,
 }
 
 /// The shared engine behind typed caches. Cheap to clone.
@@ -135,8 +144,13 @@ impl Engine {
         CacheBuilder::new(self.clone(), namespace.into(), CacheConfig::default())
     }
 
-    /// Register a namespace for values of type `V`; the same namespace cannot hold two types.
-    pub(crate) fn register_namespace<V: 'static>(&self, namespace: &str) -> Result<NamespaceId> {
+    /// The state shared by every handle of `namespace` (values of type `V`): the live one,
+    /// or a new one. The same namespace cannot hold two types.
+    pub(crate) fn namespace_state<V: Send + Sync + 'static>(
+        &self,
+        namespace: &str,
+        observer: Arc<dyn CacheObserver>,
+    ) -> Result<Arc<NsState<V>>> {
         validate_name("namespace", namespace)?;
         let mut map = self
             .inner
@@ -144,16 +158,28 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let next = map.len() as NamespaceId;
-        let (id, ty) = *map
-            .entry(namespace.to_owned())
-            .or_insert((next, TypeId::of::<V>()));
-        if ty != TypeId::of::<V>() {
+        let entry = map.entry(namespace.to_owned()).or_insert_with(|| NsEntry {
+            id: next,
+            ty: TypeId::of::<V>(),
+            state: Weak::<NsState<V>>::new(),
+        });
+        if entry.ty != TypeId::of::<V>() {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
                 format!("namespace {namespace:?} is already used by a cache of another value type"),
             ));
         }
-        Ok(id)
+        if let Some(state) = entry
+            .state
+            .upgrade()
+            .and_then(|a| a.downcast::<NsState<V>>().ok())
+        {
+            return Ok(state);
+        }
+        let state = Arc::new(NsState::new(entry.id, self.clone(), observer));
+        let any: Arc<dyn Any + Send + Sync> = state.clone();
+        entry.state = Arc::downgrade(&any);
+        Ok(state)
     }
 }
 

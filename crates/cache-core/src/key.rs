@@ -151,6 +151,17 @@ pub fn tag_key(prefix: &str, namespace: &str, tag: &str) -> String {
     format!("{prefix}:__tags:{namespace}:{tag}")
 }
 
+/// FNV-1a 64-bit: a stable, cheap hash of a key (epoch stripes, trace fields; not for
+/// security).
+pub(crate) fn fnv1a(key: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

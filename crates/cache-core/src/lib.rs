@@ -24,6 +24,7 @@ pub mod error;
 pub mod header;
 pub mod key;
 pub mod l1;
+mod namespace;
 pub mod observer;
 pub mod policy;
 pub mod recovery;

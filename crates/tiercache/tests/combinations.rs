@@ -1,0 +1,720 @@
+//! Guarantees on combined paths: one regression test per hole of issue 13 (a batch with a bad
+//! key, a handle built twice, a batch load racing an invalidation, a clear during a fill, a
+//! replay racing a write, a lease error, lost tag membership, the invalidating instance
+//! re-caching, forged bus sequence numbers, an unbounded publish queue, a bad bus config).
+//!
+//! Each runs on the in-memory L2 and bus, with a store wrapper that can fail or hold single
+//! operations, so the interleaving is forced rather than hoped for.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tiercache::core::bus::Message;
+use tiercache::{
+    BusConfig, BusTransport, Cache, Engine, Error, ErrorKind, MemoryBus, MemoryStore, MsgPack,
+    RemoteEntry, RemoteStore,
+};
+use tokio::sync::Notify;
+
+type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// Which store operation a fault applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Op {
+    Get,
+    Set,
+    Delete,
+    SetNx,
+    TagAdd,
+}
+
+/// A [`MemoryStore`] whose single operations can be made to fail (a transient error) or be
+/// held until released.
+#[derive(Debug, Default)]
+struct FaultStore {
+    inner: MemoryStore,
+    failing: Mutex<HashMap<Op, bool>>,
+    /// Hold the next call of this op until `release` is notified.
+    hold_next: Mutex<Option<Op>>,
+    held: AtomicUsize,
+    release: Notify,
+}
+
+impl FaultStore {
+    fn new() -> Arc<Self> {
+        Arc::new(FaultStore::default())
+    }
+
+    fn fail(&self, op: Op, on: bool) {
+        self.failing.lock().unwrap().insert(op, on);
+    }
+
+    fn hold_next(&self, op: Op) {
+        *self.hold_next.lock().unwrap() = Some(op);
+    }
+
+    /// Wait until a held call is parked.
+    async fn wait_held(&self) {
+        for _ in 0..2000 {
+            if self.held.load(Ordering::SeqCst) > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("no call was held");
+    }
+
+    fn release_held(&self) {
+        self.release.notify_waiters();
+    }
+
+    async fn enter(&self, op: Op) -> tiercache::Result<()> {
+        let hold = {
+            let mut h = self.hold_next.lock().unwrap();
+            if *h == Some(op) {
+                *h = None;
+                true
+            } else {
+                false
+            }
+        };
+        if hold {
+            let released = self.release.notified();
+            self.held.fetch_add(1, Ordering::SeqCst);
+            released.await;
+            self.held.fetch_sub(1, Ordering::SeqCst);
+        }
+        if self
+            .failing
+            .lock()
+            .unwrap()
+            .get(&op)
+            .copied()
+            .unwrap_or(false)
+        {
+            return Err(Error::new(ErrorKind::Connection, "injected failure"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RemoteStore for FaultStore {
+    fn kind(&self) -> &'static str {
+        "fault"
+    }
+    fn max_value_size(&self) -> usize {
+        self.inner.max_value_size()
+    }
+    async fn get(&self, key: &str) -> tiercache::Result<Option<Vec<u8>>> {
+        self.enter(Op::Get).await?;
+        self.inner.get(key).await
+    }
+    async fn get_many(&self, keys: &[String]) -> tiercache::Result<Vec<Option<Vec<u8>>>> {
+        self.enter(Op::Get).await?;
+        self.inner.get_many(keys).await
+    }
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> tiercache::Result<()> {
+        self.enter(Op::Set).await?;
+        self.inner.set(key, value, ttl).await
+    }
+    async fn set_many(&self, entries: Vec<RemoteEntry>) -> tiercache::Result<()> {
+        self.enter(Op::Set).await?;
+        self.inner.set_many(entries).await
+    }
+    async fn delete(&self, keys: &[String]) -> tiercache::Result<()> {
+        self.enter(Op::Delete).await?;
+        self.inner.delete(keys).await
+    }
+    async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> tiercache::Result<bool> {
+        self.enter(Op::SetNx).await?;
+        self.inner.set_nx(key, value, ttl).await
+    }
+    async fn delete_prefix(&self, prefix: &str) -> tiercache::Result<u64> {
+        self.enter(Op::Delete).await?;
+        self.inner.delete_prefix(prefix).await
+    }
+    async fn tag_add(&self, tag_key: &str, member: &str, ttl: Duration) -> tiercache::Result<()> {
+        self.enter(Op::TagAdd).await?;
+        self.inner.tag_add(tag_key, member, ttl).await
+    }
+    async fn tag_take(&self, tag_key: &str) -> tiercache::Result<Vec<String>> {
+        self.inner.tag_take(tag_key).await
+    }
+    async fn set_if_lease(
+        &self,
+        lease_key: &str,
+        token: &[u8],
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> tiercache::Result<bool> {
+        self.enter(Op::Set).await?;
+        self.inner
+            .set_if_lease(lease_key, token, key, value, ttl)
+            .await
+    }
+}
+
+/// One instance: an engine on the shared store and bus.
+async fn instance(store: &Arc<FaultStore>, bus: &Arc<MemoryBus>, prefix: &str) -> Engine {
+    instance_with(store, bus.attach(), prefix, Duration::from_millis(50)).await
+}
+
+/// An instance with its own bus handle and heartbeat.
+async fn instance_with(
+    store: &Arc<FaultStore>,
+    transport: Arc<dyn BusTransport>,
+    prefix: &str,
+    heartbeat: Duration,
+) -> Engine {
+    tiercache::builder(prefix)
+        .remote(store.clone())
+        .bus_transport(transport)
+        .bus_config(BusConfig::default().with_heartbeat(heartbeat))
+        .breaker(None)
+        .recovery(1000, Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap()
+}
+
+fn cache(e: &Engine) -> Cache<String, MsgPack> {
+    e.cache::<String, MsgPack>("n")
+        .with_jitter(0.0)
+        .with_lease_timing(Duration::from_secs(5), Duration::from_millis(300))
+        .build()
+        .unwrap()
+}
+
+/// What L2 holds for `key`, decoded through a fresh engine with no L1 copy.
+async fn l2_value(store: &Arc<FaultStore>, prefix: &str, key: &str) -> Option<String> {
+    let e = tiercache::builder(prefix)
+        .remote(store.clone())
+        .bus(false)
+        .breaker(None)
+        .build()
+        .await
+        .unwrap();
+    cache(&e).get(key).await.unwrap().map(|v| (*v).clone())
+}
+
+async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..300 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+fn ok_loader(v: &'static str) -> impl FnOnce(String) -> std::future::Ready<Result<String, Error>> {
+    move |_| std::future::ready(Ok(v.to_owned()))
+}
+
+/// Item 1: a batch with one invalid key is refused before any key is registered in flight.
+#[tokio::test]
+async fn a_batch_with_an_invalid_key_leaves_nothing_in_flight() -> TestResult {
+    let (store, bus) = (FaultStore::new(), MemoryBus::new());
+    let c = cache(&instance(&store, &bus, "c1").await);
+    let err = c
+        .get_many_or_load(&["a", ""], |keys: Vec<String>| async move {
+            Ok::<_, Error>(keys.into_iter().map(|k| (k, "x".to_owned())).collect())
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidKey);
+    let v =
+        tokio::time::timeout(Duration::from_secs(5), c.get_or_load("a", ok_loader("1"))).await??;
+    assert_eq!(*v, "1");
+    Ok(())
+}
+
+/// Item 2: two handles on one namespace; dropping one keeps the other coherent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_built_twice_stays_coherent_when_one_is_dropped() -> TestResult {
+    let (store, bus) = (FaultStore::new(), MemoryBus::new());
+    let a = instance(&store, &bus, "c2").await;
+    let b = cache(&instance(&store, &bus, "c2").await);
+    let first = cache(&a);
+    let second = cache(&a);
+    drop(second);
+    assert_eq!(*first.get_or_load("k", ok_loader("old")).await?, "old");
+    b.set("k", "new".to_owned()).await?;
+    assert!(
+        eventually(|| first.get_local("k").is_none()).await,
+        "the first handle still serves the old value"
+    );
+    assert_eq!(
+        first.get("k").await?.as_deref().map(String::as_str),
+        Some("new")
+    );
+    Ok(())
+}
+
+/// Item 2, the same for a cache built after another was dropped and one kept: both handles
+/// share one invalidation epoch, so a `set` through one refuses the other's stale fill.
+#[tokio::test]
+async fn handles_of_one_namespace_share_their_epochs() -> TestResult {
+    let (store, bus) = (FaultStore::new(), MemoryBus::new());
+    let a = instance(&store, &bus, "c2b").await;
+    // Without leases only the epoch stands between a stale load and L1.
+    let build = || {
+        a.cache::<String, MsgPack>("n")
+            .with_jitter(0.0)
+            .with_leases(false)
+            .build()
+            .unwrap()
+    };
+    let (h1, h2) = (build(), build());
+    let gate = Arc::new(Notify::new());
+    let g = gate.clone();
+    let load = tokio::spawn({
+        let h1 = h1.clone();
+        async move {
+            h1.get_or_load("k", move |_| async move {
+                g.notified().await;
+                Ok::<_, Error>("old".to_owned())
+            })
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h2.set("k", "new".to_owned()).await?;
+    gate.notify_waiters();
+    load.await??;
+    assert_eq!(
+        h1.get_local("k"),
+        Some(Some(Arc::new("new".to_owned()))),
+        "a load that began before the other handle's set filled L1 with the old value"
+    );
+    Ok(())
+}
+
+/// Item 3: a batch load that began before an invalidation does not write its value back.
+#[tokio::test]
+async fn a_batch_load_racing_an_invalidation_writes_nothing_back() -> TestResult {
+    let (store, bus) = (FaultStore::new(), MemoryBus::new());
+    let a = cache(&instance(&store, &bus, "c3").await);
+    let b = cache(&instance(&store, &bus, "c3").await);
+    let gate = Arc::new(Notify::new());
+    let g = gate.clone();
+    let load = tokio::spawn({
+        let a = a.clone();
+        async move {
+            a.get_many_or_load(&["k"], move |keys: Vec<String>| async move {
+                g.notified().await;
+                Ok::<_, Error>(keys.into_iter().map(|k| (k, "old".to_owned())).collect())
+            })
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    b.invalidate("k").await?;
+    gate.notify_waiters();
+    load.await??;
+    assert_eq!(
+        l2_value(&store, "c3", "k").await,
+        None,
+        "the old value was written back"
+    );
+    Ok(())
+}
+
+/// Item 3: the batch path honours the hard loader timeout and fail-safe.
+#[tokio::test]
+async fn a_hung_batch_loader_is_bounded_and_fail_safe_serves_stale() -> TestResult {
+    let (store, bus) = (FaultStore::new(), MemoryBus::new());
+    let e = instance(&store, &bus, "c3b").await;
+    let c: Cache<String, MsgPack> = e
+        .cache("n")
+        .with_jitter(0.0)
+        .with_loader_timeouts(None, Some(Duration::from_millis(100)))
+        .build()?;
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        c.get_many_or_load(&["k"], |_keys: Vec<String>| async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, Error>(HashMap::new())
+        }),
+    )
+    .await
+    .expect("a hung batch loader hung its caller");
+    assert_eq!(r.unwrap_err().kind(), ErrorKind::Timeout);
+
+    let safe: Cache<String, MsgPack> = e
+        .cache("safe")
+        .with_jitter(0.0)
+        .with_l1_ttl(Duration::from_millis(50))
+        .with_l2_ttl(Duration::from_millis(50))
+        .with_fail_safe(Duration::from_secs(60), Duration::from_millis(10))
+        .build()?;
+    safe.set("k", "kept".to_owned()).await?;
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let r = safe
+        .get_many_or_load(&["k"], |_keys: Vec<String>| async move {
+            Err::<HashMap<String, String>, _>(Error::new(ErrorKind::Loader, "db down"))
+        })
+        .await?;
+    assert_eq!(r[0].as_deref().map(String::as_str), Some("kept"));
+    Ok(())
+}
+
+/// Item 4: a fill that began before `clear_namespace` does not land after it.
+#[tokio::test]
+async fn a_clear_during_a_fill_wins() -> TestResult {
+    let (store, bus) = (FaultStore::new(), MemoryBus::new());
+    let a = cache(&instance(&store, &bus, "c4").await);
+    let b = cache(&instance(&store, &bus, "c4").await);
+    let gate = Arc::new(Notify::new());
+    let g = gate.clone();
+    let load = tokio::spawn({
+        let a = a.clone();
+        async move {
+            a.get_or_load("k", move |_| async move {
+                g.notified().await;
+                Ok::<_, Error>("pre-clear".to_owned())
+            })
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    b.clear_namespace().await?;
+    gate.notify_waiters();
+    load.await??;
+    assert_eq!(
+        l2_value(&store, "c4", "k").await,
+        None,
+        "the pre-clear value landed"
+    );
+    Ok(())
+}
+
+/// Item 5: a replayed write does not land over a newer write made while it was in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_racing_a_write_does_not_win() -> TestResult {
+    let (store, bus) = (FaultStore::new(), MemoryBus::new());
+    let a = cache(&instance(&store, &bus, "c5").await);
+    store.fail(Op::Set, true);
+    store.fail(Op::Delete, true);
+    a.set("k", "queued".to_owned()).await?;
+    assert_eq!(a.engine().recovery_stats().unwrap().pending, 1);
+    // The replay's write is held in flight while a newer write succeeds.
+    store.hold_next(Op::Set);
+    store.fail(Op::Set, false);
+    store.fail(Op::Delete, false);
+    store.wait_held().await;
+    a.set("k", "newer".to_owned()).await?;
+    store.release_held();
+    assert!(eventually(|| a.engine().recovery_stats().unwrap().pending == 0).await);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let in_l2 = l2_value(&store, "c5", "k").await;
+    assert_ne!(
+        in_l2.as_deref(),
+        Some("queued"),
+        "the replay overwrote a newer write"
+    );
+    Ok(())
+}
+
+/// Item 5: a replayed set removes the fill lease, so a load in flight elsewhere cannot
+/// overwrite it.
+#[tokio::test]
+async fn a_replayed_set_removes_the_fill_lease() -> TestResult {
+    let (store, bus) = (FaultStore::new(), MemoryBus::new());
+    let a = cache(&instance(&store, &bus, "c5b").await);
+    let full = a.full_key("k")?;
+    let lease = tiercache::core::key::lease_key("c5b", &full).unwrap();
+    // Another instance's fill holds the lease.
+    assert!(
+        store
+            .inner
+            .set_nx(&lease, b"t".to_vec(), Duration::from_secs(30))
+            .await?
+    );
+    store.fail(Op::Set, true);
+    store.fail(Op::Delete, true);
+    a.set("k", "written".to_owned()).await?;
+    store.fail(Op::Set, false);
+    store.fail(Op::Delete, false);
+    assert!(eventually(|| a.engine().recovery_stats().unwrap().pending == 0).await);
+    let landed = store
+        .inner
+        .set_if_lease(
+            &lease,
+            b"t",
+            &full,
+            b"old".to_vec(),
+            Duration::from_secs(30),
+        )
+        .await?;
+    assert!(
+        !landed,
+        "the other instance's fill overwrote the replayed write"
+    );
+    Ok(())
+}
+
+/// Item 6: when the lease cannot be taken (L2 error), the loaded value is not written
+/// unconditionally: an invalidation during the load wins.
+#[tokio::test]
+async fn a_lease_error_does_not_write_unconditionally() -> TestResult {
+    let (store, bus) = (FaultStore::new(), MemoryBus::new());
+    let a = cache(&instance(&store, &bus, "c6").await);
+    let b = cache(&instance(&store, &bus, "c6").await);
+    store.fail(Op::SetNx, true);
+    let gate = Arc::new(Notify::new());
+    let g = gate.clone();
+    let load = tokio::spawn({
+        let a = a.clone();
+        async move {
+            a.get_or_load("k", move |_| async move {
+                g.notified().await;
+                Ok::<_, Error>("old".to_owned())
+            })
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    b.invalidate("k").await?;
+    gate.notify_waiters();
+    load.await??;
+    assert_eq!(
+        l2_value(&store, "c6", "k").await,
+        None,
+        "the old value was written back"
+    );
+    Ok(())
+}
+
+/// Item 6: an L2 read error while waiting for another instance's lease does not make this
+/// instance write over the lease holder.
+#[tokio::test]
+async fn a_read_error_while_waiting_for_a_lease_writes_nothing() -> TestResult {
+    let (store, bus) = (FaultStore::new(), MemoryBus::new());
+    let a = cache(&instance(&store, &bus, "c6b").await);
+    let full = a.full_key("k")?;
+    let lease = tiercache::core::key::lease_key("c6b", &full).unwrap();
+    assert!(
+        store
+            .inner
+            .set_nx(&lease, b"other".to_vec(), Duration::from_secs(30))
+            .await?
+    );
+    store.fail(Op::Get, true);
+    let calls = Arc::new(AtomicU64::new(0));
+    let n = calls.clone();
+    a.get_or_load("k", move |_| async move {
+        n.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, Error>("mine".to_owned())
+    })
+    .await?;
+    store.fail(Op::Get, false);
+    assert_eq!(
+        store.inner.get(&full).await?,
+        None,
+        "wrote without the lease while another instance held it"
+    );
+    Ok(())
+}
+
+/// Item 7: a failing delete in `invalidate_tag` loses no member: the delete is replayed and
+/// the invalidation announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_tag_delete_loses_no_member() -> TestResult {
+    let (store, bus) = (FaultStore::new(), MemoryBus::new());
+    let a = cache(&instance(&store, &bus, "c7").await);
+    let b = cache(&instance(&store, &bus, "c7").await);
+    a.set_with_tags("k", "v".to_owned(), &["t"]).await?;
+    assert!(b.get("k").await?.is_some());
+    store.fail(Op::Delete, true);
+    let r = a.invalidate_tag("t").await;
+    assert!(
+        eventually(|| b.get_local("k").is_none()).await,
+        "the other instance was not told (result {r:?})"
+    );
+    store.fail(Op::Delete, false);
+    let mut gone = false;
+    for _ in 0..100 {
+        let _ = a.invalidate_tag("t").await;
+        if l2_value(&store, "c7", "k").await.is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(gone, "the tagged key stays in L2 for good");
+    Ok(())
+}
+
+/// Item 7: a failed `tag_add` is replayed with its write, so a later `invalidate_tag` finds
+/// the key.
+#[tokio::test]
+async fn a_failed_tag_add_is_replayed() -> TestResult {
+    let (store, bus) = (FaultStore::new(), MemoryBus::new());
+    let a = cache(&instance(&store, &bus, "c7b").await);
+    store.fail(Op::TagAdd, true);
+    a.set_with_tags("k", "v".to_owned(), &["t"]).await?;
+    store.fail(Op::TagAdd, false);
+    assert!(eventually(|| a.engine().recovery_stats().unwrap().pending == 0).await);
+    assert_eq!(
+        a.invalidate_tag("t").await?,
+        1,
+        "the key's tag membership was lost"
+    );
+    assert_eq!(l2_value(&store, "c7b", "k").await, None);
+    Ok(())
+}
+
+/// Item 8: a read on the invalidating instance while its delete is in flight does not
+/// re-cache the old value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_invalidating_instance_does_not_recache_the_old_value() -> TestResult {
+    let (store, bus) = (FaultStore::new(), MemoryBus::new());
+    let a = cache(&instance(&store, &bus, "c8").await);
+    a.set("k", "old".to_owned()).await?;
+    store.hold_next(Op::Delete);
+    let inv = tokio::spawn({
+        let a = a.clone();
+        async move { a.invalidate("k").await }
+    });
+    store.wait_held().await;
+    let seen = a.get("k").await?;
+    assert_eq!(seen.as_deref().map(String::as_str), Some("old"));
+    store.release_held();
+    inv.await??;
+    assert_eq!(
+        a.get_local("k"),
+        None,
+        "L1 kept the old value after the invalidation"
+    );
+    Ok(())
+}
+
+/// A bus message forged with a real publisher id and a sequence number at `u64::MAX`
+/// neither kills the receiver nor disables loss detection for that publisher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_sequence_number_does_not_deafen_the_receiver() -> TestResult {
+    let (store, bus) = (FaultStore::new(), MemoryBus::new());
+    let hour = Duration::from_secs(3600);
+    let a = cache(&instance_with(&store, bus.attach(), "s1", hour).await);
+    let b_handle = bus.attach();
+    let b_engine = instance_with(&store, b_handle.clone(), "s1", hour).await;
+    let b = cache(&b_engine);
+    let forger = bus.attach();
+    let channel = "s1:n:__inv";
+    for _ in 0..2 {
+        let forged = Message {
+            kind: 1,
+            instance: b_engine.instance_id().unwrap(),
+            seq: u64::MAX,
+            keys: vec!["other".into()],
+        };
+        forger.publish(channel, forged.encode()).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // B's next invalidation is lost; its following one must reveal the gap.
+    a.get_or_load("k", ok_loader("old")).await?;
+    b_handle.drop_next(1);
+    b.set("k", "new".to_owned()).await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    b.set("j", "x".to_owned()).await?;
+    assert!(
+        eventually(|| a.get_local("k").is_none()).await,
+        "the loss went undetected after the forged message"
+    );
+    Ok(())
+}
+
+/// The outgoing invalidation queue is bounded: when the transport stalls, a flood of
+/// invalidations turns into a namespace clear instead of unbounded memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publish_queue_is_bounded() -> TestResult {
+    #[derive(Debug)]
+    struct Stalled {
+        inner: Arc<tiercache::MemoryBusHandle>,
+        stalled: AtomicBool,
+        go: Notify,
+    }
+    #[async_trait]
+    impl BusTransport for Stalled {
+        fn kind(&self) -> &'static str {
+            "stalled"
+        }
+        async fn publish(&self, channel: &str, payload: Vec<u8>) -> tiercache::Result<()> {
+            while self.stalled.load(Ordering::SeqCst) {
+                let go = self.go.notified();
+                if !self.stalled.load(Ordering::SeqCst) {
+                    break;
+                }
+                go.await;
+            }
+            self.inner.publish(channel, payload).await
+        }
+        fn start(
+            &self,
+            events: tokio::sync::mpsc::UnboundedSender<tiercache::core::BusEvent>,
+        ) -> tiercache::Result<tokio::task::JoinHandle<()>> {
+            self.inner.start(events)
+        }
+        fn subscribe(&self, channel: &str) {
+            self.inner.subscribe(channel)
+        }
+    }
+    let (store, bus) = (FaultStore::new(), MemoryBus::new());
+    let a = cache(&instance(&store, &bus, "s2").await);
+    let stalled = Arc::new(Stalled {
+        inner: bus.attach(),
+        stalled: AtomicBool::new(false),
+        go: Notify::new(),
+    });
+    let b_engine = tiercache::builder("s2")
+        .remote(store.clone())
+        .bus_transport(stalled.clone())
+        .bus_config(
+            BusConfig::default()
+                .with_heartbeat(Duration::from_secs(3600))
+                .with_max_queued_keys(100),
+        )
+        .breaker(None)
+        .build()
+        .await?;
+    let b = cache(&b_engine);
+    a.get_or_load("k", ok_loader("old")).await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stalled.stalled.store(true, Ordering::SeqCst);
+    for i in 0..1000u32 {
+        b.invalidate(&format!("x{i}")).await?;
+    }
+    b.set("k", "new".to_owned()).await?;
+    let queued = b_engine.bus_stats().unwrap().queued_keys;
+    assert!(queued <= 100, "{queued} keys queued for publishing");
+    stalled.stalled.store(false, Ordering::SeqCst);
+    stalled.go.notify_waiters();
+    assert!(
+        eventually(|| a.get_local("k").is_none()).await,
+        "an invalidation was dropped when the queue overflowed"
+    );
+    Ok(())
+}
+
+/// A bus config that would panic a task (a zero heartbeat) is refused when the engine is
+/// built.
+#[tokio::test]
+async fn a_zero_heartbeat_is_a_config_error() -> TestResult {
+    let (store, bus) = (FaultStore::new(), MemoryBus::new());
+    let config = BusConfig::default().with_heartbeat(Duration::ZERO);
+    let r = tiercache::builder("s3")
+        .remote(store)
+        .bus_transport(bus.attach())
+        .bus_config(config)
+        .build()
+        .await;
+    assert_eq!(r.unwrap_err().kind(), ErrorKind::InvalidConfig);
+    Ok(())
+}
