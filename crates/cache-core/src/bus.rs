@@ -163,6 +163,9 @@ pub(crate) trait BusTarget: Send + Sync {
     fn user_keys(&self, full_keys: &[String]) -> Vec<String>;
 }
 
+/// How far below the last number heard a message may be and still count as merely late.
+const REORDER_WINDOW: u64 = 1024;
+
 const VERSION: u8 = 1;
 const KIND_KEYS: u8 = 1;
 const KIND_CLEAR: u8 = 2;
@@ -321,9 +324,13 @@ impl OutQueue {
     }
 }
 
+#[derive(Default)]
 struct PublisherState {
-    /// Latest sequence number sent per channel.
+    /// Latest sequence number taken per channel.
     seqs: HashMap<String, u64>,
+    /// Latest sequence number whose publish has finished (delivered or failed) per channel:
+    /// what heartbeats announce, so a heartbeat never overtakes the message it counts.
+    done: HashMap<String, u64>,
 }
 
 /// What a receiver knows of one publisher on one channel.
@@ -403,9 +410,7 @@ impl BusRuntime {
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let targets: Arc<Mutex<HashMap<String, Weak<dyn BusTarget>>>> = Arc::default();
         let stats = Arc::new(BusCounters::default());
-        let publisher = Arc::new(Mutex::new(PublisherState {
-            seqs: HashMap::new(),
-        }));
+        let publisher = Arc::new(Mutex::new(PublisherState::default()));
         let mut tasks = vec![transport.start(ev_tx.clone())?];
         if let Some(t) = &tracking {
             tasks.push(t.start(ev_tx)?);
@@ -503,7 +508,13 @@ async fn send(
         keys,
     }
     .encode();
-    match transport.publish(channel, payload).await {
+    let result = transport.publish(channel, payload).await;
+    {
+        let mut p = lock(publisher);
+        let done = p.done.entry(channel.to_owned()).or_insert(0);
+        *done = (*done).max(seq);
+    }
+    match result {
         Ok(()) => {
             stats.sent_messages.fetch_add(1, Ordering::Relaxed);
             stats.sent_keys.fetch_add(n, Ordering::Relaxed);
@@ -582,7 +593,7 @@ async fn heartbeat_loop(
         tick.tick().await;
         let channels: Vec<String> = lock(&targets).keys().cloned().collect();
         for ch in channels {
-            let seq = lock(&publisher).seqs.get(&ch).copied().unwrap_or(0);
+            let seq = lock(&publisher).done.get(&ch).copied().unwrap_or(0);
             let payload = Message {
                 kind: KIND_HEARTBEAT,
                 instance,
@@ -664,9 +675,10 @@ async fn receive_loop(
                 let key = (msg.instance, channel);
                 // First contact: anything this publisher sent before is unknown to us.
                 let expected = heard.get(&key).map_or(0, |h| h.seq);
-                // A publisher's numbers never go back: if they do, the earlier number was
-                // forged or corrupt, and tracking must resume from this one.
-                let backwards = msg.seq < expected;
+                // A publisher's numbers never go back: a number far below the last one means
+                // that one was forged or corrupt, and tracking resumes from this one (a
+                // slightly lower number is a late message, nothing to act on).
+                let backwards = expected.saturating_sub(msg.seq) > REORDER_WINDOW;
                 let gap = backwards
                     || if msg.kind == KIND_HEARTBEAT {
                         msg.seq > expected

@@ -26,7 +26,7 @@ use crate::namespace::{Flight, NsState, Shared};
 use crate::observer::{CacheEvent, CacheObserver, L2Op};
 use crate::policy::{NoRefresh, RefreshPolicy};
 use crate::recovery::Replay;
-use crate::remote::{check_value_size, RemoteEntry};
+use crate::remote::{check_value_size, LeaseFill, RemoteEntry};
 
 /// Bytes charged per L1 entry on top of its encoded size (key, bookkeeping, allocator).
 pub const L1_ENTRY_OVERHEAD: u32 = 96;
@@ -2175,33 +2175,22 @@ where
         if missing.is_empty() {
             return results;
         }
-        // A lease per key, taken (or waited for) concurrently.
+        // A lease per key, in one batch; keys another instance is filling are waited for.
         let mut to_load: Vec<(String, String, Fill)> = Vec::new();
-        let leases = futures::future::join_all(missing.into_iter().map(|k| {
-            let this = &self;
-            let epoch = epoch_of(&k);
-            async move {
-                let full = this.keys.full(&k);
-                let fill = match &full {
-                    Ok(full) => this.take_lease(&k, full, false, epoch).await,
-                    Err(_) => Ok(Fill::LocalOnly),
-                };
-                (k, full, fill)
-            }
-        }))
-        .await;
-        for (k, full, fill) in leases {
-            match (full, fill) {
-                (Err(e), _) => {
+        let mut named = Vec::with_capacity(missing.len());
+        for k in missing {
+            match self.keys.full(&k) {
+                Ok(full) => named.push((k, full)),
+                Err(e) => {
                     results.insert(k, Err(e));
                 }
-                // Another instance filled it while we waited for its lease.
-                (Ok(_), Err(value)) => {
-                    results.insert(k, Ok(value));
-                }
-                (Ok(full), Ok(fill)) => to_load.push((k, full, fill)),
             }
         }
+        let (fills, delivered) = self.take_leases(named, &epochs).await;
+        for (k, value) in delivered {
+            results.insert(k, Ok(value));
+        }
+        to_load.extend(fills);
         if to_load.is_empty() {
             return results;
         }
@@ -2237,7 +2226,6 @@ where
                 return results;
             }
         };
-        let mut plain = Vec::new();
         let mut fills = Vec::new();
         for (k, full, fill) in to_load {
             let v = values.remove(&k);
@@ -2251,52 +2239,52 @@ where
                 }
             }
         }
-        // Compare-and-set fills, concurrently; plain ones (no leases) in one batch.
-        let written =
-            futures::future::join_all(fills.iter_mut().map(|(_, full, fill, prepared, bytes)| {
-                let this = &self;
-                let ttl = prepared.l2_ttl;
-                let bytes = bytes.take();
-                async move {
-                    match (&this.engine.inner.l2, bytes, &*fill) {
-                        (Some(l2), Some(bytes), Fill::Lease(lk, token)) => {
-                            match l2.set_if_lease(lk, token, full, bytes, ttl).await {
-                                Ok(stored) => (stored, None),
-                                Err(e) => {
-                                    this.l2_failed(L2Op::Set, &e);
-                                    (true, None)
-                                }
-                            }
+        // Compare-and-set fills in one batch; plain ones (no leases) in one batch.
+        let mut cas = Vec::new();
+        let mut plain = Vec::new();
+        let mut stored = vec![true; fills.len()];
+        for (i, (_, full, fill, prepared, bytes)) in fills.iter_mut().enumerate() {
+            match (bytes.take(), &*fill) {
+                (Some(value), Fill::Lease(lk, token)) => cas.push((
+                    i,
+                    LeaseFill {
+                        lease_key: lk.clone(),
+                        token: token.clone(),
+                        key: full.clone(),
+                        value,
+                        ttl: prepared.l2_ttl,
+                    },
+                )),
+                (None, Fill::Lease(lk, token)) => self.release_lease(lk, token).await,
+                (Some(value), Fill::Plain) => plain.push(RemoteEntry {
+                    key: full.clone(),
+                    value,
+                    ttl: prepared.l2_ttl,
+                }),
+                (_, Fill::Skip) => stored[i] = false,
+                _ => {}
+            }
+        }
+        if let Some(l2) = &self.engine.inner.l2 {
+            if !cas.is_empty() {
+                let (at, batch): (Vec<usize>, Vec<LeaseFill>) = cas.into_iter().unzip();
+                match l2.set_if_lease_many(batch).await {
+                    Ok(answers) => {
+                        for (i, ok) in at.into_iter().zip(answers) {
+                            stored[i] = ok;
                         }
-                        (Some(_), None, Fill::Lease(lk, token)) => {
-                            this.release_lease(lk, token).await;
-                            (true, None)
-                        }
-                        (Some(_), Some(bytes), Fill::Plain) => (
-                            true,
-                            Some(RemoteEntry {
-                                key: full.clone(),
-                                value: bytes,
-                                ttl,
-                            }),
-                        ),
-                        (_, _, Fill::Skip) => (false, None),
-                        _ => (true, None),
                     }
+                    Err(e) => self.l2_failed(L2Op::Set, &e),
                 }
-            }))
-            .await;
-        for (_, entry) in &written {
-            if let Some(entry) = entry {
-                plain.push(entry.clone());
+            }
+            if !plain.is_empty() {
+                if let Err(e) = l2.set_many(plain).await {
+                    self.l2_failed(L2Op::Set, &e);
+                }
             }
         }
-        if let (Some(l2), false) = (&self.engine.inner.l2, plain.is_empty()) {
-            if let Err(e) = l2.set_many(plain).await {
-                self.l2_failed(L2Op::Set, &e);
-            }
-        }
-        for ((k, _, _, prepared, _), (stored, _)) in fills.into_iter().zip(written) {
+        let written = stored;
+        for ((k, _, _, prepared, _), stored) in fills.into_iter().zip(written) {
             if stored && self.epoch(&k) == epoch_of(&k) {
                 self.fill_l1(&k, prepared.value.clone(), &prepared);
             } else {
@@ -2305,6 +2293,106 @@ where
             results.insert(k, Ok(prepared.value));
         }
         results
+    }
+
+    /// Take the fill leases of a batch load: one batched `SET NX`; keys whose lease another
+    /// instance holds are polled (one batched read per round) for up to `lease_wait`, then
+    /// taken over, or loaded without writing. Returns the fills, and the values other
+    /// instances delivered meanwhile.
+    #[allow(clippy::type_complexity)]
+    async fn take_leases(
+        &self,
+        keys: Vec<(String, String)>,
+        epochs: &HashMap<String, u64>,
+    ) -> (Vec<(String, String, Fill)>, Vec<(String, Option<Arc<V>>)>) {
+        let mut fills = Vec::with_capacity(keys.len());
+        let mut delivered = Vec::new();
+        let Some(l2) = self.engine.inner.l2.as_ref().filter(|_| self.config.leases) else {
+            fills.extend(keys.into_iter().map(|(k, f)| (k, f, Fill::Plain)));
+            return (fills, delivered);
+        };
+        let mut leased = Vec::with_capacity(keys.len());
+        for (k, full) in keys {
+            match self.lease_key(&full) {
+                Some(lk) => leased.push((k, full, lk)),
+                None => fills.push((k, full, Fill::Plain)),
+            }
+        }
+        if leased.is_empty() {
+            return (fills, delivered);
+        }
+        let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)).into_bytes();
+        let ttl = self.config.lease_ttl;
+        let lease_keys: Vec<String> = leased.iter().map(|(_, _, lk)| lk.clone()).collect();
+        let mut busy = Vec::new();
+        match l2.set_nx_many(&lease_keys, &token, ttl).await {
+            Ok(taken) => {
+                for ((k, full, lk), ok) in leased.into_iter().zip(taken) {
+                    if ok {
+                        self.observer.on_event(CacheEvent::LeaseAcquired);
+                        fills.push((k, full, Fill::Lease(lk, token.clone())));
+                    } else {
+                        busy.push((k, full, lk));
+                    }
+                }
+            }
+            Err(e) => {
+                self.l2_failed(L2Op::Lease, &e);
+                fills.extend(leased.into_iter().map(|(k, f, _)| (k, f, Fill::LocalOnly)));
+                return (fills, delivered);
+            }
+        }
+        if busy.is_empty() {
+            return (fills, delivered);
+        }
+        bump(&self.stats.lease_waits);
+        self.observer.on_event(CacheEvent::LeaseWait);
+        let deadline = Instant::now() + self.config.lease_wait;
+        let mut pause = Duration::from_millis(1);
+        while !busy.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+            pause = (pause * 2).min(Duration::from_millis(10));
+            let fulls: Vec<String> = busy.iter().map(|(_, f, _)| f.clone()).collect();
+            let start = Instant::now();
+            match l2.get_many(&fulls).await {
+                Ok(answers) => {
+                    let mut still = Vec::with_capacity(busy.len());
+                    for ((k, full, lk), a) in busy.into_iter().zip(answers) {
+                        let epoch = epochs.get(&k).copied().unwrap_or(0);
+                        match self.accept_l2(&k, a, start.elapsed(), epoch) {
+                            Some(found) if !found.stale => delivered.push((k, found.value)),
+                            _ => still.push((k, full, lk)),
+                        }
+                    }
+                    busy = still;
+                }
+                // Keep waiting: the holders may still deliver.
+                Err(e) => self.l2_failed(L2Op::Get, &e),
+            }
+        }
+        if busy.is_empty() {
+            return (fills, delivered);
+        }
+        // The holders did not deliver in time: take their leases over, else load without
+        // writing (we cannot prove our values are not stale).
+        let lease_keys: Vec<String> = busy.iter().map(|(_, _, lk)| lk.clone()).collect();
+        match l2.set_nx_many(&lease_keys, &token, ttl).await {
+            Ok(taken) => {
+                for ((k, full, lk), ok) in busy.into_iter().zip(taken) {
+                    let fill = if ok {
+                        Fill::Lease(lk, token.clone())
+                    } else {
+                        Fill::Skip
+                    };
+                    fills.push((k, full, fill));
+                }
+            }
+            Err(e) => {
+                self.l2_failed(L2Op::Lease, &e);
+                fills.extend(busy.into_iter().map(|(k, f, _)| (k, f, Fill::LocalOnly)));
+            }
+        }
+        (fills, delivered)
     }
 
     /// Run a batch loader under the hard loader timeout.

@@ -43,4 +43,4 @@ pub use l1::{L1Entry, L1Stats, L1Store, NamespaceId};
 pub use observer::{CacheEvent, CacheObserver, L2Op, NoopObserver, Observer, Tier};
 pub use policy::{NoRefresh, RandomSource, RefreshPolicy, SeededRandom, ThreadRandom};
 pub use recovery::RecoveryStats;
-pub use remote::{MemoryStore, RemoteEntry, RemoteStore};
+pub use remote::{LeaseFill, MemoryStore, RemoteEntry, RemoteStore};

@@ -23,6 +23,21 @@ pub struct RemoteEntry {
     pub ttl: Duration,
 }
 
+/// One compare-and-set fill of a batch (see [`RemoteStore::set_if_lease`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseFill {
+    /// The lease key, in the value key's hash slot.
+    pub lease_key: String,
+    /// The token the lease must still hold.
+    pub token: Vec<u8>,
+    /// The value's full key.
+    pub key: String,
+    /// Encoded bytes.
+    pub value: Vec<u8>,
+    /// Time to live of the value.
+    pub ttl: Duration,
+}
+
 /// The shared remote tier (Redis, Redis Cluster, or the in-memory store for tests).
 ///
 /// Every method is bounded in time by the implementation (a response timeout). Keys are full
@@ -92,6 +107,28 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
         value: Vec<u8>,
         ttl: Duration,
     ) -> Result<bool>;
+
+    /// [`RemoteStore::set_nx`] of `value` under each of `keys` (the leases of a batch load);
+    /// whether each was stored, in order. The default sends the calls concurrently; a
+    /// backend overrides it to batch them into as few round trips as it can.
+    async fn set_nx_many(&self, keys: &[String], value: &[u8], ttl: Duration) -> Result<Vec<bool>> {
+        futures::future::join_all(keys.iter().map(|k| self.set_nx(k, value.to_vec(), ttl)))
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// [`RemoteStore::set_if_lease`] for each fill of a batch load; whether each stored, in
+    /// order. The default sends the calls concurrently; a backend overrides it to batch them.
+    async fn set_if_lease_many(&self, fills: Vec<LeaseFill>) -> Result<Vec<bool>> {
+        futures::future::join_all(fills.into_iter().map(|f| async move {
+            self.set_if_lease(&f.lease_key, &f.token, &f.key, f.value, f.ttl)
+                .await
+        }))
+        .await
+        .into_iter()
+        .collect()
+    }
 }
 
 /// Refuse a value over `max` before anything is sent.
@@ -327,6 +364,42 @@ impl RemoteStore for MemoryStore {
             }
             _ => Ok(false),
         }
+    }
+
+    async fn set_nx_many(&self, keys: &[String], value: &[u8], ttl: Duration) -> Result<Vec<bool>> {
+        self.enter()?;
+        self.pause().await;
+        let mut map = self.lock();
+        Ok(keys
+            .iter()
+            .map(|k| {
+                if Self::live(&mut map, k).is_some() {
+                    return false;
+                }
+                map.insert(k.clone(), (value.to_vec(), Instant::now() + ttl));
+                true
+            })
+            .collect())
+    }
+
+    async fn set_if_lease_many(&self, fills: Vec<LeaseFill>) -> Result<Vec<bool>> {
+        for f in &fills {
+            check_value_size(&f.key, f.value.len(), self.max_value_size)?;
+        }
+        self.enter()?;
+        self.pause().await;
+        let mut map = self.lock();
+        Ok(fills
+            .into_iter()
+            .map(|f| match Self::live(&mut map, &f.lease_key) {
+                Some(t) if t == f.token => {
+                    map.remove(&f.lease_key);
+                    map.insert(f.key, (f.value, Instant::now() + f.ttl));
+                    true
+                }
+                _ => false,
+            })
+            .collect())
     }
 }
 

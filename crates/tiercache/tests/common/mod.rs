@@ -668,6 +668,42 @@ pub async fn invalid_keys_are_typed_errors(b: &dyn Backend) -> TestResult {
 }
 
 /// Generates one `#[tokio::test]` per case for a backend made by `$make().await?`.
+/// A batch load that began before an invalidation writes nothing back to L2, and a load
+/// that began before `clear_namespace` does not land after it (leases, on every backend).
+pub async fn loads_racing_invalidation_and_clear_write_nothing_back(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("race");
+    let a = users(&engine(b, &p).await?)?;
+    let other = users(&engine(b, &p).await?)?;
+    for (key, clear) in [("1", false), ("2", true)] {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let g = gate.clone();
+        let a2 = a.clone();
+        let load = tokio::spawn(async move {
+            a2.get_many_or_load(&[key], move |keys: Vec<String>| async move {
+                g.notified().await;
+                Ok::<_, std::io::Error>(keys.into_iter().map(|k| (k, user(0))).collect())
+            })
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if clear {
+            other.clear_namespace().await?;
+        } else {
+            other.invalidate(key).await?;
+        }
+        gate.notify_waiters();
+        load.await??;
+        let store = b.store().await;
+        assert_eq!(
+            store.get(&a.full_key(key)?).await?,
+            None,
+            "the load's value landed after the {}",
+            if clear { "clear" } else { "invalidation" }
+        );
+    }
+    Ok(())
+}
+
 macro_rules! behaviour_suite {
     ($make:path) => {
         behaviour_suite!(@cases $make;
@@ -691,6 +727,7 @@ macro_rules! behaviour_suite {
             raw_mode_writes_plain_payloads,
             ttl_jitter_spreads_expiry,
             invalid_keys_are_typed_errors,
+            loads_racing_invalidation_and_clear_write_nothing_back,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {
