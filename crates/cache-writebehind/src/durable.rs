@@ -14,6 +14,11 @@
 //!   the entries other consumers left pending (`XAUTOCLAIM`, idle at least `claim_idle`), and
 //!   reads new entries only when no other consumer holds pending ones (older entries first:
 //!   per-key order survives a takeover). It looks again every `claim_idle`.
+//! - Repairs: a key whose cache may hold an older value than its queued write (the cache
+//!   update failed or was abandoned, or the `XADD`'s outcome is unknown) is invalidated once
+//!   no entry up to a bound is left in the stream. The bound is the write's own entry id, or,
+//!   when the `XADD`'s outcome is unknown, the stream's newest id read after it on the same
+//!   multiplexed connection (if the `XADD` ran at all, it ran before that read).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -69,6 +74,9 @@ pub(crate) struct StreamId {
 }
 
 impl StreamId {
+    /// Below every real entry id: the bound of "nothing was in the stream".
+    const ZERO: StreamId = StreamId { ms: 0, seq: 0 };
+
     fn parse(s: &str) -> Option<StreamId> {
         let (ms, seq) = s.split_once('-')?;
         Some(StreamId {
@@ -91,6 +99,129 @@ struct Entry {
     fields: Option<HashMap<String, Vec<u8>>>,
 }
 
+/// Why [`DurableQueue::add`] failed.
+pub(crate) struct AddError {
+    pub(crate) error: Error,
+    /// The entry may be in the stream all the same: the `XADD` may have been sent, and no
+    /// answer says it was refused (a timeout, a dropped connection, an unreadable reply).
+    pub(crate) maybe_added: bool,
+}
+
+impl AddError {
+    fn refused(error: Error) -> Self {
+        AddError {
+            error,
+            maybe_added: false,
+        }
+    }
+}
+
+/// One key waiting for its repair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Repair {
+    /// Invalidate the key once no entry up to this id is left in the stream. `None`: not
+    /// known yet (an `XADD` whose outcome is unknown): the stream's newest id, read after
+    /// mark number `mark`, becomes the bound.
+    bound: Option<StreamId>,
+    /// The number of the key's latest mark.
+    mark: u64,
+}
+
+/// Keys to invalidate once the writes their cache may be missing are in the source. One
+/// entry per key (a new mark raises the bound), so the map never holds more keys than were
+/// written with a failed or unknown outcome, and each key leaves it once repaired or once a
+/// later write updated the cache.
+#[derive(Debug, Default)]
+struct Repairs {
+    keys: HashMap<String, Repair>,
+    /// Marks so far; each mark takes the next number.
+    marks: u64,
+}
+
+impl Repairs {
+    /// Ask for a repair of `key` once no entry up to `bound` is left (`None`: once no entry
+    /// up to the stream's newest id, read after this mark, is left).
+    fn mark(&mut self, key: &str, bound: Option<StreamId>) {
+        self.marks += 1;
+        let mark = self.marks;
+        match self.keys.get_mut(key) {
+            Some(r) => {
+                r.bound = match (r.bound, bound) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                };
+                r.mark = mark;
+            }
+            None => {
+                self.keys.insert(key.to_owned(), Repair { bound, mark });
+            }
+        }
+    }
+
+    /// A write to `key` updated the cache after every write with a pending repair (it holds
+    /// the stripe lock, so they came before it): the cache holds the newest value, no repair
+    /// is needed any more. Invalidating later would even be harmful: the write's own entry may
+    /// still be waiting, and a read would then load the source's older value.
+    fn clear(&mut self, key: &str) {
+        self.keys.remove(key);
+    }
+
+    /// Whether a mark up to number `upto` still waits for its bound.
+    fn unresolved(&self, upto: u64) -> bool {
+        self.keys
+            .values()
+            .any(|r| r.bound.is_none() && r.mark <= upto)
+    }
+
+    /// `newest` was read from the stream after mark number `upto`: it bounds every entry an
+    /// unknown `XADD` marked up to then may have added (an empty stream: nothing is left).
+    fn resolve(&mut self, upto: u64, newest: Option<StreamId>) {
+        for r in self.keys.values_mut() {
+            if r.bound.is_none() && r.mark <= upto {
+                r.bound = Some(newest.unwrap_or(StreamId::ZERO));
+            }
+        }
+    }
+
+    /// The highest known bound.
+    fn max_bound(&self) -> Option<StreamId> {
+        self.keys.values().filter_map(|r| r.bound).max()
+    }
+
+    /// Keys whose bound is known and `clear` (no entry up to it is left).
+    fn due(&self, clear: impl Fn(StreamId) -> bool) -> Vec<String> {
+        self.keys
+            .iter()
+            .filter(|(_, r)| r.bound.is_some_and(&clear))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Remove `key` if its repair is (still) due by `clear`. Returns whether it was.
+    fn take(&mut self, key: &str, clear: impl Fn(StreamId) -> bool) -> bool {
+        let due = self
+            .keys
+            .get(key)
+            .is_some_and(|r| r.bound.is_some_and(clear));
+        if due {
+            self.keys.remove(key);
+        }
+        due
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// A Redis call that failed.
+enum Failed {
+    /// Redis (or the connection) answered with this error.
+    Redis(RedisError),
+    /// No answer within the response timeout.
+    NoAnswer,
+}
+
 pub(crate) struct DurableQueue {
     conn: ConnectionManager,
     timeout: Duration,
@@ -105,9 +236,8 @@ pub(crate) struct DurableQueue {
     urgent: AtomicUsize,
     closing: AtomicBool,
     stop: AtomicBool,
-    /// Keys whose cache update failed, with the entry that must be written before the key
-    /// is invalidated.
-    repairs: Mutex<Vec<(String, StreamId)>>,
+    /// Keys whose cache may hold an older value than their queued write.
+    repairs: Mutex<Repairs>,
     add_script: redis::Script,
     renew_script: redis::Script,
     release_script: redis::Script,
@@ -186,7 +316,7 @@ impl DurableQueue {
             urgent: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
             stop: AtomicBool::new(false),
-            repairs: Mutex::new(Vec::new()),
+            repairs: Mutex::new(Repairs::default()),
             add_script: redis::Script::new(ADD_LUA),
             renew_script: redis::Script::new(RENEW_LUA),
             release_script: redis::Script::new(RELEASE_LUA),
@@ -210,7 +340,7 @@ impl DurableQueue {
         self.last_added.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_repairs(&self) -> MutexGuard<'_, Vec<(String, StreamId)>> {
+    fn lock_repairs(&self) -> MutexGuard<'_, Repairs> {
         self.repairs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -226,16 +356,31 @@ impl DurableQueue {
         op: &'static str,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T> {
+        self.call(call).await.map_err(|f| self.failed(op, f))
+    }
+
+    /// Await one Redis call under the response timeout.
+    async fn call<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> std::result::Result<T, Failed> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(redis_error(op, e)),
-            Err(_) => Err(Error::new(
+            Ok(Err(e)) => Err(Failed::Redis(e)),
+            Err(_) => Err(Failed::NoAnswer),
+        }
+    }
+
+    fn failed(&self, op: &'static str, failed: Failed) -> Error {
+        match failed {
+            Failed::Redis(e) => redis_error(op, e),
+            Failed::NoAnswer => Error::new(
                 ErrorKind::Timeout,
                 format!(
                     "write-behind {op}: no answer from Redis within {:?}",
                     self.timeout
                 ),
-            )),
+            ),
         }
     }
 
@@ -269,37 +414,70 @@ impl DurableQueue {
     }
 
     /// Add one write to the stream (the acknowledgement), by policy when it is full.
+    ///
+    /// An error says whether the entry may be in the stream all the same
+    /// ([`AddError::maybe_added`]); refusals (closed, full under [`QueuePolicy::Reject`], an
+    /// encode error, an error reply from Redis) added nothing. `in_flight` is true while an
+    /// `XADD` is sent and not answered, so that whoever drops this future knows whether the
+    /// entry may have been added (not while it waits for room under backpressure).
     pub(crate) async fn add<V, C>(
         &self,
         shared: &Shared<V, C>,
         key: &str,
         value: &V,
-    ) -> Result<StreamId>
+        in_flight: &AtomicBool,
+    ) -> std::result::Result<StreamId, AddError>
     where
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
         C: Codec,
     {
-        let bytes = C::encode(value)?;
+        let bytes = C::encode(value).map_err(AddError::refused)?;
         let config = &shared.config;
         let mut delay = Duration::from_millis(1);
         let mut urgent_guard = None;
         loop {
             if self.closing.load(Ordering::SeqCst) {
-                return Err(closed());
+                return Err(AddError::refused(closed()));
             }
             let mut inv = self.add_script.key(&self.stream);
             inv.arg(config.capacity)
                 .arg(key)
                 .arg(C::ID.as_u8())
                 .arg(bytes.as_slice());
-            let id: Option<String> = self.script("XADD", inv).await?;
+            let mut conn = self.conn.clone();
+            in_flight.store(true, Ordering::SeqCst);
+            let id = match self
+                .call(inv.invoke_async::<Option<String>>(&mut conn))
+                .await
+            {
+                Ok(None) => {
+                    // Full: nothing added.
+                    in_flight.store(false, Ordering::SeqCst);
+                    None
+                }
+                Ok(id) => id,
+                Err(failed) => {
+                    // An error reply means the script raised before its `XADD` or the `XADD`
+                    // itself failed, a refused connection that nothing was sent: nothing was
+                    // added. Anything else (no answer, the connection lost, an unreadable
+                    // reply) may come after the `XADD` ran.
+                    let refused = matches!(&failed, Failed::Redis(e)
+                        if e.code().is_some() || e.is_connection_refusal());
+                    return Err(AddError {
+                        error: self.failed("XADD", failed),
+                        maybe_added: !refused,
+                    });
+                }
+            };
             match id {
                 Some(id) => {
-                    let id = StreamId::parse(&id).ok_or_else(|| {
-                        Error::new(
+                    let id = StreamId::parse(&id).ok_or_else(|| AddError {
+                        error: Error::new(
                             ErrorKind::Remote,
                             format!("write-behind XADD: unexpected entry id {id:?}"),
-                        )
+                        ),
+                        // Added, under an id we cannot read.
+                        maybe_added: true,
                     })?;
                     {
                         let mut last = self.lock_last();
@@ -314,7 +492,7 @@ impl DurableQueue {
                 }
                 None if config.policy == QueuePolicy::Reject => {
                     add(&shared.stats.rejected, 1);
-                    return Err(queue_full(config.capacity));
+                    return Err(AddError::refused(queue_full(config.capacity)));
                 }
                 None => {
                     if urgent_guard.is_none() {
@@ -328,9 +506,61 @@ impl DurableQueue {
         }
     }
 
-    pub(crate) fn mark_repair(&self, key: &str, id: StreamId) {
-        self.lock_repairs().push((key.to_owned(), id));
+    /// The cache may hold an older value of `key` than its queued write: invalidate the key
+    /// once no entry up to `id` is left in the stream (`None`: the write's `XADD` has an
+    /// unknown outcome; the bound is read from the stream later).
+    pub(crate) fn mark_repair(&self, key: &str, id: Option<StreamId>) {
+        self.lock_repairs().mark(key, id);
         self.wake.notify_one();
+    }
+
+    /// A write to `key` updated the cache: earlier writes need no repair any more.
+    pub(crate) fn clear_repair(&self, key: &str) {
+        let mut repairs = self.lock_repairs();
+        if !repairs.is_empty() {
+            repairs.clear(key);
+        }
+    }
+
+    /// Give every unknown bound marked so far the stream's newest id (read now, after those
+    /// `XADD`s on the same connection). Returns that id.
+    async fn resolve_repairs(&self) -> Result<Option<StreamId>> {
+        let upto = self.lock_repairs().marks;
+        let newest = self.newest().await?;
+        self.lock_repairs().resolve(upto, newest);
+        Ok(newest)
+    }
+
+    /// Invalidate the keys whose repair is due by `clear` (no entry up to the bound is left).
+    /// Each runs under its key's stripe lock, so that a concurrent write to the key either
+    /// comes first (and clears the repair) or after the invalidation; `wait` says whether to
+    /// wait for a busy stripe (`flush`) or to leave the key for the next round (the flusher,
+    /// which must never wait for a writer that waits for room in the stream).
+    async fn run_repairs<V, C>(
+        &self,
+        shared: &Shared<V, C>,
+        clear: impl Fn(StreamId) -> bool + Copy,
+        wait: bool,
+    ) where
+        V: Serialize + DeserializeOwned + Send + Sync + 'static,
+        C: Codec,
+    {
+        let due = self.lock_repairs().due(clear);
+        for key in due {
+            let stripe = shared.stripe(&key);
+            let _order = if wait {
+                stripe.lock().await
+            } else {
+                match stripe.try_lock() {
+                    Ok(guard) => guard,
+                    Err(_) => continue,
+                }
+            };
+            let take = self.lock_repairs().take(&key, clear);
+            if take {
+                shared.repair(&key).await;
+            }
+        }
     }
 
     /// Entries in the stream: everything not yet written (all instances).
@@ -362,43 +592,61 @@ impl DurableQueue {
         Ok(!parse_entries(&v).is_empty())
     }
 
-    /// Whether the entry `id` is still in the stream.
-    async fn contains(&self, id: StreamId) -> Result<bool> {
+    /// The oldest entry still in the stream (not yet written).
+    async fn oldest(&self) -> Result<Option<StreamId>> {
         let mut cmd = redis::cmd("XRANGE");
-        cmd.arg(&self.stream)
-            .arg(id.to_string())
-            .arg(id.to_string());
+        cmd.arg(&self.stream).arg("-").arg("+").arg("COUNT").arg(1);
         let v: Value = self.query("XRANGE", &cmd).await?;
-        Ok(!parse_entries(&v).is_empty())
+        Ok(parse_entries(&v)
+            .first()
+            .and_then(|e| StreamId::parse(&e.id)))
     }
 
-    pub(crate) async fn flush(&self, config: &WriteBehindConfig) -> Result<()> {
+    /// Wait until every entry in the stream now is written, then run the repairs they
+    /// settle (also those of `XADD`s with an unknown outcome issued before this call).
+    pub(crate) async fn flush<V, C>(&self, shared: &Shared<V, C>) -> Result<()>
+    where
+        V: Serialize + DeserializeOwned + Send + Sync + 'static,
+        C: Codec,
+    {
+        let unresolved = {
+            let repairs = self.lock_repairs();
+            repairs.unresolved(repairs.marks)
+        };
         let mine = *self.lock_last();
-        let target = match self.newest().await {
+        let target = match self.resolve_repairs().await {
             Ok(newest) => newest.max(mine),
-            Err(e) if mine.is_some() => {
+            // Without the stream's newest id an unknown `XADD` has no bound yet.
+            Err(e) if mine.is_some() && !unresolved => {
                 tracing::debug!(error = %e, "write-behind flush: cannot read the stream yet");
                 mine
             }
             Err(e) => return Err(e),
         };
-        let Some(target) = target else {
-            return Ok(());
-        };
-        let _urgent = Urgent::new(&self.urgent);
-        self.wake.notify_one();
-        let mut delay = Duration::from_millis(2);
-        loop {
-            match self.any_up_to(target).await {
-                Ok(false) => return Ok(()),
-                Ok(true) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "write-behind flush: cannot read the stream; waiting");
+        let target = target
+            .max(self.lock_repairs().max_bound())
+            .unwrap_or(StreamId::ZERO);
+        if target > StreamId::ZERO {
+            let _urgent = Urgent::new(&self.urgent);
+            self.wake.notify_one();
+            let mut delay = Duration::from_millis(2);
+            loop {
+                match self.any_up_to(target).await {
+                    Ok(false) => break,
+                    Ok(true) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "write-behind flush: cannot read the stream; waiting");
+                    }
                 }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(shared.config.poll_interval);
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(config.poll_interval);
         }
+        // Nothing up to `target` is left (entries only leave the stream, and new ones get
+        // higher ids): every repair bounded by it is due.
+        self.run_repairs(shared, |bound| bound <= target, true)
+            .await;
+        Ok(())
     }
 
     pub(crate) fn close(&self) {
@@ -909,7 +1157,8 @@ impl Flusher {
         }
     }
 
-    /// Invalidate keys whose failed cache update went with an entry that is now written.
+    /// Give unknown `XADD`s their bound, and invalidate the keys whose writes up to their
+    /// bound are all written. Redis errors leave the repairs for the next round.
     async fn check_repairs<V, C>(&mut self, shared: &Shared<V, C>, q: &DurableQueue)
     where
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -919,17 +1168,30 @@ impl Flusher {
             return;
         }
         self.repairs_at = Instant::now();
-        let todo = std::mem::take(&mut *q.lock_repairs());
-        let mut left = Vec::new();
-        for (key, id) in todo {
-            match q.contains(id).await {
-                Ok(false) => shared.repair(&key).await,
-                _ => left.push((key, id)),
+        let unresolved = {
+            let repairs = q.lock_repairs();
+            if repairs.is_empty() {
+                return;
+            }
+            repairs.unresolved(repairs.marks)
+        };
+        if unresolved {
+            if let Err(e) = q.resolve_repairs().await {
+                tracing::debug!(stream = %q.stream, error = %e, "write-behind repairs: cannot read the stream yet");
+                return;
             }
         }
-        if !left.is_empty() {
-            q.lock_repairs().extend(left);
-        }
+        let oldest = match q.oldest().await {
+            Ok(oldest) => oldest,
+            Err(e) => {
+                tracing::debug!(stream = %q.stream, error = %e, "write-behind repairs: cannot read the stream yet");
+                return;
+            }
+        };
+        // Entries only leave the stream and new ones get higher ids: below the oldest entry
+        // read now, nothing will ever be left.
+        q.run_repairs(shared, |bound| oldest.is_none_or(|o| bound < o), false)
+            .await;
     }
 }
 
@@ -1064,6 +1326,61 @@ mod tests {
             Some("10-0".into())
         );
         assert_eq!(StreamId::parse("x"), None);
+    }
+
+    fn id(ms: u64, seq: u64) -> StreamId {
+        StreamId { ms, seq }
+    }
+
+    #[test]
+    fn repairs_keep_one_entry_per_key_with_the_highest_bound() {
+        let mut r = Repairs::default();
+        for i in 0..10_000u64 {
+            r.mark("hot", Some(id(100 + i, 0)));
+            r.mark(&format!("k{}", i % 3), Some(id(5, i)));
+        }
+        assert_eq!(r.keys.len(), 4, "one entry per key");
+        assert_eq!(r.keys.get("hot").and_then(|e| e.bound), Some(id(10_099, 0)));
+        // A lower bound marked later does not lower it.
+        r.mark("hot", Some(id(1, 0)));
+        assert_eq!(r.keys.get("hot").and_then(|e| e.bound), Some(id(10_099, 0)));
+        assert_eq!(r.max_bound(), Some(id(10_099, 0)));
+        // Due only once nothing up to the bound is left.
+        let mut due = r.due(|b| b < id(50, 0));
+        due.sort();
+        assert_eq!(due, ["k0", "k1", "k2"]);
+        assert!(r.take("k0", |b| b < id(50, 0)));
+        assert!(!r.take("hot", |b| b < id(50, 0)), "not due yet");
+        assert!(!r.take("k0", |_| true), "taken once");
+        r.clear("k1");
+        assert_eq!(r.keys.len(), 2);
+    }
+
+    #[test]
+    fn an_unknown_outcome_takes_the_newest_id_read_after_its_mark() {
+        let mut r = Repairs::default();
+        r.mark("a", Some(id(3, 0)));
+        r.mark("a", None);
+        let upto = r.marks;
+        assert!(r.unresolved(upto));
+        assert!(r.due(|_| true).is_empty(), "no bound, not due");
+        // A mark after the read began is not covered by what that read returns.
+        r.mark("b", None);
+        r.resolve(upto, Some(id(9, 1)));
+        assert_eq!(r.keys.get("a").and_then(|e| e.bound), Some(id(9, 1)));
+        assert_eq!(r.keys.get("b").and_then(|e| e.bound), None);
+        assert!(r.unresolved(r.marks));
+        // An empty stream: nothing the unknown XADD may have added is left.
+        r.resolve(r.marks, None);
+        assert_eq!(r.keys.get("b").and_then(|e| e.bound), Some(StreamId::ZERO));
+        assert_eq!(r.due(|b| b < id(1, 0)), ["b"]);
+        // An unknown outcome after a known bound waits for a new read.
+        r.mark("a", None);
+        assert!(r.unresolved(r.marks));
+        assert_eq!(r.keys.get("a").and_then(|e| e.bound), None);
+        r.clear("a");
+        r.clear("b");
+        assert!(r.is_empty());
     }
 
     #[test]

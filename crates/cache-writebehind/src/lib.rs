@@ -19,6 +19,9 @@
 //!   Redis Stream; a write is acknowledged only once it is in the stream, so a crash of the
 //!   process loses nothing acknowledged: another instance (or the restarted one) takes the
 //!   entries over.
+//! - **No old value left cached**: when the cache update after a queued write fails or is
+//!   abandoned, or (durable mode) when it is unknown whether the write reached the stream,
+//!   the key is invalidated once the write is in the source.
 //!
 //! `docs/write-patterns.md` in the repository states what each mode guarantees and what it
 //! does not.
@@ -105,7 +108,9 @@ pub struct WriteBehindStats {
     /// Cache updates that failed after the write was queued (the key is invalidated once the
     /// source has the value).
     pub cache_errors: u64,
-    /// Keys invalidated after their write reached the source, to repair a failed cache update.
+    /// Keys invalidated after their write reached the source, to repair a cache update that
+    /// failed or was abandoned, or (durable mode) one that never ran because the `XADD`'s
+    /// outcome was unknown.
     pub repairs: u64,
     /// Durable mode: stream entries that could not be decoded, moved to the dead-letter
     /// stream `{stream}:dead` instead of being written.
@@ -172,7 +177,8 @@ where
     }
 
     /// Drop a key from the cache after its value reached the source, because the cache
-    /// update that went with the write failed (the cache may hold an older value).
+    /// update that went with the write failed, was abandoned or never ran (the cache may hold
+    /// an older value).
     async fn repair(&self, key: &str) {
         add(&self.stats.repairs, 1);
         if let Err(e) = self.cache.invalidate(key).await {
@@ -336,21 +342,41 @@ where
     /// L1, invalidation of the other instances' L1) like [`Cache::set`].
     ///
     /// `Ok` is the acknowledgement: the write is queued (memory mode) or in the Redis Stream
-    /// (durable mode) and will reach the source. Errors, with nothing queued:
+    /// (durable mode) and will reach the source. Errors, with nothing queued and the cache
+    /// unchanged:
     ///
     /// - [`ErrorKind::InvalidKey`]: the key is not a valid cache key;
     /// - [`ErrorKind::QueueFull`]: the queue is full and the policy is
-    ///   [`QueuePolicy::Reject`] (the cache is unchanged too);
+    ///   [`QueuePolicy::Reject`];
     /// - [`ErrorKind::Closed`]: [`WriteBehind::shutdown`] was called;
-    /// - durable mode: [`ErrorKind::Encode`], or a Redis error (a timeout leaves it unknown
-    ///   whether the entry was added; calling again is safe, the write is idempotent).
+    /// - durable mode: [`ErrorKind::Encode`], or an error reply from Redis
+    ///   ([`ErrorKind::Remote`]).
+    ///
+    /// Durable mode, outcome unknown: after [`ErrorKind::Timeout`] or
+    /// [`ErrorKind::Connection`] (Redis slow or the connection lost after the `XADD` was
+    /// sent), or when this future is dropped while the `XADD` is in flight, the entry may be
+    /// in the stream and reach the source although the cache was not updated. The key is then
+    /// invalidated (L2, this L1, the other instances' L1 through the bus) once Redis answers
+    /// again and no entry up to the stream's newest id at that moment is left unwritten; the
+    /// cache does not keep the older value. Calling again is safe: the write is idempotent,
+    /// and a later write of the key on this instance that updates the cache makes the
+    /// invalidation unneeded (it is dropped). Limits: the repair lives in this process (lost
+    /// if it crashes or the last handle is dropped without [`WriteBehind::shutdown`] first),
+    /// the old value is served until it runs, and another instance's newer write of the
+    /// same key may be invalidated with it (`docs/write-patterns.md`, "Unknown outcome").
+    /// Checked by `a_timed_out_xadd_that_reached_redis_leaves_no_old_value_cached`,
+    /// `a_write_dropped_during_its_xadd_leaves_no_old_value_cached` and
+    /// `a_retry_that_updates_the_cache_cancels_the_repair` in `tests/durable.rs`.
     ///
     /// The source is the truth: if the cache update fails (value too large for L2, an L2
     /// error the engine could not queue for replay), the write stays queued and `Ok` is
     /// returned; the failure is logged and counted, and the key is invalidated once the source
     /// has the value, so the cache never keeps an older value for good. The same repair runs
     /// when the future is dropped after the write was queued but before the cache update
-    /// finished (the write then reaches the source although the caller saw no `Ok`).
+    /// finished (the write then reaches the source although the caller saw no `Ok`). Every
+    /// repair due for writes made before a [`WriteBehind::flush`] has run when that flush
+    /// returns `Ok` (durable mode: for this instance's writes; the other instances' L1 drop
+    /// the key when the bus delivers the invalidation).
     ///
     /// Concurrent writes to the same key are serialized (the cache and the queue see them in
     /// the same order); with [`QueuePolicy::Backpressure`] this call waits while the queue is
@@ -370,8 +396,27 @@ where
             }
             #[cfg(feature = "redis")]
             Queue::Durable(q) => {
-                let id = q.add::<V, C>(s, key, &value).await?;
-                let guard = RepairGuard::new(s, key, Pending::Durable(id));
+                // While an `XADD` is in flight the entry may or may not be in the stream: a
+                // repair is asked for if this future is dropped meanwhile.
+                let mut guard = RepairGuard::new(s, key, Pending::Unknown);
+                let id = match q.add::<V, C>(s, key, &value, &guard.in_flight).await {
+                    Ok(id) => id,
+                    Err(e) => {
+                        if e.maybe_added {
+                            tracing::warn!(
+                                cache = %s.name,
+                                key,
+                                error = %e.error,
+                                "write-behind: unknown whether the write reached the stream; \
+                                 the key is invalidated once the stream is written up to now"
+                            );
+                        } else {
+                            guard.cancel();
+                        }
+                        return Err(e.error);
+                    }
+                };
+                guard.set(Pending::Durable(id));
                 let result = s.cache.set(key, value).await;
                 guard.finish(result.is_ok());
                 result
@@ -391,8 +436,14 @@ where
     }
 
     /// Wait until every write accepted before this call is written to the source (in
-    /// durable mode: every entry in the stream when the call started, from any instance).
-    /// Batches that are not full are written at once rather than after `max_age`.
+    /// durable mode: every entry in the stream when the call started, from any instance,
+    /// including any a timed-out or abandoned `XADD` of this instance added), and the keys
+    /// those writes must repair are invalidated (see [`WriteBehind::write_behind`]). Batches
+    /// that are not full are written at once rather than after `max_age`.
+    ///
+    /// Durable mode: fails with the Redis error when the stream cannot be read at the start
+    /// and this instance has added nothing yet, or one of its `XADD`s has an unknown outcome
+    /// (its bound must be read from the stream).
     ///
     /// While the writer keeps failing this keeps waiting (writes are never given up); wrap
     /// it in `tokio::time::timeout` to bound the wait.
@@ -401,7 +452,7 @@ where
         match &s.queue {
             Queue::Memory(q) => q.flush().await,
             #[cfg(feature = "redis")]
-            Queue::Durable(q) => q.flush(&s.config).await,
+            Queue::Durable(q) => q.flush(s).await,
         }
     }
 
@@ -420,7 +471,7 @@ where
             #[cfg(feature = "redis")]
             Queue::Durable(q) => {
                 q.close();
-                q.flush(&s.config).await?;
+                q.flush(s).await?;
                 q.stop();
             }
         }
@@ -458,16 +509,26 @@ enum Pending {
     /// This stream entry.
     #[cfg(feature = "redis")]
     Durable(durable::StreamId),
+    /// A stream entry whose `XADD` has an unknown outcome (in flight, timed out, or the
+    /// connection lost), if [`RepairGuard::in_flight`] is set (it is not while `add` waits
+    /// for room under backpressure): bounded by the stream's newest id read after it.
+    #[cfg(feature = "redis")]
+    Unknown,
 }
 
 /// Asks for a repair (invalidate the key once its queued write is in the source) unless the
-/// cache update after the enqueue succeeded: when it failed, and when the caller's future
-/// was dropped in the middle of it (the cache may then hold the old value, or half of the
-/// update).
+/// cache update after the enqueue succeeded: when it failed, when the caller's future was
+/// dropped in the middle of it (the cache may then hold the old value, or half of the
+/// update), and (durable mode) when the `XADD` has an unknown outcome or its future was
+/// dropped. Created and dropped under the key's stripe lock, so the marks of one key come in
+/// the order of its writes.
 struct RepairGuard<'a, V, C> {
     shared: &'a Shared<V, C>,
     key: &'a str,
     pending: Option<Pending>,
+    /// Durable mode: an `XADD` of this write is sent and not answered.
+    #[cfg(feature = "redis")]
+    in_flight: AtomicBool,
 }
 
 impl<'a, V, C> RepairGuard<'a, V, C> {
@@ -476,12 +537,32 @@ impl<'a, V, C> RepairGuard<'a, V, C> {
             shared,
             key,
             pending: Some(pending),
+            #[cfg(feature = "redis")]
+            in_flight: AtomicBool::new(false),
         }
+    }
+
+    /// The write is now known as `pending`.
+    #[cfg(feature = "redis")]
+    fn set(&mut self, pending: Pending) {
+        self.pending = Some(pending);
+    }
+
+    /// The write was refused: nothing was queued, nothing to repair.
+    #[cfg(feature = "redis")]
+    fn cancel(mut self) {
+        self.pending = None;
     }
 
     fn finish(mut self, cache_updated: bool) {
         if cache_updated {
             self.pending = None;
+            // The cache holds this write's value, newer than every earlier write of the key:
+            // their repairs are not needed any more.
+            #[cfg(feature = "redis")]
+            if let Queue::Durable(q) = &self.shared.queue {
+                q.clear_repair(self.key);
+            }
         }
     }
 }
@@ -494,7 +575,12 @@ impl<V, C> Drop for RepairGuard<'_, V, C> {
         match (&self.shared.queue, pending) {
             (Queue::Memory(q), Pending::Memory) => q.mark_repair(self.key),
             #[cfg(feature = "redis")]
-            (Queue::Durable(q), Pending::Durable(id)) => q.mark_repair(self.key, id),
+            (Queue::Durable(q), Pending::Durable(id)) => q.mark_repair(self.key, Some(id)),
+            // Sent and not answered: the entry may be in the stream.
+            #[cfg(feature = "redis")]
+            (Queue::Durable(q), Pending::Unknown) if self.in_flight.load(Ordering::SeqCst) => {
+                q.mark_repair(self.key, None);
+            }
             #[cfg(feature = "redis")]
             _ => {}
         }

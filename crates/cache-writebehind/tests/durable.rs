@@ -1,6 +1,7 @@
 //! Durable write-behind (a Redis Stream): a SIGKILLed writer process loses no acknowledged
-//! write, a full stream refuses, a failing writer still gets everything in order, and two
-//! instances share one stream.
+//! write, a full stream refuses, a failing writer still gets everything in order, two
+//! instances share one stream, and an `XADD` whose outcome is unknown (timed out, or its
+//! caller dropped) leaves no old value cached once it reached the source.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -8,12 +9,15 @@ mod common;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cache_codec::MsgPack;
-use cache_core::ErrorKind;
-use cache_redis::{RedisConfig, RedisStore};
-use cache_testkit::shared_redis;
+use cache_core::{Cache, Engine, ErrorKind};
+use cache_l1::QuickL1;
+use cache_redis::{RedisBus, RedisConfig, RedisStore};
+use cache_testkit::{shared_redis, FaultProxy, Mode};
 use cache_writebehind::{Batch, BatchWriter, BoxError, QueuePolicy, WriteBehind};
 use common::{cache, engine, unique_prefix, Source, TestResult};
 
@@ -206,6 +210,41 @@ async fn a_full_stream_refuses_with_the_reject_policy() -> TestResult {
     wb.write_behind("k5", 5).await?;
     wb.shutdown().await?;
     assert_eq!(source.latest("k5"), Some(5));
+    assert_eq!(wb.stats().repairs, 0, "a refusal needs no repair");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_dropped_while_waiting_for_room_needs_no_repair() -> TestResult {
+    let url = shared_redis()?.url();
+    let prefix = unique_prefix("durable_room");
+    let source = Source::default();
+    let (open_tx, open_rx) = tokio::sync::watch::channel(false);
+    let s = source.clone();
+    let gated = move |batch: Batch<u64>| {
+        let mut open = open_rx.clone();
+        let s = s.clone();
+        async move {
+            open.wait_for(|o| *o).await?;
+            s.record(&batch);
+            Ok::<(), BoxError>(())
+        }
+    };
+    let (engine, _l2) = engine(&prefix)?;
+    let wb = WriteBehind::builder(cache(&engine)?, gated)
+        .with_redis(store(&url).await?)
+        .with_claim_idle(CLAIM_IDLE)
+        .with_capacity(1)
+        .build()
+        .await?;
+    wb.write_behind("k0", 0).await?;
+    // The stream is full: the write waits for room, nothing is sent, and it is given up.
+    let waited = tokio::time::timeout(Duration::from_millis(200), wb.write_behind("k1", 1)).await;
+    assert!(waited.is_err(), "the write must wait for room");
+    open_tx.send_replace(true);
+    wb.shutdown().await?;
+    assert_eq!(source.latest("k1"), None);
+    assert_eq!(wb.stats().repairs, 0, "nothing was sent: no repair");
     Ok(())
 }
 
@@ -258,5 +297,287 @@ async fn a_failing_writer_and_two_instances_still_write_everything_in_order() ->
     assert_eq!(out.trim(), "0");
     let out = shared_redis()?.cli(&["EXISTS", &format!("{}:leader", stream_key(&prefix))])?;
     assert_eq!(out.trim(), "0");
+    Ok(())
+}
+
+/// The write-behind's Redis response timeout in the unknown-outcome tests.
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// The proxy's delay, each way: the `XADD` reaches Redis after the caller gave up on it.
+const SLOW_REDIS: Duration = Duration::from_millis(800);
+
+/// How long another instance may keep an invalidated value in L1 (bus delivery, generous
+/// for a loaded 2-core machine).
+const BUS_BOUND: Duration = Duration::from_secs(2);
+
+/// An engine whose L2 is the Redis at `url` (direct, no proxy), with the Redis
+/// invalidation bus: what several instances of a service share.
+async fn redis_engine(prefix: &str, url: &str) -> Result<Engine, cache_core::Error> {
+    let l2 = store(url).await?;
+    let bus = RedisBus::new(&l2);
+    Engine::builder(prefix)
+        .with_l1(Arc::new(QuickL1::with_capacity_bytes(16 << 20)))
+        .with_l2(Arc::new(l2))
+        .with_bus(Arc::new(bus))
+        .build()
+}
+
+/// Poll `f` every 5 ms for at most `limit`; whether it ever held.
+async fn eventually<F, Fut>(limit: Duration, mut f: F) -> Result<bool, BoxError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, BoxError>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if f().await? {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Wait until `b` receives `a`'s invalidations (its bus subscription is live).
+async fn wait_for_bus(a: &Cache<u64, MsgPack>, b: &Cache<u64, MsgPack>) -> TestResult {
+    for i in 0..50u64 {
+        a.set("bus-probe", i).await?;
+        b.get("bus-probe").await?;
+        a.invalidate("bus-probe").await?;
+        let live = eventually(Duration::from_millis(200), || async {
+            Ok(b.get_local("bus-probe").is_none())
+        })
+        .await?;
+        if live {
+            return Ok(());
+        }
+    }
+    Err("the second engine never received an invalidation".into())
+}
+
+/// How the `XADD` of the write under test ends, as its caller sees it.
+#[derive(Clone, Copy, Debug)]
+enum Unknown {
+    /// `write_behind` returns a `Timeout` error.
+    TimedOut,
+    /// The caller's future is dropped while the `XADD` is in flight.
+    Dropped,
+}
+
+/// Two instances sharing a Redis (L2 and bus); the first writes behind through a proxy
+/// that can make its Redis slow. `k = 1` is in the source, in L2 and in both L1s.
+struct SlowRedis {
+    proxy: FaultProxy,
+    url: String,
+    prefix: String,
+    a: Cache<u64, MsgPack>,
+    b: Cache<u64, MsgPack>,
+    source: Source,
+    /// How many batches the writer may write (it waits when it has written that many).
+    allowed: tokio::sync::watch::Sender<u64>,
+    /// Batches written.
+    batches: Arc<AtomicU64>,
+    wb: WriteBehind<u64, MsgPack>,
+}
+
+impl SlowRedis {
+    async fn start(test: &str) -> Result<SlowRedis, Box<dyn std::error::Error + Send + Sync>> {
+        let server = shared_redis()?;
+        let url = server.url();
+        let proxy = FaultProxy::start(server.addr())?;
+        let prefix = unique_prefix(test);
+        let a = cache(&redis_engine(&prefix, &url).await?)?;
+        let b = cache(&redis_engine(&prefix, &url).await?)?;
+        wait_for_bus(&a, &b).await?;
+
+        let source = Source::default();
+        source.record(&vec![("k".to_owned(), Arc::new(1))]);
+        a.set("k", 1).await?;
+        // B caches it once the invalidation that A's `set` announced has passed.
+        let cached = eventually(BUS_BOUND, || async {
+            assert_eq!(b.get("k").await?.as_deref(), Some(&1));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(b.get_local("k") == Some(Some(Arc::new(1))))
+        })
+        .await?;
+        assert!(cached, "the second instance never kept k = 1 in L1");
+
+        let (allowed, allowed_rx) = tokio::sync::watch::channel(u64::MAX);
+        let batches = Arc::new(AtomicU64::new(0));
+        let (s, done) = (source.clone(), batches.clone());
+        let gated = move |batch: Batch<u64>| {
+            let mut allowed = allowed_rx.clone();
+            let (s, done) = (s.clone(), done.clone());
+            async move {
+                let n = done.load(Ordering::SeqCst);
+                allowed.wait_for(|a| n < *a).await?;
+                s.record(&batch);
+                done.fetch_add(1, Ordering::SeqCst);
+                Ok::<(), BoxError>(())
+            }
+        };
+        // The write-behind's own Redis connection goes through the proxy.
+        let wb_store = RedisStore::connect(
+            RedisConfig::builder()
+                .url(proxy.url())
+                .response_timeout(RESPONSE_TIMEOUT)
+                .build()?,
+        )
+        .await?;
+        let wb = WriteBehind::builder(a.clone(), gated)
+            .with_redis(wb_store)
+            .with_claim_idle(CLAIM_IDLE)
+            .with_max_age(Duration::from_millis(5))
+            .with_retry(Duration::from_millis(1), Duration::from_millis(20))
+            .build()
+            .await?;
+        // One write first: the XADD script is loaded, so a slow call later is the XADD itself.
+        wb.write_behind("warm", 0).await?;
+        wb.flush().await?;
+        Ok(SlowRedis {
+            proxy,
+            url,
+            prefix,
+            a,
+            b,
+            source,
+            allowed,
+            batches,
+            wb,
+        })
+    }
+
+    /// The writer writes `n` more batches, then waits (`u64::MAX`: no limit).
+    fn allow(&self, n: u64) {
+        let done = self.batches.load(Ordering::SeqCst);
+        self.allowed.send_replace(done.saturating_add(n));
+    }
+
+    /// Wait (bounded) until the source has `k = value`.
+    async fn source_gets(&self, value: u64) -> TestResult {
+        let written = eventually(Duration::from_secs(15), || async {
+            Ok(self.source.latest("k") == Some(value))
+        })
+        .await?;
+        assert!(
+            written,
+            "the source never got k = {value}: {:?}",
+            self.source.latest("k")
+        );
+        Ok(())
+    }
+
+    /// `write_behind(k, value)` while Redis is slow: the caller gives up (`case`) before the
+    /// `XADD` reaches Redis, which it does all the same.
+    async fn write_with_unknown_outcome(&self, case: Unknown, value: u64) -> TestResult {
+        self.proxy.set_mode(Mode::Delay(SLOW_REDIS));
+        let started = Instant::now();
+        match case {
+            Unknown::TimedOut => {
+                let err = self
+                    .wb
+                    .write_behind("k", value)
+                    .await
+                    .err()
+                    .map(|e| e.kind());
+                assert_eq!(err, Some(ErrorKind::Timeout), "the XADD must time out");
+            }
+            Unknown::Dropped => {
+                let call =
+                    tokio::time::timeout(RESPONSE_TIMEOUT / 5, self.wb.write_behind("k", value))
+                        .await;
+                assert!(call.is_err(), "the call must be dropped during its XADD");
+            }
+        }
+        assert!(
+            started.elapsed() < SLOW_REDIS,
+            "the caller must give up before the XADD reaches Redis"
+        );
+        self.proxy.set_mode(Mode::Pass);
+        Ok(())
+    }
+}
+
+/// The write-behind's Redis is slow: the `XADD` of `k = 2` reaches Redis (and so the
+/// source) after its caller gave up on it, while the cache held `k = 1` (L2, the writer's
+/// L1, another instance's L1). Once `flush()` returned, no instance may serve 1 any more:
+/// 2 or a miss.
+async fn unknown_outcome_leaves_no_old_value(case: Unknown) -> TestResult {
+    let t = SlowRedis::start(&format!("unknown_{case:?}").to_lowercase()).await?;
+    t.write_with_unknown_outcome(case, 2).await?;
+    // The XADD reached Redis all the same: the flusher writes it to the source.
+    t.source_gets(2).await?;
+    tokio::time::timeout(Duration::from_secs(15), t.wb.flush()).await??;
+
+    // The source has 2: no instance serves 1 any more.
+    let here = t.a.get("k").await?;
+    assert!(
+        here.as_deref() != Some(&1),
+        "the writing instance serves {here:?}"
+    );
+    let fresh = cache(&redis_engine(&t.prefix, &t.url).await?)?;
+    let l2 = fresh.get("k").await?;
+    assert!(l2.as_deref() != Some(&1), "L2 serves {l2:?}");
+    let other = eventually(BUS_BOUND, || async {
+        Ok(t.b.get("k").await?.as_deref() != Some(&1))
+    })
+    .await?;
+    assert!(
+        other,
+        "another instance kept k = 1 in L1 for more than {BUS_BOUND:?}"
+    );
+    assert!(t.wb.stats().repairs >= 1, "{:?}", t.wb.stats());
+    t.source.assert_ordered();
+    t.wb.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_xadd_that_reached_redis_leaves_no_old_value_cached() -> TestResult {
+    unknown_outcome_leaves_no_old_value(Unknown::TimedOut).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_dropped_during_its_xadd_leaves_no_old_value_cached() -> TestResult {
+    unknown_outcome_leaves_no_old_value(Unknown::Dropped).await
+}
+
+/// After an unknown outcome, the caller retries and this time the cache is updated. The
+/// repair is then no longer needed, and running it once the first entry is written, while
+/// the retry's entry still waits, would drop the new value from the cache: a read would
+/// then load the source's older value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_updates_the_cache_cancels_the_repair() -> TestResult {
+    let t = SlowRedis::start("unknown_retry").await?;
+    t.allow(0);
+    t.write_with_unknown_outcome(Unknown::TimedOut, 2).await?;
+    // The entry is in the stream (held by the writer); let the flusher read its bound.
+    let stream = stream_key(&t.prefix);
+    let added = eventually(Duration::from_secs(15), || async {
+        Ok(shared_redis()?.cli(&["XLEN", &stream])?.trim() != "0")
+    })
+    .await?;
+    assert!(added, "the XADD never reached Redis");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    t.wb.write_behind("k", 3).await?;
+    // The first entry is written; the retry's waits.
+    t.allow(1);
+    t.source_gets(2).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        t.a.get_local("k"),
+        Some(Some(Arc::new(3))),
+        "the retry's value was dropped from the cache while its write was still waiting"
+    );
+    t.allow(u64::MAX);
+    tokio::time::timeout(Duration::from_secs(15), t.wb.flush()).await??;
+    assert_eq!(t.source.latest("k"), Some(3));
+    assert_eq!(t.a.get("k").await?.as_deref(), Some(&3));
+    assert_eq!(t.wb.stats().repairs, 0, "{:?}", t.wb.stats());
+    t.source.assert_ordered();
+    t.wb.shutdown().await?;
     Ok(())
 }
