@@ -2,6 +2,12 @@
 //!
 //! - `test`  — format check, clippy, the whole test suite (starts its own Redis servers), a
 //!   build of the demo, and every example (against a throwaway Redis and Redis Cluster).
+//!   Test targets with `required-features` run (and are linted) with those features, one
+//!   extra `cargo test` per package that has some; the run fails if any test target listed
+//!   by `cargo metadata` did not run (see `targets`).
+//! - `sim [--seeds N] [--seed S]` — the deterministic simulation test (test `simulation` of
+//!   tiercache) with its output shown; `--seeds N` sets `SIM_SEEDS=N` (how many seeds),
+//!   `--seed S` sets `SIM_SEED=S` (replay that one seed).
 //! - `demo`  — the main job: starts a throwaway Redis (or, without redis-server, says so and
 //!   uses the embedded in-process L2) and runs the `demo` crate in release mode: two HTTP
 //!   instances in front of SQLite, a load generator, a results table. `--redis-url URL` uses
@@ -26,6 +32,7 @@ use cache_testkit::{RedisCluster, RedisServer};
 
 mod cluster;
 mod report;
+mod targets;
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -33,6 +40,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
+        Some("sim") => sim(&args[1..]),
         Some("demo") => demo(&args[1..]),
         Some("examples") => run_examples(),
         Some("bench") => bench(&args[1..]),
@@ -40,8 +48,14 @@ fn main() -> ExitCode {
         Some("cluster") => cluster::cluster(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|examples|bench|redis|cluster>\n\
-                 \n  test [--quick]   fmt, clippy, all tests (own Redis servers), examples\
+                "usage: cargo xtask <test|sim|demo|examples|bench|redis|cluster>\n\
+                 \n  test [--quick]   fmt, clippy, all tests (own Redis servers), examples;\
+                 \n                   tests with required-features run with them, and the\
+                 \n                   run fails if any test target was skipped\
+                 \n  sim [--seeds N] [--seed S]\
+                 \n                   the deterministic simulation test (tiercache's tests/\
+                 \n                   simulation.rs) with --nocapture; --seeds N: SIM_SEEDS=N\
+                 \n                   seeds, --seed S: SIM_SEED=S replays that one seed\
                  \n  demo [args]      the end-to-end demo on a throwaway Redis (--help: its options)\
                  \n  examples         every example, on a throwaway Redis and Redis Cluster\
                  \n  bench [--quick]  benchmarks side by side with the peers, one report\
@@ -131,9 +145,11 @@ fn require_redis() -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask test [--quick]` (`--quick`: no fmt, clippy or rustdoc).
 fn test(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     require_redis()?;
+    let targets = targets::workspace_targets()?;
     if !quick {
         let mut fmt = cargo();
         fmt.args(["fmt", "--all", "--", "--check"]);
@@ -148,21 +164,39 @@ fn test(args: &[String]) -> Result<()> {
             "warnings",
         ]);
         run(clippy, "cargo clippy -D warnings")?;
-        // The examples that need a feature are left out of the workspace run above.
-        let features = example_features().join(",");
-        if !features.is_empty() {
+        // The tests, examples and benches that need a feature are left out of the workspace
+        // run above: one run per package, with the features they need.
+        for g in targets::gated(&targets, &["test", "example", "bench"]) {
             let mut clippy = cargo();
-            clippy.args(["clippy", "-p", "tiercache", "--examples", "--features"]);
-            clippy.args([features.as_str(), "--", "-D", "warnings"]);
-            run(clippy, "cargo clippy (examples with their features)")?;
+            clippy
+                .arg("clippy")
+                .args(g.args())
+                .args(["--", "-D", "warnings"]);
+            run(
+                clippy,
+                &format!("cargo clippy {} -D warnings", g.describe()),
+            )?;
         }
     }
     check_alert_rules()?;
     // The demo (axum, SQLite) has no tests: it stays out of the test build, and is only
     // compiled once below.
-    let mut t = cargo();
-    t.args(["test", "--workspace", "--all-targets", "--exclude", "demo"]);
-    run(t, "cargo test (unit, integration, examples build)")?;
+    let mut runs = targets::Runs::default();
+    let mut workspace: Vec<String> = vec!["--workspace".into(), "--all-targets".into()];
+    for package in targets::NO_TESTS {
+        workspace.extend(["--exclude".to_owned(), (*package).to_owned()]);
+    }
+    runs.test(&workspace, "cargo test (unit, integration, examples build)")?;
+    // The test targets with required-features that the run above left out.
+    let started = Instant::now();
+    for g in runs.gated_left_out(&targets) {
+        runs.test(&g.args(), &format!("cargo test {}", g.describe()))?;
+    }
+    eprintln!(
+        "xtask: the feature-gated test runs took {:.0?}",
+        started.elapsed()
+    );
+    runs.check(&targets)?;
     let mut doc = cargo();
     doc.args(["test", "--workspace", "--doc", "--exclude", "demo"]);
     run(doc, "cargo test --doc")?;
@@ -182,80 +216,72 @@ fn test(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn examples() -> Vec<String> {
-    let dir = root().join("crates/tiercache/examples");
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let p = e.path();
-                    (p.extension().and_then(|x| x.to_str()) == Some("rs"))
-                        .then(|| p.file_stem()?.to_str().map(str::to_owned))
-                        .flatten()
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
-/// `required-features` of each `[[example]]` in crates/tiercache/Cargo.toml (a line-based
-/// read of the two keys, enough for that file's plain layout).
-fn example_requirements() -> Vec<(String, Vec<String>)> {
-    let text =
-        std::fs::read_to_string(root().join("crates/tiercache/Cargo.toml")).unwrap_or_default();
-    let mut out: Vec<(String, Vec<String>)> = Vec::new();
-    let mut in_example = false;
-    for line in text.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_example = line == "[[example]]";
-            if in_example {
-                out.push((String::new(), Vec::new()));
-            }
-            continue;
-        }
-        let Some(current) = out.last_mut().filter(|_| in_example) else {
-            continue;
+/// `cargo xtask sim [--seeds N] [--seed S]`: the deterministic simulation test (test target
+/// `simulation` of tiercache) with `--nocapture`; `SIM_SEEDS=N` sets how many seeds it
+/// runs, `SIM_SEED=S` replays one seed.
+fn sim(args: &[String]) -> Result<()> {
+    const USAGE: &str = "usage: cargo xtask sim [--seeds N] [--seed S]";
+    let mut seeds: Option<String> = None;
+    let mut seed: Option<String> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) => (f, Some(v.to_owned())),
+            None => (a.as_str(), None),
         };
-        let Some((key, value)) = line.split_once('=') else {
-            continue;
+        let slot = match flag {
+            "--seeds" => &mut seeds,
+            "--seed" => &mut seed,
+            _ => return Err(format!("sim: unknown argument {a:?} ({USAGE})")),
         };
-        let value = value.trim();
-        match key.trim() {
-            "name" => current.0 = value.trim_matches('"').to_owned(),
-            "required-features" => {
-                current.1 = value
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .split(',')
-                    .map(|f| f.trim().trim_matches('"').to_owned())
-                    .filter(|f| !f.is_empty())
-                    .collect();
-            }
-            _ => {}
+        let value = inline
+            .or_else(|| it.next().cloned())
+            .filter(|v| !v.is_empty() && !v.starts_with("--"))
+            .ok_or_else(|| format!("sim: {flag} needs a value ({USAGE})"))?;
+        *slot = Some(value);
+    }
+    if let Some(n) = &seeds {
+        if !matches!(n.parse::<u64>(), Ok(count) if count > 0) {
+            return Err(format!("sim: --seeds wants a positive number, not {n:?}"));
         }
     }
-    out
+    let targets = targets::workspace_targets()?;
+    let simulation = targets
+        .iter()
+        .find(|t| t.package == "tiercache" && t.is("test") && t.name == "simulation")
+        .ok_or(
+            "sim: tiercache has no test target `simulation` (crates/tiercache/tests/simulation.rs)",
+        )?;
+    let mut c = cargo();
+    c.args(["test", "-p", "tiercache", "--test", "simulation"]);
+    if !simulation.required_features.is_empty() {
+        c.args(["--features", &simulation.required_features.join(",")]);
+    }
+    c.args(["--", "--nocapture"]);
+    let mut what = String::from("cargo test -p tiercache --test simulation -- --nocapture");
+    if let Some(n) = &seeds {
+        c.env("SIM_SEEDS", n);
+        what.push_str(&format!(" (SIM_SEEDS={n})"));
+    }
+    if let Some(s) = &seed {
+        c.env("SIM_SEED", s);
+        what.push_str(&format!(" (SIM_SEED={s})"));
+    }
+    run(c, &what)
 }
 
-/// The features needed by at least one example.
-fn example_features() -> Vec<String> {
-    let mut all: Vec<String> = example_requirements()
-        .into_iter()
-        .flat_map(|(_, f)| f)
-        .collect();
-    all.sort();
-    all.dedup();
-    all
-}
-
+/// Every example of tiercache (from `cargo metadata`), each run with its
+/// `required-features`, against a throwaway Redis and (for the cluster example) a throwaway
+/// Redis Cluster.
 fn run_examples() -> Result<()> {
+    let mut examples: Vec<targets::Target> = targets::workspace_targets()?
+        .into_iter()
+        .filter(|t| t.package == "tiercache" && t.is("example"))
+        .collect();
+    examples.sort_by(|a, b| a.name.cmp(&b.name));
     let server = start_redis()?;
-    let requirements = example_requirements();
-    let names = examples();
     // The cluster example runs against a real throwaway cluster (about 5 s to start).
-    let cluster = if names.iter().any(|n| n == "cluster") {
+    let cluster = if examples.iter().any(|e| e.name == "cluster") {
         let started = Instant::now();
         let c = RedisCluster::start().map_err(|e| format!("cannot start a cluster: {e}"))?;
         eprintln!(
@@ -267,17 +293,13 @@ fn run_examples() -> Result<()> {
     } else {
         None
     };
-    for name in names {
+    for example in examples {
+        let name = &example.name;
         let mut c = cargo();
-        c.args(["run", "--quiet", "-p", "tiercache", "--example", &name])
+        c.args(["run", "--quiet", "-p", "tiercache", "--example", name])
             .env("REDIS_URL", server.url());
-        let features: Vec<String> = requirements
-            .iter()
-            .filter(|(n, _)| *n == name)
-            .flat_map(|(_, f)| f.clone())
-            .collect();
-        if !features.is_empty() {
-            c.args(["--features", &features.join(",")]);
+        if !example.required_features.is_empty() {
+            c.args(["--features", &example.required_features.join(",")]);
         }
         if let Some(cluster) = &cluster {
             c.env("CLUSTER_URLS", cluster.urls().join(","));

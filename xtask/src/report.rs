@@ -13,7 +13,7 @@ use crate::Result;
 
 /// A JSON scalar of a flat object.
 #[derive(Debug, Clone, PartialEq)]
-enum Value {
+pub(crate) enum Value {
     Str(String),
     Num(f64),
     Bool(bool),
@@ -768,16 +768,18 @@ fn chart_svg(bars: &[(String, f64, bool)], conditions: &str) -> String {
     s
 }
 
-/// A JSON value of any shape (for reading an earlier report.json).
+/// A JSON value of any shape (for reading an earlier report.json, and `cargo metadata` and
+/// `cargo test --message-format=json` in `targets`).
 #[derive(Debug, Clone, PartialEq)]
-enum Json {
+pub(crate) enum Json {
     Scalar(Value),
     Arr(Vec<Json>),
     Obj(Vec<(String, Json)>),
 }
 
 impl Json {
-    fn field(&self, key: &str) -> Option<&Json> {
+    /// The value of `key` in an object.
+    pub(crate) fn field(&self, key: &str) -> Option<&Json> {
         match self {
             Json::Obj(o) => o.iter().find(|(k, _)| k == key).map(|(_, v)| v),
             _ => None,
@@ -791,10 +793,19 @@ impl Json {
         }
     }
 
-    fn str(&self) -> Option<&str> {
+    /// The text of a string.
+    pub(crate) fn str(&self) -> Option<&str> {
         match self {
             Json::Scalar(Value::Str(s)) => Some(s),
             _ => None,
+        }
+    }
+
+    /// The items of an array (none for any other value).
+    pub(crate) fn items(&self) -> &[Json] {
+        match self {
+            Json::Arr(a) => a,
+            _ => &[],
         }
     }
 }
@@ -849,7 +860,8 @@ impl Parser<'_> {
     }
 }
 
-fn parse_json(text: &str) -> std::result::Result<Json, String> {
+/// Parse one JSON document (any shape).
+pub(crate) fn parse_json(text: &str) -> std::result::Result<Json, String> {
     let mut p = Parser {
         s: text.as_bytes(),
         i: 0,
