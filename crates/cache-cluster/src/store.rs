@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cache_core::remote::check_value_size;
-use cache_core::{Error, ErrorKind, RemoteEntry, RemoteStore, Result};
+use cache_core::{Error, ErrorKind, LeaseFill, RemoteEntry, RemoteStore, Result};
 #[cfg(test)]
 use cache_redis::support::MAX_TTL_MS;
 use cache_redis::support::{
@@ -38,6 +38,27 @@ impl LuaScript {
             sha: redis::Script::new(source).get_hash().to_owned(),
         }
     }
+
+    /// `EVALSHA sha` (`cached`) or `EVAL source` (which caches it on the node) of `keys` and
+    /// `args`.
+    fn command(&self, cached: bool, keys: &[&str], args: &[&[u8]]) -> Cmd {
+        let mut cmd = if cached {
+            redis::cmd("EVALSHA")
+        } else {
+            redis::cmd("EVAL")
+        };
+        cmd.arg(if cached {
+            self.sha.as_str()
+        } else {
+            self.source
+        })
+        .arg(keys.len())
+        .arg(keys);
+        for a in args {
+            cmd.arg(*a);
+        }
+        cmd
+    }
 }
 
 /// Keys per `SCAN` page of [`RemoteStore::delete_prefix`].
@@ -51,10 +72,13 @@ const SCAN_COUNT: u64 = 1000;
 /// [`ErrorKind::Timeout`], never a hung caller; a failover shows at most as a few slower calls
 /// (redirects are followed by redis-rs) or transient errors while no node serves a slot.
 ///
-/// Batches are slot-aware: [`RemoteStore::get_many`], [`RemoteStore::set_many`] and
-/// [`RemoteStore::delete`] group their keys by hash slot (one `MGET` / `DEL` per slot, one
-/// `SET` per key) and send **one pipeline per primary**, all primaries in parallel: a batch
-/// costs one round trip of latency and at most one request per primary, whatever its size.
+/// Batches are slot-aware: [`RemoteStore::get_many`], [`RemoteStore::set_many`],
+/// [`RemoteStore::delete`], [`RemoteStore::set_nx_many`] and
+/// [`RemoteStore::set_if_lease_many`] group their keys by hash slot (one `MGET` / `DEL` per
+/// slot, one `SET`, `SET NX` or lease-script `EVALSHA` per key) and send **one pipeline per
+/// primary**, all primaries in parallel: a batch costs one round trip of latency and at most
+/// one request per primary, whatever its size (plus, for the lease script, one `EVAL`
+/// pipeline per primary that has not cached the script yet).
 /// Hash tags (`{user:42}:profile`) put related keys in one slot.
 ///
 /// Errors: [`ErrorKind::Connection`] (unreachable, broken connection, cluster reconfiguring),
@@ -288,11 +312,19 @@ impl ClusterStore {
         groups
     }
 
-    /// Run a slot-grouped batch: `build` makes the command of one slot from its key indices,
-    /// `decode` reads its answer. One pipeline per primary, all in parallel; a primary whose
+    /// Run a slot-grouped batch: `build` makes the commands of one slot from its key indices
+    /// (one `MGET` for all of them, or one command per key), `decode` reads their answers, in
+    /// order; server errors other than redirects reach `decode` as [`Value::ServerError`], for
+    /// it to judge per command. One pipeline per primary, all in parallel; a primary whose
     /// pipeline meets a redirect (topology changing under us) is retried slot by slot, where
     /// redis-rs follows `MOVED`/`ASK` per slot. Not bounded in time: callers wrap it in
     /// [`Self::run`].
+    ///
+    /// A retry sends commands again, some of which may have run already (redis-rs resends a
+    /// redirected pipeline as a whole; the slot-by-slot retry resends the group). Reads,
+    /// `SET` and `DEL` do not mind; `SET NX` and the lease script then answer "not stored" for
+    /// a write that did happen: a batch can under-report its writes during a slot migration,
+    /// never over-report them.
     async fn batch<T, B, D>(
         &self,
         groups: Vec<Group>,
@@ -301,8 +333,8 @@ impl ClusterStore {
         decode: D,
     ) -> RedisResult<Vec<(Vec<usize>, T)>>
     where
-        B: Fn(&[usize]) -> Cmd + Sync,
-        D: Fn(Value, usize) -> RedisResult<T> + Sync,
+        B: Fn(&[usize]) -> Vec<Cmd> + Sync,
+        D: Fn(Vec<Value>, &[usize]) -> RedisResult<T> + Sync,
         T: Send,
     {
         let runs = groups
@@ -323,85 +355,83 @@ impl ClusterStore {
         decode: &D,
     ) -> RedisResult<Vec<(Vec<usize>, T)>>
     where
-        B: Fn(&[usize]) -> Cmd + Sync,
-        D: Fn(Value, usize) -> RedisResult<T> + Sync,
+        B: Fn(&[usize]) -> Vec<Cmd> + Sync,
+        D: Fn(Vec<Value>, &[usize]) -> RedisResult<T> + Sync,
     {
         let Some(node) = group.node.as_ref().filter(|_| group.slots.len() > 1) else {
-            return self.batch_by_slot(group.slots, build, decode).await;
+            return self.batch_by_slot(group.slots, read, build, decode).await;
         };
         let mut pipe = redis::pipe();
+        let mut sizes = Vec::with_capacity(group.slots.len());
         for (_, indices) in &group.slots {
-            pipe.add_command(build(indices));
+            let cmds = build(indices);
+            sizes.push(cmds.len());
+            for cmd in cmds {
+                pipe.add_command(cmd);
+            }
         }
-        let count = group.slots.len();
+        let count = pipe.len();
         // Route by the group's first slot: redis-rs maps it to the same primary as `node`,
         // since both come from the same slot map.
-        let first_slot = group.slots[0].0;
-        let addr = if read {
-            SlotAddr::ReplicaOptional
-        } else {
-            SlotAddr::Master
-        };
-        let route = SingleNodeRoutingInfo::SpecificNode(Route::new(first_slot, addr));
+        let route = slot_route(group.slots[0].0, read);
         let mut conn = self.conn.clone();
         self.count(1);
         let answer = conn.route_pipeline(pipe, 0, count, route).await;
         let redirected = match answer {
-            Ok(values) if values.len() == count => {
-                let mut out = Vec::with_capacity(count);
-                let mut failed = None;
-                for ((_, indices), value) in group.slots.iter().zip(values) {
-                    match value.extract_error() {
-                        Ok(v) => out.push((indices.clone(), decode(v, indices.len())?)),
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
+            Ok(values) if values.len() == count => match values.iter().find_map(topology_error) {
+                None => {
+                    let mut values = values.into_iter();
+                    let mut out = Vec::with_capacity(group.slots.len());
+                    for ((_, indices), n) in group.slots.iter().zip(sizes) {
+                        let answers: Vec<Value> = values.by_ref().take(n).collect();
+                        out.push((indices.clone(), decode(answers, indices)?));
                     }
+                    return Ok(out);
                 }
-                match failed {
-                    None => return Ok(out),
-                    Some(e) if is_topology_error(&e) => e,
-                    Some(e) => return Err(e),
-                }
-            }
-            Ok(values) => {
-                return Err(RedisError::from((
-                    redis::ErrorKind::UnexpectedReturnType,
-                    "pipeline answer of the wrong length",
-                    format!("{} answers to {count} commands", values.len()),
-                )))
-            }
+                Some(e) => e,
+            },
+            Ok(values) => return Err(wrong_length(values.len(), count)),
             Err(e) if is_topology_error(&e) => e,
             Err(e) => return Err(e),
         };
         tracing::debug!(
             node = %node,
-            slots = count,
+            slots = group.slots.len(),
             error = %self.inner.ctx.scrub(&redirected.to_string()),
             "batch pipeline met a topology change; retrying slot by slot"
         );
-        self.batch_by_slot(group.slots, build, decode).await
+        self.batch_by_slot(group.slots, read, build, decode).await
     }
 
-    /// One command per slot, in parallel, each routed (and redirected) by redis-rs.
+    /// One pipeline per slot (its commands), in parallel, each routed (and redirected) by
+    /// redis-rs.
     async fn batch_by_slot<T, B, D>(
         &self,
         slots: Vec<(u16, Vec<usize>)>,
+        read: bool,
         build: &B,
         decode: &D,
     ) -> RedisResult<Vec<(Vec<usize>, T)>>
     where
-        B: Fn(&[usize]) -> Cmd + Sync,
-        D: Fn(Value, usize) -> RedisResult<T> + Sync,
+        B: Fn(&[usize]) -> Vec<Cmd> + Sync,
+        D: Fn(Vec<Value>, &[usize]) -> RedisResult<T> + Sync,
     {
         self.count(slots.len() as u64);
-        let runs = slots.into_iter().map(|(_, indices)| {
+        let runs = slots.into_iter().map(|(slot, indices)| {
+            let mut pipe = redis::pipe();
+            for cmd in build(&indices) {
+                pipe.add_command(cmd);
+            }
+            let count = pipe.len();
             let mut conn = self.conn.clone();
-            let cmd = build(&indices);
             async move {
-                let value = cmd.query_async::<Value>(&mut conn).await?;
-                let decoded = decode(value, indices.len())?;
+                let values = conn
+                    .route_pipeline(pipe, 0, count, slot_route(slot, read))
+                    .await?;
+                if values.len() != count {
+                    return Err(wrong_length(values.len(), count));
+                }
+                let decoded = decode(values, &indices)?;
                 Ok::<_, RedisError>((indices, decoded))
             }
         });
@@ -520,6 +550,42 @@ fn is_topology_error(e: &RedisError) -> bool {
         )
 }
 
+/// The redirect or reconfiguration error a pipeline answer carries, if any.
+fn topology_error(answer: &Value) -> Option<RedisError> {
+    match answer {
+        Value::ServerError(_) => answer
+            .clone()
+            .extract_error()
+            .err()
+            .filter(is_topology_error),
+        _ => None,
+    }
+}
+
+/// Whether a pipeline answer is `NOSCRIPT` (the node has not cached the script).
+fn is_noscript(answer: &Value) -> bool {
+    matches!(answer, Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript))
+}
+
+/// Route of a batch's pipeline: the primary of `slot` (a replica may serve reads when the
+/// read-routing strategy says so).
+fn slot_route(slot: u16, read: bool) -> SingleNodeRoutingInfo {
+    let addr = if read {
+        SlotAddr::ReplicaOptional
+    } else {
+        SlotAddr::Master
+    };
+    SingleNodeRoutingInfo::SpecificNode(Route::new(slot, addr))
+}
+
+fn wrong_length(got: usize, count: usize) -> RedisError {
+    RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "pipeline answer of the wrong length",
+        format!("{got} answers to {count} commands"),
+    ))
+}
+
 /// Map a redis-rs error, with the cluster's own transient states as connection errors.
 pub(crate) fn map_error(ctx: &ErrorContext, op: &str, e: &RedisError) -> Error {
     let ep = &ctx.endpoint;
@@ -593,9 +659,19 @@ fn connect_error(ctx: &ErrorContext, e: Option<&RedisError>, limit: Duration) ->
     mapped
 }
 
-/// `MGET` answer of `n` keys.
-fn decode_mget(value: Value, n: usize) -> RedisResult<Vec<Option<Vec<u8>>>> {
-    let values: Vec<Option<Vec<u8>>> = redis::from_redis_value(value)?;
+/// The answer of a slot's single command (`MGET`, `DEL`), its server error extracted.
+fn only(answers: Vec<Value>) -> RedisResult<Value> {
+    let n = answers.len();
+    match <[Value; 1]>::try_from(answers) {
+        Ok([answer]) => answer.extract_error(),
+        Err(_) => Err(wrong_length(n, 1)),
+    }
+}
+
+/// `MGET` answer of the keys at `indices`.
+fn decode_mget(answers: Vec<Value>, indices: &[usize]) -> RedisResult<Vec<Option<Vec<u8>>>> {
+    let n = indices.len();
+    let values: Vec<Option<Vec<u8>>> = redis::from_redis_value(only(answers)?)?;
     if values.len() != n {
         return Err(RedisError::from((
             redis::ErrorKind::UnexpectedReturnType,
@@ -638,18 +714,12 @@ impl RemoteStore for ClusterStore {
             for i in indices {
                 cmd.arg(&keys[*i]);
             }
-            cmd
+            vec![cmd]
         };
         let parts = self
             .run("MGET (batch)", self.batch(groups, true, build, decode_mget))
             .await?;
-        let mut out = vec![None; keys.len()];
-        for (indices, values) in parts {
-            for (i, v) in indices.into_iter().zip(values) {
-                out[i] = v;
-            }
-        }
-        Ok(out)
+        Ok(scatter(keys.len(), None, parts))
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
@@ -682,20 +752,30 @@ impl RemoteStore for ClusterStore {
             _ => {}
         }
         // One pipeline per primary; within it, one `SET` per key (there is no `MSET` with a
-        // TTL), so the "command" of a slot is itself a transaction-free pipeline of SETs.
+        // TTL).
         let groups = self.groups(entries.iter().map(|e| e.key.as_str()));
-        let entries = &entries;
-        let run = async move {
-            let mut runs = Vec::new();
-            for group in groups {
-                runs.push(self.set_group(entries, group));
-            }
-            for result in join_all(runs).await {
-                result?;
-            }
-            Ok(())
+        let build = |indices: &[usize]| {
+            indices
+                .iter()
+                .map(|i| {
+                    let e = &entries[*i];
+                    let mut cmd = redis::cmd("SET");
+                    cmd.arg(&e.key)
+                        .arg(&e.value[..])
+                        .arg("PX")
+                        .arg(ttl_ms(e.ttl));
+                    cmd
+                })
+                .collect()
         };
-        self.run("SET (batch)", run).await
+        let decode = |answers: Vec<Value>, _: &[usize]| {
+            answers
+                .into_iter()
+                .try_for_each(|a| a.extract_error().map(|_| ()))
+        };
+        self.run("SET (batch)", self.batch(groups, false, build, decode))
+            .await
+            .map(|_| ())
     }
 
     async fn delete(&self, keys: &[String]) -> Result<()> {
@@ -719,10 +799,11 @@ impl RemoteStore for ClusterStore {
             for i in indices {
                 cmd.arg(&keys[*i]);
             }
-            cmd
+            vec![cmd]
         };
-        let decode =
-            |value: Value, _n: usize| redis::from_redis_value::<i64>(value).map_err(Into::into);
+        let decode = |answers: Vec<Value>, _: &[usize]| {
+            redis::from_redis_value::<i64>(only(answers)?).map_err(Into::into)
+        };
         self.run("DEL (batch)", self.batch(groups, false, build, decode))
             .await
             .map(|_| ())
@@ -811,13 +892,7 @@ impl RemoteStore for ClusterStore {
         ttl: Duration,
     ) -> Result<bool> {
         self.check_size(key, value.len())?;
-        if slot(lease_key.as_bytes()) != slot(key.as_bytes()) {
-            return Err(Error::new(
-                ErrorKind::InvalidKey,
-                "the lease key and the key are in different hash slots; a script can only \
-                 touch one slot in Redis Cluster",
-            ));
-        }
+        same_slot(lease_key, key)?;
         let ttl = ttl_ms(ttl).to_string();
         let args: [&[u8]; 3] = [token, &value, ttl.as_bytes()];
         let stored: i64 = self
@@ -830,6 +905,159 @@ impl RemoteStore for ClusterStore {
             .await?;
         Ok(stored == 1)
     }
+
+    /// Grouped like [`RemoteStore::set_many`]: one `SET key value NX PX ttl` per key, one
+    /// pipeline per primary, primaries in parallel.
+    async fn set_nx_many(&self, keys: &[String], value: &[u8], ttl: Duration) -> Result<Vec<bool>> {
+        match keys.len() {
+            0 => return Ok(Vec::new()),
+            1 => return Ok(vec![self.set_nx(&keys[0], value.to_vec(), ttl).await?]),
+            _ => {}
+        }
+        self.check_size(&keys[0], value.len())?;
+        let ttl = ttl_ms(ttl);
+        let groups = self.groups(keys.iter().map(String::as_str));
+        let build = |indices: &[usize]| {
+            indices
+                .iter()
+                .map(|i| {
+                    let mut cmd = redis::cmd("SET");
+                    cmd.arg(&keys[*i]).arg(value).arg("NX").arg("PX").arg(ttl);
+                    cmd
+                })
+                .collect()
+        };
+        let decode = |answers: Vec<Value>, _: &[usize]| {
+            answers
+                .into_iter()
+                .map(set_nx_answer)
+                .collect::<RedisResult<Vec<bool>>>()
+        };
+        let parts = self
+            .run("SET NX (batch)", self.batch(groups, false, build, decode))
+            .await?;
+        Ok(scatter(keys.len(), false, parts))
+    }
+
+    /// Grouped like [`RemoteStore::set_many`] (a fill's lease key and key share a slot): one
+    /// `EVALSHA` of the lease script per fill, one pipeline per primary, primaries in
+    /// parallel. Fills answered `NOSCRIPT` did nothing; as in [`RemoteStore::set_if_lease`],
+    /// they are sent again with `EVAL`, which caches the script on their nodes (one more
+    /// pipeline per such primary), all within one `response_timeout`.
+    async fn set_if_lease_many(&self, fills: Vec<LeaseFill>) -> Result<Vec<bool>> {
+        for f in &fills {
+            self.check_size(&f.key, f.value.len())?;
+            same_slot(&f.lease_key, &f.key)?;
+        }
+        if fills.len() < 2 {
+            let mut out = Vec::with_capacity(1);
+            for f in fills {
+                out.push(
+                    self.set_if_lease(&f.lease_key, &f.token, &f.key, f.value, f.ttl)
+                        .await?,
+                );
+            }
+            return Ok(out);
+        }
+        let script = &self.inner.lease_script;
+        let ttls: Vec<String> = fills.iter().map(|f| ttl_ms(f.ttl).to_string()).collect();
+        let command = |cached: bool, i: usize| {
+            let f = &fills[i];
+            let args: [&[u8]; 3] = [&f.token, &f.value, ttls[i].as_bytes()];
+            script.command(cached, &[&f.lease_key, &f.key], &args)
+        };
+        let decode = |answers: Vec<Value>, _: &[usize]| {
+            answers
+                .into_iter()
+                .map(lease_answer)
+                .collect::<RedisResult<Vec<Option<bool>>>>()
+        };
+        let run = async {
+            let groups = self.groups(fills.iter().map(|f| f.key.as_str()));
+            let build = |indices: &[usize]| indices.iter().map(|i| command(true, *i)).collect();
+            let parts = self.batch(groups, false, build, decode).await?;
+            let mut stored = scatter(fills.len(), None, parts);
+            let missing: Vec<usize> = (0..stored.len()).filter(|i| stored[*i].is_none()).collect();
+            if !missing.is_empty() {
+                let groups = self.groups(missing.iter().map(|i| fills[*i].key.as_str()));
+                let build = |indices: &[usize]| {
+                    indices
+                        .iter()
+                        .map(|j| command(false, missing[*j]))
+                        .collect()
+                };
+                for (indices, answers) in self.batch(groups, false, build, decode).await? {
+                    for (j, answer) in indices.into_iter().zip(answers) {
+                        stored[missing[j]] = answer;
+                    }
+                }
+            }
+            stored
+                .into_iter()
+                .map(|s| {
+                    s.ok_or_else(|| {
+                        RedisError::from((
+                            redis::ErrorKind::UnexpectedReturnType,
+                            "the lease script answered NOSCRIPT to EVAL",
+                        ))
+                    })
+                })
+                .collect::<RedisResult<Vec<bool>>>()
+        };
+        self.run("EVALSHA (set_if_lease batch)", run).await
+    }
+}
+
+/// A script may only touch one slot: refuse a lease key and a key in different slots before
+/// sending.
+fn same_slot(lease_key: &str, key: &str) -> Result<()> {
+    if slot(lease_key.as_bytes()) != slot(key.as_bytes()) {
+        return Err(Error::new(
+            ErrorKind::InvalidKey,
+            "the lease key and the key are in different hash slots; a script can only \
+             touch one slot in Redis Cluster",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether one `SET NX` stored (`OK`) or found the key taken (nil).
+fn set_nx_answer(answer: Value) -> RedisResult<bool> {
+    match answer.extract_error()? {
+        Value::Okay => Ok(true),
+        Value::Nil => Ok(false),
+        _ => Err(RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "unexpected answer to SET NX",
+        ))),
+    }
+}
+
+/// Whether one run of the lease script stored (`1`) or not (`0`); `None`: `NOSCRIPT`, it did
+/// not run.
+fn lease_answer(answer: Value) -> RedisResult<Option<bool>> {
+    if is_noscript(&answer) {
+        return Ok(None);
+    }
+    match answer.extract_error()? {
+        Value::Int(stored) => Ok(Some(stored == 1)),
+        _ => Err(RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "unexpected answer to the lease script",
+        ))),
+    }
+}
+
+/// The per-slot answers of a batch, back in the order of its `n` keys (`fill` where a key
+/// got no answer).
+fn scatter<T: Clone>(n: usize, fill: T, parts: Vec<(Vec<usize>, Vec<T>)>) -> Vec<T> {
+    let mut out = vec![fill; n];
+    for (indices, values) in parts {
+        for (i, v) in indices.into_iter().zip(values) {
+            out[i] = v;
+        }
+    }
+    out
 }
 
 impl ClusterStore {
@@ -843,15 +1071,7 @@ impl ClusterStore {
         keys: &[&str],
         args: &[&[u8]],
     ) -> Result<T> {
-        let call = |first: &str, body: &str| {
-            let mut cmd = redis::cmd(first);
-            cmd.arg(body).arg(keys.len()).arg(keys);
-            for a in args {
-                cmd.arg(*a);
-            }
-            cmd
-        };
-        let evalsha = call("EVALSHA", &script.sha);
+        let evalsha = script.command(true, keys, args);
         let mut conn = self.conn.clone();
         self.count(1);
         self.run(op, async move {
@@ -860,7 +1080,8 @@ impl ClusterStore {
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
                     self.count(1);
-                    call("EVAL", script.source)
+                    script
+                        .command(false, keys, args)
                         .query_async::<T>(&mut conn)
                         .await
                 }
@@ -868,60 +1089,6 @@ impl ClusterStore {
             }
         })
         .await
-    }
-
-    /// The `SET`s of one primary's share of a `set_many`: one pipeline, or slot by slot after a
-    /// topology change.
-    async fn set_group(&self, entries: &[RemoteEntry], group: Group) -> RedisResult<()> {
-        let set_pipe = |slots: &[(u16, Vec<usize>)]| {
-            let mut pipe = redis::pipe();
-            for (_, indices) in slots {
-                for i in indices {
-                    let e = &entries[*i];
-                    pipe.cmd("SET")
-                        .arg(&e.key)
-                        .arg(&e.value[..])
-                        .arg("PX")
-                        .arg(ttl_ms(e.ttl));
-                }
-            }
-            pipe
-        };
-        let count: usize = group.slots.iter().map(|(_, i)| i.len()).sum();
-        if let Some(node) = group.node.as_ref().filter(|_| group.slots.len() > 1) {
-            let route =
-                SingleNodeRoutingInfo::SpecificNode(Route::new(group.slots[0].0, SlotAddr::Master));
-            let mut conn = self.conn.clone();
-            self.count(1);
-            let error = match conn
-                .route_pipeline(set_pipe(&group.slots), 0, count, route)
-                .await
-            {
-                Ok(values) => match values.into_iter().find_map(|v| v.extract_error().err()) {
-                    None => return Ok(()),
-                    Some(e) if is_topology_error(&e) => e,
-                    Some(e) => return Err(e),
-                },
-                Err(e) if is_topology_error(&e) => e,
-                Err(e) => return Err(e),
-            };
-            tracing::debug!(
-                node = %node,
-                error = %self.inner.ctx.scrub(&error.to_string()),
-                "SET pipeline met a topology change; retrying slot by slot"
-            );
-        }
-        // Slot by slot: a single-slot pipeline is routed (and redirected) by redis-rs.
-        self.count(group.slots.len() as u64);
-        let runs = group.slots.iter().map(|slot_group| {
-            let pipe = set_pipe(std::slice::from_ref(slot_group));
-            let mut conn = self.conn.clone();
-            async move { pipe.exec_async(&mut conn).await }
-        });
-        for result in join_all(runs).await {
-            result?;
-        }
-        Ok(())
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cache_cluster::{slot, ClusterBus, ClusterConfig, ClusterStore};
 use cache_core::bus::{BusEvent, BusTransport};
-use cache_core::{ErrorKind, RemoteEntry, RemoteStore};
+use cache_core::{ErrorKind, LeaseFill, RemoteEntry, RemoteStore};
 use cache_testkit::{shared_cluster, ClusterOptions};
 use proptest::prelude::*;
 
@@ -187,6 +187,121 @@ async fn batches_cost_one_request_per_primary() -> TestResult {
         server.command_calls("mget")? > mget_before,
         "an MGET on the owner"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_batches_answer_per_key_with_one_request_per_primary() -> TestResult {
+    // A private cluster (3 primaries, no replicas): its nodes have never run the lease
+    // script, and no other test flushes their script caches meanwhile.
+    let cluster = ClusterOptions::new().replicas_per_master(0).start()?;
+    let s = ClusterStore::connect(
+        ClusterConfig::builder()
+            .urls(cluster.urls())
+            .response_timeout(Duration::from_millis(500))
+            .build()?,
+    )
+    .await?;
+    let primaries = s.primaries().len() as u64;
+    assert_eq!(primaries, 3);
+    let ttl = Duration::from_secs(30);
+    let ks = keys("lb", 30);
+    let leases: Vec<String> = ks
+        .iter()
+        .map(|k| cache_core::key::lease_key("lb", k).expect("a lease key"))
+        .collect();
+    // Another loader holds every third lease.
+    for i in (0..30).step_by(3) {
+        assert!(s.set_nx(&leases[i], b"other".to_vec(), ttl).await?);
+    }
+
+    let before = s.requests_sent();
+    let taken = s.set_nx_many(&leases, b"mine", ttl).await?;
+    let nx_requests = s.requests_sent() - before;
+    let expected: Vec<bool> = (0..30).map(|i| i % 3 != 0).collect();
+    assert_eq!(taken, expected);
+    assert!(
+        nx_requests <= primaries,
+        "SET NX of 30 keys: one pipeline per primary, got {nx_requests}"
+    );
+    assert_eq!(s.get(&leases[0]).await?, Some(b"other".to_vec()));
+    assert_eq!(s.get(&leases[1]).await?, Some(b"mine".to_vec()));
+
+    // Even fills carry our token, odd ones a wrong one: stored where the lease is ours and
+    // the token matches.
+    let fill = |i: usize| LeaseFill {
+        lease_key: leases[i].clone(),
+        token: if i % 2 == 0 {
+            b"mine".to_vec()
+        } else {
+            b"wrong".to_vec()
+        },
+        key: ks[i].clone(),
+        value: format!("v{i}").into_bytes(),
+        ttl,
+    };
+    let stores = |range: std::ops::Range<usize>| -> Vec<bool> {
+        range.map(|i| i % 3 != 0 && i % 2 == 0).collect()
+    };
+    let evals = |cluster: &cache_testkit::RedisCluster| -> Result<u64, cache_testkit::Error> {
+        let mut n = 0;
+        for m in cluster.masters()? {
+            n += cluster.server(m.port)?.command_calls("eval")?;
+        }
+        Ok(n)
+    };
+    // First fills: no node has the script, every EVALSHA answers NOSCRIPT and is sent again
+    // as EVAL (one more pipeline per primary).
+    let before = s.requests_sent();
+    let stored = s.set_if_lease_many((0..15).map(fill).collect()).await?;
+    let first_requests = s.requests_sent() - before;
+    assert_eq!(stored, stores(0..15));
+    assert_eq!(
+        evals(&cluster)?,
+        15,
+        "each NOSCRIPT fill sent again as EVAL"
+    );
+    assert!(
+        first_requests <= 2 * primaries,
+        "EVALSHA then EVAL, one pipeline per primary each, got {first_requests}"
+    );
+    // Script cached everywhere now: one pipeline per primary.
+    let before = s.requests_sent();
+    let stored = s.set_if_lease_many((15..30).map(fill).collect()).await?;
+    let fill_requests = s.requests_sent() - before;
+    assert_eq!(stored, stores(15..30));
+    assert_eq!(evals(&cluster)?, 15, "no EVAL once the script is cached");
+    assert!(
+        fill_requests <= primaries,
+        "30 fills: one pipeline per primary, got {fill_requests}"
+    );
+    eprintln!(
+        "30 keys: set_nx_many {nx_requests}, set_if_lease_many {first_requests} (NOSCRIPT) \
+         then {fill_requests} requests"
+    );
+
+    let values = s.get_many(&ks).await?;
+    let left = s.get_many(&leases).await?;
+    for i in 0..30 {
+        let (v, l) = (&values[i], &left[i]);
+        if i % 3 == 0 {
+            assert_eq!(v, &None, "{i}: another's lease");
+            assert_eq!(l.as_deref(), Some(&b"other"[..]), "{i}");
+        } else if i % 2 == 0 {
+            assert_eq!(v.as_deref(), Some(format!("v{i}").as_bytes()), "{i}");
+            assert_eq!(l, &None, "{i}: the fill released the lease");
+        } else {
+            assert_eq!(v, &None, "{i}: wrong token");
+            assert_eq!(l.as_deref(), Some(&b"mine"[..]), "{i}: lease kept");
+        }
+    }
+    // A fill whose lease key and key are in different slots is refused before sending.
+    let mut bad = fill(2);
+    bad.lease_key = "{elsewhere}:lease".into();
+    let err = s.set_if_lease_many(vec![fill(4), bad]).await.err();
+    assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::InvalidKey));
+    assert!(s.set_nx_many(&[], b"mine", ttl).await?.is_empty());
+    assert!(s.set_if_lease_many(Vec::new()).await?.is_empty());
     Ok(())
 }
 

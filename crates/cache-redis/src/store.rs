@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cache_core::remote::check_value_size;
-use cache_core::{Error, ErrorKind, RemoteEntry, RemoteStore, Result};
+use cache_core::{Error, ErrorKind, LeaseFill, RemoteEntry, RemoteStore, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, RedisResult, Value};
 
@@ -263,6 +263,102 @@ impl RedisStore {
     fn check_size(&self, key: &str, len: usize) -> Result<()> {
         check_value_size(key, len, self.inner.config.max_value_size)
     }
+
+    /// The `EVALSHA` of the lease script for one compare-and-set fill
+    /// (`KEYS = [lease_key, key]`, `ARGV = [token, value, ttl_ms]`).
+    fn lease_invocation(
+        &self,
+        lease_key: &str,
+        token: &[u8],
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.inner.lease_script.prepare_invoke();
+        invocation
+            .key(lease_key)
+            .key(key)
+            .arg(token)
+            .arg(value)
+            .arg(ttl_ms(ttl));
+        invocation
+    }
+
+    /// Send `pipe` (one round trip) under `response_timeout` and return one answer per command,
+    /// server errors included as [`Value::ServerError`], so each command's error can be judged
+    /// on its own.
+    async fn run_pipeline(
+        &self,
+        op: &'static str,
+        mut pipe: redis::Pipeline,
+    ) -> Result<Vec<Value>> {
+        pipe.ignore_errors();
+        let expected = pipe.len();
+        let mut conn = self.conn.clone();
+        let answers = self
+            .run(op, async move {
+                pipe.query_async::<Vec<Value>>(&mut conn).await
+            })
+            .await?;
+        self.check_answers(op, expected, answers.len())?;
+        Ok(answers)
+    }
+
+    /// A pipeline of `expected` commands must have as many answers.
+    fn check_answers(&self, op: &str, expected: usize, got: usize) -> Result<()> {
+        if got == expected {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Remote,
+            format!(
+                "Redis at {} answered {op} of {expected} commands with {got} answers",
+                self.inner.ctx.endpoint
+            ),
+        ))
+    }
+
+    /// Whether one `SET NX` stored (`OK`) or found the key taken (nil).
+    fn set_nx_answer(&self, op: &str, answer: Value) -> Result<bool> {
+        match answer
+            .extract_error()
+            .map_err(|e| self.inner.ctx.map(op, &e))?
+        {
+            Value::Okay => Ok(true),
+            Value::Nil => Ok(false),
+            other => Err(Error::new(
+                ErrorKind::Remote,
+                format!(
+                    "Redis at {} answered {op} with an unexpected {}",
+                    self.inner.ctx.endpoint,
+                    value_type(&other)
+                ),
+            )),
+        }
+    }
+
+    /// Whether one run of the lease script stored (`1`) or not (`0`).
+    fn lease_answer(&self, op: &str, answer: Value) -> Result<bool> {
+        match answer
+            .extract_error()
+            .map_err(|e| self.inner.ctx.map(op, &e))?
+        {
+            Value::Int(stored) => Ok(stored == 1),
+            other => Err(Error::new(
+                ErrorKind::Remote,
+                format!(
+                    "Redis at {} answered {op} with an unexpected {}",
+                    self.inner.ctx.endpoint,
+                    value_type(&other)
+                ),
+            )),
+        }
+    }
+}
+
+/// Whether a pipeline answer is `NOSCRIPT` (the server has not cached the script).
+fn is_noscript(answer: &Value) -> bool {
+    matches!(answer, Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript))
 }
 
 /// The redis-rs client: plain, or TLS with the configured CA file.
@@ -477,18 +573,7 @@ impl RemoteStore for RedisStore {
                 cmd.query_async::<Value>(&mut conn).await
             })
             .await?;
-        match answer {
-            Value::Okay => Ok(true),
-            Value::Nil => Ok(false),
-            other => Err(Error::new(
-                ErrorKind::Remote,
-                format!(
-                    "Redis at {} answered SET NX with an unexpected {}",
-                    self.inner.ctx.endpoint,
-                    value_type(&other)
-                ),
-            )),
-        }
+        self.set_nx_answer("SET NX", answer)
     }
 
     async fn set_if_lease(
@@ -501,19 +586,96 @@ impl RemoteStore for RedisStore {
     ) -> Result<bool> {
         self.check_size(key, value.len())?;
         let mut conn = self.conn.clone();
-        let mut invocation = self.inner.lease_script.prepare_invoke();
-        invocation
-            .key(lease_key)
-            .key(key)
-            .arg(token)
-            .arg(value)
-            .arg(ttl_ms(ttl));
+        let invocation = self.lease_invocation(lease_key, token, key, &value, ttl);
         let stored = self
             .run("EVALSHA (set_if_lease)", async move {
                 invocation.invoke_async::<i64>(&mut conn).await
             })
             .await?;
         Ok(stored == 1)
+    }
+
+    /// One pipeline (one round trip) of `SET key value NX PX ttl`, one per key.
+    async fn set_nx_many(&self, keys: &[String], value: &[u8], ttl: Duration) -> Result<Vec<bool>> {
+        let Some(first) = keys.first() else {
+            return Ok(Vec::new());
+        };
+        self.check_size(first, value.len())?;
+        let ttl = ttl_ms(ttl);
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl);
+        }
+        let op = "SET NX (pipeline)";
+        self.run_pipeline(op, pipe)
+            .await?
+            .into_iter()
+            .map(|answer| self.set_nx_answer(op, answer))
+            .collect()
+    }
+
+    /// One pipeline (one round trip) of `EVALSHA`s of the lease script, one per fill. Fills
+    /// answered `NOSCRIPT` (a restarted server, `SCRIPT FLUSH`) did nothing; as in
+    /// [`RemoteStore::set_if_lease`], the script is then loaded and those fills are sent again
+    /// (one more pipeline: `SCRIPT LOAD`, then their `EVALSHA`s), all within one
+    /// `response_timeout`.
+    async fn set_if_lease_many(&self, fills: Vec<LeaseFill>) -> Result<Vec<bool>> {
+        for f in &fills {
+            self.check_size(&f.key, f.value.len())?;
+        }
+        if fills.is_empty() {
+            return Ok(Vec::new());
+        }
+        let op = "EVALSHA (set_if_lease pipeline)";
+        let invocations: Vec<_> = fills
+            .iter()
+            .map(|f| self.lease_invocation(&f.lease_key, &f.token, &f.key, &f.value, f.ttl))
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for invocation in &invocations {
+            pipe.invoke_script(invocation);
+        }
+        let script = &self.inner.lease_script;
+        let mut conn = self.conn.clone();
+        let answers = self
+            .run(op, async move {
+                let mut answers: Vec<Value> = pipe.query_async(&mut conn).await?;
+                let missing: Vec<usize> = (0..answers.len())
+                    .filter(|i| is_noscript(&answers[*i]))
+                    .collect();
+                if missing.is_empty() {
+                    return Ok(answers);
+                }
+                let mut again = redis::pipe();
+                again.ignore_errors().load_script(script);
+                for i in &missing {
+                    again.invoke_script(&invocations[*i]);
+                }
+                let mut retried = again
+                    .query_async::<Vec<Value>>(&mut conn)
+                    .await?
+                    .into_iter();
+                // `SCRIPT LOAD` failing (an ACL refusing it, say) is the error to report.
+                if let Some(loaded) = retried.next() {
+                    loaded.extract_error()?;
+                }
+                for (i, answer) in missing.into_iter().zip(retried) {
+                    answers[i] = answer;
+                }
+                Ok(answers)
+            })
+            .await?;
+        self.check_answers(op, fills.len(), answers.len())?;
+        answers
+            .into_iter()
+            .map(|answer| self.lease_answer(op, answer))
+            .collect()
     }
 }
 

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cache_core::{ErrorKind, RemoteEntry, RemoteStore};
+use cache_core::{ErrorKind, LeaseFill, RemoteEntry, RemoteStore};
 use cache_redis::{redis, RedisConfig, RedisStore};
 use cache_testkit::{free_port, shared_redis, RedisServer, ServerOptions};
 
@@ -224,6 +224,112 @@ async fn set_many_is_one_set_per_entry_and_nothing_else() -> TestResult {
     Ok(())
 }
 
+/// How many reads of client input the server processed (`INFO stats`), asked on the store's
+/// own connection: the `INFO` itself is one of them. On a private server with no other client,
+/// a pipeline small enough for one segment is one read: one round trip.
+async fn reads_processed(store: &RedisStore) -> Result<u64, Box<dyn std::error::Error>> {
+    let mut conn = store.connection();
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut conn)
+        .await?;
+    let line = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("total_reads_processed:"))
+        .ok_or("no total_reads_processed in INFO stats")?;
+    Ok(line.parse()?)
+}
+
+#[tokio::test]
+async fn lease_batches_answer_per_key_in_one_round_trip() -> TestResult {
+    let server = RedisServer::start()?;
+    let store = connect(&server).await?;
+    let ttl = Duration::from_secs(60);
+    let leases: Vec<String> = (0..6).map(|i| format!("{{k{i}}}:lease")).collect();
+    let keys: Vec<String> = (0..6).map(|i| format!("{{k{i}}}:value")).collect();
+    // Another loader holds leases 1 and 4.
+    assert!(store.set_nx(&leases[1], b"other".to_vec(), ttl).await?);
+    assert!(store.set_nx(&leases[4], b"other".to_vec(), ttl).await?);
+
+    let sets = server.command_calls("set")?;
+    let before = reads_processed(&store).await?;
+    let taken = store.set_nx_many(&leases, b"mine", ttl).await?;
+    let reads = reads_processed(&store).await? - before - 1;
+    assert_eq!(taken, [true, false, true, true, false, true]);
+    assert_eq!(reads, 1, "SET NX of 6 keys in one round trip");
+    assert_eq!(server.command_calls("set")? - sets, 6, "one SET NX per key");
+    assert_eq!(store.get(&leases[0]).await?, Some(b"mine".to_vec()));
+    assert_eq!(store.get(&leases[1]).await?, Some(b"other".to_vec()));
+    let mut conn = store.connection();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&leases[3])
+        .query_async(&mut conn)
+        .await?;
+    assert!(pttl > 0 && pttl <= 60_000, "pttl {pttl}");
+    assert!(store.set_nx_many(&[], b"mine", ttl).await?.is_empty());
+
+    let fill = |i: usize, token: &[u8]| LeaseFill {
+        lease_key: leases[i].clone(),
+        token: token.to_vec(),
+        key: keys[i].clone(),
+        value: format!("v{i}").into_bytes(),
+        ttl,
+    };
+    // The server has not run the script yet: every EVALSHA answers NOSCRIPT, the store loads
+    // the script and sends them again (two round trips), and the answers are still per fill.
+    let before = reads_processed(&store).await?;
+    let stored = store
+        .set_if_lease_many(vec![fill(0, b"mine"), fill(1, b"mine")])
+        .await?;
+    let reads = reads_processed(&store).await? - before - 1;
+    assert_eq!(stored, [true, false], "own lease stored, another's refused");
+    assert_eq!(reads, 2, "EVALSHA, then SCRIPT LOAD and EVALSHA again");
+    assert_eq!(server.command_calls("eval")?, 0);
+
+    // Script cached: one round trip. Fill 0's lease was consumed by its first fill; 3 has the
+    // wrong token; 4 is another's lease; 5's lease is gone.
+    store.delete(std::slice::from_ref(&leases[5])).await?;
+    let evalsha = server.command_calls("evalsha")?;
+    let before = reads_processed(&store).await?;
+    let stored = store
+        .set_if_lease_many(vec![
+            fill(2, b"mine"),
+            fill(3, b"wrong"),
+            fill(4, b"mine"),
+            fill(5, b"mine"),
+            fill(0, b"mine"),
+        ])
+        .await?;
+    let reads = reads_processed(&store).await? - before - 1;
+    assert_eq!(stored, [true, false, false, false, false]);
+    assert_eq!(reads, 1, "5 fills in one round trip");
+    assert_eq!(server.command_calls("evalsha")? - evalsha, 5);
+    assert!(store.set_if_lease_many(Vec::new()).await?.is_empty());
+
+    let values = store.get_many(&keys).await?;
+    let expected: Vec<Option<Vec<u8>>> = [Some("v0"), None, Some("v2"), None, None, None]
+        .iter()
+        .map(|v| v.map(|v| v.as_bytes().to_vec()))
+        .collect();
+    assert_eq!(values, expected);
+    let leases_left = store.get_many(&leases).await?;
+    let expected: Vec<Option<Vec<u8>>> =
+        [None, Some("other"), None, Some("mine"), Some("other"), None]
+            .iter()
+            .map(|v| v.map(|v| v.as_bytes().to_vec()))
+            .collect();
+    assert_eq!(
+        leases_left, expected,
+        "a refused fill leaves the lease alone"
+    );
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&keys[2])
+        .query_async(&mut conn)
+        .await?;
+    assert!(pttl > 0 && pttl <= 60_000, "pttl {pttl}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn oversized_values_are_refused_before_sending() -> TestResult {
     let server = RedisServer::start()?;
@@ -256,11 +362,28 @@ async fn oversized_values_are_refused_before_sending() -> TestResult {
     let err = store.set_nx("k", big.clone(), ttl).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ValueTooLarge);
     let err = store
-        .set_if_lease("l", b"t", "k", big, ttl)
+        .set_if_lease("l", b"t", "k", big.clone(), ttl)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ValueTooLarge);
     assert!(!err.is_transient());
+    let err = store
+        .set_nx_many(&["l1".into(), "l2".into()], &big, ttl)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ValueTooLarge);
+    let fill = |value: Vec<u8>| LeaseFill {
+        lease_key: "l".into(),
+        token: b"t".to_vec(),
+        key: "k".into(),
+        value,
+        ttl,
+    };
+    let err = store
+        .set_if_lease_many(vec![fill(vec![1; 10]), fill(big)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ValueTooLarge);
 
     // The server never saw any of them (not even the small entry of the refused batch).
     assert_eq!(server.command_calls("set")?, 0);
