@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::bus::{BusEvent, BusTransport};
 use crate::error::{Error, ErrorKind, Result};
 use crate::observer::{CacheEvent, Observer};
-use crate::remote::{RemoteEntry, RemoteStore};
+use crate::remote::{LeaseFill, RemoteEntry, RemoteStore};
 
 /// Breaker settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -328,6 +328,16 @@ impl RemoteStore for BreakerStore {
         self.breaker
             .call(self.inner.set_if_lease(lease_key, token, key, value, ttl))
             .await
+    }
+
+    async fn set_nx_many(&self, keys: &[String], value: &[u8], ttl: Duration) -> Result<Vec<bool>> {
+        self.breaker
+            .call(self.inner.set_nx_many(keys, value, ttl))
+            .await
+    }
+
+    async fn set_if_lease_many(&self, fills: Vec<LeaseFill>) -> Result<Vec<bool>> {
+        self.breaker.call(self.inner.set_if_lease_many(fills)).await
     }
 }
 

@@ -118,9 +118,8 @@ async fn get_many_is_one_round_trip() -> TestResult {
         0,
         "no single GETs"
     );
-    // get_many_or_load: one MGET for the misses, one batch loader call, then per key a lease
-    // (SET NX) and a compare-and-set fill (a SET inside the script), sent concurrently on the
-    // multiplexed connection.
+    // get_many_or_load: one MGET for the misses, one batch loader call, then one pipeline of
+    // leases (SET NX per key) and one of compare-and-set fills (a SET inside the script).
     let (mget, set) = (
         backend.server.command_calls("mget")?,
         backend.server.command_calls("set")?,
