@@ -1,8 +1,8 @@
 //! The plan of one seed: its settings (instances, cache options, fault profile) and its random
 //! sequence of steps, drawn from the seed alone before anything runs.
 //!
-//! A step is one operation, a group of operations run concurrently, a pause, or a fault
-//! window. A group never holds two writers of one key (two users racing to write one row is
+//! A step is one operation, a group of operations run concurrently (each starting after a
+//! small delay of its own), a pause, or a fault window. A group never holds two writers of one key (two users racing to write one row is
 //! the application's race, not the cache's), and an operation that changes many rows
 //! (`invalidate_tag`, a clear after a bulk update) is the only writer of its group.
 
@@ -193,8 +193,10 @@ pub enum FaultWindow {
 pub enum Step {
     /// One operation, awaited.
     One(Op),
-    /// Operations started together and awaited together.
-    Many(Vec<Op>),
+    /// Operations started together, each after its own delay in ms (so that one can begin
+    /// while another is half done: a load that read the database before a write lands
+    /// after it), and awaited together.
+    Many(Vec<(u64, Op)>),
     /// Let time pass.
     Pause(u64),
     /// Start a fault window (it ends by itself).
@@ -409,7 +411,17 @@ pub fn plan(seed: u64, max_steps: usize, scale: f64) -> (SeedConfig, Vec<Step>) 
                 if group.len() < 2 {
                     continue;
                 }
-                Step::Many(group)
+                let delays: Vec<u64> = group
+                    .iter()
+                    .map(|_| {
+                        if rng.chance(0.5) {
+                            0
+                        } else {
+                            cfg.ms(rng.between(1, 60))
+                        }
+                    })
+                    .collect();
+                Step::Many(delays.into_iter().zip(group).collect())
             }
             2 => Step::Pause(cfg.ms(rng.between(1, 200))),
             _ => match fault(&rng, &cfg) {

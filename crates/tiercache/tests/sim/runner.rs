@@ -5,6 +5,7 @@
 //! - `SIM_STEPS=K`: run only the first `K` steps of each seed (to shorten a failing seed).
 //! - `SIM_THREADS=T`: OS threads for the in-memory run (default: available cores).
 //! - `SIM_TRACE=1`: print the trace of every seed run, failing or not.
+//! - `SIM_LIST=N`: list up to `N` failing seeds one by one (default 20).
 //! - `SIM_REDIS_SEEDS=N`: seeds of the run on a real Redis (default [`DEFAULT_REDIS_SEEDS`]).
 //!
 //! Every in-memory seed runs on its own current-thread tokio runtime with paused time, so
@@ -29,14 +30,14 @@ use super::rng::{Failure, Failures, Trace};
 use super::world::{Backend, Ctx, Timing, World};
 
 /// Seeds of the in-memory run when `SIM_SEEDS` is not set.
-pub const DEFAULT_SEEDS: u64 = 10_000;
+pub const DEFAULT_SEEDS: u64 = 12_000;
 /// Seeds of the Redis run when `SIM_REDIS_SEEDS` is not set.
 pub const DEFAULT_REDIS_SEEDS: u64 = 20;
 /// Longest the Redis run starts new seeds.
 const REDIS_BUDGET: Duration = Duration::from_secs(25);
 /// Most steps of a seed on Redis.
 const REDIS_MAX_STEPS: usize = 30;
-/// Failing seeds listed one by one.
+/// Failing seeds listed one by one unless `SIM_LIST` says otherwise.
 const LISTED: usize = 20;
 
 /// What one seed did.
@@ -319,10 +320,13 @@ pub fn memory_main() {
     let start = Instant::now();
     let always = std::env::var("SIM_TRACE").is_ok_and(|v| v == "1");
     let (ran, failed) = run_all(&seeds, threads, None, |seed| {
-        let o = run_memory_seed(seed, steps);
+        let mut o = run_memory_seed(seed, steps);
         if always {
             print_outcome(&o);
         }
+        // Traces of failing seeds are printed from a replay: keeping hundreds of them costs
+        // memory for nothing (the first line, the settings, is kept for the listing).
+        o.trace.truncate(1);
         o
     });
     let secs = start.elapsed().as_secs_f64();
@@ -335,16 +339,20 @@ pub fn memory_main() {
     if failed.is_empty() {
         return;
     }
-    for o in failed.iter().take(LISTED) {
+    let listed = env_u64("SIM_LIST").map_or(LISTED, |n| n as usize);
+    for o in failed.iter().take(listed) {
         eprintln!(
             "seed {} failed ({}): {}",
             o.seed,
             o.categories().join(", "),
             replay_line(o.seed, (steps != usize::MAX).then_some(steps))
         );
+        if let Some(first) = o.trace.first() {
+            eprintln!("    {first}");
+        }
     }
-    if failed.len() > LISTED {
-        eprintln!("... and {} more failing seeds", failed.len() - LISTED);
+    if failed.len() > listed {
+        eprintln!("... and {} more failing seeds", failed.len() - listed);
     }
     // One seed per kind of failure, the one with the fewest steps, shortened further.
     let mut by_category: BTreeMap<&'static str, (usize, &Outcome)> = BTreeMap::new();
@@ -358,19 +366,15 @@ pub fn memory_main() {
     let shorten_budget = Instant::now();
     let mut summary = Vec::new();
     for (category, (count, o)) in &by_category {
-        let (k, shortest) =
-            if single.is_some() || shorten_budget.elapsed() > Duration::from_secs(20) {
-                (None, None)
-            } else {
-                match shorten(o.seed, o.steps, category) {
-                    Some((k, s)) => (Some(k), Some(s)),
-                    None => (None, None),
-                }
-            };
+        let tried = shorten_budget.elapsed() < Duration::from_secs(20);
+        let (k, shortest) = match tried.then(|| shorten(o.seed, o.steps, category)).flatten() {
+            Some((k, s)) => (Some(k), Some(s)),
+            None => (None, None),
+        };
         let line = format!(
             "{category}: first failure of {count} seeds; shortest: {}{}",
             replay_line(o.seed, k),
-            if k.is_none() && single.is_none() {
+            if tried && k.is_none() {
                 " (did not fail again when shortened: replay it whole)"
             } else {
                 ""
@@ -380,7 +384,10 @@ pub fn memory_main() {
         if let Some(f) = o.failures.iter().find(|f| f.category == *category) {
             eprintln!("    {}", f.detail);
         }
-        print_outcome(shortest.as_ref().unwrap_or(o));
+        match shortest {
+            Some(s) => print_outcome(&s),
+            None => print_outcome(&run_memory_seed(o.seed, o.steps)),
+        }
         summary.push(line);
     }
     panic!(

@@ -740,9 +740,15 @@ impl World {
                         .log(format!("together: {} operations", ops.len()));
                     let tasks: Vec<_> = ops
                         .into_iter()
-                        .map(|op| {
+                        .map(|(delay, op)| {
                             let t = self.target(&op);
-                            tokio::spawn(run_op(self.ctx.clone(), t, op))
+                            let ctx = self.ctx.clone();
+                            tokio::spawn(async move {
+                                if delay > 0 {
+                                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                                }
+                                run_op(ctx, t, op).await;
+                            })
                         })
                         .collect();
                     for task in tasks {
@@ -858,63 +864,67 @@ impl World {
 
     /// Start a fault window; it ends by itself.
     fn window(&self, w: FaultWindow) {
+        // The window opens now, in step order (so never after the faults stopped); a task
+        // closes it.
         let faults = self.ctx.faults.clone();
         let nodes = self.nodes.len();
         match &self.backend {
             Backend::Memory { .. } => {
+                let ms = match w {
+                    FaultWindow::L2Down { node, ms } => {
+                        faults.l2_outage(node.map(|n| n % nodes), true);
+                        ms
+                    }
+                    FaultWindow::BusDown { node, ms } => {
+                        faults.disconnect(node % nodes);
+                        ms
+                    }
+                    FaultWindow::Slow { extra, ms } => {
+                        faults.latency_spike(extra);
+                        ms
+                    }
+                };
                 tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
                     match w {
-                        FaultWindow::L2Down { node, ms } => {
-                            let node = node.map(|n| n % nodes);
-                            faults.l2_outage(node, true);
-                            tokio::time::sleep(Duration::from_millis(ms)).await;
-                            faults.l2_outage(node, false);
+                        FaultWindow::L2Down { node, .. } => {
+                            faults.l2_outage(node.map(|n| n % nodes), false);
                         }
-                        FaultWindow::BusDown { node, ms } => {
-                            faults.disconnect(node % nodes);
-                            tokio::time::sleep(Duration::from_millis(ms)).await;
-                            faults.reconnect(node % nodes);
-                        }
-                        FaultWindow::Slow { extra, ms } => {
-                            faults.latency_spike(extra);
-                            tokio::time::sleep(Duration::from_millis(ms)).await;
-                            faults.latency_spike(0);
-                        }
+                        FaultWindow::BusDown { node, .. } => faults.reconnect(node % nodes),
+                        FaultWindow::Slow { .. } => faults.latency_spike(0),
                     }
                 });
             }
             Backend::Redis { proxies } => {
-                let proxies = proxies.clone();
                 let trace = self.ctx.trace.clone();
+                let (which, mode, ms): (Vec<usize>, Mode, u64) = match w {
+                    FaultWindow::L2Down { node, ms } => (
+                        node.map_or((0..nodes).collect(), |n| vec![n % nodes]),
+                        Mode::Blackhole,
+                        ms,
+                    ),
+                    FaultWindow::BusDown { node, .. } => {
+                        trace.log(format!("  fault: n{} connections reset", node % nodes));
+                        proxies[node % nodes].reset_all();
+                        return;
+                    }
+                    FaultWindow::Slow { extra, ms } => (
+                        (0..nodes).collect(),
+                        Mode::Delay(Duration::from_millis(extra)),
+                        ms,
+                    ),
+                };
+                trace.log(format!("  fault: proxies {which:?} {mode:?} for {ms} ms"));
+                for i in &which {
+                    proxies[*i].set_mode(mode);
+                }
+                let proxies = proxies.clone();
                 tokio::spawn(async move {
-                    let (which, mode, ms): (Vec<usize>, Mode, u64) = match w {
-                        FaultWindow::L2Down { node, ms } => (
-                            node.map_or((0..nodes).collect(), |n| vec![n % nodes]),
-                            Mode::Blackhole,
-                            ms,
-                        ),
-                        FaultWindow::BusDown { node, .. } => {
-                            trace.log(format!("  fault: n{} connections reset", node % nodes));
-                            proxies[node % nodes].reset_all();
-                            return;
-                        }
-                        FaultWindow::Slow { extra, ms } => (
-                            (0..nodes).collect(),
-                            Mode::Delay(Duration::from_millis(extra)),
-                            ms,
-                        ),
-                    };
-                    trace.log(format!("  fault: proxies {which:?} {mode:?} for {ms} ms"));
-                    for i in &which {
-                        proxies[*i].set_mode(mode);
-                    }
                     tokio::time::sleep(Duration::from_millis(ms)).await;
-                    if faults.active() {
-                        for i in &which {
-                            proxies[*i].set_mode(Mode::Pass);
-                        }
-                        trace.log(format!("  fault: proxies {which:?} pass again"));
+                    for i in &which {
+                        proxies[*i].set_mode(Mode::Pass);
                     }
+                    trace.log(format!("  fault: proxies {which:?} pass again"));
                 });
             }
         }
@@ -1027,12 +1037,12 @@ impl World {
                 ctx.fail(
                     "stale-l1",
                     format!(
-                        "{key:?}: L1 holds {} (L2 gives {}), the database {want:?}",
+                        "{key:?}: L1 holds {}{}, the database {want:?}",
                         l1.join(", "),
                         if l2.is_empty() {
-                            "nothing older".into()
+                            String::new()
                         } else {
-                            l2.join(", ")
+                            format!(" (read from L2 by the others: {})", l2.join(", "))
                         }
                     ),
                 );
