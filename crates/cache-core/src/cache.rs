@@ -1154,7 +1154,11 @@ where
                         .map(|k| (inner.channel.clone(), k.to_owned()));
                     queued = inner.engine.inner.queue_recovery(
                         m.clone(),
-                        Replay::Delete { also },
+                        Replay::Delete {
+                            also,
+                            tags: Vec::new(),
+                            tag_ttl: Duration::ZERO,
+                        },
                         announce,
                     );
                 }
@@ -1230,13 +1234,12 @@ where
                     inner.l2_failed(L2Op::Set, &e);
                     // Only outages are worth replaying; a refusal (NOPERM, oversize) would
                     // be refused again and must reach the caller.
-                    let queued = match &prepared.bytes {
-                        Some(bytes) if e.is_transient() => inner.engine.inner.queue_recovery(
+                    // The failed write is settled by a delete when L2 is back: another instance
+                    // may write the key meanwhile, and only a delete is right in any order.
+                    let queued = e.is_transient()
+                        && inner.engine.inner.queue_recovery(
                             full.clone(),
-                            Replay::Set {
-                                value: bytes.clone(),
-                                ttl: prepared.l2_ttl,
-                                since: Instant::now(),
+                            Replay::Delete {
                                 also: match (inner.config.leases, inner.lease_key(&full)) {
                                     (true, Some(lk)) => vec![lk],
                                     _ => Vec::new(),
@@ -1251,13 +1254,12 @@ where
                                         )
                                     })
                                     .collect(),
+                                tag_ttl: prepared.l2_ttl,
                             },
                             Some((inner.channel.clone(), key.to_owned())),
-                        ),
-                        _ => false,
-                    };
+                        );
                     if queued {
-                        // Accepted: L1 holds the value, L2 gets it when it is back.
+                        // Accepted: L1 holds the value; L2 drops the key when it is back.
                         bump(&inner.stats.queued_for_recovery);
                     } else {
                         result = Err(e);
@@ -1300,7 +1302,11 @@ where
                     let queued = e.is_transient()
                         && self.inner.engine.inner.queue_recovery(
                             full,
-                            Replay::Delete { also: keys },
+                            Replay::Delete {
+                                also: keys,
+                                tags: Vec::new(),
+                                tag_ttl: Duration::ZERO,
+                            },
                             Some((self.inner.channel.clone(), key.to_owned())),
                         );
                     if queued {

@@ -1,37 +1,32 @@
-//! Auto-recovery: L2 writes and deletes that failed while Redis was away are replayed when it
-//! is back, newest per key, so instances converge. Bounded: past `capacity` keys the oldest
-//! entry is dropped (counted and logged; that key then converges by TTL).
+//! Auto-recovery: L2 writes and deletes that failed while Redis was away are settled when it
+//! is back, so instances converge. Every failed operation is settled the same way: the key
+//! (and its fill lease) is deleted in L2 and the change announced. A delete is right whatever
+//! else happened meanwhile: another instance may have written the key during the same outage,
+//! and replaying our value after theirs would leave L2 with the older one; after a delete the
+//! next read loads the source's value. A failed tagged write still adds the key to its tags,
+//! so a later `invalidate_tag` finds the copies that instances keep in L1.
 //!
-//! A replay never wins over a newer write: an entry is replayed only while it is still the
-//! newest for its key, and when a direct write of the key succeeds while the replay of a set
-//! is in flight (so either may land last), the key is deleted afterwards: a miss, which the
-//! loader answers from the source, instead of an old value.
+//! Bounded: past `capacity` keys the oldest entry is dropped (counted and logged; that key
+//! then converges by TTL).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, Weak};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use crate::bus::BusRuntime;
 use crate::remote::RemoteStore;
 
-/// What to replay for one key.
+/// What to settle for one key.
 #[derive(Debug, Clone)]
 pub(crate) enum Replay {
-    /// Write these bytes; the TTL counts from when the write was first attempted. The
-    /// companion keys (the fill lease) are deleted first, and the key is added to the tag
-    /// index sets `tags`.
-    Set {
-        value: Vec<u8>,
-        ttl: Duration,
-        since: Instant,
+    /// Delete the key and these companion keys (its fill lease), then add the key to the
+    /// tag index sets `tags` (kept `tag_ttl`).
+    Delete {
         also: Vec<String>,
         tags: Vec<String>,
+        tag_ttl: Duration,
     },
-    /// Delete the key (and these companion keys, e.g. its lease).
-    Delete { also: Vec<String> },
 }
 
 #[derive(Debug, Clone)]
@@ -56,10 +51,6 @@ pub(crate) struct RecoveryQueue {
 struct QueueState {
     by_key: HashMap<String, Pending>,
     order: BTreeMap<u64, String>,
-    /// The key being replayed now.
-    replaying: Option<String>,
-    /// A direct write of that key succeeded meanwhile.
-    overtaken: bool,
 }
 
 /// Counters of the recovery queue.
@@ -116,9 +107,6 @@ impl RecoveryQueue {
         if let Some(old) = s.by_key.remove(full_key) {
             s.order.remove(&old.seq);
         }
-        if s.replaying.as_deref() == Some(full_key) {
-            s.overtaken = true;
-        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -135,49 +123,24 @@ impl RecoveryQueue {
 
     /// Replay in order until the first failure. Returns how many were replayed.
     pub(crate) async fn replay(&self, l2: &dyn RemoteStore, bus: Option<&BusRuntime>) -> usize {
-        let batch: Vec<String> = {
+        let batch: Vec<(String, Pending)> = {
             let s = self.lock();
-            s.order.values().take(256).cloned().collect()
+            s.order
+                .values()
+                .take(256)
+                .filter_map(|k| s.by_key.get(k).map(|p| (k.clone(), p.clone())))
+                .collect()
         };
         let mut done = 0;
-        for key in batch {
-            // Still the newest operation for the key? (A direct write may have made it
-            // obsolete since the batch was taken.)
-            let pending = {
-                let mut s = self.lock();
-                let Some(p) = s.by_key.get(&key).cloned() else {
-                    continue;
-                };
-                s.replaying = Some(key.clone());
-                s.overtaken = false;
-                p
-            };
-            let result = replay_one(l2, &key, &pending.op).await;
-            let overtaken = {
-                let mut s = self.lock();
-                s.replaying = None;
-                if result.is_ok() && s.by_key.get(&key).is_some_and(|p| p.seq == pending.seq) {
-                    s.by_key.remove(&key);
-                    s.order.remove(&pending.seq);
-                }
-                std::mem::take(&mut s.overtaken)
-            };
-            if result.is_err() {
+        for (key, pending) in batch {
+            if replay_one(l2, &key, &pending.op).await.is_err() {
                 break;
             }
-            if overtaken {
-                if let Replay::Set { also, .. } = &pending.op {
-                    // Our old value may have landed after the newer write: drop the key.
-                    tracing::info!("a write overtook a replayed one; deleting the key");
-                    let mut keys = vec![key.clone()];
-                    keys.extend(also.iter().cloned());
-                    if l2.delete(&keys).await.is_err() {
-                        self.push(
-                            key.clone(),
-                            Replay::Delete { also: also.clone() },
-                            pending.announce.clone(),
-                        );
-                    }
+            {
+                let mut s = self.lock();
+                if s.by_key.get(&key).is_some_and(|p| p.seq == pending.seq) {
+                    s.by_key.remove(&key);
+                    s.order.remove(&pending.seq);
                 }
             }
             if let (Some(bus), Some((channel, user_key))) = (bus, &pending.announce) {
@@ -190,33 +153,21 @@ impl RecoveryQueue {
     }
 }
 
-/// Send one queued operation to L2.
+/// Settle one queued operation in L2.
 async fn replay_one(l2: &dyn RemoteStore, key: &str, op: &Replay) -> crate::error::Result<()> {
     match op {
-        Replay::Set {
-            value,
-            ttl,
-            since,
+        Replay::Delete {
             also,
             tags,
+            tag_ttl,
         } => {
-            let left = ttl.saturating_sub(since.elapsed());
-            if left.is_zero() {
-                return Ok(());
-            }
-            if !also.is_empty() {
-                l2.delete(also).await?;
-            }
-            l2.set(key, value.clone(), left).await?;
-            for tag in tags {
-                l2.tag_add(tag, key, left).await?;
-            }
-            Ok(())
-        }
-        Replay::Delete { also } => {
             let mut keys = vec![key.to_owned()];
             keys.extend(also.iter().cloned());
-            l2.delete(&keys).await
+            l2.delete(&keys).await?;
+            for tag in tags {
+                l2.tag_add(tag, key, *tag_ttl).await?;
+            }
+            Ok(())
         }
     }
 }

