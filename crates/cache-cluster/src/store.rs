@@ -873,14 +873,25 @@ impl RemoteStore for ClusterStore {
         .map(|_| ())
     }
 
-    async fn tag_take(&self, tag_key: &str) -> Result<Vec<String>> {
+    async fn tag_take(&self, tag_key: &str, pending_key: &str) -> Result<Vec<String>> {
         self.eval(
             "EVALSHA (tag_take)",
             &self.inner.tag_take_script,
-            &[tag_key],
+            &[tag_key, pending_key],
             &[],
         )
         .await
+    }
+
+    async fn tag_done(&self, pending_key: &str, members: &[String]) -> Result<()> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("SREM").arg(pending_key).arg(members).to_owned();
+        self.count(1);
+        self.run("SREM", async move { cmd.exec_async(&mut conn).await })
+            .await
     }
 
     async fn set_if_lease(

@@ -126,13 +126,18 @@ async fn leases_and_compare_and_set_fill() -> TestResult {
     // Tag index sets: one key each, so one slot.
     s.tag_add("lease:__tags:n:red", "lease:n:1", ttl).await?;
     s.tag_add("lease:__tags:n:red", "lease:n:2", ttl).await?;
-    let mut members = s.tag_take("lease:__tags:n:red").await?;
+    let tag = "lease:__tags:n:red";
+    let pending = cache_core::key::tag_pending_key("lease", tag).expect("a pending key");
+    let mut members = s.tag_take(tag, &pending).await?;
     members.sort();
     assert_eq!(
         members,
         vec!["lease:n:1".to_owned(), "lease:n:2".to_owned()]
     );
-    assert!(s.tag_take("lease:__tags:n:red").await?.is_empty());
+    // Taken members stay pending until done: a lost reply loses none.
+    assert_eq!(s.tag_take(tag, &pending).await?.len(), 2);
+    s.tag_done(&pending, &members).await?;
+    assert!(s.tag_take(tag, &pending).await?.is_empty());
     // Keys in different slots are refused before sending.
     let err = s
         .set_if_lease("{a}x", b"t", "{b}y", b"v".to_vec(), ttl)

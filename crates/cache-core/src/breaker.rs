@@ -309,8 +309,16 @@ impl RemoteStore for BreakerStore {
             .await
     }
 
-    async fn tag_take(&self, tag_key: &str) -> Result<Vec<String>> {
-        self.breaker.call(self.inner.tag_take(tag_key)).await
+    async fn tag_done(&self, pending_key: &str, members: &[String]) -> Result<()> {
+        self.breaker
+            .call(self.inner.tag_done(pending_key, members))
+            .await
+    }
+
+    async fn tag_take(&self, tag_key: &str, pending_key: &str) -> Result<Vec<String>> {
+        self.breaker
+            .call(self.inner.tag_take(tag_key, pending_key))
+            .await
     }
 
     async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool> {

@@ -1064,6 +1064,7 @@ where
     pub async fn set_with_tags(&self, key: &str, value: V, tags: &[&str]) -> Result<()> {
         for t in tags {
             crate::key::validate_key(t, 256)?;
+            self.inner.tag_keys(t)?;
         }
         let tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
         self.set_inner(key, Arc::new(value), None, &tags).await
@@ -1104,8 +1105,10 @@ where
     /// keys the tag held.
     ///
     /// Design: each tagged write adds the key to an index set in L2
-    /// (`{prefix}:__tags:{namespace}:{tag}`); this call takes and deletes the set atomically,
-    /// deletes its keys, and publishes them as invalidations. Reads pay nothing.
+    /// (`{prefix}:__tags:{namespace}:{tag}`); this call moves the set's members atomically to
+    /// a pending set (`{prefix}:__tagging:{...}`), deletes their keys, publishes them as
+    /// invalidations, and only then removes them from the pending set: a lost reply or a
+    /// failed delete loses no member (a retry gets them again). Reads pay nothing.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<u64> {
         crate::key::validate_key(tag, 256)?;
         let inner = &self.inner;
@@ -1115,8 +1118,10 @@ where
                 "tags are kept in L2: this engine has none",
             ));
         };
-        let tag_key = crate::key::tag_key(&inner.engine.inner.prefix, &inner.name, tag);
-        let members = l2.tag_take(&tag_key).await.inspect_err(|e| {
+        let (tag_key, pending_key) = inner.tag_keys(tag)?;
+        // The members move to a pending set, which keeps them until their deletes are done: a
+        // lost reply or a failed delete loses none (the next call gets them again).
+        let members = l2.tag_take(&tag_key, &pending_key).await.inspect_err(|e| {
             inner.l2_failed(L2Op::Delete, e);
         })?;
         let base = inner.keys.base();
@@ -1133,42 +1138,41 @@ where
             if inner.config.leases {
                 doomed.extend(members.iter().filter_map(|m| inner.lease_key(m)));
             }
-            if let Err(e) = l2.delete(&doomed).await {
-                inner.l2_failed(L2Op::Delete, &e);
-                // The index set is gone already: the members must not be lost with it.
-                // Queue their deletes for replay, or put them back in the set.
-                let mut queued = e.is_transient();
-                for m in &members {
-                    if !queued {
-                        break;
-                    }
-                    let also: Vec<String> = inner
-                        .config
-                        .leases
-                        .then(|| inner.lease_key(m))
-                        .flatten()
-                        .into_iter()
-                        .collect();
-                    let announce = m
-                        .strip_prefix(base)
-                        .map(|k| (inner.channel.clone(), k.to_owned()));
-                    queued = inner.engine.inner.queue_recovery(
-                        m.clone(),
-                        Replay::Delete {
-                            also,
-                            tags: Vec::new(),
-                            tag_ttl: Duration::ZERO,
-                        },
-                        announce,
-                    );
+            match l2.delete(&doomed).await {
+                Ok(()) => {
+                    // If this fails, the members stay pending: deleted again next time.
+                    let _ = l2.tag_done(&pending_key, &members).await;
                 }
-                if queued {
-                    bump(&inner.stats.queued_for_recovery);
-                } else {
+                Err(e) => {
+                    inner.l2_failed(L2Op::Delete, &e);
+                    // The members stay pending for the next call; with auto-recovery their
+                    // deletes are also settled by themselves when L2 is back.
+                    let mut queued = e.is_transient();
                     for m in &members {
-                        let _ = l2.tag_add(&tag_key, m, inner.config.l2_ttl).await;
+                        if !queued {
+                            break;
+                        }
+                        let also: Vec<String> = inner
+                            .config
+                            .leases
+                            .then(|| inner.lease_key(m))
+                            .flatten()
+                            .into_iter()
+                            .collect();
+                        let announce = m
+                            .strip_prefix(base)
+                            .map(|k| (inner.channel.clone(), k.to_owned()));
+                        queued = inner.engine.inner.queue_recovery(
+                            m.clone(),
+                            Replay::delete(also, Vec::new(), Duration::ZERO),
+                            announce,
+                        );
                     }
-                    result = Err(e);
+                    if queued {
+                        bump(&inner.stats.queued_for_recovery);
+                    } else {
+                        result = Err(e);
+                    }
                 }
             }
         }
@@ -1239,13 +1243,12 @@ where
                     let queued = e.is_transient()
                         && inner.engine.inner.queue_recovery(
                             full.clone(),
-                            Replay::Delete {
-                                also: match (inner.config.leases, inner.lease_key(&full)) {
+                            Replay::delete(
+                                match (inner.config.leases, inner.lease_key(&full)) {
                                     (true, Some(lk)) => vec![lk],
                                     _ => Vec::new(),
                                 },
-                                tags: tags
-                                    .iter()
+                                tags.iter()
                                     .map(|t| {
                                         crate::key::tag_key(
                                             &inner.engine.inner.prefix,
@@ -1254,8 +1257,8 @@ where
                                         )
                                     })
                                     .collect(),
-                                tag_ttl: prepared.l2_ttl,
-                            },
+                                prepared.l2_ttl,
+                            ),
                             Some((inner.channel.clone(), key.to_owned())),
                         );
                     if queued {
@@ -1302,11 +1305,7 @@ where
                     let queued = e.is_transient()
                         && self.inner.engine.inner.queue_recovery(
                             full,
-                            Replay::Delete {
-                                also: keys,
-                                tags: Vec::new(),
-                                tag_ttl: Duration::ZERO,
-                            },
+                            Replay::delete(keys, Vec::new(), Duration::ZERO),
                             Some((self.inner.channel.clone(), key.to_owned())),
                         );
                     if queued {
@@ -1449,6 +1448,19 @@ where
             span.record("key", key);
         }
         span
+    }
+
+    /// The index set of `tag` and the set where `invalidate_tag` keeps the members it took.
+    fn tag_keys(&self, tag: &str) -> Result<(String, String)> {
+        let tag_key = crate::key::tag_key(&self.engine.inner.prefix, &self.name, tag);
+        let pending =
+            crate::key::tag_pending_key(&self.engine.inner.prefix, &tag_key).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidKey,
+                    "a tag may not hold a '}' outside a hash tag",
+                )
+            })?;
+        Ok((tag_key, pending))
     }
 
     fn lease_key(&self, full: &str) -> Option<String> {

@@ -134,11 +134,24 @@ pub fn hash_tag(key: &[u8]) -> Option<&[u8]> {
 /// never collide with a user's key), with a hash tag equal to the value key's tag, or to the
 /// whole value key when it has none (so both land in the same cluster slot).
 pub fn lease_key(prefix: &str, full_key: &str) -> Option<String> {
-    if let Some(tag) = hash_tag(full_key.as_bytes()) {
+    companion_key(prefix, "__lease", full_key)
+}
+
+/// The key where `invalidate_tag` keeps the members it took from the index set `tag_key`
+/// until their deletes are done (so a lost reply or a failed delete loses no member), in the
+/// same hash slot as `tag_key`; `None` for a tag key with a stray `}` and no hash tag.
+pub fn tag_pending_key(prefix: &str, tag_key: &str) -> Option<String> {
+    companion_key(prefix, "__tagging", tag_key)
+}
+
+/// `{prefix}:{segment}:{<slot part>}...`: a key of the cache's own under the prefix, in the
+/// hash slot of `key` (its hash tag, or the whole key when it has none).
+fn companion_key(prefix: &str, segment: &str, key: &str) -> Option<String> {
+    if let Some(tag) = hash_tag(key.as_bytes()) {
         let tag = std::str::from_utf8(tag).ok()?;
-        Some(format!("{prefix}:__lease:{{{tag}}}:{full_key}"))
-    } else if !full_key.contains('}') {
-        Some(format!("{prefix}:__lease:{{{full_key}}}"))
+        Some(format!("{prefix}:{segment}:{{{tag}}}:{key}"))
+    } else if !key.contains('}') {
+        Some(format!("{prefix}:{segment}:{{{key}}}"))
     } else {
         None
     }

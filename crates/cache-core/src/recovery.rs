@@ -19,14 +19,26 @@ use crate::remote::RemoteStore;
 
 /// What to settle for one key.
 #[derive(Debug, Clone)]
-pub(crate) enum Replay {
-    /// Delete the key and these companion keys (its fill lease), then add the key to the
-    /// tag index sets `tags` (kept `tag_ttl`).
-    Delete {
-        also: Vec<String>,
-        tags: Vec<String>,
-        tag_ttl: Duration,
-    },
+pub(crate) struct Replay {
+    /// Delete the key and `also` (its fill lease). False once a later write of the key
+    /// succeeded: only the tags remain to be done.
+    pub(crate) delete: bool,
+    pub(crate) also: Vec<String>,
+    /// Add the key to these tag index sets (kept `tag_ttl`).
+    pub(crate) tags: Vec<String>,
+    pub(crate) tag_ttl: Duration,
+}
+
+impl Replay {
+    /// Delete the key and `also`, then tag it.
+    pub(crate) fn delete(also: Vec<String>, tags: Vec<String>, tag_ttl: Duration) -> Self {
+        Replay {
+            delete: true,
+            also,
+            tags,
+            tag_ttl,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -83,9 +95,18 @@ impl RecoveryQueue {
     /// Queue `op` for `full_key`, replacing anything older for that key.
     pub(crate) fn push(&self, full_key: String, op: Replay, announce: Option<(String, String)>) {
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut op = op;
         let mut s = self.lock();
         if let Some(old) = s.by_key.remove(&full_key) {
             s.order.remove(&old.seq);
+            // The newer operation replaces the older, but the key keeps every tag it was
+            // written with: a later `invalidate_tag` must still find it.
+            for t in old.op.tags {
+                if !op.tags.contains(&t) {
+                    op.tags.push(t);
+                }
+            }
+            op.tag_ttl = op.tag_ttl.max(old.op.tag_ttl);
         }
         s.order.insert(seq, full_key.clone());
         s.by_key.insert(full_key, Pending { op, seq, announce });
@@ -102,10 +123,19 @@ impl RecoveryQueue {
     }
 
     /// Forget a key (a later successful write made its pending entry obsolete).
+    /// A key with tags still to add keeps them (a later write does not tag it for us).
     pub(crate) fn forget(&self, full_key: &str) {
         let mut s = self.lock();
-        if let Some(old) = s.by_key.remove(full_key) {
-            s.order.remove(&old.seq);
+        let Some(p) = s.by_key.get_mut(full_key) else {
+            return;
+        };
+        if p.op.tags.is_empty() {
+            if let Some(old) = s.by_key.remove(full_key) {
+                s.order.remove(&old.seq);
+            }
+        } else {
+            p.op.delete = false;
+            p.op.also.clear();
         }
     }
 
@@ -155,21 +185,15 @@ impl RecoveryQueue {
 
 /// Settle one queued operation in L2.
 async fn replay_one(l2: &dyn RemoteStore, key: &str, op: &Replay) -> crate::error::Result<()> {
-    match op {
-        Replay::Delete {
-            also,
-            tags,
-            tag_ttl,
-        } => {
-            let mut keys = vec![key.to_owned()];
-            keys.extend(also.iter().cloned());
-            l2.delete(&keys).await?;
-            for tag in tags {
-                l2.tag_add(tag, key, *tag_ttl).await?;
-            }
-            Ok(())
-        }
+    if op.delete {
+        let mut keys = vec![key.to_owned()];
+        keys.extend(op.also.iter().cloned());
+        l2.delete(&keys).await?;
     }
+    for tag in &op.tags {
+        l2.tag_add(tag, key, op.tag_ttl).await?;
+    }
+    Ok(())
 }
 
 /// The replay loop: every `every`, while there is something to replay. Stops when the engine

@@ -87,9 +87,21 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
         ))
     }
 
-    /// Atomically read and delete the tag index set `tag_key`; returns its members.
-    async fn tag_take(&self, tag_key: &str) -> Result<Vec<String>> {
-        let _ = tag_key;
+    /// Atomically move the members of the tag index set `tag_key` into `pending_key` (same
+    /// hash slot; it lives at least as long as the index set did) and return every member
+    /// `pending_key` now holds. The members stay there until [`RemoteStore::tag_done`]: a
+    /// lost reply or a failed delete loses none, the next call returns them again.
+    async fn tag_take(&self, tag_key: &str, pending_key: &str) -> Result<Vec<String>> {
+        let _ = (tag_key, pending_key);
+        Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!("the {} store does not support tags", self.kind()),
+        ))
+    }
+
+    /// Remove `members` (their deletes are done) from `pending_key`.
+    async fn tag_done(&self, pending_key: &str, members: &[String]) -> Result<()> {
+        let _ = (pending_key, members);
         Err(Error::new(
             ErrorKind::InvalidConfig,
             format!("the {} store does not support tags", self.kind()),
@@ -314,14 +326,29 @@ impl RemoteStore for MemoryStore {
         Ok(())
     }
 
-    async fn tag_take(&self, tag_key: &str) -> Result<Vec<String>> {
+    async fn tag_take(&self, tag_key: &str, pending_key: &str) -> Result<Vec<String>> {
         self.enter()?;
         self.pause().await;
         let mut tags = self.tags.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(tags
-            .remove(tag_key)
-            .map(|s| s.into_iter().collect())
-            .unwrap_or_default())
+        let taken = tags.remove(tag_key).unwrap_or_default();
+        let pending = tags.entry(pending_key.to_owned()).or_default();
+        pending.extend(taken);
+        Ok(pending.iter().cloned().collect())
+    }
+
+    async fn tag_done(&self, pending_key: &str, members: &[String]) -> Result<()> {
+        self.enter()?;
+        self.pause().await;
+        let mut tags = self.tags.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pending) = tags.get_mut(pending_key) {
+            for m in members {
+                pending.remove(m);
+            }
+            if pending.is_empty() {
+                tags.remove(pending_key);
+            }
+        }
+        Ok(())
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {

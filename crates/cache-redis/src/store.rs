@@ -101,11 +101,19 @@ end
 return 1
 ";
 
-/// Read and delete a tag index set atomically.
+/// Move a tag index set's members into its pending set (same slot) atomically, keeping the
+/// pending set alive at least as long as the index set was, and return every pending member.
 pub const TAG_TAKE_LUA: &str = r"
-local members = redis.call('SMEMBERS', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+local kept = redis.call('PTTL', KEYS[2])
+redis.call('SUNIONSTORE', KEYS[2], KEYS[2], KEYS[1])
 redis.call('DEL', KEYS[1])
-return members
+if ttl == -1 or kept == -1 then
+  redis.call('PERSIST', KEYS[2])
+elseif ttl > 0 or kept > 0 then
+  redis.call('PEXPIRE', KEYS[2], math.max(ttl, kept))
+end
+return redis.call('SMEMBERS', KEYS[2])
 ";
 
 impl fmt::Debug for RedisStore {
@@ -515,14 +523,24 @@ impl RemoteStore for RedisStore {
         .await
     }
 
-    async fn tag_take(&self, tag_key: &str) -> Result<Vec<String>> {
+    async fn tag_take(&self, tag_key: &str, pending_key: &str) -> Result<Vec<String>> {
         let mut conn = self.conn.clone();
         let mut inv = self.inner.tag_take_script.prepare_invoke();
-        inv.key(tag_key);
+        inv.key(tag_key).key(pending_key);
         self.run("EVALSHA (tag_take)", async move {
             inv.invoke_async::<Vec<String>>(&mut conn).await
         })
         .await
+    }
+
+    async fn tag_done(&self, pending_key: &str, members: &[String]) -> Result<()> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("SREM").arg(pending_key).arg(members).to_owned();
+        self.run("SREM", async move { cmd.exec_async(&mut conn).await })
+            .await
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {

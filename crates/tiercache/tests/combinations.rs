@@ -30,6 +30,7 @@ enum Op {
     Delete,
     SetNx,
     TagAdd,
+    TagTake,
 }
 
 /// A [`MemoryStore`] whose single operations can be made to fail (a transient error) or be
@@ -40,6 +41,8 @@ struct FaultStore {
     failing: Mutex<HashMap<Op, bool>>,
     /// Hold the next call of this op until `release` is notified.
     hold_next: Mutex<Option<Op>>,
+    /// The next call of this op is carried out but answers with a timeout (its reply lost).
+    lose_reply: Mutex<Option<Op>>,
     held: AtomicUsize,
     release: Notify,
 }
@@ -55,6 +58,21 @@ impl FaultStore {
 
     fn hold_next(&self, op: Op) {
         *self.hold_next.lock().unwrap() = Some(op);
+    }
+
+    fn lose_reply(&self, op: Op) {
+        *self.lose_reply.lock().unwrap() = Some(op);
+    }
+
+    /// Whether this call's reply is to be lost (once).
+    fn reply_lost(&self, op: Op) -> bool {
+        let mut l = self.lose_reply.lock().unwrap();
+        if *l == Some(op) {
+            *l = None;
+            true
+        } else {
+            false
+        }
     }
 
     /// Wait until a held call is parked.
@@ -142,8 +160,16 @@ impl RemoteStore for FaultStore {
         self.enter(Op::TagAdd).await?;
         self.inner.tag_add(tag_key, member, ttl).await
     }
-    async fn tag_take(&self, tag_key: &str) -> tiercache::Result<Vec<String>> {
-        self.inner.tag_take(tag_key).await
+    async fn tag_take(&self, tag_key: &str, pending_key: &str) -> tiercache::Result<Vec<String>> {
+        self.enter(Op::TagTake).await?;
+        let taken = self.inner.tag_take(tag_key, pending_key).await;
+        if self.reply_lost(Op::TagTake) {
+            return Err(Error::new(ErrorKind::Timeout, "injected: reply lost"));
+        }
+        taken
+    }
+    async fn tag_done(&self, pending_key: &str, members: &[String]) -> tiercache::Result<()> {
+        self.inner.tag_done(pending_key, members).await
     }
     async fn set_if_lease(
         &self,
@@ -590,6 +616,26 @@ async fn a_failed_tag_delete_loses_no_member() -> TestResult {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(gone, "the tagged key stays in L2 for good");
+    Ok(())
+}
+
+/// Item 7: when the reply to the tag take is lost (Redis ran it, the client timed out), a
+/// retry of `invalidate_tag` still finds the members (found by the simulation, seed 663).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_tag_take_reply_loses_no_member() -> TestResult {
+    let (store, bus) = (FaultStore::new(), MemoryBus::new());
+    let a = cache(&instance(&store, &bus, "c7c").await);
+    let b = cache(&instance(&store, &bus, "c7c").await);
+    a.set_with_tags("k", "v".to_owned(), &["t"]).await?;
+    assert!(b.get("k").await?.is_some());
+    store.lose_reply(Op::TagTake);
+    assert_eq!(
+        a.invalidate_tag("t").await.unwrap_err().kind(),
+        ErrorKind::Timeout
+    );
+    assert_eq!(a.invalidate_tag("t").await?, 1, "the retry found no member");
+    assert_eq!(l2_value(&store, "c7c", "k").await, None);
+    assert!(eventually(|| b.get_local("k").is_none()).await);
     Ok(())
 }
 

@@ -111,9 +111,22 @@ impl RemoteStore for FaultStore {
             .await
     }
 
-    async fn tag_take(&self, tag_key: &str) -> Result<Vec<String>> {
-        self.gated("tag_take", tag_key, self.inner.tag_take(tag_key))
-            .await
+    async fn tag_take(&self, tag_key: &str, pending_key: &str) -> Result<Vec<String>> {
+        self.gated(
+            "tag_take",
+            tag_key,
+            self.inner.tag_take(tag_key, pending_key),
+        )
+        .await
+    }
+
+    async fn tag_done(&self, pending_key: &str, members: &[String]) -> Result<()> {
+        self.gated(
+            "tag_done",
+            pending_key,
+            self.inner.tag_done(pending_key, members),
+        )
+        .await
     }
 
     async fn set_if_lease(
