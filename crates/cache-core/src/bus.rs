@@ -453,6 +453,14 @@ impl BusRuntime {
         lock(&self.targets).insert(channel, target);
     }
 
+    /// Drop `keys` from this instance's L1 copy of `channel`'s namespace.
+    pub(crate) fn invalidate_here(&self, channel: &str, keys: &[String]) {
+        let target = lock(&self.targets).get(channel).and_then(Weak::upgrade);
+        if let Some(t) = target {
+            t.invalidate_keys(keys);
+        }
+    }
+
     pub(crate) fn publish_keys(&self, channel: &str, keys: Vec<String>) {
         self.outgoing.push_keys(channel, keys);
     }

@@ -1121,9 +1121,17 @@ where
         let (tag_key, pending_key) = inner.tag_keys(tag)?;
         // The members move to a pending set, which keeps them until their deletes are done: a
         // lost reply or a failed delete loses none (the next call gets them again).
-        let members = l2.tag_take(&tag_key, &pending_key).await.inspect_err(|e| {
+        let mut members = l2.tag_take(&tag_key, &pending_key).await.inspect_err(|e| {
             inner.l2_failed(L2Op::Delete, e);
         })?;
+        // Tagged writes of this instance that failed are not in the index set yet.
+        if let Some(queue) = &inner.engine.inner.recovery {
+            for m in queue.tagged(&tag_key) {
+                if !members.contains(&m) {
+                    members.push(m);
+                }
+            }
+        }
         let base = inner.keys.base();
         let user_keys: Vec<String> = members
             .iter()

@@ -139,6 +139,16 @@ impl RecoveryQueue {
         }
     }
 
+    /// The full keys waiting to be added to the tag index set `tag_key`.
+    pub(crate) fn tagged(&self, tag_key: &str) -> Vec<String> {
+        let s = self.lock();
+        s.by_key
+            .iter()
+            .filter(|(_, p)| p.op.tags.iter().any(|t| t == tag_key))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.lock().by_key.len()
     }
@@ -174,6 +184,9 @@ impl RecoveryQueue {
                 }
             }
             if let (Some(bus), Some((channel, user_key))) = (bus, &pending.announce) {
+                // This instance's own copy goes too: an invalidation made elsewhere meanwhile
+                // (a tag's, whose index did not list the key yet) may have missed it.
+                bus.invalidate_here(channel, std::slice::from_ref(user_key));
                 bus.publish_keys(channel, vec![user_key.clone()]);
             }
             self.replayed.fetch_add(1, Ordering::Relaxed);
