@@ -271,6 +271,8 @@ struct OutQueue {
     wake: tokio::sync::Notify,
     max_keys: usize,
     overflows: AtomicU64,
+    /// The engine is gone: send what is queued, then stop.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl OutQueue {
@@ -406,6 +408,7 @@ impl BusRuntime {
             wake: tokio::sync::Notify::new(),
             max_keys: config.max_queued_keys,
             overflows: AtomicU64::new(0),
+            closing: std::sync::atomic::AtomicBool::new(false),
         });
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let targets: Arc<Mutex<HashMap<String, Weak<dyn BusTarget>>>> = Arc::default();
@@ -415,14 +418,16 @@ impl BusRuntime {
         if let Some(t) = &tracking {
             tasks.push(t.start(ev_tx)?);
         }
-        tasks.push(handle.spawn(publish_loop(
+        // Not in `tasks`: when the engine is dropped, the publisher sends what is queued and
+        // then ends (an invalidation accepted before the drop still goes out).
+        handle.spawn(publish_loop(
             transport.clone(),
             outgoing.clone(),
             publisher.clone(),
             instance,
             config,
             stats.clone(),
-        )));
+        ));
         tasks.push(handle.spawn(heartbeat_loop(
             transport.clone(),
             publisher,
@@ -490,6 +495,8 @@ impl Drop for BusRuntime {
         for t in lock(&self.tasks).drain(..) {
             t.abort();
         }
+        self.outgoing.closing.store(true, Ordering::SeqCst);
+        self.outgoing.wake.notify_one();
     }
 }
 
@@ -549,7 +556,13 @@ async fn publish_loop(
         // burst, batches form by themselves, one per round trip, with no added latency.
         let woken = queue.wake.notified();
         if queue.is_empty() {
+            if queue.closing.load(Ordering::SeqCst) {
+                return;
+            }
             woken.await;
+            if queue.is_empty() && queue.closing.load(Ordering::SeqCst) {
+                return;
+            }
         }
         // An explicit window trades latency for fewer messages.
         if !config.batch_window.is_zero() {

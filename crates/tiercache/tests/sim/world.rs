@@ -422,9 +422,14 @@ async fn exec(ctx: &Ctx, t: &Target, op: Op) -> String {
             for m in &members {
                 db.write(m, Some(db.fresh()));
             }
+            // A tagged write whose tag_add failed on another instance joins the index only when
+            // that instance settles it (deleting the key and announcing it everywhere): while
+            // it is queued, the count may miss it.
+            let pending_before = replays_pending(&t.engines);
             match t.cache.invalidate_tag(tag).await {
                 Ok(n) => {
-                    tag_done(ctx, &what, tag, &members, n, replays_pending(&t.engines));
+                    let pending = pending_before || replays_pending(&t.engines);
+                    tag_done(ctx, &what, tag, &members, n, pending);
                     format!("{n} keys (rows updated: {members:?})")
                 }
                 Err(e) => {
