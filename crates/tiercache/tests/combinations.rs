@@ -805,3 +805,27 @@ async fn a_zero_heartbeat_is_a_config_error() -> TestResult {
     assert_eq!(r.unwrap_err().kind(), ErrorKind::InvalidConfig);
     Ok(())
 }
+
+/// An engine dropped right after a write still sends the invalidation it had queued (found
+/// by the simulation, seed 10025).
+#[tokio::test]
+async fn a_dropped_engine_still_sends_its_queued_invalidations() -> TestResult {
+    let (store, bus) = (FaultStore::new(), MemoryBus::new());
+    // Long heartbeats: only the message itself can tell A (no silence detection).
+    let hour = Duration::from_secs(3600);
+    let a = cache(&instance_with(&store, bus.attach(), "s4", hour).await);
+    a.get_or_load("k", ok_loader("old")).await?;
+    {
+        let b_engine = instance_with(&store, bus.attach(), "s4", hour).await;
+        let b = cache(&b_engine);
+        // Let B's subscription and first heartbeat settle.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        b.set("k", "new".to_owned()).await?;
+        // No await between the write and the drop: the publish is still queued.
+    }
+    assert!(
+        eventually(|| a.get_local("k").is_none()).await,
+        "the invalidation queued before the drop was never sent"
+    );
+    Ok(())
+}
