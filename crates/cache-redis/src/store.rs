@@ -103,15 +103,19 @@ return 1
 
 /// Move a tag index set's members into its pending set (same slot) atomically, keeping the
 /// pending set alive at least as long as the index set was, and return every pending member.
+///
+/// Only `SMEMBERS`, `SADD`, `DEL`, `PTTL` and `PEXPIRE` are called (the documented minimal ACL
+/// rules allow exactly those inside scripts).
 pub const TAG_TAKE_LUA: &str = r"
+local members = redis.call('SMEMBERS', KEYS[1])
 local ttl = redis.call('PTTL', KEYS[1])
 local kept = redis.call('PTTL', KEYS[2])
-redis.call('SUNIONSTORE', KEYS[2], KEYS[2], KEYS[1])
+for i = 1, #members, 1000 do
+  redis.call('SADD', KEYS[2], unpack(members, i, math.min(i + 999, #members)))
+end
 redis.call('DEL', KEYS[1])
-if ttl == -1 or kept == -1 then
-  redis.call('PERSIST', KEYS[2])
-elseif ttl > 0 or kept > 0 then
-  redis.call('PEXPIRE', KEYS[2], math.max(ttl, kept))
+if ttl > 0 and kept ~= -1 and kept < ttl then
+  redis.call('PEXPIRE', KEYS[2], ttl)
 end
 return redis.call('SMEMBERS', KEYS[2])
 ";

@@ -41,7 +41,7 @@ const RULES_SIMPLE: &str = "resetkeys ~tenantA:* resetchannels &tenantA:* +@all 
 const RULES_MINIMAL: &str = "resetkeys ~tenantA:* resetchannels &tenantA:* -@all \
     +ping +client|tracking \
     +get +mget +set +del +unlink +scan \
-    +evalsha +script|load +sadd +smembers +pttl +pexpire \
+    +evalsha +script|load +sadd +smembers +srem +pttl +pexpire \
     +publish +subscribe";
 
 // ---------------------------------------------------------------------------------------
