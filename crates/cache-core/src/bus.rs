@@ -758,13 +758,13 @@ async fn receive_loop(
             }
             BusEvent::Disconnected => {
                 tracing::warn!("invalidation bus disconnected; flushing L1");
-                heard.clear();
+                forget_numbers(&mut heard);
                 for t in live_targets(&targets) {
                     flush_for_loss(t.as_ref(), &stats);
                 }
             }
             BusEvent::Connected => {
-                heard.clear();
+                forget_numbers(&mut heard);
                 if connected_once {
                     stats.reconnects.fetch_add(1, Ordering::Relaxed);
                     // Values filled while we were deaf may be stale: flush once more.
@@ -776,6 +776,17 @@ async fn receive_loop(
                 connected_once = true;
             }
         }
+    }
+}
+
+/// After a break in the subscription: every publisher counts as first met again (its next
+/// number is checked like a first contact's), but stays known, so one that never speaks again
+/// is still noticed by its silence (a message lost just before it stopped is not missed).
+fn forget_numbers(heard: &mut HashMap<(u64, String), Heard>) {
+    let now = Instant::now();
+    for h in heard.values_mut() {
+        h.seq = 0;
+        h.at = now;
     }
 }
 

@@ -20,9 +20,7 @@ use crate::remote::RemoteStore;
 /// What to settle for one key.
 #[derive(Debug, Clone)]
 pub(crate) struct Replay {
-    /// Delete the key and `also` (its fill lease). False once a later write of the key
-    /// succeeded: only the tags remain to be done.
-    pub(crate) delete: bool,
+    /// Delete the key and `also` (its fill lease).
     pub(crate) also: Vec<String>,
     /// Add the key to these tag index sets (kept `tag_ttl`).
     pub(crate) tags: Vec<String>,
@@ -33,7 +31,6 @@ impl Replay {
     /// Delete the key and `also`, then tag it.
     pub(crate) fn delete(also: Vec<String>, tags: Vec<String>, tag_ttl: Duration) -> Self {
         Replay {
-            delete: true,
             also,
             tags,
             tag_ttl,
@@ -123,19 +120,15 @@ impl RecoveryQueue {
     }
 
     /// Forget a key (a later successful write made its pending entry obsolete).
-    /// A key with tags still to add keeps them (a later write does not tag it for us).
+    /// A key with tags still to add stays queued as it is: until it joins its tags'
+    /// index sets, an `invalidate_tag` made on another instance misses it, so the settle
+    /// must still delete it everywhere (and announce it) after tagging it.
     pub(crate) fn forget(&self, full_key: &str) {
         let mut s = self.lock();
-        let Some(p) = s.by_key.get_mut(full_key) else {
-            return;
-        };
-        if p.op.tags.is_empty() {
+        if s.by_key.get(full_key).is_some_and(|p| p.op.tags.is_empty()) {
             if let Some(old) = s.by_key.remove(full_key) {
                 s.order.remove(&old.seq);
             }
-        } else {
-            p.op.delete = false;
-            p.op.also.clear();
         }
     }
 
@@ -198,11 +191,9 @@ impl RecoveryQueue {
 
 /// Settle one queued operation in L2.
 async fn replay_one(l2: &dyn RemoteStore, key: &str, op: &Replay) -> crate::error::Result<()> {
-    if op.delete {
-        let mut keys = vec![key.to_owned()];
-        keys.extend(op.also.iter().cloned());
-        l2.delete(&keys).await?;
-    }
+    let mut keys = vec![key.to_owned()];
+    keys.extend(op.also.iter().cloned());
+    l2.delete(&keys).await?;
     for tag in &op.tags {
         l2.tag_add(tag, key, op.tag_ttl).await?;
     }
