@@ -556,11 +556,11 @@ async fn publish_loop(
         // burst, batches form by themselves, one per round trip, with no added latency.
         let woken = queue.wake.notified();
         if queue.is_empty() {
-            if queue.closing.load(Ordering::SeqCst) {
-                return;
+            if !queue.closing.load(Ordering::SeqCst) {
+                woken.await;
             }
-            woken.await;
             if queue.is_empty() && queue.closing.load(Ordering::SeqCst) {
+                farewell(&transport, &publisher, instance).await;
                 return;
             }
         }
@@ -597,6 +597,31 @@ async fn publish_loop(
                 .await;
             }
         }
+    }
+}
+
+/// The last word of a dropped engine: one heartbeat per channel it published on, carrying
+/// its last number, so a receiver that missed its final messages (and may never hear from it
+/// again) sees the gap.
+async fn farewell(
+    transport: &Arc<dyn BusTransport>,
+    publisher: &Mutex<PublisherState>,
+    instance: u64,
+) {
+    let last: Vec<(String, u64)> = lock(publisher)
+        .done
+        .iter()
+        .map(|(c, s)| (c.clone(), *s))
+        .collect();
+    for (channel, seq) in last {
+        let payload = Message {
+            kind: KIND_HEARTBEAT,
+            instance,
+            seq,
+            keys: Vec::new(),
+        }
+        .encode();
+        let _ = transport.publish(&channel, payload).await;
     }
 }
 
