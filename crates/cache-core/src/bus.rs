@@ -349,6 +349,8 @@ pub(crate) struct BusRuntime {
     targets: Arc<Mutex<HashMap<String, Weak<dyn BusTarget>>>>,
     pub(crate) stats: Arc<BusCounters>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// True once client tracking is on (always true without tracking).
+    tracking_ready: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Counters of the bus, engine-wide.
@@ -414,10 +416,17 @@ impl BusRuntime {
         let targets: Arc<Mutex<HashMap<String, Weak<dyn BusTarget>>>> = Arc::default();
         let stats = Arc::new(BusCounters::default());
         let publisher = Arc::new(Mutex::new(PublisherState::default()));
-        let mut tasks = vec![transport.start(ev_tx.clone())?];
-        if let Some(t) = &tracking {
-            tasks.push(t.start(ev_tx)?);
-        }
+        let mut tasks = vec![transport.start(ev_tx)?];
+        // Tracking has a channel of its own: its connections mean something else (below).
+        let (tr_tx, tr_rx) = mpsc::unbounded_channel();
+        let (ready_tx, tracking_ready) = tokio::sync::watch::channel(tracking.is_none());
+        let tr_rx = match &tracking {
+            Some(t) => {
+                tasks.push(t.start(tr_tx)?);
+                Some(tr_rx)
+            }
+            None => None,
+        };
         // Not in `tasks`: when the engine is dropped, the publisher sends what is queued and
         // then ends (an invalidation accepted before the drop still goes out).
         handle.spawn(publish_loop(
@@ -438,6 +447,8 @@ impl BusRuntime {
         )));
         tasks.push(handle.spawn(receive_loop(
             ev_rx,
+            tr_rx,
+            ready_tx,
             targets.clone(),
             instance,
             config,
@@ -450,12 +461,21 @@ impl BusRuntime {
             targets,
             stats,
             tasks: Mutex::new(tasks),
+            tracking_ready,
         })
     }
 
     pub(crate) fn register(&self, channel: String, target: Weak<dyn BusTarget>) {
         self.transport.subscribe(&channel);
         lock(&self.targets).insert(channel, target);
+    }
+
+    /// Wait until client tracking is on, at most `limit`; whether it is.
+    pub(crate) async fn wait_tracking(&self, limit: Duration) -> bool {
+        let mut ready = self.tracking_ready.clone();
+        let on = tokio::time::timeout(limit, async { ready.wait_for(|on| *on).await.is_ok() })
+            .await;
+        matches!(on, Ok(true))
     }
 
     /// Drop `keys` from this instance's L1 copy of `channel`'s namespace.
@@ -665,8 +685,19 @@ fn flush_for_loss(target: &dyn BusTarget, stats: &BusCounters) {
     target.report(crate::observer::CacheEvent::InvalidationsLost);
 }
 
+/// The next tracking event, or never once tracking is gone (or was never there).
+async fn next_tracking(rx: &mut Option<mpsc::UnboundedReceiver<BusEvent>>) -> Option<BusEvent> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn receive_loop(
     mut rx: mpsc::UnboundedReceiver<BusEvent>,
+    mut tracking: Option<mpsc::UnboundedReceiver<BusEvent>>,
+    tracking_ready: tokio::sync::watch::Sender<bool>,
     targets: Arc<Mutex<HashMap<String, Weak<dyn BusTarget>>>>,
     instance: u64,
     config: BusConfig,
@@ -682,6 +713,29 @@ async fn receive_loop(
             e = rx.recv() => match e {
                 Some(e) => e,
                 None => return,
+            },
+            e = next_tracking(&mut tracking) => match e {
+                // Tracking is (back) on: Redis reports writes from now on, not before. What
+                // L1 took meanwhile (before the first connection too) may be overwritten.
+                Some(BusEvent::Connected) => {
+                    for t in live_targets(&targets) {
+                        t.flush();
+                    }
+                    let _ = tracking_ready.send(true);
+                    continue;
+                }
+                Some(BusEvent::Disconnected) => {
+                    tracing::warn!("tracking connection lost; flushing L1");
+                    for t in live_targets(&targets) {
+                        flush_for_loss(t.as_ref(), &stats);
+                    }
+                    continue;
+                }
+                Some(e) => e,
+                None => {
+                    tracking = None;
+                    continue;
+                }
             },
             _ = check.tick() => {
                 // Publishers gone silent: their messages may be getting lost.

@@ -125,6 +125,16 @@ impl Engine {
         self.inner.bus.as_ref().map(|b| b.instance)
     }
 
+    /// Wait until Redis client tracking is on, at most `limit`: `true` when it is (or when the
+    /// engine has no tracking). Until then, writes by other clients are not reported; when it
+    /// comes on, L1 is flushed, so nothing cached before is trusted.
+    pub async fn wait_for_tracking(&self, limit: Duration) -> bool {
+        match &self.inner.bus {
+            Some(bus) => bus.wait_tracking(limit).await,
+            None => true,
+        }
+    }
+
     /// Counters of the invalidation bus, when there is one.
     pub fn bus_stats(&self) -> Option<BusStats> {
         self.inner.bus.as_ref().map(|b| b.stats())

@@ -332,7 +332,17 @@ impl Builder {
         if let Some(c) = self.clock {
             b = b.with_clock(c);
         }
-        b.build()
+        let engine = b.build()?;
+        // With tracking, serve only once Redis reports writes (bounded by the connect
+        // timeout; if it is not on by then, L1 is flushed when it comes on).
+        #[cfg(feature = "redis")]
+        if let (true, Some(store)) = (self.tracking, &redis_store) {
+            let limit = store.config().connect_timeout;
+            if !engine.wait_for_tracking(limit).await {
+                tracing::warn!("client tracking is not on yet; L1 is flushed when it comes on");
+            }
+        }
+        Ok(engine)
     }
 }
 

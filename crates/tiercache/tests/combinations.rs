@@ -829,3 +829,62 @@ async fn a_dropped_engine_still_sends_its_queued_invalidations() -> TestResult {
     );
     Ok(())
 }
+
+/// A tracking transport whose connection comes up only when the test says so (a delayed
+/// `CLIENT TRACKING ON`): writes made before are never reported, as with Redis.
+#[derive(Debug, Default)]
+struct LateTracking {
+    events: Mutex<Option<tokio::sync::mpsc::UnboundedSender<tiercache::core::BusEvent>>>,
+}
+
+#[async_trait]
+impl BusTransport for LateTracking {
+    fn kind(&self) -> &'static str {
+        "late-tracking"
+    }
+    async fn publish(&self, _channel: &str, _payload: Vec<u8>) -> tiercache::Result<()> {
+        Ok(())
+    }
+    fn start(
+        &self,
+        events: tokio::sync::mpsc::UnboundedSender<tiercache::core::BusEvent>,
+    ) -> tiercache::Result<tokio::task::JoinHandle<()>> {
+        *self.events.lock().unwrap() = Some(events.clone());
+        Ok(tokio::spawn(async move { events.closed().await }))
+    }
+    fn subscribe(&self, _channel: &str) {}
+}
+
+/// Tracking start-up: what L1 took before tracking was on is not trusted once it is on, and
+/// the engine says whether it is on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l1_filled_before_tracking_came_up_is_flushed() -> TestResult {
+    let store = FaultStore::new();
+    let writer = tiercache::builder("s5")
+        .remote(store.clone())
+        .bus(false)
+        .build()
+        .await?;
+    let writer = cache(&writer);
+    writer.set("k", "v1".to_owned()).await?;
+    let tracking = Arc::new(LateTracking::default());
+    let engine = tiercache::core::Engine::builder("s5")
+        .with_l1(Arc::new(tiercache::QuickL1::with_capacity_bytes(1 << 20)))
+        .with_l2(store.clone())
+        .with_tracking(tracking.clone())
+        .build()?;
+    assert!(!engine.wait_for_tracking(Duration::from_millis(20)).await);
+    let c = cache(&engine);
+    assert_eq!(c.get("k").await?.as_deref().map(String::as_str), Some("v1"));
+    // Another client writes while tracking is not on yet: nobody reports it.
+    writer.set("k", "v2".to_owned()).await?;
+    let events = tracking.events.lock().unwrap().clone().unwrap();
+    events.send(tiercache::core::BusEvent::Connected)?;
+    assert!(engine.wait_for_tracking(Duration::from_secs(5)).await);
+    assert!(
+        eventually(|| c.get_local("k").is_none()).await,
+        "L1 kept a value filled before tracking was on"
+    );
+    assert_eq!(c.get("k").await?.as_deref().map(String::as_str), Some("v2"));
+    Ok(())
+}
