@@ -239,6 +239,29 @@ async fn eventually(mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// A `get_or_load` of `key` whose loader answers `value` only when the gate is opened: a slow
+/// load that a write can overtake.
+fn held_load(
+    c: &Cache<String, MsgPack>,
+    key: &'static str,
+    value: &'static str,
+) -> (
+    Arc<Notify>,
+    tokio::task::JoinHandle<tiercache::Result<Arc<String>>>,
+) {
+    let gate = Arc::new(Notify::new());
+    let g = gate.clone();
+    let c = c.clone();
+    let load = tokio::spawn(async move {
+        c.get_or_load(key, move |_| async move {
+            g.notified().await;
+            Ok::<_, Error>(value.to_owned())
+        })
+        .await
+    });
+    (gate, load)
+}
+
 fn ok_loader(v: &'static str) -> impl FnOnce(String) -> std::future::Ready<Result<String, Error>> {
     move |_| std::future::ready(Ok(v.to_owned()))
 }
@@ -298,18 +321,7 @@ async fn handles_of_one_namespace_share_their_epochs() -> TestResult {
             .unwrap()
     };
     let (h1, h2) = (build(), build());
-    let gate = Arc::new(Notify::new());
-    let g = gate.clone();
-    let load = tokio::spawn({
-        let h1 = h1.clone();
-        async move {
-            h1.get_or_load("k", move |_| async move {
-                g.notified().await;
-                Ok::<_, Error>("old".to_owned())
-            })
-            .await
-        }
-    });
+    let (gate, load) = held_load(&h1, "k", "old");
     tokio::time::sleep(Duration::from_millis(50)).await;
     h2.set("k", "new".to_owned()).await?;
     gate.notify_waiters();
@@ -397,18 +409,7 @@ async fn a_clear_during_a_fill_wins() -> TestResult {
     let (store, bus) = (FaultStore::new(), MemoryBus::new());
     let a = cache(&instance(&store, &bus, "c4").await);
     let b = cache(&instance(&store, &bus, "c4").await);
-    let gate = Arc::new(Notify::new());
-    let g = gate.clone();
-    let load = tokio::spawn({
-        let a = a.clone();
-        async move {
-            a.get_or_load("k", move |_| async move {
-                g.notified().await;
-                Ok::<_, Error>("pre-clear".to_owned())
-            })
-            .await
-        }
-    });
+    let (gate, load) = held_load(&a, "k", "pre-clear");
     tokio::time::sleep(Duration::from_millis(50)).await;
     b.clear_namespace().await?;
     gate.notify_waiters();
@@ -535,18 +536,7 @@ async fn a_lease_error_does_not_write_unconditionally() -> TestResult {
     let a = cache(&instance(&store, &bus, "c6").await);
     let b = cache(&instance(&store, &bus, "c6").await);
     store.fail(Op::SetNx, true);
-    let gate = Arc::new(Notify::new());
-    let g = gate.clone();
-    let load = tokio::spawn({
-        let a = a.clone();
-        async move {
-            a.get_or_load("k", move |_| async move {
-                g.notified().await;
-                Ok::<_, Error>("old".to_owned())
-            })
-            .await
-        }
-    });
+    let (gate, load) = held_load(&a, "k", "old");
     tokio::time::sleep(Duration::from_millis(50)).await;
     b.invalidate("k").await?;
     gate.notify_waiters();
