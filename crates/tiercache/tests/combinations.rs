@@ -878,3 +878,43 @@ async fn l1_filled_before_tracking_came_up_is_flushed() -> TestResult {
     assert_eq!(c.get("k").await?.as_deref().map(String::as_str), Some("v2"));
     Ok(())
 }
+
+/// Nothing is left running: an engine with a bus, caches, loads, a queued recovery entry and
+/// queued invalidations, once dropped, leaves no task behind on the runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_engine_leaves_no_task_running() -> TestResult {
+    let alive = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = alive();
+    {
+        let (store, bus) = (FaultStore::new(), MemoryBus::new());
+        let a = cache(&instance(&store, &bus, "s6").await);
+        let b = cache(&instance(&store, &bus, "s6").await);
+        a.get_or_load("k", ok_loader("v")).await?;
+        b.get_many_or_load(&["j", "k"], |keys: Vec<String>| async move {
+            Ok::<_, Error>(keys.into_iter().map(|k| (k, "v".to_owned())).collect())
+        })
+        .await?;
+        store.fail(Op::Delete, true);
+        a.set("k", "w".to_owned()).await?; // queued for recovery
+        b.invalidate("j").await?;
+        assert!(a.engine().recovery_stats().unwrap().pending > 0);
+    }
+    let mut left = alive();
+    for _ in 0..200 {
+        if left <= before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        left = alive();
+    }
+    assert!(
+        left <= before,
+        "{} tasks still alive after the engines were dropped",
+        left - before
+    );
+    Ok(())
+}
