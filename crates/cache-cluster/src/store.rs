@@ -39,27 +39,41 @@ impl LuaScript {
         }
     }
 
-    /// `EVALSHA sha` (`cached`) or `EVAL source` (which caches it on the node) of `keys` and
-    /// `args`.
-    fn command(&self, cached: bool, keys: &[&str], args: &[&[u8]]) -> Cmd {
-        let mut cmd = if cached {
-            redis::cmd("EVALSHA")
-        } else {
-            redis::cmd("EVAL")
-        };
-        cmd.arg(if cached {
-            self.sha.as_str()
-        } else {
-            self.source
-        })
-        .arg(keys.len())
-        .arg(keys);
+    /// `EVALSHA sha` of `keys` and `args`.
+    fn command(&self, keys: &[&str], args: &[&[u8]]) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.sha.as_str()).arg(keys.len()).arg(keys);
         for a in args {
             cmd.arg(*a);
         }
         cmd
     }
+
+    /// `SCRIPT LOAD source`: caches the script on the node that runs it. Never `EVAL`, which
+    /// the minimal ACL rules (docs/security.md) refuse.
+    fn load(&self) -> Cmd {
+        redis::cmd("SCRIPT").arg("LOAD").arg(self.source).to_owned()
+    }
+
+    /// Check a `SCRIPT LOAD` answer: the node must name the script by our SHA1.
+    fn check_loaded(&self, answer: Value) -> RedisResult<()> {
+        let sha: String = redis::from_redis_value(answer.extract_error()?)?;
+        if sha.eq_ignore_ascii_case(&self.sha) {
+            Ok(())
+        } else {
+            Err(RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "SCRIPT LOAD answered another SHA1 than the script's",
+                sha,
+            )))
+        }
+    }
 }
+
+/// How many times a script call that meets `NOSCRIPT` loads the script and tries again (a
+/// node can lose its script cache between the load and the call: failover, restart,
+/// `SCRIPT FLUSH`).
+const SCRIPT_LOAD_ATTEMPTS: usize = 2;
 
 /// Keys per `SCAN` page of [`RemoteStore::delete_prefix`].
 const SCAN_COUNT: u64 = 1000;
@@ -77,8 +91,8 @@ const SCAN_COUNT: u64 = 1000;
 /// [`RemoteStore::set_if_lease_many`] group their keys by hash slot (one `MGET` / `DEL` per
 /// slot, one `SET`, `SET NX` or lease-script `EVALSHA` per key) and send **one pipeline per
 /// primary**, all primaries in parallel: a batch costs one round trip of latency and at most
-/// one request per primary, whatever its size (plus, for the lease script, one `EVAL`
-/// pipeline per primary that has not cached the script yet).
+/// one request per primary, whatever its size (plus, for the lease script, one
+/// `SCRIPT LOAD` + `EVALSHA` pipeline per primary that has not cached the script yet).
 /// Hash tags (`{user:42}:profile`) put related keys in one slot.
 ///
 /// Errors: [`ErrorKind::Connection`] (unreachable, broken connection, cluster reconfiguring),
@@ -562,6 +576,11 @@ fn topology_error(answer: &Value) -> Option<RedisError> {
     }
 }
 
+/// Whether a call failed with `NOSCRIPT` (the node has not cached the script).
+fn is_noscript_error(e: &RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
 /// Whether a pipeline answer is `NOSCRIPT` (the node has not cached the script).
 fn is_noscript(answer: &Value) -> bool {
     matches!(answer, Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript))
@@ -953,8 +972,9 @@ impl RemoteStore for ClusterStore {
     /// Grouped like [`RemoteStore::set_many`] (a fill's lease key and key share a slot): one
     /// `EVALSHA` of the lease script per fill, one pipeline per primary, primaries in
     /// parallel. Fills answered `NOSCRIPT` did nothing; as in [`RemoteStore::set_if_lease`],
-    /// they are sent again with `EVAL`, which caches the script on their nodes (one more
-    /// pipeline per such primary), all within one `response_timeout`.
+    /// they are sent again after a `SCRIPT LOAD` on their nodes (one more pipeline per such
+    /// primary: per slot, `SCRIPT LOAD` then the slot's `EVALSHA`s), all within one
+    /// `response_timeout`. No `EVAL`: the minimal ACL rules refuse it.
     async fn set_if_lease_many(&self, fills: Vec<LeaseFill>) -> Result<Vec<bool>> {
         for f in &fills {
             self.check_size(&f.key, f.value.len())?;
@@ -972,10 +992,10 @@ impl RemoteStore for ClusterStore {
         }
         let script = &self.inner.lease_script;
         let ttls: Vec<String> = fills.iter().map(|f| ttl_ms(f.ttl).to_string()).collect();
-        let command = |cached: bool, i: usize| {
+        let command = |i: usize| {
             let f = &fills[i];
             let args: [&[u8]; 3] = [&f.token, &f.value, ttls[i].as_bytes()];
-            script.command(cached, &[&f.lease_key, &f.key], &args)
+            script.command(&[&f.lease_key, &f.key], &args)
         };
         let decode = |answers: Vec<Value>, _: &[usize]| {
             answers
@@ -983,21 +1003,35 @@ impl RemoteStore for ClusterStore {
                 .map(lease_answer)
                 .collect::<RedisResult<Vec<Option<bool>>>>()
         };
+        // After a `SCRIPT LOAD`: its answer first, then the slot's fills.
+        let decode_loaded = |answers: Vec<Value>, indices: &[usize]| {
+            let mut answers = answers.into_iter();
+            let loaded = answers
+                .next()
+                .ok_or_else(|| wrong_length(0, indices.len() + 1))?;
+            script.check_loaded(loaded)?;
+            decode(answers.collect(), indices)
+        };
         let run = async {
             let groups = self.groups(fills.iter().map(|f| f.key.as_str()));
-            let build = |indices: &[usize]| indices.iter().map(|i| command(true, *i)).collect();
+            let build = |indices: &[usize]| indices.iter().map(|i| command(*i)).collect();
             let parts = self.batch(groups, false, build, decode).await?;
             let mut stored = scatter(fills.len(), None, parts);
-            let missing: Vec<usize> = (0..stored.len()).filter(|i| stored[*i].is_none()).collect();
-            if !missing.is_empty() {
+            for _ in 0..SCRIPT_LOAD_ATTEMPTS {
+                let missing: Vec<usize> =
+                    (0..stored.len()).filter(|i| stored[*i].is_none()).collect();
+                if missing.is_empty() {
+                    break;
+                }
                 let groups = self.groups(missing.iter().map(|i| fills[*i].key.as_str()));
+                // One `SCRIPT LOAD` per slot: each slot's pipeline loads the script on the
+                // node it reaches, also when the group is retried slot by slot.
                 let build = |indices: &[usize]| {
-                    indices
-                        .iter()
-                        .map(|j| command(false, missing[*j]))
+                    std::iter::once(script.load())
+                        .chain(indices.iter().map(|j| command(missing[*j])))
                         .collect()
                 };
-                for (indices, answers) in self.batch(groups, false, build, decode).await? {
+                for (indices, answers) in self.batch(groups, false, build, decode_loaded).await? {
                     for (j, answer) in indices.into_iter().zip(answers) {
                         stored[missing[j]] = answer;
                     }
@@ -1005,14 +1039,7 @@ impl RemoteStore for ClusterStore {
             }
             stored
                 .into_iter()
-                .map(|s| {
-                    s.ok_or_else(|| {
-                        RedisError::from((
-                            redis::ErrorKind::UnexpectedReturnType,
-                            "the lease script answered NOSCRIPT to EVAL",
-                        ))
-                    })
-                })
+                .map(|s| s.ok_or_else(noscript_after_load))
                 .collect::<RedisResult<Vec<bool>>>()
         };
         self.run("EVALSHA (set_if_lease batch)", run).await
@@ -1059,6 +1086,15 @@ fn lease_answer(answer: Value) -> RedisResult<Option<bool>> {
     }
 }
 
+/// The error of a script call still answered `NOSCRIPT` after its `SCRIPT LOAD`s.
+fn noscript_after_load() -> RedisError {
+    RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "the node answered NOSCRIPT again after SCRIPT LOAD (its script cache keeps being \
+         flushed)",
+    ))
+}
+
 /// The per-slot answers of a batch, back in the order of its `n` keys (`fill` where a key
 /// got no answer).
 fn scatter<T: Clone>(n: usize, fill: T, parts: Vec<(Vec<usize>, Vec<T>)>) -> Vec<T> {
@@ -1072,9 +1108,10 @@ fn scatter<T: Clone>(n: usize, fill: T, parts: Vec<(Vec<usize>, Vec<T>)>) -> Vec
 }
 
 impl ClusterStore {
-    /// Run a script on the node of its keys (all in one slot): `EVALSHA`, and `EVAL` when that
-    /// node has not cached the script yet (`NOSCRIPT`: a new primary after a failover, a
-    /// restart, `SCRIPT FLUSH`), which caches it there.
+    /// Run a script on the node of its keys (all in one slot): `EVALSHA`; when that node has
+    /// not cached the script yet (`NOSCRIPT`: a new primary after a failover, a restart,
+    /// `SCRIPT FLUSH`), one pipeline to the slot's primary: `SCRIPT LOAD` (which caches it
+    /// there), then the `EVALSHA` again. No `EVAL`: the minimal ACL rules refuse it.
     async fn eval<T: redis::FromRedisValue + Send>(
         &self,
         op: &'static str,
@@ -1082,22 +1119,29 @@ impl ClusterStore {
         keys: &[&str],
         args: &[&[u8]],
     ) -> Result<T> {
-        let evalsha = script.command(true, keys, args);
+        let evalsha = script.command(keys, args);
+        let route = slot_route(keys.first().map_or(0, |k| slot(k.as_bytes())), false);
         let mut conn = self.conn.clone();
         self.count(1);
         self.run(op, async move {
             match evalsha.query_async::<T>(&mut conn).await {
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    self.count(1);
-                    script
-                        .command(false, keys, args)
-                        .query_async::<T>(&mut conn)
-                        .await
-                }
-                other => other,
+                Err(e) if is_noscript_error(&e) => {}
+                other => return other,
             }
+            for _ in 0..SCRIPT_LOAD_ATTEMPTS {
+                let mut pipe = redis::pipe();
+                pipe.add_command(script.load());
+                pipe.add_command(evalsha.clone());
+                self.count(1);
+                let values = conn.route_pipeline(pipe, 0, 2, route.clone()).await?;
+                let [loaded, answer] =
+                    <[Value; 2]>::try_from(values).map_err(|v| wrong_length(v.len(), 2))?;
+                script.check_loaded(loaded)?;
+                if !is_noscript(&answer) {
+                    return T::from_redis_value(answer.extract_error()?).map_err(Into::into);
+                }
+            }
+            Err(noscript_after_load())
         })
         .await
     }

@@ -111,7 +111,7 @@ async fn leases_and_compare_and_set_fill() -> TestResult {
         assert_eq!(s.get(key).await?, Some(b"v".to_vec()));
         assert_eq!(s.get(&lease).await?, None, "the fill released the lease");
     }
-    // The script is loaded lazily on every primary (NOSCRIPT falls back to EVAL).
+    // The script is loaded lazily on every primary (NOSCRIPT: SCRIPT LOAD, then EVALSHA).
     let cluster = shared_cluster()?;
     for m in cluster.masters()? {
         cluster.cli(m.port, &["SCRIPT", "FLUSH"])?;
@@ -248,34 +248,45 @@ async fn lease_batches_answer_per_key_with_one_request_per_primary() -> TestResu
     let stores = |range: std::ops::Range<usize>| -> Vec<bool> {
         range.map(|i| i % 3 != 0 && i % 2 == 0).collect()
     };
-    let evals = |cluster: &cache_testkit::RedisCluster| -> Result<u64, cache_testkit::Error> {
+    let calls = |cluster: &cache_testkit::RedisCluster,
+                 command: &str|
+     -> Result<u64, cache_testkit::Error> {
         let mut n = 0;
         for m in cluster.masters()? {
-            n += cluster.server(m.port)?.command_calls("eval")?;
+            n += cluster.server(m.port)?.command_calls(command)?;
         }
         Ok(n)
     };
+    let evals = |cluster: &cache_testkit::RedisCluster| calls(cluster, "eval");
+    let loads_before = calls(&cluster, "script|load")?;
     // First fills: no node has the script, every EVALSHA answers NOSCRIPT and is sent again
-    // as EVAL (one more pipeline per primary).
+    // after a SCRIPT LOAD on its node (one more pipeline per primary; never EVAL, which the
+    // minimal ACL rules refuse).
     let before = s.requests_sent();
     let stored = s.set_if_lease_many((0..15).map(fill).collect()).await?;
     let first_requests = s.requests_sent() - before;
     assert_eq!(stored, stores(0..15));
-    assert_eq!(
-        evals(&cluster)?,
-        15,
-        "each NOSCRIPT fill sent again as EVAL"
+    assert_eq!(evals(&cluster)?, 0, "no EVAL");
+    let loads = calls(&cluster, "script|load")? - loads_before;
+    assert!(
+        (1..=15).contains(&loads),
+        "at most one SCRIPT LOAD per slot, got {loads}"
     );
     assert!(
         first_requests <= 2 * primaries,
-        "EVALSHA then EVAL, one pipeline per primary each, got {first_requests}"
+        "EVALSHA then SCRIPT LOAD + EVALSHA, one pipeline per primary each, got {first_requests}"
     );
     // Script cached everywhere now: one pipeline per primary.
     let before = s.requests_sent();
     let stored = s.set_if_lease_many((15..30).map(fill).collect()).await?;
     let fill_requests = s.requests_sent() - before;
     assert_eq!(stored, stores(15..30));
-    assert_eq!(evals(&cluster)?, 15, "no EVAL once the script is cached");
+    assert_eq!(evals(&cluster)?, 0, "no EVAL");
+    assert_eq!(
+        calls(&cluster, "script|load")? - loads_before,
+        loads,
+        "no SCRIPT LOAD once the script is cached"
+    );
     assert!(
         fill_requests <= primaries,
         "30 fills: one pipeline per primary, got {fill_requests}"

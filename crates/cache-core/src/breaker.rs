@@ -228,17 +228,24 @@ impl CircuitBreaker {
         match &result {
             Ok(_) => self.success(),
             Err(e) if counts_as_failure(e) => self.failure(),
-            // A refused value, a bad key: the remote side is fine.
+            // A refused value, a bad key, a refused command or credentials (`NOPERM`,
+            // `NOAUTH`, `WRONGPASS`: a configuration error, which skipping the remote side
+            // would only hide): the remote side answered, it is up.
             Err(_) => self.success(),
         }
         result
     }
 }
 
+/// Only transient trouble of the remote side counts toward opening the breaker: an
+/// unreachable or broken connection, a timeout, a server error. An authorisation error
+/// ([`ErrorKind::Auth`]) is a configuration error that repeats until the ACL or the
+/// credentials are fixed; it is reported to the caller every time, never hidden behind
+/// [`ErrorKind::CircuitOpen`].
 fn counts_as_failure(e: &Error) -> bool {
     matches!(
         e.kind(),
-        ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::Remote | ErrorKind::Auth
+        ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::Remote
     )
 }
 
@@ -438,6 +445,102 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(store.get("k").await?, None);
         assert!(!breaker.is_open());
+        Ok(())
+    }
+
+    /// A store whose every call is refused by the server's ACL (`NOPERM`).
+    #[derive(Debug)]
+    struct Refusing;
+
+    fn refused(command: &str) -> Error {
+        Error::new(
+            ErrorKind::Auth,
+            format!("Redis user `alice` is not allowed to run {command}"),
+        )
+    }
+
+    #[async_trait]
+    impl RemoteStore for Refusing {
+        fn kind(&self) -> &'static str {
+            "refusing"
+        }
+
+        fn max_value_size(&self) -> usize {
+            1024
+        }
+
+        async fn get(&self, _: &str) -> Result<Option<Vec<u8>>> {
+            Err(refused("GET"))
+        }
+
+        async fn get_many(&self, _: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+            Err(refused("MGET"))
+        }
+
+        async fn set(&self, _: &str, _: Vec<u8>, _: Duration) -> Result<()> {
+            Err(refused("SET"))
+        }
+
+        async fn set_many(&self, _: Vec<RemoteEntry>) -> Result<()> {
+            Err(refused("SET"))
+        }
+
+        async fn delete(&self, _: &[String]) -> Result<()> {
+            Err(refused("DEL"))
+        }
+
+        async fn delete_prefix(&self, _: &str) -> Result<u64> {
+            Err(refused("SCAN"))
+        }
+
+        async fn tag_add(&self, _: &str, _: &str, _: Duration) -> Result<()> {
+            Err(refused("EVALSHA"))
+        }
+
+        async fn tag_take(&self, _: &str, _: &str) -> Result<Vec<String>> {
+            Err(refused("EVALSHA"))
+        }
+
+        async fn set_nx(&self, _: &str, _: Vec<u8>, _: Duration) -> Result<bool> {
+            Err(refused("SET"))
+        }
+
+        async fn set_if_lease(
+            &self,
+            _: &str,
+            _: &[u8],
+            _: &str,
+            _: Vec<u8>,
+            _: Duration,
+        ) -> Result<bool> {
+            Err(refused("EVALSHA"))
+        }
+    }
+
+    #[tokio::test]
+    async fn authorisation_errors_do_not_open_the_breaker() -> Result<()> {
+        let breaker = Arc::new(CircuitBreaker::new(
+            "test",
+            BreakerConfig::new(2, Duration::from_secs(60)),
+            None,
+        ));
+        let store = BreakerStore::new(Arc::new(Refusing), breaker.clone());
+        for _ in 0..20 {
+            let e = store.get("k").await.err();
+            assert_eq!(e.as_ref().map(Error::kind), Some(ErrorKind::Auth));
+            assert!(e.is_some_and(|e| e.message().contains("GET")));
+            assert!(!breaker.is_open());
+        }
+        // An auth error between transient ones breaks their streak: the server answered.
+        breaker.failure();
+        assert!(store
+            .set("k", vec![1], Duration::from_secs(1))
+            .await
+            .is_err());
+        breaker.failure();
+        assert!(!breaker.is_open());
+        breaker.failure();
+        assert!(breaker.is_open());
         Ok(())
     }
 }

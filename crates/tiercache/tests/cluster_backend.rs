@@ -91,7 +91,8 @@ async fn batches_cost_one_request_per_primary() -> TestResult {
     // SET NX per key), one batch loader call, one batched compare-and-set fill (the lease
     // script per key); each batch is one pipeline per primary. The first fill on a primary
     // that has not cached the lease script yet costs one more pipeline there (NOSCRIPT: the
-    // fills are sent again as EVAL), so the first batch may cost one request per primary more.
+    // fills are sent again after a SCRIPT LOAD), so the first batch may cost one request per
+    // primary more.
     let calls = Arc::new(AtomicU64::new(0));
     let mut costs = Vec::new();
     for misses in [100..200u64, 200..300] {
@@ -123,7 +124,7 @@ async fn batches_cost_one_request_per_primary() -> TestResult {
     );
     assert!(
         first <= 4 * primaries,
-        "one read, one lease, one fill (+ one EVAL) request per primary, got {first}"
+        "one read, one lease, one fill (+ one SCRIPT LOAD) request per primary, got {first}"
     );
     assert!(
         then <= 3 * primaries,
