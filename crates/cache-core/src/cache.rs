@@ -575,6 +575,19 @@ where
         }
     }
 
+    /// Report `event` to this cache's observer, as the engine does (companions such as
+    /// write-behind report their own events, e.g. [`CacheEvent::WriteBehindDepth`]). Does
+    /// nothing when the observer is a no-op.
+    pub fn report(&self, event: CacheEvent) {
+        self.inner.event(event);
+    }
+
+    /// Whether an observer listens to this cache (false for the no-op observer): a companion
+    /// can skip the work of measuring what it would report.
+    pub fn is_observed(&self) -> bool {
+        self.inner.observe
+    }
+
     /// How many keys of this namespace have a load in flight (every handle of the namespace
     /// in this engine counts). Zero once every load has finished.
     pub fn in_flight(&self) -> usize {
@@ -814,7 +827,7 @@ where
                 Some(rx) => {
                     bump(&self.inner.stats.coalesced);
                     self.inner.observer.on_event(CacheEvent::Coalesced);
-                    rx.clone()
+                    (rx.clone(), true)
                 }
                 None => {
                     let (tx, rx) = watch::channel(None);
@@ -830,23 +843,40 @@ where
                         stale.clone(),
                         SpanKind::Load,
                     )?;
-                    rx
+                    (rx, false)
                 }
             }
         };
-        self.wait_bounded(rx, stale.map(|(v, _)| v)).await
+        let (rx, joined) = rx;
+        self.wait_bounded(rx, stale.map(|(v, _)| v), joined).await
     }
 
     /// Wait for a load, bounded from the caller's side: past the soft timeout a caller holding
     /// a stale value gets it; past the hard timeout the caller gets the stale value
     /// (fail-safe) or a [`ErrorKind::Timeout`]. The load itself goes on and fills the cache.
-    async fn wait_bounded(&self, rx: Flight<V>, stale: Option<Option<Arc<V>>>) -> Shared<V> {
+    ///
+    /// `joined`: the caller did not lead this load (its L1 miss was not followed by its own L2
+    /// read); the load's result, when it reaches the caller, is reported as
+    /// [`CacheEvent::CoalescedResult`].
+    async fn wait_bounded(
+        &self,
+        rx: Flight<V>,
+        stale: Option<Option<Arc<V>>>,
+        joined: bool,
+    ) -> Shared<V> {
+        let served = |r: Shared<V>| {
+            if joined {
+                self.inner
+                    .event(CacheEvent::CoalescedResult { ok: r.is_ok() });
+            }
+            r
+        };
         let config = &self.inner.config;
         let started = Instant::now();
         let mut pending = std::pin::pin!(wait(rx));
         if let (Some(soft), Some(value)) = (config.loader_soft_timeout, &stale) {
             match tokio::time::timeout(soft, pending.as_mut()).await {
-                Ok(r) => return r,
+                Ok(r) => return served(r),
                 Err(_) => {
                     bump(&self.inner.stats.stale_served);
                     self.inner.observer.on_event(CacheEvent::StaleServed);
@@ -857,21 +887,21 @@ where
         match config.loader_hard_timeout {
             Some(hard) => {
                 match tokio::time::timeout(hard.saturating_sub(started.elapsed()), pending).await {
-                    Ok(r) => r,
+                    Ok(r) => served(r),
                     Err(_) => match stale {
                         Some(value) => {
                             bump(&self.inner.stats.stale_served);
                             self.inner.observer.on_event(CacheEvent::StaleServed);
                             Ok(value)
                         }
-                        None => Err(Error::new(
+                        None => served(Err(Error::new(
                             ErrorKind::Timeout,
                             format!("no value within the hard timeout of {hard:?}"),
-                        )),
+                        ))),
                     },
                 }
             }
-            None => pending.await,
+            None => served(pending.await),
         }
     }
 
@@ -978,7 +1008,8 @@ where
             crate::key::validate_key(k.as_ref(), self.inner.keys.max_key_len())?;
         }
         let mut out: Vec<Option<Arc<V>>> = Vec::with_capacity(keys.len());
-        let mut waits: Vec<(usize, Flight<V>)> = Vec::new();
+        // (index, flight, joined: not led by this call's first occurrence of the key)
+        let mut waits: Vec<(usize, Flight<V>, bool)> = Vec::new();
         let mut led: Vec<(String, watch::Sender<Option<Shared<V>>>)> = Vec::new();
         let mut stale: HashMap<String, (Option<Arc<V>>, u64)> = HashMap::new();
         {
@@ -999,13 +1030,13 @@ where
                             bump(&self.inner.stats.coalesced);
                             self.inner.observer.on_event(CacheEvent::Coalesced);
                         }
-                        waits.push((i, rx.clone()));
+                        waits.push((i, rx.clone(), true));
                     }
                     None => {
                         let (tx, rx) = watch::channel(None);
                         map.insert(k.to_owned(), rx.clone());
                         led.push((k.to_owned(), tx));
-                        waits.push((i, rx));
+                        waits.push((i, rx, false));
                     }
                 }
             }
@@ -1028,12 +1059,12 @@ where
                 });
             })?;
         }
-        let results = futures::future::join_all(waits.into_iter().map(|(i, rx)| {
+        let results = futures::future::join_all(waits.into_iter().map(|(i, rx, joined)| {
             let kept = keys
                 .get(i)
                 .and_then(|k| stale.get(k.as_ref()))
                 .map(|(v, _)| v.clone());
-            async move { (i, self.wait_bounded(rx, kept).await) }
+            async move { (i, self.wait_bounded(rx, kept, joined).await) }
         }))
         .await;
         for (i, r) in results {
@@ -1230,7 +1261,14 @@ where
                 _ => Ok(()),
             };
             let mut written = match removed {
-                Ok(()) => l2.set(&full, bytes, prepared.l2_ttl).await,
+                Ok(()) => {
+                    let start = inner.observe.then(Instant::now);
+                    let set = l2.set(&full, bytes, prepared.l2_ttl).await;
+                    if set.is_ok() {
+                        inner.l2_written(start, 1);
+                    }
+                    set
+                }
                 Err(e) => Err(e),
             };
             for tag in tags {
@@ -1707,6 +1745,17 @@ where
         tracing::warn!(cache = %self.name, error = %e, "L2 operation failed; continuing without it");
     }
 
+    /// Report `n` L2 value writes that Redis answered, in one round trip begun at `start`
+    /// (`None`: no observer, not timed).
+    fn l2_written(&self, start: Option<Instant>, n: usize) {
+        if let Some(start) = start {
+            let latency = start.elapsed();
+            for _ in 0..n {
+                self.observer.on_event(CacheEvent::L2Set { latency });
+            }
+        }
+    }
+
     fn jittered(&self, ttl: Duration) -> Duration {
         let j = self.config.jitter;
         if j <= 0.0 {
@@ -2112,18 +2161,24 @@ where
         let mut fresh = true;
         match (&self.engine.inner.l2, bytes, fill) {
             (Some(l2), Some(bytes), Fill::Lease(lk, token)) => {
+                let start = self.observe.then(Instant::now);
                 match l2
                     .set_if_lease(&lk, &token, &full, bytes, prepared.l2_ttl)
                     .await
                 {
-                    Ok(true) => {}
-                    Ok(false) => fresh = false,
+                    Ok(true) => self.l2_written(start, 1),
+                    Ok(false) => {
+                        self.l2_written(start, 1);
+                        fresh = false;
+                    }
                     Err(e) => self.l2_failed(L2Op::Set, &e),
                 }
             }
             (Some(l2), Some(bytes), Fill::Plain) => {
-                if let Err(e) = l2.set(&full, bytes, prepared.l2_ttl).await {
-                    self.l2_failed(L2Op::Set, &e);
+                let start = self.observe.then(Instant::now);
+                match l2.set(&full, bytes, prepared.l2_ttl).await {
+                    Ok(()) => self.l2_written(start, 1),
+                    Err(e) => self.l2_failed(L2Op::Set, &e),
                 }
             }
             (Some(l2), None, Fill::Lease(lk, token)) => {
@@ -2294,8 +2349,10 @@ where
         if let Some(l2) = &self.engine.inner.l2 {
             if !cas.is_empty() {
                 let (at, batch): (Vec<usize>, Vec<LeaseFill>) = cas.into_iter().unzip();
+                let start = self.observe.then(Instant::now);
                 match l2.set_if_lease_many(batch).await {
                     Ok(answers) => {
+                        self.l2_written(start, at.len());
                         for (i, ok) in at.into_iter().zip(answers) {
                             stored[i] = ok;
                         }
@@ -2304,8 +2361,11 @@ where
                 }
             }
             if !plain.is_empty() {
-                if let Err(e) = l2.set_many(plain).await {
-                    self.l2_failed(L2Op::Set, &e);
+                let n = plain.len();
+                let start = self.observe.then(Instant::now);
+                match l2.set_many(plain).await {
+                    Ok(()) => self.l2_written(start, n),
+                    Err(e) => self.l2_failed(L2Op::Set, &e),
                 }
             }
         }

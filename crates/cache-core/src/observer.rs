@@ -59,9 +59,13 @@ pub enum CacheEvent {
         /// What failed.
         kind: ErrorKind,
     },
-    /// An L2 write completed.
+    /// An L2 value write completed (the `SET` of `set`/`write`/`set_with_tags`, a fill
+    /// after a load, plain or compare-and-set, one event per key of a batched fill). A
+    /// compare-and-set fill that Redis answered but refused (the lease was gone) counts too:
+    /// the round trip was made.
     L2Set {
-        /// Round-trip time.
+        /// Round-trip time (of the whole batch for a batched fill); zero when no observer
+        /// listens (the engine then does not time it).
         latency: Duration,
     },
     /// The loader ran.
@@ -73,6 +77,16 @@ pub enum CacheEvent {
     },
     /// A caller joined a load already in flight instead of starting one.
     Coalesced,
+    /// A caller that did not lead its own read (it joined a load in flight, or repeated a key
+    /// of its own `get_many_or_load` call) received that load's result. Sent once per such
+    /// caller, when the result reaches it (a hard loader timeout without a stale value is
+    /// its error); not sent when its own timeout served it a stale value instead (that is
+    /// [`CacheEvent::StaleServed`]).
+    CoalescedResult {
+        /// `true` for a value or a cached absence (from L2 or from another caller's load),
+        /// `false` for an error.
+        ok: bool,
+    },
     /// A value is being refreshed before expiry in the background.
     EarlyRefresh,
     /// This instance took a fill lease (it will load for every instance).

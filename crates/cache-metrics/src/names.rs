@@ -50,7 +50,7 @@ pub const CACHE: &str = "cache";
 pub const ENGINE: &str = "engine";
 /// Label key: `get`, `set`, `delete`, `load`, `refresh`.
 pub const OPERATION: &str = "operation";
-/// Label key: `l1`, `l2`, `loader`.
+/// Label key: `l1`, `l2`, `coalesced` (callers served by a load they joined), `loader`.
 pub const TIER: &str = "tier";
 /// Label key: `hit`, `miss`, `error`, `stale` (`hit` means "done" for writes and loads).
 pub const RESULT: &str = "result";

@@ -183,7 +183,7 @@ fn describe() {
     describe_counter!(
         OPERATIONS_TOTAL,
         Unit::Count,
-        "Cache operations by operation (get, set, delete, load, refresh), tier (l1, l2, loader) and result (hit, miss, error, stale)"
+        "Cache operations by operation (get, set, delete, load, refresh), tier (l1, l2, coalesced, loader) and result (hit, miss, error, stale)"
     );
     describe_histogram!(OPERATION_SECONDS, Unit::Seconds, "L2 round-trip time");
     describe_histogram!(LOADER_SECONDS, Unit::Seconds, "Loader run time");
@@ -249,6 +249,8 @@ pub struct CacheMetrics {
     get_l2_hit: Counter,
     get_l2_miss: Counter,
     get_l2_error: Counter,
+    get_coalesced_hit: Counter,
+    get_coalesced_error: Counter,
     set_l1_hit: Counter,
     set_l2_hit: Counter,
     set_l2_error: Counter,
@@ -311,6 +313,8 @@ impl CacheMetrics {
             get_l2_hit: op("get", "l2", "hit"),
             get_l2_miss: op("get", "l2", "miss"),
             get_l2_error: op("get", "l2", "error"),
+            get_coalesced_hit: op("get", "coalesced", "hit"),
+            get_coalesced_error: op("get", "coalesced", "error"),
             set_l1_hit: op("set", "l1", "hit"),
             set_l2_hit: op("set", "l2", "hit"),
             set_l2_error: op("set", "l2", "error"),
@@ -399,6 +403,13 @@ impl CacheObserver for CacheMetrics {
                 self.loader_seconds.record(duration);
             }
             CacheEvent::Coalesced => self.coalesced.increment(1),
+            CacheEvent::CoalescedResult { ok } => {
+                if ok {
+                    self.get_coalesced_hit.increment(1);
+                } else {
+                    self.get_coalesced_error.increment(1);
+                }
+            }
             CacheEvent::EarlyRefresh => {
                 self.refresh_hit.increment(1);
                 self.early_refreshes.increment(1);

@@ -63,6 +63,8 @@ fn every_event_maps_to_its_series() {
         },
         CacheEvent::Coalesced,
         CacheEvent::Coalesced,
+        CacheEvent::CoalescedResult { ok: true },
+        CacheEvent::CoalescedResult { ok: false },
         CacheEvent::EarlyRefresh,
         CacheEvent::LeaseAcquired,
         CacheEvent::LeaseWait,
@@ -94,8 +96,10 @@ fn every_event_maps_to_its_series() {
     assert_eq!(op("load", "loader", "hit"), 1.0);
     assert_eq!(op("load", "loader", "error"), 1.0);
     assert_eq!(op("refresh", "loader", "hit"), 1.0);
+    assert_eq!(op("get", "coalesced", "hit"), 1.0);
+    assert_eq!(op("get", "coalesced", "error"), 1.0);
     let total: f64 = all_ops(&s, "orders").values().sum();
-    assert_eq!(total, 18.0);
+    assert_eq!(total, 20.0);
 
     let c = |name: &str, extra: &[(&str, &str)]| {
         let mut labels = vec![("cache", "orders")];

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cache_core::{Cache, Codec, Error, ErrorKind, Result};
+use cache_core::{Cache, CacheEvent, Codec, Error, ErrorKind, Result};
 use cache_redis::redis::{self, aio::ConnectionManager, FromRedisValue, RedisError, Value};
 use cache_redis::RedisStore;
 use serde::de::DeserializeOwned;
@@ -1056,6 +1056,8 @@ impl Flusher {
         C: Codec,
     {
         let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+        // The batch is taken: report the stream's length (once per batch, not per poll).
+        report_depth(shared, q).await;
         let mut batch: Batch<V> = Vec::with_capacity(entries.len());
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut dead = Vec::new();
@@ -1092,7 +1094,9 @@ impl Flusher {
             // the next flusher.
             return Ok(());
         }
-        q.ack(&ids).await
+        q.ack(&ids).await?;
+        report_depth(shared, q).await;
+        Ok(())
     }
 
     /// Call the writer until it succeeds (renewing the lease meanwhile). Returns false when
@@ -1196,6 +1200,24 @@ impl Flusher {
 }
 
 /// Key and value of an entry, or why they cannot be read.
+/// Report the stream's length (every instance's entries not yet written) as
+/// [`CacheEvent::WriteBehindDepth`], when an observer listens. A failed `XLEN` reports nothing.
+async fn report_depth<V, C>(shared: &Shared<V, C>, q: &DurableQueue)
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    if !shared.cache.is_observed() {
+        return;
+    }
+    match q.depth().await {
+        Ok(depth) => shared.cache.report(CacheEvent::WriteBehindDepth { depth }),
+        Err(e) => {
+            tracing::debug!(stream = %q.stream, error = %e, "write-behind: XLEN failed; depth not reported");
+        }
+    }
+}
+
 fn decode<V, C>(fields: &HashMap<String, Vec<u8>>) -> std::result::Result<(String, Arc<V>), String>
 where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,

@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use cache_core::{Codec, Error, ErrorKind, Result};
+use cache_core::{CacheEvent, Codec, Error, ErrorKind, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
@@ -84,7 +84,11 @@ impl<V> MemoryQueue<V> {
         shared: &Shared<V, C>,
         key: &str,
         value: Arc<V>,
-    ) -> Result<()> {
+    ) -> Result<()>
+    where
+        V: Serialize + DeserializeOwned + Send + Sync + 'static,
+        C: Codec,
+    {
         let capacity = shared.config.capacity;
         let trigger = shared.config.max_batch.min(capacity);
         loop {
@@ -115,8 +119,10 @@ impl<V> MemoryQueue<V> {
                     );
                     st.order.push_back((pos, key.to_owned()));
                     let len = st.order.len();
+                    let depth = (st.slots.len() + st.in_flight) as u64;
                     drop(st);
                     add(&shared.stats.accepted, 1);
+                    shared.cache.report(CacheEvent::WriteBehindDepth { depth });
                     // The flusher needs to know when a deadline starts or a batch is full.
                     if len == 1 || len >= trigger {
                         self.wake.notify_one();
@@ -275,7 +281,12 @@ where
             Step::Write(batch, after) => {
                 q.room.notify_waiters();
                 write_until_ok(&shared, batch, &mut backoff).await;
-                q.lock().in_flight = 0;
+                let depth = {
+                    let mut st = q.lock();
+                    st.in_flight = 0;
+                    st.slots.len() as u64
+                };
+                shared.cache.report(CacheEvent::WriteBehindDepth { depth });
                 for key in after {
                     shared.repair(&key).await;
                 }

@@ -167,6 +167,77 @@ async fn a_sigkilled_writer_loses_no_acknowledged_write() -> TestResult {
     Ok(())
 }
 
+/// Records every `WriteBehindDepth` event of the caches it observes.
+#[derive(Clone, Default)]
+struct Depths(Arc<std::sync::Mutex<Vec<u64>>>);
+
+impl cache_core::CacheObserver for Depths {
+    fn on_event(&self, event: cache_core::CacheEvent) {
+        if let cache_core::CacheEvent::WriteBehindDepth { depth } = event {
+            self.0.lock().unwrap().push(depth);
+        }
+    }
+}
+
+impl cache_core::Observer for Depths {
+    fn for_cache(&self, _cache: &str) -> Arc<dyn cache_core::CacheObserver> {
+        Arc::new(self.clone())
+    }
+}
+
+/// The durable queue reports the stream's length when the flusher takes a batch and after
+/// it is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_durable_queue_reports_its_depth() -> TestResult {
+    let url = shared_redis()?.url();
+    let prefix = unique_prefix("durable_depth");
+    let (open_tx, open_rx) = tokio::sync::watch::channel(false);
+    let gated = move |_batch: Batch<u64>| {
+        let mut open = open_rx.clone();
+        async move {
+            open.wait_for(|o| *o).await?;
+            Ok::<(), BoxError>(())
+        }
+    };
+    let depths = Depths::default();
+    let engine = Engine::builder(&prefix)
+        .with_l1(Arc::new(QuickL1::with_capacity_bytes(1 << 20)))
+        .with_l2(Arc::new(cache_core::MemoryStore::new()))
+        .with_observer(Arc::new(depths.clone()))
+        .build()?;
+    let wb = WriteBehind::builder(cache(&engine)?, gated)
+        .with_redis(store(&url).await?)
+        .with_claim_idle(CLAIM_IDLE)
+        .with_max_batch(64)
+        .with_max_age(Duration::from_millis(200))
+        .build()
+        .await?;
+    for i in 0..3 {
+        wb.write_behind(&format!("k{i}"), i).await?;
+    }
+    let seen = |d: &Depths| d.0.lock().unwrap().clone();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            Ok(seen(&depths).contains(&3))
+        })
+        .await?,
+        "the taken batch reports 3: {:?}",
+        seen(&depths)
+    );
+    open_tx.send_replace(true);
+    wb.flush().await?;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            Ok(seen(&depths).last() == Some(&0))
+        })
+        .await?,
+        "the acknowledged batch reports 0: {:?}",
+        seen(&depths)
+    );
+    wb.shutdown().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_stream_refuses_with_the_reject_policy() -> TestResult {
     let url = shared_redis()?.url();
