@@ -473,8 +473,8 @@ impl BusRuntime {
     /// Wait until client tracking is on, at most `limit`; whether it is.
     pub(crate) async fn wait_tracking(&self, limit: Duration) -> bool {
         let mut ready = self.tracking_ready.clone();
-        let on = tokio::time::timeout(limit, async { ready.wait_for(|on| *on).await.is_ok() })
-            .await;
+        let on =
+            tokio::time::timeout(limit, async { ready.wait_for(|on| *on).await.is_ok() }).await;
         matches!(on, Ok(true))
     }
 
