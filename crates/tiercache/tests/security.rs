@@ -441,6 +441,41 @@ async fn tenant_acl_user_is_confined_to_its_prefix() -> TestResult {
     Ok(())
 }
 
+/// An authorisation error is a configuration error: a user without `+get` gets
+/// `ErrorKind::Auth` naming the command on every read, and the circuit breaker stays closed
+/// (it counts only transient errors), so the error is never hidden behind `CircuitOpen`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorisation_error_does_not_open_the_breaker() -> TestResult {
+    use tiercache::core::breaker::{BreakerConfig, BreakerStore, CircuitBreaker};
+    capture();
+    let server = ServerOptions::new()
+        .acl_user(&format!("{TENANT} on >{SENTINEL} {RULES_MINIMAL} -get"))
+        .start()?;
+    let store = RedisStore::connect(tenant_config(&server, TENANT)).await?;
+    let breaker = Arc::new(CircuitBreaker::new(
+        "L2",
+        BreakerConfig::new(2, Duration::from_secs(60)),
+        None,
+    ));
+    let guarded = BreakerStore::new(Arc::new(store), breaker.clone());
+    for i in 0..10 {
+        let err = guarded
+            .get(&format!("tenantA:ns:{i}"))
+            .await
+            .expect_err("GET is not allowed");
+        assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+        assert!(err.message().contains("GET"), "names the command: {err}");
+        assert!(err.message().contains(TENANT), "names the user: {err}");
+        assert!(!err.to_string().contains(SENTINEL), "{err}");
+        assert!(!breaker.is_open(), "opened after {} refusals", i + 1);
+    }
+    guarded
+        .set("tenantA:ns:x", b"v".to_vec(), Duration::from_secs(5))
+        .await?;
+    assert!(!breaker.is_open());
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------
 // Secrets.
 
