@@ -810,22 +810,40 @@ impl RemoteStore for ClusterStore {
             }
             _ => {}
         }
-        // `DEL` of several keys must stay within one slot: one `DEL` per slot, one pipeline
-        // per primary.
+        // One single-key `DEL` per key, in one pipeline per primary: while a slot migrates, a
+        // multi-key `DEL` whose keys are not all on the source (a value key with its absent
+        // lease key) answers `TRYAGAIN` for the whole migration; single keys follow `ASK`.
         let groups = self.groups(keys.iter().map(String::as_str));
         let build = |indices: &[usize]| {
-            let mut cmd = redis::cmd("DEL");
-            for i in indices {
-                cmd.arg(&keys[*i]);
-            }
-            vec![cmd]
+            indices
+                .iter()
+                .map(|i| redis::cmd("DEL").arg(&keys[*i]).to_owned())
+                .collect()
         };
         let decode = |answers: Vec<Value>, _: &[usize]| {
-            redis::from_redis_value::<i64>(only(answers)?).map_err(Into::into)
+            answers
+                .into_iter()
+                .try_for_each(|a| a.extract_error().map(|_| ()))
         };
-        self.run("DEL (batch)", self.batch(groups, false, build, decode))
+        match self
+            .run("DEL (batch)", self.batch(groups, false, build, decode))
             .await
-            .map(|_| ())
+        {
+            Ok(_) => Ok(()),
+            // A pipeline does not follow `ASK` during a slot migration: delete key by key
+            // (a single command does), each under the response timeout.
+            Err(e) if e.is_transient() => {
+                for key in keys {
+                    let mut conn = self.conn.clone();
+                    let cmd = redis::cmd("DEL").arg(key).to_owned();
+                    self.count(1);
+                    self.run("DEL", async move { cmd.exec_async(&mut conn).await })
+                        .await?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {

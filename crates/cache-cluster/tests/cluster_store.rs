@@ -480,3 +480,46 @@ proptest! {
         prop_assert_eq!(slot(&key), server, "key {:?}", String::from_utf8_lossy(&key));
     }
 }
+
+/// While a key's slot migrates (MIGRATING on its primary, IMPORTING on another), deleting the
+/// key with its absent lease key must succeed: a multi-key `DEL` whose keys are not all on the
+/// source answers `TRYAGAIN` for the whole migration (issue 18, item 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_with_a_lease_key_works_while_the_slot_migrates() -> TestResult {
+    let cluster = ClusterOptions::new().replicas_per_master(0).start()?;
+    let s = ClusterStore::connect(
+        ClusterConfig::builder()
+            .urls(cluster.urls())
+            .response_timeout(Duration::from_millis(500))
+            .build()?,
+    )
+    .await?;
+    let key = "mig:n:k".to_owned();
+    let lease = cache_core::key::lease_key("mig", &key).expect("a lease key");
+    s.set(&key, b"old".to_vec(), Duration::from_secs(60))
+        .await?;
+    let slot = cluster.keyslot(key.as_bytes())?;
+    let source = cluster.master_for_slot(slot)?;
+    let target = cluster
+        .masters()?
+        .into_iter()
+        .find(|m| m.port != source.port)
+        .expect("another primary");
+    let slot_s = slot.to_string();
+    cluster.cli(
+        target.port,
+        &["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &source.id],
+    )?;
+    cluster.cli(
+        source.port,
+        &["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &target.id],
+    )?;
+    let deleted = s.delete(&[key.clone(), lease.clone()]).await;
+    let after = s.get(&key).await;
+    for port in [source.port, target.port] {
+        cluster.cli(port, &["CLUSTER", "SETSLOT", &slot_s, "NODE", &source.id])?;
+    }
+    deleted?;
+    assert_eq!(after?, None, "the value outlived its delete");
+    Ok(())
+}
