@@ -1680,62 +1680,15 @@ where
         have_value: bool,
         epoch: u64,
     ) -> std::result::Result<Fill, Option<Arc<V>>> {
-        let Some(l2) = self.engine.inner.l2.as_ref() else {
-            return Ok(Fill::Plain);
-        };
-        if !self.config.leases {
-            return Ok(Fill::Plain);
+        let epochs = HashMap::from([(key.to_owned(), epoch)]);
+        let (mut fills, mut delivered) = self
+            .take_leases(vec![(key.to_owned(), full.to_owned())], &epochs, have_value)
+            .await;
+        if let Some((_, value)) = delivered.pop() {
+            return Err(value);
         }
-        let Some(lk) = self.lease_key(full) else {
-            return Ok(Fill::Plain);
-        };
-        let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)).into_bytes();
-        match l2.set_nx(&lk, token.clone(), self.config.lease_ttl).await {
-            Ok(true) => {
-                self.observer.on_event(CacheEvent::LeaseAcquired);
-                return Ok(Fill::Lease(lk, token));
-            }
-            Ok(false) => {}
-            Err(e) => {
-                self.l2_failed(L2Op::Lease, &e);
-                return Ok(Fill::LocalOnly);
-            }
-        }
-        if have_value {
-            return Ok(Fill::Skip);
-        }
-        bump(&self.stats.lease_waits);
-        self.observer.on_event(CacheEvent::LeaseWait);
-        let deadline = Instant::now() + self.config.lease_wait;
-        let mut pause = Duration::from_millis(1);
-        while Instant::now() < deadline {
-            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
-            pause = (pause * 2).min(Duration::from_millis(10));
-            let start = Instant::now();
-            match l2.get(full).await {
-                Ok(Some(bytes)) => {
-                    if let Some(found) = self.accept_l2(key, Some(bytes), start.elapsed(), epoch) {
-                        if !found.stale {
-                            return Err(found.value);
-                        }
-                    }
-                }
-                Ok(None) => {}
-                // Keep waiting: the holder may still deliver, and loading now would be a
-                // second load of the key across instances.
-                Err(e) => self.l2_failed(L2Op::Get, &e),
-            }
-        }
-        // The holder did not deliver in time: try to take over its lease, else load without
-        // writing (we cannot prove our value is not stale).
-        match l2.set_nx(&lk, token.clone(), self.config.lease_ttl).await {
-            Ok(true) => Ok(Fill::Lease(lk, token)),
-            Ok(false) => Ok(Fill::Skip),
-            Err(e) => {
-                self.l2_failed(L2Op::Lease, &e);
-                Ok(Fill::LocalOnly)
-            }
-        }
+        // One key in, one fill out; never an unconditional write if that ever failed.
+        Ok(fills.pop().map_or(Fill::LocalOnly, |(_, _, fill)| fill))
     }
 
     fn l2_failed(&self, op: L2Op, e: &Error) {
@@ -2267,7 +2220,7 @@ where
                 }
             }
         }
-        let (fills, delivered) = self.take_leases(named, &epochs).await;
+        let (fills, delivered) = self.take_leases(named, &epochs, false).await;
         for (k, value) in delivered {
             results.insert(k, Ok(value));
         }
@@ -2381,15 +2334,17 @@ where
         results
     }
 
-    /// Take the fill leases of a batch load: one batched `SET NX`; keys whose lease another
-    /// instance holds are polled (one batched read per round) for up to `lease_wait`, then
-    /// taken over, or loaded without writing. Returns the fills, and the values other
-    /// instances delivered meanwhile.
+    /// Take the fill leases of one or many keys: one batched `SET NX`; keys whose lease
+    /// another instance holds are skipped when the caller has a value at hand
+    /// (`have_value`, an early refresh), else polled (one batched read per round) for up to
+    /// `lease_wait`, then taken over, or loaded without writing. Returns the fills, and the
+    /// values other instances delivered meanwhile.
     #[allow(clippy::type_complexity)]
     async fn take_leases(
         &self,
         keys: Vec<(String, String)>,
         epochs: &HashMap<String, u64>,
+        have_value: bool,
     ) -> (Vec<(String, String, Fill)>, Vec<(String, Option<Arc<V>>)>) {
         let mut fills = Vec::with_capacity(keys.len());
         let mut delivered = Vec::new();
@@ -2428,6 +2383,10 @@ where
                 return (fills, delivered);
             }
         }
+        if have_value {
+            fills.extend(busy.into_iter().map(|(k, f, _)| (k, f, Fill::Skip)));
+            return (fills, delivered);
+        }
         if busy.is_empty() {
             return (fills, delivered);
         }
@@ -2444,8 +2403,12 @@ where
                 Ok(answers) => {
                     let mut still = Vec::with_capacity(busy.len());
                     for ((k, full, lk), a) in busy.into_iter().zip(answers) {
-                        let epoch = epochs.get(&k).copied().unwrap_or(0);
-                        match self.accept_l2(&k, a, start.elapsed(), epoch) {
+                        // Only a value counts: a poll that finds nothing yet is no L2 miss.
+                        let found = a.and_then(|bytes| {
+                            let epoch = epochs.get(&k).copied().unwrap_or(0);
+                            self.accept_l2(&k, Some(bytes), start.elapsed(), epoch)
+                        });
+                        match found {
                             Some(found) if !found.stale => delivered.push((k, found.value)),
                             _ => still.push((k, full, lk)),
                         }
