@@ -1174,9 +1174,7 @@ where
         let mut result = Ok(members.len() as u64);
         if !members.is_empty() {
             let mut doomed = members.clone();
-            if inner.config.leases {
-                doomed.extend(members.iter().filter_map(|m| inner.lease_key(m)));
-            }
+            doomed.extend(members.iter().filter_map(|m| inner.fill_lease_key(m)));
             match l2.delete(&doomed).await {
                 Ok(()) => {
                     // If this fails, the members stay pending: deleted again next time.
@@ -1191,13 +1189,7 @@ where
                         if !queued {
                             break;
                         }
-                        let also: Vec<String> = inner
-                            .config
-                            .leases
-                            .then(|| inner.lease_key(m))
-                            .flatten()
-                            .into_iter()
-                            .collect();
+                        let also: Vec<String> = inner.fill_lease_key(m).into_iter().collect();
                         let announce = m
                             .strip_prefix(base)
                             .map(|k| (inner.channel.clone(), k.to_owned()));
@@ -1255,10 +1247,15 @@ where
         inner.bump_epoch(key);
         let mut result = Ok(());
         if let (Some(l2), Some(bytes)) = (&inner.engine.inner.l2, prepared.bytes.clone()) {
+            let lease = inner.fill_lease_key(&full);
+            let tag_keys: Vec<String> = tags
+                .iter()
+                .map(|t| crate::key::tag_key(&inner.engine.inner.prefix, &inner.name, t))
+                .collect();
             // Remove the fill lease first: a load in flight elsewhere must not overwrite us.
-            let removed = match (inner.config.leases, inner.lease_key(&full)) {
-                (true, Some(lk)) => l2.delete(std::slice::from_ref(&lk)).await,
-                _ => Ok(()),
+            let removed = match &lease {
+                Some(lk) => l2.delete(std::slice::from_ref(lk)).await,
+                None => Ok(()),
             };
             let mut written = match removed {
                 Ok(()) => {
@@ -1271,12 +1268,11 @@ where
                 }
                 Err(e) => Err(e),
             };
-            for tag in tags {
+            for tag_key in &tag_keys {
                 if written.is_err() {
                     break;
                 }
-                let tag_key = crate::key::tag_key(&inner.engine.inner.prefix, &inner.name, tag);
-                written = l2.tag_add(&tag_key, &full, prepared.l2_ttl).await;
+                written = l2.tag_add(tag_key, &full, prepared.l2_ttl).await;
             }
             match written {
                 Ok(()) => inner.engine.inner.recovered(&full),
@@ -1289,22 +1285,7 @@ where
                     let queued = e.is_transient()
                         && inner.engine.inner.queue_recovery(
                             full.clone(),
-                            Replay::delete(
-                                match (inner.config.leases, inner.lease_key(&full)) {
-                                    (true, Some(lk)) => vec![lk],
-                                    _ => Vec::new(),
-                                },
-                                tags.iter()
-                                    .map(|t| {
-                                        crate::key::tag_key(
-                                            &inner.engine.inner.prefix,
-                                            &inner.name,
-                                            t,
-                                        )
-                                    })
-                                    .collect(),
-                                prepared.l2_ttl,
-                            ),
+                            Replay::delete(lease.into_iter().collect(), tag_keys, prepared.l2_ttl),
                             Some((inner.channel.clone(), key.to_owned())),
                         );
                     if queued {
@@ -1340,9 +1321,7 @@ where
         let mut result = Ok(());
         if let Some(l2) = &self.inner.engine.inner.l2 {
             let mut keys = vec![full];
-            if let (true, Some(lk)) = (self.inner.config.leases, self.inner.lease_key(&keys[0])) {
-                keys.push(lk);
-            }
+            keys.extend(self.inner.fill_lease_key(&keys[0]));
             match l2.delete(&keys).await {
                 Ok(()) => self.inner.engine.inner.recovered(&keys[0]),
                 Err(e) => {
@@ -1511,6 +1490,11 @@ where
 
     fn lease_key(&self, full: &str) -> Option<String> {
         lease_key(&self.engine.inner.prefix, full)
+    }
+
+    /// The fill lease key of `full` when this cache uses leases (what every write deletes).
+    fn fill_lease_key(&self, full: &str) -> Option<String> {
+        self.config.leases.then(|| self.lease_key(full)).flatten()
     }
 
     fn epoch(&self, key: &str) -> u64 {
