@@ -92,7 +92,7 @@ const SCAN_COUNT: u64 = 1000;
 /// slot, one `SET`, `SET NX` or lease-script `EVALSHA` per key) and send **one pipeline per
 /// primary**, all primaries in parallel: a batch costs one round trip of latency and at most
 /// one request per primary, whatever its size (plus, for the lease script, one
-/// `SCRIPT LOAD` + `EVALSHA` pipeline per primary that has not cached the script yet).
+/// `SCRIPT LOAD` per primary once a node answers `NOSCRIPT`).
 /// Hash tags (`{user:42}:profile`) put related keys in one slot.
 ///
 /// Errors: [`ErrorKind::Connection`] (unreachable, broken connection, cluster reconfiguring),
@@ -282,6 +282,38 @@ impl ClusterStore {
         self.inner.requests.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Send one command (routed by its keys, or by `route`), following a slot migration:
+    /// redis-rs follows `MOVED` and `ASK` and waits on `TRYAGAIN` for its `retries`, but the
+    /// keys of one command (a value key and its lease key) can stay split between a
+    /// migrating slot's source and target for longer than that. A topology error is tried
+    /// again every `retry_max_delay` while at least two such delays remain of
+    /// `response_timeout` (the caller's bound); then it is returned.
+    async fn send<T: redis::FromRedisValue>(
+        &self,
+        cmd: &Cmd,
+        route: Option<&RoutingInfo>,
+    ) -> RedisResult<T> {
+        let deadline = Instant::now() + self.inner.config.response_timeout;
+        let pause = self.inner.config.retry_max_delay;
+        loop {
+            let mut conn = self.conn.clone();
+            self.count(1);
+            let answer = match route {
+                Some(route) => conn
+                    .route_command(cmd.clone(), route.clone())
+                    .await
+                    .and_then(|v| T::from_redis_value(v.extract_error()?).map_err(Into::into)),
+                None => cmd.query_async::<T>(&mut conn).await,
+            };
+            match answer {
+                Err(e) if is_topology_error(&e) && Instant::now() + pause * 2 < deadline => {
+                    tokio::time::sleep(pause).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Run one call under `response_timeout`, mapping its error.
     async fn run<T>(
         &self,
@@ -351,14 +383,12 @@ impl ClusterStore {
         D: Fn(Vec<Value>, &[usize]) -> RedisResult<T> + Sync,
         T: Send,
     {
-        let runs = groups
-            .into_iter()
-            .map(|group| self.batch_group(group, read, &build, &decode));
-        let mut out = Vec::new();
-        for result in join_all(runs).await {
-            out.extend(result?);
-        }
-        Ok(out)
+        join_parts(
+            groups
+                .into_iter()
+                .map(|group| self.batch_group(group, read, &build, &decode)),
+        )
+        .await
     }
 
     async fn batch_group<T, B, D>(
@@ -391,22 +421,17 @@ impl ClusterStore {
         let mut conn = self.conn.clone();
         self.count(1);
         let answer = conn.route_pipeline(pipe, 0, count, route).await;
-        let redirected = match answer {
-            Ok(values) if values.len() == count => match values.iter().find_map(topology_error) {
-                None => {
-                    let mut values = values.into_iter();
-                    let mut out = Vec::with_capacity(group.slots.len());
-                    for ((_, indices), n) in group.slots.iter().zip(sizes) {
-                        let answers: Vec<Value> = values.by_ref().take(n).collect();
-                        out.push((indices.clone(), decode(answers, indices)?));
-                    }
-                    return Ok(out);
+        let redirected = match pipeline_outcome(answer, count)? {
+            Ok(values) => {
+                let mut values = values.into_iter();
+                let mut out = Vec::with_capacity(group.slots.len());
+                for ((_, indices), n) in group.slots.iter().zip(sizes) {
+                    let answers: Vec<Value> = values.by_ref().take(n).collect();
+                    out.push((indices.clone(), decode(answers, indices)?));
                 }
-                Some(e) => e,
-            },
-            Ok(values) => return Err(wrong_length(values.len(), count)),
-            Err(e) if is_topology_error(&e) => e,
-            Err(e) => return Err(e),
+                return Ok(out);
+            }
+            Err(redirect) => redirect,
         };
         tracing::debug!(
             node = %node,
@@ -417,8 +442,10 @@ impl ClusterStore {
         self.batch_by_slot(group.slots, read, build, decode).await
     }
 
-    /// One pipeline per slot (its commands), in parallel, each routed (and redirected) by
-    /// redis-rs.
+    /// One pipeline per slot (its commands), in parallel. A slot whose pipeline meets a
+    /// redirect or `TRYAGAIN` (its slot is migrating: a pipeline does not follow `ASK`, and a
+    /// multi-key command over keys not all on the source answers `TRYAGAIN` until the
+    /// migration ends) is sent again key by key.
     async fn batch_by_slot<T, B, D>(
         &self,
         slots: Vec<(u16, Vec<usize>)>,
@@ -439,15 +466,48 @@ impl ClusterStore {
             let count = pipe.len();
             let mut conn = self.conn.clone();
             async move {
-                let values = conn
+                let answer = conn
                     .route_pipeline(pipe, 0, count, slot_route(slot, read))
-                    .await?;
-                if values.len() != count {
-                    return Err(wrong_length(values.len(), count));
-                }
-                let decoded = decode(values, &indices)?;
-                Ok::<_, RedisError>((indices, decoded))
+                    .await;
+                let redirected = match pipeline_outcome(answer, count)? {
+                    Ok(values) => return Ok(vec![(indices.clone(), decode(values, &indices)?)]),
+                    Err(redirect) => redirect,
+                };
+                tracing::debug!(
+                    slot,
+                    keys = indices.len(),
+                    error = %self.inner.ctx.scrub(&redirected.to_string()),
+                    "slot pipeline met a migration or redirect; sending key by key"
+                );
+                self.batch_key_by_key(indices, build, decode).await
             }
+        });
+        join_parts(runs).await
+    }
+
+    /// The keys at `indices` one at a time, in parallel: each key's commands (built for that
+    /// key alone) are sent as single commands routed by their key, which redis-rs follows
+    /// through `ASK`, `MOVED` and `TRYAGAIN` (see [`Self::send`]). Server errors reach
+    /// `decode` as answers, as in a pipeline.
+    async fn batch_key_by_key<T, B, D>(
+        &self,
+        indices: Vec<usize>,
+        build: &B,
+        decode: &D,
+    ) -> RedisResult<Vec<(Vec<usize>, T)>>
+    where
+        B: Fn(&[usize]) -> Vec<Cmd> + Sync,
+        D: Fn(Vec<Value>, &[usize]) -> RedisResult<T> + Sync,
+    {
+        let runs = indices.into_iter().map(|i| async move {
+            let mut answers = Vec::new();
+            for cmd in build(&[i]) {
+                answers.push(match self.send::<Value>(&cmd, None).await {
+                    Ok(value) => value,
+                    Err(e) => Value::ServerError(redis::ServerError::try_from(e)?),
+                });
+            }
+            Ok::<_, RedisError>((vec![i], decode(answers, &[i])?))
         });
         join_all(runs).await.into_iter().collect()
     }
@@ -562,6 +622,36 @@ fn is_topology_error(e: &RedisError) -> bool {
             e.code(),
             Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY" | "CROSSSLOT")
         )
+}
+
+/// Run `parts` in parallel and concatenate their outputs, in order (the first error wins).
+async fn join_parts<T, F>(parts: impl IntoIterator<Item = F>) -> RedisResult<Vec<T>>
+where
+    F: Future<Output = RedisResult<Vec<T>>>,
+{
+    let mut out = Vec::new();
+    for part in join_all(parts).await {
+        out.extend(part?);
+    }
+    Ok(out)
+}
+
+/// A pipeline's `count` answers (`Ok(Ok)`), or the redirect or reconfiguration error it met,
+/// as a whole or in one of its answers (`Ok(Err)`: worth sending again another way), or
+/// another failure (`Err`).
+fn pipeline_outcome(
+    answer: RedisResult<Vec<Value>>,
+    count: usize,
+) -> RedisResult<std::result::Result<Vec<Value>, RedisError>> {
+    match answer {
+        Ok(values) if values.len() == count => match values.iter().find_map(topology_error) {
+            None => Ok(Ok(values)),
+            Some(e) => Ok(Err(e)),
+        },
+        Ok(values) => Err(wrong_length(values.len(), count)),
+        Err(e) if is_topology_error(&e) => Ok(Err(e)),
+        Err(e) => Err(e),
+    }
 }
 
 /// The redirect or reconfiguration error a pipeline answer carries, if any.
@@ -687,9 +777,12 @@ fn only(answers: Vec<Value>) -> RedisResult<Value> {
     }
 }
 
-/// `MGET` answer of the keys at `indices`.
+/// `MGET` answer of the keys at `indices` (a `GET` answer for a single key).
 fn decode_mget(answers: Vec<Value>, indices: &[usize]) -> RedisResult<Vec<Option<Vec<u8>>>> {
     let n = indices.len();
+    if n == 1 {
+        return Ok(vec![redis::from_redis_value(only(answers)?)?]);
+    }
     let values: Vec<Option<Vec<u8>>> = redis::from_redis_value(only(answers)?)?;
     if values.len() != n {
         return Err(RedisError::from((
@@ -712,13 +805,8 @@ impl RemoteStore for ClusterStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let mut conn = self.conn.clone();
         let cmd = redis::cmd("GET").arg(key).to_owned();
-        self.count(1);
-        self.run("GET", async move {
-            cmd.query_async::<Option<Vec<u8>>>(&mut conn).await
-        })
-        .await
+        self.run("GET", self.send(&cmd, None)).await
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
@@ -728,12 +816,18 @@ impl RemoteStore for ClusterStore {
             _ => {}
         }
         let groups = self.groups(keys.iter().map(String::as_str));
-        let build = |indices: &[usize]| {
-            let mut cmd = redis::cmd("MGET");
-            for i in indices {
-                cmd.arg(&keys[*i]);
+        // One `MGET` per slot; a `GET` for a slot's only key (and so for the key-by-key
+        // retry of a migrating slot: redis-rs fans an `MGET` out as a multi-slot command,
+        // whose `ASK` redirects it does not follow).
+        let build = |indices: &[usize]| match indices {
+            [i] => vec![redis::cmd("GET").arg(&keys[*i]).to_owned()],
+            _ => {
+                let mut cmd = redis::cmd("MGET");
+                for i in indices {
+                    cmd.arg(&keys[*i]);
+                }
+                vec![cmd]
             }
-            vec![cmd]
         };
         let parts = self
             .run("MGET (batch)", self.batch(groups, true, build, decode_mget))
@@ -743,16 +837,13 @@ impl RemoteStore for ClusterStore {
 
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
         self.check_size(key, value.len())?;
-        let mut conn = self.conn.clone();
         let cmd = redis::cmd("SET")
             .arg(key)
             .arg(value)
             .arg("PX")
             .arg(ttl_ms(ttl))
             .to_owned();
-        self.count(1);
-        self.run("SET", async move { cmd.exec_async(&mut conn).await })
-            .await
+        self.run("SET", self.send::<()>(&cmd, None)).await
     }
 
     async fn set_many(&self, entries: Vec<RemoteEntry>) -> Result<()> {
@@ -801,12 +892,8 @@ impl RemoteStore for ClusterStore {
         match keys.len() {
             0 => return Ok(()),
             1 => {
-                let mut conn = self.conn.clone();
                 let cmd = redis::cmd("DEL").arg(&keys[0]).to_owned();
-                self.count(1);
-                return self
-                    .run("DEL", async move { cmd.exec_async(&mut conn).await })
-                    .await;
+                return self.run("DEL", self.send::<()>(&cmd, None)).await;
             }
             _ => {}
         }
@@ -825,25 +912,10 @@ impl RemoteStore for ClusterStore {
                 .into_iter()
                 .try_for_each(|a| a.extract_error().map(|_| ()))
         };
-        match self
-            .run("DEL (batch)", self.batch(groups, false, build, decode))
+        // A slot that migrates meanwhile is retried key by key (see `batch_by_slot`).
+        self.run("DEL (batch)", self.batch(groups, false, build, decode))
             .await
-        {
-            Ok(_) => Ok(()),
-            // A pipeline does not follow `ASK` during a slot migration: delete key by key
-            // (a single command does), each under the response timeout.
-            Err(e) if e.is_transient() => {
-                for key in keys {
-                    let mut conn = self.conn.clone();
-                    let cmd = redis::cmd("DEL").arg(key).to_owned();
-                    self.count(1);
-                    self.run("DEL", async move { cmd.exec_async(&mut conn).await })
-                        .await?;
-                }
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+            .map(|_| ())
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
@@ -870,7 +942,6 @@ impl RemoteStore for ClusterStore {
 
     async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool> {
         self.check_size(key, value.len())?;
-        let mut conn = self.conn.clone();
         let cmd = redis::cmd("SET")
             .arg(key)
             .arg(value)
@@ -878,12 +949,7 @@ impl RemoteStore for ClusterStore {
             .arg("PX")
             .arg(ttl_ms(ttl))
             .to_owned();
-        self.count(1);
-        let answer = self
-            .run("SET NX", async move {
-                cmd.query_async::<Value>(&mut conn).await
-            })
-            .await?;
+        let answer = self.run("SET NX", self.send::<Value>(&cmd, None)).await?;
         match answer {
             Value::Okay => Ok(true),
             Value::Nil => Ok(false),
@@ -924,11 +990,8 @@ impl RemoteStore for ClusterStore {
         if members.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn.clone();
         let cmd = redis::cmd("SREM").arg(pending_key).arg(members).to_owned();
-        self.count(1);
-        self.run("SREM", async move { cmd.exec_async(&mut conn).await })
-            .await
+        self.run("SREM", self.send::<()>(&cmd, None)).await
     }
 
     async fn set_if_lease(
@@ -990,8 +1053,7 @@ impl RemoteStore for ClusterStore {
     /// Grouped like [`RemoteStore::set_many`] (a fill's lease key and key share a slot): one
     /// `EVALSHA` of the lease script per fill, one pipeline per primary, primaries in
     /// parallel. Fills answered `NOSCRIPT` did nothing; as in [`RemoteStore::set_if_lease`],
-    /// they are sent again after a `SCRIPT LOAD` on their nodes (one more pipeline per such
-    /// primary: per slot, `SCRIPT LOAD` then the slot's `EVALSHA`s), all within one
+    /// they are sent again after a `SCRIPT LOAD` on every primary, all within one
     /// `response_timeout`. No `EVAL`: the minimal ACL rules refuse it.
     async fn set_if_lease_many(&self, fills: Vec<LeaseFill>) -> Result<Vec<bool>> {
         for f in &fills {
@@ -1021,15 +1083,6 @@ impl RemoteStore for ClusterStore {
                 .map(lease_answer)
                 .collect::<RedisResult<Vec<Option<bool>>>>()
         };
-        // After a `SCRIPT LOAD`: its answer first, then the slot's fills.
-        let decode_loaded = |answers: Vec<Value>, indices: &[usize]| {
-            let mut answers = answers.into_iter();
-            let loaded = answers
-                .next()
-                .ok_or_else(|| wrong_length(0, indices.len() + 1))?;
-            script.check_loaded(loaded)?;
-            decode(answers.collect(), indices)
-        };
         let run = async {
             let groups = self.groups(fills.iter().map(|f| f.key.as_str()));
             let build = |indices: &[usize]| indices.iter().map(|i| command(*i)).collect();
@@ -1041,15 +1094,11 @@ impl RemoteStore for ClusterStore {
                 if missing.is_empty() {
                     break;
                 }
+                self.load_on_primaries(script).await?;
                 let groups = self.groups(missing.iter().map(|i| fills[*i].key.as_str()));
-                // One `SCRIPT LOAD` per slot: each slot's pipeline loads the script on the
-                // node it reaches, also when the group is retried slot by slot.
-                let build = |indices: &[usize]| {
-                    std::iter::once(script.load())
-                        .chain(indices.iter().map(|j| command(missing[*j])))
-                        .collect()
-                };
-                for (indices, answers) in self.batch(groups, false, build, decode_loaded).await? {
+                let build =
+                    |indices: &[usize]| indices.iter().map(|j| command(missing[*j])).collect();
+                for (indices, answers) in self.batch(groups, false, build, decode).await? {
                     for (j, answer) in indices.into_iter().zip(answers) {
                         stored[missing[j]] = answer;
                     }
@@ -1128,8 +1177,8 @@ fn scatter<T: Clone>(n: usize, fill: T, parts: Vec<(Vec<usize>, Vec<T>)>) -> Vec
 impl ClusterStore {
     /// Run a script on the node of its keys (all in one slot): `EVALSHA`; when that node has
     /// not cached the script yet (`NOSCRIPT`: a new primary after a failover, a restart,
-    /// `SCRIPT FLUSH`), one pipeline to the slot's primary: `SCRIPT LOAD` (which caches it
-    /// there), then the `EVALSHA` again. No `EVAL`: the minimal ACL rules refuse it.
+    /// `SCRIPT FLUSH`, the importing node of a migrating slot), `SCRIPT LOAD` on every
+    /// primary, then the `EVALSHA` again. No `EVAL`: the minimal ACL rules refuse it.
     async fn eval<T: redis::FromRedisValue + Send>(
         &self,
         op: &'static str,
@@ -1138,30 +1187,57 @@ impl ClusterStore {
         args: &[&[u8]],
     ) -> Result<T> {
         let evalsha = script.command(keys, args);
-        let route = slot_route(keys.first().map_or(0, |k| slot(k.as_bytes())), false);
-        let mut conn = self.conn.clone();
-        self.count(1);
         self.run(op, async move {
-            match evalsha.query_async::<T>(&mut conn).await {
+            match self.send::<T>(&evalsha, None).await {
                 Err(e) if is_noscript_error(&e) => {}
                 other => return other,
             }
             for _ in 0..SCRIPT_LOAD_ATTEMPTS {
-                let mut pipe = redis::pipe();
-                pipe.add_command(script.load());
-                pipe.add_command(evalsha.clone());
-                self.count(1);
-                let values = conn.route_pipeline(pipe, 0, 2, route.clone()).await?;
-                let [loaded, answer] =
-                    <[Value; 2]>::try_from(values).map_err(|v| wrong_length(v.len(), 2))?;
-                script.check_loaded(loaded)?;
-                if !is_noscript(&answer) {
-                    return T::from_redis_value(answer.extract_error()?).map_err(Into::into);
+                self.load_on_primaries(script).await?;
+                // A single command: redis-rs follows `ASK` to a slot's importing node.
+                match self.send::<T>(&evalsha, None).await {
+                    Err(e) if is_noscript_error(&e) => {}
+                    other => return other,
                 }
             }
             Err(noscript_after_load())
         })
         .await
+    }
+}
+
+impl ClusterStore {
+    /// `SCRIPT LOAD` on every primary of the slot map, in parallel (a `NOSCRIPT` answer does
+    /// not say which node gave it; during a migration it can be the importing node). Nodes
+    /// that fail are skipped; `Ok` when at least one loaded it. Without a slot map, redis-rs
+    /// sends it to every node.
+    async fn load_on_primaries(&self, script: &LuaScript) -> RedisResult<()> {
+        let Some(primaries) = self.inner.topology.primaries() else {
+            let mut conn = self.conn.clone();
+            self.count(1);
+            return script.check_loaded(script.load().query_async::<Value>(&mut conn).await?);
+        };
+        self.count(primaries.len() as u64);
+        let loads = primaries.into_iter().map(|node| {
+            let mut conn = self.conn.clone();
+            let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                host: node.host().to_owned(),
+                port: node.port(),
+            });
+            async move { script.check_loaded(conn.route_command(script.load(), route).await?) }
+        });
+        let mut last = None;
+        let mut loaded = false;
+        for result in join_all(loads).await {
+            match result {
+                Ok(()) => loaded = true,
+                Err(e) => last = Some(e),
+            }
+        }
+        match last {
+            Some(e) if !loaded => Err(e),
+            _ => Ok(()),
+        }
     }
 }
 

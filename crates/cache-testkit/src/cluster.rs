@@ -83,6 +83,19 @@ impl ClusterNode {
     }
 }
 
+/// A slot being moved between two primaries (see [`RedisCluster::begin_slot_migration`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotMigration {
+    /// The slot.
+    pub slot: u16,
+    /// Port of the primary the slot leaves.
+    pub source: u16,
+    source_id: String,
+    /// Port of the primary the slot moves to.
+    pub target: u16,
+    target_id: String,
+}
+
 /// How to build a test cluster. Build with the methods, then [`ClusterOptions::start`].
 #[derive(Clone)]
 pub struct ClusterOptions {
@@ -385,6 +398,139 @@ impl RedisCluster {
         let started = Instant::now();
         self.wait_until(timeout, || self.everyone_agrees_master(replica_port))?;
         Ok(started.elapsed())
+    }
+
+    /// Move `slot` to the primary on `to_port` the way `redis-cli --cluster reshard` does, with
+    /// the slot left half-moved for a while so that clients meet it:
+    /// [`begin_slot_migration`](Self::begin_slot_migration), then `MIGRATE` of at most
+    /// `keys_per_step` keys at a time with `pause` after each step, then
+    /// [`finish_slot_migration`](Self::finish_slot_migration). Returns how many keys were
+    /// moved (0 when the target already serves the slot).
+    pub fn migrate_slot(
+        &self,
+        slot: u16,
+        to_port: u16,
+        keys_per_step: usize,
+        pause: Duration,
+    ) -> Result<usize> {
+        if self.master_for_slot(slot)?.port == to_port {
+            return Ok(0);
+        }
+        let migration = self.begin_slot_migration(slot, to_port)?;
+        let count = keys_per_step.max(1).to_string();
+        let slot_arg = slot.to_string();
+        let mut moved = 0;
+        loop {
+            let keys = match self.query(
+                migration.source,
+                &[
+                    b"CLUSTER",
+                    b"GETKEYSINSLOT",
+                    slot_arg.as_bytes(),
+                    count.as_bytes(),
+                ],
+            )? {
+                Reply::Array(Some(items)) => items
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        Reply::Bulk(Some(k)) => Some(k),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>(),
+                other => {
+                    return Err(Error::new(format!(
+                        "CLUSTER GETKEYSINSLOT answered {other:?}"
+                    )))
+                }
+            };
+            if keys.is_empty() {
+                break;
+            }
+            let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            self.migrate_keys(&migration, &keys)?;
+            moved += keys.len();
+            std::thread::sleep(pause);
+        }
+        self.finish_slot_migration(&migration)?;
+        Ok(moved)
+    }
+
+    /// Start moving `slot` from its primary to the primary on `to_port`: `CLUSTER SETSLOT
+    /// IMPORTING` on the target, then `MIGRATING` on the source. From then on the source
+    /// answers `ASK` for keys it no longer holds and `TRYAGAIN` for multi-key commands whose
+    /// keys it holds only in part.
+    pub fn begin_slot_migration(&self, slot: u16, to_port: u16) -> Result<SlotMigration> {
+        let source = self.master_for_slot(slot)?;
+        let target = self.node(to_port)?;
+        if target.role != Role::Master || source.port == to_port {
+            return Err(Error::new(format!(
+                "node {to_port} is not another primary than slot {slot}'s"
+            )));
+        }
+        let migration = SlotMigration {
+            slot,
+            source: source.port,
+            source_id: source.id,
+            target: target.port,
+            target_id: target.id,
+        };
+        self.setslot(migration.target, slot, b"IMPORTING", &migration.source_id)?;
+        self.setslot(migration.source, slot, b"MIGRATING", &migration.target_id)?;
+        Ok(migration)
+    }
+
+    /// `MIGRATE` these keys of a migrating slot from its source to its target, in one call
+    /// (keys the source no longer holds are skipped).
+    pub fn migrate_keys(&self, migration: &SlotMigration, keys: &[&[u8]]) -> Result<()> {
+        let to = migration.target.to_string();
+        let mut args: Vec<&[u8]> =
+            vec![b"MIGRATE", b"127.0.0.1", to.as_bytes(), b"", b"0", b"5000"];
+        if let Some(password) = &self.options.password {
+            args.extend([b"AUTH".as_slice(), password.as_bytes()]);
+        }
+        args.push(b"KEYS");
+        args.extend_from_slice(keys);
+        self.query(migration.source, &args)
+            .map(|_| ())
+            .map_err(|e| Error::new(format!("MIGRATE of slot {} failed: {e}", migration.slot)))
+    }
+
+    /// End a migration: `CLUSTER SETSLOT NODE target` on the target, the source and every
+    /// other primary, then wait (at most 10 s) until every running node sees the target serve
+    /// the slot. The keys left on the source must have been migrated first.
+    pub fn finish_slot_migration(&self, migration: &SlotMigration) -> Result<()> {
+        let (slot, target) = (migration.slot, migration.target);
+        self.setslot(target, slot, b"NODE", &migration.target_id)?;
+        self.setslot(migration.source, slot, b"NODE", &migration.target_id)?;
+        for other in self.masters()? {
+            if other.port != target && other.port != migration.source {
+                self.setslot(other.port, slot, b"NODE", &migration.target_id)?;
+            }
+        }
+        self.wait_until(Duration::from_secs(10), || {
+            for port in self.live_ports() {
+                let seen = self.nodes_seen_by(port)?;
+                if !seen.iter().any(|n| n.port == target && n.serves(slot)) {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+        .map_err(|e| Error::new(format!("slot {slot} did not settle on {target}: {e}")))
+    }
+
+    fn setslot(&self, port: u16, slot: u16, state: &[u8], id: &str) -> Result<Reply> {
+        let slot = slot.to_string();
+        self.query(
+            port,
+            &[
+                b"CLUSTER",
+                b"SETSLOT",
+                slot.as_bytes(),
+                state,
+                id.as_bytes(),
+            ],
+        )
     }
 
     /// Run `redis-cli -p PORT ARGS...` against one node and return its standard output.

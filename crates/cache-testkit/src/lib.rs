@@ -43,7 +43,7 @@
 pub mod cluster;
 pub mod proxy;
 
-pub use cluster::{shared_cluster, ClusterNode, ClusterOptions, RedisCluster, Role};
+pub use cluster::{shared_cluster, ClusterNode, ClusterOptions, RedisCluster, Role, SlotMigration};
 pub use proxy::{FaultProxy, Mode};
 
 use std::fmt;
