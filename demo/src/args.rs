@@ -1,5 +1,6 @@
 //! Command-line options (hand-parsed: a handful of flags do not need a parser crate).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub const USAGE: &str = "\
@@ -17,6 +18,11 @@ usage: demo [options]            (normally run through `cargo xtask demo [option
   --embedded-l2         no Redis: both instances share an in-process L2 and bus
   --database-url URL    PostgreSQL instead of SQLite (postgres://user@host/db): a table is
                         created for the run and dropped after
+  --no-baseline         skip the cache-off run (the same load first sent to instances
+                        that read every account from the database) and its comparison
+  --chart PATH          where the SVG chart of the cache-off and cache-on runs goes
+                        (default: target/demo/cache-off-vs-on.svg, under $CARGO_TARGET_DIR
+                        when set)
   --serve               keep both instances serving after the run (Ctrl-C stops)
   -h, --help            this text";
 
@@ -42,6 +48,19 @@ pub struct Args {
     pub l2: L2Choice,
     pub database_url: Option<String>,
     pub serve: bool,
+    /// Run the same load with the cache off first, for the comparison.
+    pub baseline: bool,
+    /// Where the comparison chart goes.
+    pub chart: PathBuf,
+}
+
+/// `target/demo/cache-off-vs-on.svg` (relative to the current directory, which is the
+/// workspace under `cargo xtask demo`), or under `$CARGO_TARGET_DIR` when that is set.
+pub fn default_chart(target_dir: Option<PathBuf>) -> PathBuf {
+    target_dir
+        .unwrap_or_else(|| PathBuf::from("target"))
+        .join("demo")
+        .join("cache-off-vs-on.svg")
 }
 
 /// What `parse` found: options to run with, or a request for the usage text.
@@ -61,7 +80,12 @@ fn number<T: std::str::FromStr>(s: &str, flag: &str) -> Result<T, String> {
         .map_err(|_| format!("{flag}: `{s}` is not a valid number"))
 }
 
-pub fn parse(argv: &[String], env_redis_url: Option<String>) -> Result<Parsed, String> {
+/// The options in `argv`; `env_redis_url` is `$REDIS_URL`, `target_dir` `$CARGO_TARGET_DIR`.
+pub fn parse(
+    argv: &[String],
+    env_redis_url: Option<String>,
+    target_dir: Option<PathBuf>,
+) -> Result<Parsed, String> {
     let mut a = Args {
         requests: 20_000,
         concurrency: 32,
@@ -73,7 +97,10 @@ pub fn parse(argv: &[String], env_redis_url: Option<String>) -> Result<Parsed, S
         l2: L2Choice::Embedded { asked: false },
         database_url: None,
         serve: false,
+        baseline: true,
+        chart: PathBuf::new(),
     };
+    let mut chart = None;
     let mut redis_url = None;
     let mut embedded = false;
     let mut it = argv.iter();
@@ -99,6 +126,8 @@ pub fn parse(argv: &[String], env_redis_url: Option<String>) -> Result<Parsed, S
             "--embedded-l2" => embedded = true,
             "--database-url" => a.database_url = Some(value(&mut it, flag)?.to_owned()),
             "--serve" => a.serve = true,
+            "--no-baseline" => a.baseline = false,
+            "--chart" => chart = Some(PathBuf::from(value(&mut it, flag)?)),
             other => return Err(format!("unknown option `{other}`\n\n{USAGE}")),
         }
     }
@@ -108,10 +137,50 @@ pub fn parse(argv: &[String], env_redis_url: Option<String>) -> Result<Parsed, S
     if !(a.zipf_s.is_finite() && a.zipf_s >= 0.0) {
         return Err("--zipf must be a non-negative number".into());
     }
+    a.chart = chart.unwrap_or_else(|| default_chart(target_dir));
     a.l2 = match (embedded, redis_url.or(env_redis_url)) {
         (true, _) => L2Choice::Embedded { asked: true },
         (false, Some(url)) => L2Choice::Redis(url),
         (false, None) => L2Choice::Embedded { asked: false },
     };
     Ok(Parsed::Run(a))
+}
+
+#[cfg(test)]
+#[allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn run(argv: &[&str], target_dir: Option<&str>) -> Args {
+        let argv: Vec<String> = argv.iter().map(|s| (*s).to_owned()).collect();
+        match parse(&argv, None, target_dir.map(PathBuf::from)) {
+            Ok(Parsed::Run(a)) => a,
+            Ok(Parsed::Help) => panic!("help instead of a run"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn the_baseline_runs_unless_asked_not_to() {
+        assert!(run(&[], None).baseline);
+        assert!(!run(&["--no-baseline"], None).baseline);
+    }
+
+    #[test]
+    fn the_chart_goes_under_the_target_directory_unless_given() {
+        assert_eq!(
+            run(&[], None).chart,
+            PathBuf::from("target/demo/cache-off-vs-on.svg")
+        );
+        assert_eq!(
+            run(&[], Some("/tmp/t")).chart,
+            PathBuf::from("/tmp/t/demo/cache-off-vs-on.svg")
+        );
+        assert_eq!(
+            run(&["--chart", "out/c.svg"], Some("/tmp/t")).chart,
+            PathBuf::from("out/c.svg")
+        );
+        let argv = vec!["--chart".to_owned()];
+        assert!(parse(&argv, None, None).is_err());
+    }
 }

@@ -93,8 +93,9 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
 pub struct Db {
     backend: Backend,
     latency: Duration,
-    /// SELECTs run by the cache's loader (cache misses in both tiers).
-    pub loader_selects: AtomicU64,
+    /// SELECTs run by reads: by the cache's loader (misses in both tiers), or by every read
+    /// with the cache off.
+    pub read_selects: AtomicU64,
     /// SELECTs run by writes (read-modify-write reads the truth, not the cache).
     pub write_selects: AtomicU64,
     /// UPDATEs.
@@ -104,7 +105,7 @@ pub struct Db {
 /// What a query is for (only changes which counter it bumps).
 #[derive(Debug, Clone, Copy)]
 pub enum Purpose {
-    Loader,
+    Read,
     Write,
 }
 
@@ -214,7 +215,7 @@ impl Db {
         Arc::new(Db {
             backend,
             latency,
-            loader_selects: AtomicU64::new(0),
+            read_selects: AtomicU64::new(0),
             write_selects: AtomicU64::new(0),
             updates: AtomicU64::new(0),
         })
@@ -250,7 +251,7 @@ impl Db {
     /// The row with this id, if any.
     pub async fn get(self: &Arc<Self>, id: u64, why: Purpose) -> Result<Option<Account>, BoxError> {
         match why {
-            Purpose::Loader => &self.loader_selects,
+            Purpose::Read => &self.read_selects,
             Purpose::Write => &self.write_selects,
         }
         .fetch_add(1, Ordering::Relaxed);

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode};
+use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::db::{Account, BoxError};
-use crate::service::Deposit;
+use crate::service::{Deposit, READ_FROM, READ_FROM_DATABASE};
 
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -31,6 +31,18 @@ pub async fn call(
     url: &str,
     body: Option<Vec<u8>>,
 ) -> Result<(StatusCode, Bytes), BoxError> {
+    call_with_headers(client, method, url, body)
+        .await
+        .map(|(status, _, bytes)| (status, bytes))
+}
+
+/// One HTTP request; the status, the headers and the body.
+pub async fn call_with_headers(
+    client: &HttpClient,
+    method: Method,
+    url: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(StatusCode, HeaderMap, Bytes), BoxError> {
     let mut req = Request::builder().method(method).uri(url);
     if body.is_some() {
         req = req.header("content-type", "application/json");
@@ -38,8 +50,9 @@ pub async fn call(
     let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
     let resp = client.request(req).await?;
     let status = resp.status();
+    let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await?.to_bytes();
-    Ok((status, bytes))
+    Ok((status, headers, bytes))
 }
 
 /// Zipf over ranks `0..n` with exponent `s`, by inverse transform over the exact CDF
@@ -86,6 +99,9 @@ pub struct Plan {
 pub struct Latencies {
     pub reads: [Vec<u32>; 2],
     pub writes: [Vec<u32>; 2],
+    /// The reads (of both instances) whose own request queried the database (the service
+    /// says so in a response header): every read with the cache off, the loads with it on.
+    pub reads_from_database: Vec<u32>,
 }
 
 #[derive(Default, Clone)]
@@ -109,6 +125,9 @@ impl Outcome {
             self.latencies.reads[i].extend_from_slice(&o.latencies.reads[i]);
             self.latencies.writes[i].extend_from_slice(&o.latencies.writes[i]);
         }
+        self.latencies
+            .reads_from_database
+            .extend_from_slice(&o.latencies.reads_from_database);
         for i in 0..2 {
             self.stale_same_instance[i] += o.stale_same_instance[i];
             self.stale_other_instance[i] += o.stale_other_instance[i];
@@ -247,8 +266,15 @@ async fn read_one(
     let floor_at = acked.at_us[idx].load(Ordering::Acquire);
     let sent = Instant::now();
     let url = format!("{}/accounts/{id}", plan.instances[inst]);
-    let (status, body) = call(client, Method::GET, &url, None).await?;
-    out.latencies.reads[inst].push(micros(sent.elapsed()));
+    let (status, headers, body) = call_with_headers(client, Method::GET, &url, None).await?;
+    let took = micros(sent.elapsed());
+    out.latencies.reads[inst].push(took);
+    if headers
+        .get(READ_FROM)
+        .is_some_and(|v| v == READ_FROM_DATABASE)
+    {
+        out.latencies.reads_from_database.push(took);
+    }
     if status != StatusCode::OK {
         return Err(format!("GET {url}: {status}: {}", String::from_utf8_lossy(&body)).into());
     }

@@ -9,6 +9,12 @@
 //! latencies, invalidations, stale reads. Each instance serves `/metrics` (Prometheus) and
 //! `/stats` (JSON); `--serve` keeps them up after the run.
 //!
+//! Before that run, the same load (same requests, mix, key distribution, concurrency and
+//! seed) goes to a pair of instances of the same service with the cache off, where every read
+//! is a database query; a second table puts both runs side by side (database queries,
+//! reads/s, read p50 and p99, ratios) and an SVG chart of them is written
+//! (`target/demo/cache-off-vs-on.svg` by default, `--chart PATH`). `--no-baseline` skips it.
+//!
 //! Routes: `GET /accounts/{id}` (read through L1, L2, SQLite), `PUT /accounts/{id}` with
 //! `{"deposit_cents": N}` (write-through: SQLite, then L2 and L1, then the other instance's
 //! L1 is invalidated), `GET /metrics`, `GET /stats`.
@@ -17,6 +23,8 @@
 #![allow(clippy::print_stdout)]
 
 mod args;
+mod chart;
+mod compare;
 mod db;
 mod load;
 mod report;
@@ -26,16 +34,22 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use hyper::Method;
+use tiercache::cache_metrics::metrics_exporter_prometheus::PrometheusHandle;
 use tiercache::{MemoryBus, MemoryStore};
 
 use crate::args::{L2Choice, Parsed};
+use crate::compare::{Comparison, RunFigures};
 use crate::db::{BoxError, Db, DbFile, PgSource};
 use crate::report::thousands;
-use crate::service::{Instance, L2Setup, Stats};
+use crate::service::{Instance, L2Setup, Mode, Stats};
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    let args = match args::parse(&argv, std::env::var("REDIS_URL").ok()) {
+    let args = match args::parse(
+        &argv,
+        std::env::var("REDIS_URL").ok(),
+        std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from),
+    ) {
         Ok(Parsed::Run(a)) => a,
         Ok(Parsed::Help) => {
             eprintln!("{}", args::USAGE);
@@ -157,19 +171,16 @@ async fn run(args: args::Args) -> Result<bool, BoxError> {
             (Some(file), None)
         }
     };
-    let open_db = |latency| {
-        let file = &file;
-        let pg = &pg;
-        async move {
-            match (file, pg) {
-                (Some(f), _) => Ok::<_, BoxError>(Db::new(f, latency)),
-                (None, Some(p)) => p.db(latency).await,
-                (None, None) => Err("no database".into()),
-            }
-        }
+    let setup = Setup {
+        l2,
+        l2_label: l2_label.clone(),
+        file,
+        pg,
+        db_latency: args.db_latency,
+        metrics,
     };
 
-    if let L2Setup::Redis(url) = &l2 {
+    if let L2Setup::Redis(url) = &setup.l2 {
         // A Redis given with --redis-url may hold accounts from an earlier run.
         let cleared = service::clear_redis(url).await?;
         if cleared > 0 {
@@ -179,61 +190,61 @@ async fn run(args: args::Args) -> Result<bool, BoxError> {
             );
         }
     }
-    let a = Instance::start(
-        "a",
-        &l2,
-        l2_label.clone(),
-        open_db(args.db_latency).await?,
-        metrics.clone(),
-    )
-    .await?;
-    let b = Instance::start(
-        "b",
-        &l2,
-        l2_label.clone(),
-        open_db(args.db_latency).await?,
-        metrics.clone(),
-    )
-    .await?;
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let (addr_a, server_a) = a.serve(stop(stop_rx.clone())).await?;
-    let (addr_b, server_b) = b.serve(stop(stop_rx)).await?;
-    let urls = [format!("http://{addr_a}"), format!("http://{addr_b}")];
-    eprintln!(
-        "demo: instance a on {}, instance b on {} (routes: /accounts/{{id}}, /metrics, /stats)",
-        urls[0], urls[1]
-    );
-    eprintln!(
-        "demo: {} requests, {} concurrent, zipf s={:?} over {} ids, {}% writes…",
-        thousands(args.requests),
-        args.concurrency,
-        args.zipf_s,
-        thousands(args.rows),
-        args.write_ratio * 100.0
-    );
-
-    let outcome = load::run(load::Plan {
+    let plan = |instances: [String; 2]| load::Plan {
         requests: args.requests,
         concurrency: args.concurrency,
         rows: args.rows,
         write_ratio: args.write_ratio,
         zipf_s: args.zipf_s,
         seed: args.seed,
-        instances: urls.clone(),
-    })
-    .await;
+        instances,
+    };
+    let load_line = format!(
+        "{} requests, {} concurrent, zipf s={:?} over {} ids, {}% writes, seed {}",
+        thousands(args.requests),
+        args.concurrency,
+        args.zipf_s,
+        thousands(args.rows),
+        args.write_ratio * 100.0,
+        args.seed
+    );
+
+    // The baseline: the same load, the same service, no cache.
+    let baseline = if args.baseline {
+        let pair = Pair::start(Mode::CacheOff, &setup).await?;
+        eprintln!(
+            "demo: run 1 of 2, cache OFF (every read is a database query): instance a on {}, \
+             instance b on {}",
+            pair.urls[0], pair.urls[1]
+        );
+        eprintln!("demo: {load_line}…");
+        let outcome = load::run(plan(pair.urls.clone())).await;
+        let stats = pair.stats().await?;
+        pair.stop().await;
+        Some((stats, outcome))
+    } else {
+        None
+    };
+
+    let pair = Pair::start(Mode::CacheOn, &setup).await?;
+    let urls = pair.urls.clone();
+    eprintln!(
+        "demo: {}cache ON: instance a on {}, instance b on {} (routes: /accounts/{{id}}, \
+         /metrics, /stats)",
+        if baseline.is_some() {
+            "run 2 of 2, "
+        } else {
+            ""
+        },
+        urls[0],
+        urls[1]
+    );
+    eprintln!("demo: {load_line}…");
+    let outcome = load::run(plan(urls.clone())).await;
 
     // The table is built from what the instances report over HTTP, like a dashboard would.
+    let stats = pair.stats().await?;
     let client = load::client(2);
-    let mut stats: [Stats; 2] = Default::default();
-    for (i, url) in urls.iter().enumerate() {
-        let (_, body) = load::call(&client, Method::GET, &format!("{url}/stats"), None).await?;
-        stats[i] = serde_json::from_slice(&body)?;
-    }
     let (_, scrape) =
         load::call(&client, Method::GET, &format!("{}/metrics", urls[0]), None).await?;
     let scrape = String::from_utf8_lossy(&scrape);
@@ -286,6 +297,52 @@ async fn run(args: args::Args) -> Result<bool, BoxError> {
     );
     println!();
 
+    let mut failed = outcome.errors + stats.iter().map(|s| s.errors).sum::<u64>();
+    match &baseline {
+        Some((off_stats, off_outcome)) => {
+            failed += off_outcome.errors + off_stats.iter().map(|s| s.errors).sum::<u64>();
+            let comparison = Comparison {
+                off: RunFigures::new(off_stats, off_outcome),
+                on: RunFigures::new(&stats, &outcome),
+            };
+            compare::print(&comparison, &load_line);
+            let notes = [
+                format!("{load_line}; both runs through the same two HTTP instances' routes"),
+                format!("L2: {l2_label}"),
+                format!("database: {database}"),
+                format!(
+                    "machine: {} CPU(s) shared by the load generator, both instances{}",
+                    std::thread::available_parallelism().map_or(0, |n| n.get()),
+                    if matches!(setup.l2, L2Setup::Redis(_)) {
+                        " and Redis"
+                    } else {
+                        ""
+                    }
+                ),
+            ];
+            let svg = chart::svg(&comparison, &notes);
+            let shown = std::env::current_dir()
+                .map(|d| d.join(&args.chart))
+                .unwrap_or_else(|_| args.chart.clone());
+            match chart::write(&args.chart, &svg) {
+                Ok(()) => println!(
+                    "  chart:     {} (cache off vs on: reads/s, read p50 and p99, database \
+                     queries)",
+                    shown.display()
+                ),
+                Err(e) => {
+                    println!("  chart:     NOT written to {}: {e}", shown.display());
+                    failed += 1;
+                }
+            }
+        }
+        None => println!(
+            "  (no cache-off run: --no-baseline; without it the same load first runs with the \
+             cache off, for a side-by-side table and a chart)"
+        ),
+    }
+    println!();
+
     if args.serve {
         eprintln!(
             "demo: serving until Ctrl-C:\n  curl {0}/accounts/1\n  curl -X PUT -H 'content-type: application/json' -d '{{\"deposit_cents\":100}}' {0}/accounts/1\n  curl {1}/accounts/1\n  curl {0}/stats\n  curl {0}/metrics",
@@ -295,19 +352,95 @@ async fn run(args: args::Args) -> Result<bool, BoxError> {
         std::future::pending::<()>().await;
     }
     drop(client);
-    let _ = stop_tx.send(true);
-    for server in [server_a, server_b] {
-        if let Ok(Err(e)) = server.await {
-            eprintln!("demo: server error: {e}");
-        }
-    }
-    drop((a, b));
+    pair.stop().await;
+    let Setup { file, pg, .. } = setup;
     drop(file);
     if let Some(pg) = pg {
         if let Err(e) = pg.drop_table().await {
             eprintln!("demo: could not drop table {}: {e}", pg.table);
         }
     }
-    let failed = outcome.errors + stats.iter().map(|s| s.errors).sum::<u64>();
     Ok(failed == 0)
+}
+
+/// What both runs share: the L2, the database and the metrics recorder.
+struct Setup {
+    l2: L2Setup,
+    l2_label: String,
+    file: Option<DbFile>,
+    pg: Option<PgSource>,
+    db_latency: std::time::Duration,
+    metrics: PrometheusHandle,
+}
+
+impl Setup {
+    /// A new handle on the database (its own connections and query counters).
+    async fn db(&self) -> Result<Arc<Db>, BoxError> {
+        match (&self.file, &self.pg) {
+            (Some(f), _) => Ok(Db::new(f, self.db_latency)),
+            (None, Some(p)) => p.db(self.db_latency).await,
+            (None, None) => Err("no database".into()),
+        }
+    }
+}
+
+/// Instances a and b, serving on free ports of 127.0.0.1.
+struct Pair {
+    instances: [Arc<Instance>; 2],
+    urls: [String; 2],
+    stop: tokio::sync::watch::Sender<bool>,
+    servers: [tokio::task::JoinHandle<std::io::Result<()>>; 2],
+}
+
+impl Pair {
+    async fn start(mode: Mode, setup: &Setup) -> Result<Pair, BoxError> {
+        let start = |name| async move {
+            Instance::start(
+                name,
+                mode,
+                &setup.l2,
+                setup.l2_label.clone(),
+                setup.db().await?,
+                setup.metrics.clone(),
+            )
+            .await
+            .map_err(BoxError::from)
+        };
+        let a = start("a").await?;
+        let b = start("b").await?;
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let (addr_a, server_a) = a.serve(stopped(stop_rx.clone())).await?;
+        let (addr_b, server_b) = b.serve(stopped(stop_rx)).await?;
+        Ok(Pair {
+            instances: [a, b],
+            urls: [format!("http://{addr_a}"), format!("http://{addr_b}")],
+            stop,
+            servers: [server_a, server_b],
+        })
+    }
+
+    /// What each instance reports at `/stats`.
+    async fn stats(&self) -> Result<[Stats; 2], BoxError> {
+        let client = load::client(2);
+        let mut stats: [Stats; 2] = Default::default();
+        for (i, url) in self.urls.iter().enumerate() {
+            let (_, body) = load::call(&client, Method::GET, &format!("{url}/stats"), None).await?;
+            stats[i] = serde_json::from_slice(&body)?;
+        }
+        Ok(stats)
+    }
+
+    /// Stop serving and drop both instances (and their engines).
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for server in self.servers {
+            if let Ok(Err(e)) = server.await {
+                eprintln!("demo: server error: {e}");
+            }
+        }
+        drop(self.instances);
+    }
 }

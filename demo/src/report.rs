@@ -27,7 +27,7 @@ fn pct(part: u64, whole: u64) -> String {
 }
 
 /// The `p`-quantile (nearest rank) of latencies in microseconds, in milliseconds.
-fn quantile(sorted: &[u32], p: f64) -> Option<f64> {
+pub fn quantile(sorted: &[u32], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }
@@ -183,11 +183,11 @@ pub fn print(header: &Header<'_>, stats: &[Stats; 2], out: &Outcome) {
             );
         }
     }
-    let sql = sum(|s| s.db_loader_selects + s.db_write_selects + s.db_updates);
+    let sql = sum(|s| s.db_read_selects + s.db_write_selects + s.db_updates);
     println!(
         "  database:  {} queries in all: {} SELECTs by loaders, {} SELECTs + {} UPDATEs by writes",
         thousands(sql),
-        thousands(sum(|s| s.db_loader_selects)),
+        thousands(sum(|s| s.db_read_selects)),
         thousands(sum(|s| s.db_write_selects)),
         thousands(sum(|s| s.db_updates)),
     );

@@ -1,14 +1,16 @@
 //! One service instance: its own tiercache engine (own L1, shared L2 and invalidation bus),
 //! an axum router that reads and writes accounts through the cache, `/metrics` and `/stats`.
+//! With [`Mode::CacheOff`] the same router serves the same routes with no engine at all:
+//! every read is a database query (the demo's baseline run).
 
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -124,12 +126,28 @@ struct Requests {
     errors: AtomicU64,
 }
 
+/// Whether an instance reads and writes through the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Reads through L1, L2, then the database; writes through to all three.
+    CacheOn,
+    /// No engine: every read is a database query, every write only a database write.
+    CacheOff,
+}
+
+/// The cache of an instance in [`Mode::CacheOn`].
+struct Cached {
+    engine: Engine,
+    accounts: Cache<Account, MsgPack>,
+    _l1_gauges: L1GaugeTask,
+}
+
 /// Everything a handler needs.
 pub struct Instance {
     pub name: &'static str,
     l2_label: String,
-    engine: Engine,
-    accounts: Cache<Account, MsgPack>,
+    /// `None` in [`Mode::CacheOff`].
+    cache: Option<Cached>,
     db: Arc<Db>,
     counts: Arc<EventCounts>,
     requests: Requests,
@@ -138,21 +156,44 @@ pub struct Instance {
     write_locks: Box<[tokio::sync::Mutex<()>]>,
     hasher: RandomState,
     metrics: PrometheusHandle,
-    _l1_gauges: L1GaugeTask,
 }
 
 impl Instance {
     pub async fn start(
         name: &'static str,
+        mode: Mode,
         l2: &L2Setup,
         l2_label: String,
         db: Arc<Db>,
         metrics: PrometheusHandle,
     ) -> Result<Arc<Instance>, tiercache::Error> {
+        let counts = Arc::new(EventCounts::default());
+        let cache = match mode {
+            Mode::CacheOn => Some(Instance::cache(name, l2, &counts).await?),
+            Mode::CacheOff => None,
+        };
+        Ok(Arc::new(Instance {
+            name,
+            l2_label,
+            cache,
+            db,
+            counts,
+            requests: Requests::default(),
+            write_locks: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hasher: RandomState::new(),
+            metrics,
+        }))
+    }
+
+    /// The engine and the `accounts` cache of an instance in [`Mode::CacheOn`].
+    async fn cache(
+        name: &'static str,
+        l2: &L2Setup,
+        counts: &Arc<EventCounts>,
+    ) -> Result<Cached, tiercache::Error> {
         // One Prometheus recorder per process: the two instances share it, so each one's
         // series carry an `instance` label.
         let observer = MetricsObserver::new().with_label("instance", name);
-        let counts = Arc::new(EventCounts::default());
         let builder = tiercache::builder("demo")
             .l1_capacity_bytes(32 * 1024 * 1024)
             .observer(Arc::new(Counting {
@@ -175,19 +216,11 @@ impl Instance {
             .with_refresh_policy(Arc::new(XFetch::new(1.0)))
             .build()?;
         let l1_gauges = observer.spawn_l1_gauges(&engine, Duration::from_secs(1))?;
-        Ok(Arc::new(Instance {
-            name,
-            l2_label,
+        Ok(Cached {
             engine,
             accounts,
-            db,
-            counts,
-            requests: Requests::default(),
-            write_locks: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
-            hasher: RandomState::new(),
-            metrics,
             _l1_gauges: l1_gauges,
-        }))
+        })
     }
 
     pub fn router(self: &Arc<Self>) -> Router {
@@ -225,18 +258,49 @@ impl Instance {
     }
 }
 
-/// `GET /accounts/{id}`: L1, then L2, then one SQLite query for all concurrent callers.
+/// The response header of `GET /accounts/{id}` that says where the answer came from: the
+/// load generator splits the read latencies by it.
+pub const READ_FROM: &str = "x-demo-read-from";
+/// [`READ_FROM`] when this request queried the database (a load, or any read with the cache
+/// off); otherwise it is `cache` (L1, L2, or another request's load that it joined).
+pub const READ_FROM_DATABASE: &str = "database";
+
+/// `GET /accounts/{id}`: L1, then L2, then one SQLite query for all concurrent callers; with
+/// the cache off, one SQLite query per read.
 async fn get_account(State(s): State<Arc<Instance>>, Path(id): Path<u64>) -> Response {
     s.requests.reads.fetch_add(1, Ordering::Relaxed);
-    let db = s.db.clone();
-    let found = s
-        .accounts
-        .get_or_load_optional(&id.to_string(), move |_key| async move {
-            db.get(id, Purpose::Loader).await
-        })
-        .await;
+    let (found, queried) = match &s.cache {
+        Some(c) => {
+            let db = s.db.clone();
+            let loaded = Arc::new(AtomicBool::new(false));
+            let flag = loaded.clone();
+            let found = c
+                .accounts
+                .get_or_load_optional(&id.to_string(), move |_key| async move {
+                    flag.store(true, Ordering::Relaxed);
+                    db.get(id, Purpose::Read).await
+                })
+                .await
+                .map(|found| found.map(|account| Json(&*account).into_response()))
+                .map_err(|e| e.to_string());
+            (found, loaded.load(Ordering::Relaxed))
+        }
+        None => (
+            s.db.get(id, Purpose::Read)
+                .await
+                .map(|found| found.map(|account| Json(account).into_response()))
+                .map_err(|e| e.to_string()),
+            true,
+        ),
+    };
     match found {
-        Ok(Some(account)) => Json(&*account).into_response(),
+        Ok(Some(mut response)) => {
+            response.headers_mut().insert(
+                READ_FROM,
+                HeaderValue::from_static(if queried { READ_FROM_DATABASE } else { "cache" }),
+            );
+            response
+        }
         Ok(None) => {
             s.requests.not_found.fetch_add(1, Ordering::Relaxed);
             (StatusCode::NOT_FOUND, "no such account\n").into_response()
@@ -253,7 +317,7 @@ pub struct Deposit {
 
 /// `PUT /accounts/{id}`: read the row from the database (the truth), apply the deposit, then
 /// write-through: `Cache::write` updates SQLite first, then L2 and L1, and tells the other
-/// instance to drop its copy.
+/// instance to drop its copy. With the cache off, only the database is written.
 async fn put_account(
     State(s): State<Arc<Instance>>,
     Path(id): Path<u64>,
@@ -274,15 +338,20 @@ async fn put_account(
         version: current.version + 1,
         ..current
     };
-    let db = s.db.clone();
-    let written = s
-        .accounts
-        .write(
-            &id.to_string(),
-            next.clone(),
-            move |_key, value| async move { db.update((*value).clone()).await },
-        )
-        .await;
+    let written = match &s.cache {
+        Some(c) => {
+            let db = s.db.clone();
+            c.accounts
+                .write(
+                    &id.to_string(),
+                    next.clone(),
+                    move |_key, value| async move { db.update((*value).clone()).await },
+                )
+                .await
+                .map_err(|e| e.to_string())
+        }
+        None => s.db.update(next.clone()).await.map_err(|e| e.to_string()),
+    };
     match written {
         Ok(()) => Json(next).into_response(),
         Err(e) => s.failed("write", e),
@@ -321,7 +390,8 @@ pub struct Stats {
     pub invalidations_received: u64,
     pub invalidations_lost: u64,
     pub bus_messages_sent: u64,
-    pub db_loader_selects: u64,
+    /// SELECTs by reads: the cache's loader, or every read with the cache off.
+    pub db_read_selects: u64,
     pub db_write_selects: u64,
     pub db_updates: u64,
     pub l1_entries: u64,
@@ -332,8 +402,16 @@ pub struct Stats {
 async fn stats(State(s): State<Arc<Instance>>) -> Json<Stats> {
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let c = &s.counts;
-    let cache = s.accounts.stats();
-    let l1 = s.engine.l1_stats();
+    let cache = s
+        .cache
+        .as_ref()
+        .map(|c| c.accounts.stats())
+        .unwrap_or_default();
+    let l1 = s
+        .cache
+        .as_ref()
+        .map(|c| c.engine.l1_stats())
+        .unwrap_or_default();
     Json(Stats {
         instance: s.name.to_owned(),
         l2: s.l2_label.clone(),
@@ -354,8 +432,12 @@ async fn stats(State(s): State<Arc<Instance>>) -> Json<Stats> {
         invalidations_sent: l(&c.invalidations_sent),
         invalidations_received: l(&c.invalidations_received),
         invalidations_lost: l(&c.invalidations_lost),
-        bus_messages_sent: s.engine.bus_stats().map_or(0, |b| b.sent_messages),
-        db_loader_selects: l(&s.db.loader_selects),
+        bus_messages_sent: s
+            .cache
+            .as_ref()
+            .and_then(|c| c.engine.bus_stats())
+            .map_or(0, |b| b.sent_messages),
+        db_read_selects: l(&s.db.read_selects),
         db_write_selects: l(&s.db.write_selects),
         db_updates: l(&s.db.updates),
         l1_entries: l1.entries,

@@ -1,7 +1,8 @@
 //! Project automation: `cargo xtask <command>`.
 //!
-//! - `test`  — format check, clippy, the whole test suite (starts its own Redis servers), a
-//!   build of the demo, and every example (against a throwaway Redis and Redis Cluster).
+//! - `test`  — format check, clippy, the whole test suite (starts its own Redis servers), the
+//!   demo's unit tests and a build of it, and every example (against a throwaway Redis and
+//!   Redis Cluster).
 //!   Test targets with `required-features` run (and are linted) with those features, one
 //!   extra `cargo test` per package that has some; the run fails if any test target listed
 //!   by `cargo metadata` did not run (see `targets`).
@@ -10,8 +11,10 @@
 //!   `--seed S` sets `SIM_SEED=S` (replay that one seed).
 //! - `demo`  — the main job: starts a throwaway Redis (or, without redis-server, says so and
 //!   uses the embedded in-process L2) and runs the `demo` crate in release mode: two HTTP
-//!   instances in front of SQLite, a load generator, a results table. `--redis-url URL` uses
-//!   an existing Redis; other arguments go to the demo (`cargo xtask demo --help`).
+//!   instances in front of SQLite, a load generator, a results table, the same load with the
+//!   cache off beside it and a chart of both (`target/demo/cache-off-vs-on.svg`).
+//!   `--redis-url URL` uses an existing Redis; other arguments go to the demo (`cargo xtask
+//!   demo --help`).
 //! - `examples` — every example in `crates/tiercache/examples` (the last step of `test`).
 //! - `bench` — starts its own Redis, runs the benchmarks side by side with the peers, prints one
 //!   table and writes `target/bench/report.json`, `target/bench/report.md` and
@@ -179,8 +182,9 @@ fn test(args: &[String]) -> Result<()> {
         }
     }
     check_alert_rules()?;
-    // The demo (axum, SQLite) has no tests: it stays out of the test build, and is only
-    // compiled once below.
+    // The demo (axum, SQLite) stays out of the workspace test build (`targets::NO_TESTS`):
+    // its unit tests (comparison math, SVG chart, options) run on their own below, and the
+    // demo itself is compiled once there.
     let mut runs = targets::Runs::default();
     let mut workspace: Vec<String> = vec!["--workspace".into(), "--all-targets".into()];
     for package in targets::NO_TESTS {
@@ -208,10 +212,13 @@ fn test(args: &[String]) -> Result<()> {
         run(rustdoc, "cargo doc --no-deps (no warnings)")?;
     }
     let started = Instant::now();
+    let mut demo_tests = cargo();
+    demo_tests.args(["test", "-p", "demo"]);
+    run(demo_tests, "cargo test -p demo (the demo's unit tests)")?;
     let mut demo = cargo();
     demo.args(["build", "-p", "demo"]);
     run(demo, "cargo build -p demo (the demo compiles)")?;
-    eprintln!("xtask: demo build took {:.0?}", started.elapsed());
+    eprintln!("xtask: demo tests and build took {:.0?}", started.elapsed());
     run_examples()?;
     Ok(())
 }
