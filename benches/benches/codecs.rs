@@ -1,9 +1,9 @@
 //! Codecs on a ~5 KB API-like payload (an order with its customer and 24 line items):
 //! encode, decode and size per codec, tiercache's codec layer (`cache_core::Codec` as
-//! implemented by `Json`, `MsgPack`, `Cbor`: error mapping and, on decode, a bounds scan of
-//! the input before serde runs) against the raw serde calls it wraps (`serde_json::to_vec` /
-//! `from_slice`, `rmp_serde::to_vec_named` / `from_slice`, `ciborium::into_writer` /
-//! `from_reader`).
+//! implemented by `Json`, `MsgPack`, `Cbor`: error mapping and, on decode, the hostile-input
+//! bounds checked inside the serde pass) against the raw serde calls it wraps
+//! (`serde_json::to_vec` / `from_slice`, `rmp_serde::to_vec_named` / `from_slice`,
+//! `ciborium::into_writer` / `from_reader`).
 //!
 //! ns/op: interleaved ~2 ms batches, all twelve subjects per round in rotating order, median
 //! over rounds. Target: the codec layer <= 1.05x the raw serde call.

@@ -8,10 +8,13 @@
 //!
 //! Decoding is hardened against hostile bytes: it never panics and its errors are always of
 //! kind [`ErrorKind::Decode`]; nesting deeper than [`MAX_DEPTH`] is rejected (no stack
-//! overflow); and for the binary formats a bounded, non-recursive pre-scan rejects any length
-//! header that claims more bytes or elements than the input holds, so no size hint serde
-//! sees exceeds the input length and a 5-byte input claiming a 4 GiB string fails at once,
-//! without allocating.
+//! overflow; enums count as levels, and so do CBOR tags wherever ciborium recurses into
+//! them); and for the binary formats the bounds are enforced inside the one pass serde makes
+//! over the bytes: a length header is never read beyond the input (a 5-byte input claiming a
+//! 4 GiB string fails at once, without allocating), the size hints serde pre-allocates from
+//! promise, all together, no more elements than the input has bytes, and bytes after the
+//! value are an error. On failure a bounded, non-recursive scan of the input names the
+//! structural problem, if there is one.
 //!
 //! ```
 //! # #[cfg(all(feature = "json", feature = "msgpack"))]
@@ -44,6 +47,8 @@
 use cache_core::{CodecId, Error, ErrorKind, Result};
 use serde::de::DeserializeOwned;
 
+#[cfg(any(feature = "msgpack", feature = "cbor"))]
+mod bounded;
 #[cfg(feature = "cbor")]
 mod cbor;
 #[cfg(feature = "json")]

@@ -1,15 +1,18 @@
-//! Bounded structural pre-scans of MessagePack and CBOR input.
+//! Bounded structural scans of MessagePack and CBOR input, run only when a decode failed, to
+//! say precisely what is wrong with the bytes.
 //!
-//! Both scans walk the encoding iteratively (no recursion, memory bounded by
-//! [`MAX_DEPTH`]) and reject input before a deserializer sees it when:
+//! The bounds themselves are enforced while serde runs (see `bounded.rs` and the codecs);
+//! these scans cost a second pass over the input, so the success path never runs them.
+//! Both walk the encoding iteratively (no recursion, memory bounded by [`MAX_DEPTH`]) and
+//! reject input when:
 //!
 //! - a length header claims more bytes, or more elements, than the input has left (every
-//!   element needs at least one byte), so no size hint handed to serde can exceed the input
-//!   length;
+//!   element needs at least one byte);
 //! - containers nest more than [`MAX_DEPTH`] levels deep;
 //! - the input is truncated, malformed, or has bytes after the single top-level value.
 //!
-//! They check structure only (not UTF-8, not types): the deserializer does the rest.
+//! They check structure only (not UTF-8, not types): when the structure is sound, the
+//! deserializer's own error explains the failure.
 
 use crate::MAX_DEPTH;
 

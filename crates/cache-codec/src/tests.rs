@@ -648,3 +648,199 @@ fn nesting_up_to_the_limit_decodes() -> TestResult {
     assert!(Cbor::decode::<serde_json::Value>(&Cbor::encode(&deeper)?).is_err());
     Ok(())
 }
+
+/// Bytes after a complete value are rejected whatever the value's shape: the binary codecs
+/// check what is left once serde has returned the value.
+#[cfg(all(feature = "msgpack", feature = "cbor"))]
+#[test]
+fn trailing_bytes_after_every_shape_are_rejected() -> TestResult {
+    fn check<C: Codec, T>(value: &T) -> TestResult
+    where
+        T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let bytes = C::encode(value)?;
+        assert_eq!(&C::decode::<T>(&bytes)?, value);
+        // A complete second value (0 in both formats), two of them, and a lone 0xff.
+        for tail in [&[0x00u8][..], &[0x01, 0x02], &[0xff]] {
+            let with_tail = [&bytes[..], tail].concat();
+            let r = C::decode::<T>(&with_tail);
+            assert!(
+                matches!(&r, Err(e) if e.kind() == ErrorKind::Decode),
+                "{} {value:?} + {tail:x?}: {r:?}",
+                C::ID.name()
+            );
+            if tail != [0xff] {
+                assert!(
+                    r.as_ref()
+                        .err()
+                        .is_some_and(|e| e.message().contains("trailing")),
+                    "{} {value:?} + {tail:x?}: {r:?}",
+                    C::ID.name()
+                );
+            }
+        }
+        Ok(())
+    }
+    fn all<C: Codec>() -> TestResult {
+        check::<C, _>(&Some(7u32))?;
+        check::<C, Option<u32>>(&None)?;
+        check::<C, _>(&"text".to_owned())?;
+        check::<C, _>(&vec![1u64, 2, 3])?;
+        check::<C, Vec<u64>>(&vec![])?;
+        check::<C, _>(&())?;
+        check::<C, _>(&Shape::Unit)?;
+        check::<C, _>(&Shape::Struct { x: -1, y: None })?;
+        check::<C, _>(&Shape::Tuple(1, "t".into()))?;
+        check::<C, _>(&Expr::Neg(Box::new(Expr::List(vec![Expr::Lit(1)]))))?;
+        check::<C, _>(&serde_json::json!({"a": [1, null, {"b": "c"}], "d": 1.5}))?;
+        check::<C, _>(&Inner {
+            label: "l".into(),
+            weight: 0.5,
+            tags: vec!["x".into()],
+        })
+    }
+    all::<MsgPack>()?;
+    all::<Cbor>()?;
+    // CBOR shapes ciborium never writes: an indefinite-length array, a tagged integer.
+    assert_eq!(Cbor::decode::<Vec<u64>>(&[0x9f, 0x01, 0xff])?, vec![1]);
+    assert!(Cbor::decode::<Vec<u64>>(&[0x9f, 0x01, 0xff, 0x00]).is_err());
+    assert_eq!(Cbor::decode::<u64>(&[0xc1, 0x1a, 0, 0, 0, 1])?, 1);
+    assert!(Cbor::decode::<u64>(&[0xc1, 0x1a, 0, 0, 0, 1, 0x00]).is_err());
+    Ok(())
+}
+
+thread_local! {
+    /// The size hints [`Hints`] saw, in order.
+    static HINTS: std::cell::RefCell<Vec<Option<usize>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Any value, recording the size hint of every sequence and map in it (into [`HINTS`]).
+struct Hints;
+
+impl<'de> Deserialize<'de> for Hints {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Hints;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("anything")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Hints, E> {
+                Ok(Hints)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Hints, E> {
+                Ok(Hints)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Hints, E> {
+                Ok(Hints)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Hints, E> {
+                Ok(Hints)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Hints, E> {
+                Ok(Hints)
+            }
+            fn visit_bytes<E>(self, _: &[u8]) -> Result<Hints, E> {
+                Ok(Hints)
+            }
+            fn visit_unit<E>(self) -> Result<Hints, E> {
+                Ok(Hints)
+            }
+            fn visit_none<E>(self) -> Result<Hints, E> {
+                Ok(Hints)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Hints, A::Error> {
+                HINTS.with(|h| h.borrow_mut().push(seq.size_hint()));
+                while seq.next_element::<Hints>()?.is_some() {}
+                Ok(Hints)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Hints, A::Error> {
+                HINTS.with(|h| h.borrow_mut().push(map.size_hint()));
+                while map.next_entry::<Hints, Hints>()?.is_some() {}
+                Ok(Hints)
+            }
+        }
+        de.deserialize_any(V)
+    }
+}
+
+/// The size hints a decode of `bytes` hands serde (the decode's result is ignored).
+fn hints_seen<C: Codec>(bytes: &[u8]) -> Vec<Option<usize>> {
+    HINTS.with(|h| h.borrow_mut().clear());
+    let _ = C::decode::<Hints>(bytes);
+    HINTS.with(|h| h.borrow_mut().split_off(0))
+}
+
+/// What serde pre-allocates from: size hints pass through unchanged for valid input, and for
+/// length bombs they promise, all together, no more elements than the input has bytes.
+#[cfg(all(feature = "msgpack", feature = "cbor"))]
+#[test]
+fn size_hints_never_promise_more_elements_than_the_input_has_bytes() -> TestResult {
+    let value = serde_json::json!({"a": [1, 2, 3], "b": {"c": [[], [4]]}});
+    assert_eq!(
+        hints_seen::<MsgPack>(&MsgPack::encode(&value)?),
+        [Some(2), Some(3), Some(1), Some(2), Some(0), Some(1)]
+    );
+    assert_eq!(
+        hints_seen::<Cbor>(&Cbor::encode(&value)?),
+        [Some(2), Some(3), Some(1), Some(2), Some(0), Some(1)]
+    );
+    let tail = [1u8, 2, 3, 4, 5];
+    let msgpack_bombs: [&[u8]; 4] = [
+        &[0xdd, 0xff, 0xff, 0xff, 0xff],             // array32
+        &[0xdf, 0xff, 0xff, 0xff, 0xff],             // map32
+        &[0x92, 0xdd, 0xff, 0xff, 0xff, 0xff],       // [array32, ...]
+        &[0x91, 0xdc, 0xff, 0xff, 0xdd, 0, 0, 0, 9], // [array16 [array32 ...]]
+    ];
+    let cbor_bombs: [&[u8]; 4] = [
+        &[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], // array, 2^64 - 1
+        &[0xbb, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], // map, 2^64 - 1
+        &[0x82, 0x9a, 0xff, 0xff, 0xff, 0xff],                   // [array, ...]
+        &[0x81, 0x99, 0xff, 0xff, 0x9a, 0, 0, 0, 9],             // [array [array ...]]
+    ];
+    let check = |name: &str, bytes: &[u8], hints: Vec<Option<usize>>| {
+        let total: usize = hints.iter().map(|h| h.unwrap_or(0)).sum();
+        assert!(!hints.is_empty(), "{name} {bytes:x?}: no container seen");
+        assert!(
+            total <= bytes.len(),
+            "{name} {bytes:x?}: hints {hints:?} promise {total} elements"
+        );
+    };
+    for head in msgpack_bombs {
+        let bytes = [head, &tail[..]].concat();
+        check("msgpack", &bytes, hints_seen::<MsgPack>(&bytes));
+    }
+    for head in cbor_bombs {
+        let bytes = [head, &tail[..]].concat();
+        check("cbor", &bytes, hints_seen::<Cbor>(&bytes));
+    }
+    Ok(())
+}
+
+/// Enums count against the depth limit like arrays and maps: a chain of newtype variants
+/// decodes up to [`MAX_DEPTH`] levels and fails one level deeper, without a stack overflow.
+#[cfg(all(feature = "msgpack", feature = "cbor"))]
+#[test]
+fn enum_nesting_counts_against_the_depth_limit() -> TestResult {
+    let chain = |levels: usize| {
+        let mut e = Expr::Lit(1);
+        for _ in 0..levels {
+            e = Expr::Neg(Box::new(e));
+        }
+        e
+    };
+    // The innermost `Lit(1)` is an enum level too.
+    let ok = chain(MAX_DEPTH - 1);
+    let deep = chain(MAX_DEPTH);
+    assert_eq!(MsgPack::decode::<Expr>(&MsgPack::encode(&ok)?)?, ok);
+    assert_eq!(Cbor::decode::<Expr>(&Cbor::encode(&ok)?)?, ok);
+    assert!(MsgPack::decode::<Expr>(&MsgPack::encode(&deep)?).is_err());
+    assert!(Cbor::decode::<Expr>(&Cbor::encode(&deep)?).is_err());
+    Ok(())
+}
