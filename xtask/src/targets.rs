@@ -18,7 +18,8 @@ use std::process::{Command, Stdio};
 use crate::report::{parse_json, Json};
 use crate::{cargo, Result};
 
-/// Workspace members without tests: left out of the test runs (the demo is only built).
+/// Workspace members left out of the workspace test runs: the demo (axum, SQLite) has its own
+/// step, `cargo test -p demo` then `cargo build -p demo` (see `main.rs`).
 pub(crate) const NO_TESTS: &[&str] = &["demo"];
 
 /// (package, feature) pairs that `cargo xtask test` never turns on: the benches' `peers`

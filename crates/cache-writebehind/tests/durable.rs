@@ -652,3 +652,127 @@ async fn a_retry_that_updates_the_cache_cancels_the_repair() -> TestResult {
     t.wb.shutdown().await?;
     Ok(())
 }
+
+/// The commands the durable queue adds to the minimal ACL rule set of docs/security.md (the
+/// commands its Lua scripts call, `XLEN`, `XADD`, `GET`, `PEXPIRE`, `DEL`, and the leader lease
+/// `SET`, are in that set or here). Each was removed in turn and the test below failed.
+const WB_RULES: &str = "+xadd +xlen +xrange +xrevrange +xreadgroup +xpending +xautoclaim \
+    +xack +xdel +xgroup|create +xgroup|delconsumer +xinfo|consumers +multi +exec";
+
+/// The cache's minimal rule set (docs/security.md), without the bus and tracking commands
+/// the write-behind does not use.
+const CACHE_RULES: &str = "resetkeys ~tenantA:* resetchannels &tenantA:* -@all \
+    +ping +get +mget +set +del +unlink +scan \
+    +evalsha +script|load +sadd +smembers +srem +pttl +pexpire";
+
+/// Issue 18: the durable queue runs under exactly the documented rules (docs/security.md,
+/// "write-behind"): writes from two instances, a writer that fails and retries, a
+/// dead-lettered entry, a dead instance's batch taken over, idle consumers forgotten; every
+/// write reaches the source and the server's `ACL LOG` stays empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_acl_rules_run_the_durable_queue() -> TestResult {
+    const PASSWORD: &str = "wb-acl-pa55";
+    let server = cache_testkit::ServerOptions::new()
+        .acl_user(&format!("tenantA on >{PASSWORD} {CACHE_RULES} {WB_RULES}"))
+        .start()?;
+    // Redis 7.2+ only (redis-rs announces itself); an error on older servers is expected.
+    let _ = server.cli(&["ACL", "SETUSER", "tenantA", "+client|setinfo"]);
+    let tenant = || {
+        RedisConfig::builder()
+            .url(server.url())
+            .username("tenantA")
+            .password(PASSWORD)
+            .build()
+    };
+    let source = Source::default();
+    let queue = |writer_source: Source, fail_first: u64| async move {
+        let (engine, _l2) = engine("tenantA")?;
+        WriteBehind::builder(cache(&engine)?, move |batch: Batch<u64>| {
+            let s = writer_source.clone();
+            async move {
+                if s.call() <= fail_first {
+                    return Err::<(), BoxError>("the source is down".into());
+                }
+                s.record(&batch);
+                Ok(())
+            }
+        })
+        .with_redis(RedisStore::connect(tenant()?).await?)
+        .with_claim_idle(CLAIM_IDLE)
+        .with_max_batch(16)
+        .with_max_age(Duration::from_millis(5))
+        .with_retry(Duration::from_millis(1), Duration::from_millis(20))
+        .build()
+        .await
+    };
+    // First, the flusher: an instance whose writer never finishes, on its own runtime, which
+    // is then dropped (as if the process died) with its batch pending. Its entries are
+    // claimed (`XAUTOCLAIM`) by the next flusher, and it is forgotten
+    // (`XGROUP DELCONSUMER`) once idle.
+    let config = tenant()?;
+    std::thread::spawn(move || -> Result<(), BoxError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let (engine, _l2) = engine("tenantA")?;
+            let stuck = WriteBehind::builder(cache(&engine)?, |_batch: Batch<u64>| {
+                std::future::pending::<Result<(), BoxError>>()
+            })
+            .with_redis(RedisStore::connect(config).await?)
+            .with_claim_idle(CLAIM_IDLE)
+            .with_max_age(Duration::from_millis(5))
+            .build()
+            .await?;
+            for i in 0..10u64 {
+                stuck.write_behind(&format!("s{i}"), i).await?;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<_, BoxError>(())
+        })?;
+        rt.shutdown_background();
+        Ok(())
+    })
+    .join()
+    .map_err(|_| "the crashed instance's thread panicked")?
+    .map_err(|e| e.to_string())?;
+    let a = queue(source.clone(), 2).await?;
+    let b = queue(source.clone(), 0).await?;
+    // An entry no instance can decode: dead-lettered.
+    let stream = stream_key("tenantA");
+    server.cli(&["XADD", &stream, "*", "k", "poison", "c", "99", "v", "x"])?;
+    for i in 0..100u64 {
+        let wb = if i % 2 == 0 { &a } else { &b };
+        wb.write_behind(&format!("k{}", i % 20), i).await?;
+    }
+    // `flush` waits as long as the queue cannot make progress (a refused command too):
+    // bounded here, so a missing rule fails the test instead of hanging it.
+    let bound = Duration::from_secs(10);
+    tokio::time::timeout(bound, a.flush()).await??;
+    tokio::time::timeout(bound, b.flush()).await??;
+    // The dead instance's entries are claimed once idle, and it is forgotten later.
+    let done = eventually(Duration::from_secs(10), || async {
+        Ok(a.depth().await? == 0 && source.latest("s9") == Some(9))
+    })
+    .await?;
+    tokio::time::sleep(CLAIM_IDLE * 3).await;
+    tokio::time::timeout(bound, a.shutdown()).await??;
+    tokio::time::timeout(bound, b.shutdown()).await??;
+    let dead = server.cli(&["XLEN", &format!("{stream}:dead")])?;
+    let consumers = server.cli(&["XINFO", "CONSUMERS", &stream, "wb"])?;
+    let denied = server.cli(&["ACL", "LOG"])?;
+    assert!(done, "every entry written, the stuck instance's too");
+    for k in 0..20u64 {
+        let last = (80..100).find(|i| i % 20 == k).unwrap_or(0);
+        assert_eq!(source.latest(&format!("k{k}")), Some(last), "k{k}");
+    }
+    assert_eq!(dead.trim(), "1", "the undecodable entry is dead-lettered");
+    assert_eq!(
+        consumers.lines().filter(|l| l.trim() == "name").count(),
+        1,
+        "the dead flusher is forgotten:\n{consumers}"
+    );
+    assert!(denied.trim().is_empty(), "commands were denied:\n{denied}");
+    Ok(())
+}
