@@ -499,6 +499,15 @@ struct Found<V> {
 }
 
 /// How the loaded value may be written.
+/// Whether an L2 error means the server is not answering now (a timeout, a lost connection,
+/// an open breaker): the next L2 call of the same load would most likely fail the same way.
+fn unreachable(e: &Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Timeout | ErrorKind::Connection | ErrorKind::CircuitOpen
+    )
+}
+
 enum Fill {
     /// No lease in use: write plainly.
     Plain,
@@ -640,6 +649,8 @@ where
             .l2_read(key, &full, epoch)
             .instrument(span)
             .await
+            .ok()
+            .flatten()
             .and_then(|f| if f.stale { None } else { f.value }))
     }
 
@@ -665,7 +676,9 @@ where
         let found = self
             .inner
             .l2_read_many(missing.iter().map(|(_, k)| k.clone()).collect())
-            .await;
+            .await
+            // An L2 failure (already counted) leaves the misses as misses.
+            .unwrap_or_default();
         for ((i, _), v) in missing.into_iter().zip(found) {
             out[i] = v.and_then(|f| if f.stale { None } else { f.value });
         }
@@ -1918,48 +1931,54 @@ where
         }
     }
 
-    async fn l2_read(&self, key: &str, full: &str, epoch: u64) -> Option<Found<V>> {
-        let l2 = self.engine.inner.l2.as_ref()?;
+    /// Read one key from L2 (`Ok(None)`: no L2, a miss, or unreadable bytes). An error is
+    /// counted and reported here; the caller only decides what it means for the rest of the
+    /// load (see [`unreachable`]).
+    async fn l2_read(&self, key: &str, full: &str, epoch: u64) -> Result<Option<Found<V>>> {
+        let Some(l2) = self.engine.inner.l2.as_ref() else {
+            return Ok(None);
+        };
         // Timed only for an observer that will hear of it (two clock reads per miss saved).
         let start = self.observe.then(Instant::now);
         match l2.get(full).await {
             Ok(answer) => {
                 let latency = start.map_or(Duration::ZERO, |s| s.elapsed());
-                self.accept_l2(key, answer, latency, epoch)
+                Ok(self.accept_l2(key, answer, latency, epoch))
             }
             Err(e) => {
                 self.l2_failed(L2Op::Get, &e);
-                None
+                Err(e)
             }
         }
     }
 
-    /// One L2 round trip for many keys; aligned with `keys`.
-    async fn l2_read_many(&self, keys: Vec<String>) -> Vec<Option<Found<V>>> {
+    /// One L2 round trip for many keys; aligned with `keys`. Errors as in [`Self::l2_read`].
+    async fn l2_read_many(&self, keys: Vec<String>) -> Result<Vec<Option<Found<V>>>> {
         let epochs: Vec<u64> = keys.iter().map(|k| self.epoch(k)).collect();
         let Some(l2) = self.engine.inner.l2.as_ref() else {
-            return keys.iter().map(|_| None).collect();
+            return Ok(keys.iter().map(|_| None).collect());
         };
         let mut fulls = Vec::with_capacity(keys.len());
         for k in &keys {
             match self.keys.full(k) {
                 Ok(f) => fulls.push(f),
-                Err(_) => return keys.iter().map(|_| None).collect(),
+                Err(_) => return Ok(keys.iter().map(|_| None).collect()),
             }
         }
         let start = self.observe.then(Instant::now);
         match l2.get_many(&fulls).await {
             Ok(answers) => {
                 let latency = start.map_or(Duration::ZERO, |s| s.elapsed());
-                keys.iter()
+                Ok(keys
+                    .iter()
                     .zip(epochs)
                     .zip(answers.into_iter().chain(std::iter::repeat(None)))
                     .map(|((k, epoch), a)| self.accept_l2(k, a, latency, epoch))
-                    .collect()
+                    .collect())
             }
             Err(e) => {
                 self.l2_failed(L2Op::Get, &e);
-                keys.iter().map(|_| None).collect()
+                Err(e)
             }
         }
     }
@@ -2011,7 +2030,10 @@ where
     {
         let epoch = self.epoch(&key);
         let mut current: Option<Option<Arc<V>>> = refresh.as_ref().map(|(_, v)| v.clone());
-        let l2_found = self.l2_read(&key, &full, epoch).await;
+        let (l2_found, l2_down) = match self.l2_read(&key, &full, epoch).await {
+            Ok(found) => (found, false),
+            Err(e) => (None, unreachable(&e)),
+        };
         let l2_found = match l2_found {
             Some(f) if f.stale => {
                 if stale.is_none() {
@@ -2039,9 +2061,15 @@ where
                 current = Some(found.value);
             }
         }
-        let fill = match self.take_lease(&key, &full, current.is_some(), epoch).await {
-            Ok(fill) => fill,
-            Err(found) => return Ok(found),
+        // L2 just failed to answer a read: a lease would wait for it again (a frozen server
+        // costs a full response timeout per call). Load without one, filling L1 only.
+        let fill = if l2_down {
+            Fill::LocalOnly
+        } else {
+            match self.take_lease(&key, &full, current.is_some(), epoch).await {
+                Ok(fill) => fill,
+                Err(found) => return Ok(found),
+            }
         };
         if let (Fill::Skip, Some(value)) = (&fill, &current) {
             // Another instance is refreshing this key; keep serving what we have.
@@ -2172,7 +2200,10 @@ where
         let epochs: HashMap<String, u64> =
             keys.iter().map(|k| (k.clone(), self.epoch(k))).collect();
         let epoch_of = |k: &str| epochs.get(k).copied().unwrap_or(0);
-        let found = self.l2_read_many(keys.clone()).await;
+        let (found, l2_down) = match self.l2_read_many(keys.clone()).await {
+            Ok(found) => (found, false),
+            Err(e) => (keys.iter().map(|_| None).collect(), unreachable(&e)),
+        };
         let mut missing = Vec::new();
         for (k, f) in keys.into_iter().zip(found) {
             match f {
@@ -2204,7 +2235,16 @@ where
                 }
             }
         }
-        let (fills, delivered) = self.take_leases(named, &epochs, false).await;
+        // As in `fill_one`: no leases right after L2 failed to answer the read.
+        let (fills, delivered) = if l2_down {
+            let fills = named
+                .into_iter()
+                .map(|(k, full)| (k, full, Fill::LocalOnly))
+                .collect();
+            (fills, Vec::new())
+        } else {
+            self.take_leases(named, &epochs, false).await
+        };
         for (k, value) in delivered {
             results.insert(k, Ok(value));
         }

@@ -382,6 +382,72 @@ async fn redis_frozen_for_five_seconds() -> TestResult {
     Ok(())
 }
 
+/// Issue 17: with Redis frozen (SIGSTOP), a read costs at most one L2 response timeout plus
+/// the loader, from the first read after the freeze: a load whose L2 read timed out takes no
+/// lease (which would wait a second timeout) and fills L1 only. Single and batch loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_costs_one_response_timeout_from_the_first_read() -> TestResult {
+    let server = RedisServer::start()?;
+    let engine = redis_engine(&server, "frozen1").await?;
+    let c: Cache<String, MsgPack> = engine.cache("f").build()?;
+    c.get_or_load(
+        "warm",
+        |k| async move { Ok::<_, std::io::Error>(value_for(&k)) },
+    )
+    .await?;
+    let loader_time = Duration::from_millis(50);
+    server.stop()?;
+    let mut calls = Vec::new();
+    for i in 0..6u64 {
+        let c = c.clone();
+        calls.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let ok = if i % 2 == 0 {
+                let key = format!("cold{i}");
+                let v = c
+                    .get_or_load(&key, move |k| async move {
+                        tokio::time::sleep(loader_time).await;
+                        Ok::<_, std::io::Error>(value_for(&k))
+                    })
+                    .await?;
+                *v == value_for(&key)
+            } else {
+                let keys = vec![format!("cold{i}a"), format!("cold{i}b")];
+                let got = c
+                    .get_many_or_load(&keys, move |missing| async move {
+                        tokio::time::sleep(loader_time).await;
+                        Ok::<_, std::io::Error>(
+                            missing
+                                .into_iter()
+                                .map(|k| (k.clone(), value_for(&k)))
+                                .collect(),
+                        )
+                    })
+                    .await?;
+                keys.iter()
+                    .zip(got)
+                    .all(|(k, v)| v.is_some_and(|v| *v == value_for(k)))
+            };
+            Ok::<_, tiercache::Error>((t.elapsed(), ok))
+        }));
+    }
+    let mut took = Vec::new();
+    for call in calls {
+        let (elapsed, ok) = call.await??;
+        assert!(ok, "a wrong value");
+        took.push(elapsed);
+    }
+    server.cont()?;
+    took.sort();
+    // The engine's response timeout is 200 ms (`redis_engine`); 60 ms of scheduling slack.
+    let bound = Duration::from_millis(200) + loader_time + Duration::from_millis(60);
+    assert!(
+        took.iter().all(|d| *d <= bound),
+        "reads right after the freeze took {took:?} (bound {bound:?})"
+    );
+    Ok(())
+}
+
 /// L2 and bus down, instance B writes, Redis comes back (empty: it was killed): every
 /// instance reads B's value within the recovery interval + 1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
