@@ -238,6 +238,9 @@ pub(crate) struct DurableQueue {
     stop: AtomicBool,
     /// Keys whose cache may hold an older value than their queued write.
     repairs: Mutex<Repairs>,
+    /// The flusher's last step was refused by Redis (`ErrorKind::Auth`: ACL rules or
+    /// credentials): `flush` reports it instead of waiting. Cleared by a step that succeeds.
+    refused: Mutex<Option<Error>>,
     add_script: redis::Script,
     renew_script: redis::Script,
     release_script: redis::Script,
@@ -260,7 +263,12 @@ impl Drop for Urgent<'_> {
 }
 
 fn redis_error(op: &str, e: RedisError) -> Error {
-    let kind = if e.is_timeout() {
+    let refused = matches!(e.code(), Some("NOPERM" | "NOAUTH" | "WRONGPASS"))
+        || e.kind() == redis::ErrorKind::AuthenticationFailed;
+    let kind = if refused {
+        // A configuration error (ACL rules, credentials): retrying does not help.
+        ErrorKind::Auth
+    } else if e.is_timeout() {
         ErrorKind::Timeout
     } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
         ErrorKind::Connection
@@ -317,6 +325,7 @@ impl DurableQueue {
             closing: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             repairs: Mutex::new(Repairs::default()),
+            refused: Mutex::new(None),
             add_script: redis::Script::new(ADD_LUA),
             renew_script: redis::Script::new(RENEW_LUA),
             release_script: redis::Script::new(RELEASE_LUA),
@@ -634,9 +643,14 @@ impl DurableQueue {
                 match self.any_up_to(target).await {
                     Ok(false) => break,
                     Ok(true) => {}
+                    // Refused (ACL rules, credentials): waiting does not help.
+                    Err(e) if e.kind() == ErrorKind::Auth => return Err(e),
                     Err(e) => {
                         tracing::debug!(error = %e, "write-behind flush: cannot read the stream; waiting");
                     }
+                }
+                if let Some(e) = self.refused() {
+                    return Err(e);
                 }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(shared.config.poll_interval);
@@ -647,6 +661,18 @@ impl DurableQueue {
         self.run_repairs(shared, |bound| bound <= target, true)
             .await;
         Ok(())
+    }
+
+    fn set_refused(&self, refused: Option<Error>) {
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = refused;
+    }
+
+    /// The error that refused the flusher's last step, if it was refused.
+    fn refused(&self) -> Option<Error> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn close(&self) {
@@ -913,7 +939,12 @@ where
             tracing::debug!(stream = %q.stream, "durable write-behind flusher stopped");
             return;
         }
-        match f.step(&shared, q).await {
+        let step = f.step(&shared, q).await;
+        q.set_refused(match &step {
+            Err(e) if e.kind() == ErrorKind::Auth => Some(e.clone()),
+            _ => None,
+        });
+        match step {
             Ok(Outcome::Busy) => redis_backoff.reset(),
             Ok(Outcome::Idle(d)) => {
                 redis_backoff.reset();

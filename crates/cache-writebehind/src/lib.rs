@@ -446,7 +446,9 @@ where
     /// (its bound must be read from the stream).
     ///
     /// While the writer keeps failing this keeps waiting (writes are never given up); wrap
-    /// it in `tokio::time::timeout` to bound the wait.
+    /// it in `tokio::time::timeout` to bound the wait. In durable mode a command Redis
+    /// refuses (ACL rules, credentials: [`ErrorKind::Auth`]) ends the wait with that error,
+    /// since no retry can succeed.
     pub async fn flush(&self) -> Result<()> {
         let s = &self.handle.shared;
         match &s.queue {

@@ -776,3 +776,39 @@ async fn the_documented_acl_rules_run_the_durable_queue() -> TestResult {
     assert!(denied.trim().is_empty(), "commands were denied:\n{denied}");
     Ok(())
 }
+
+/// A command the ACL rules refuse (here `XREADGROUP`, so the flusher cannot take a batch) is
+/// a configuration error: `flush` ends with `ErrorKind::Auth` naming it, instead of waiting
+/// for a flusher that can never make progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_command_ends_flush_with_an_auth_error() -> TestResult {
+    const PASSWORD: &str = "wb-refused-pa55";
+    let rules = WB_RULES.replace("+xreadgroup ", "");
+    let server = cache_testkit::ServerOptions::new()
+        .acl_user(&format!("tenantA on >{PASSWORD} {CACHE_RULES} {rules}"))
+        .start()?;
+    let config = RedisConfig::builder()
+        .url(server.url())
+        .username("tenantA")
+        .password(PASSWORD)
+        .build()?;
+    let (engine, _l2) = engine("tenantA")?;
+    let wb = WriteBehind::builder(cache(&engine)?, |_batch: Batch<u64>| async {
+        Ok::<(), BoxError>(())
+    })
+    .with_redis(RedisStore::connect(config).await?)
+    .with_max_age(Duration::from_millis(5))
+    .build()
+    .await?;
+    for i in 0..3u64 {
+        wb.write_behind(&format!("k{i}"), i).await?;
+    }
+    let flushed = tokio::time::timeout(Duration::from_secs(10), wb.flush())
+        .await
+        .map_err(|_| "flush kept waiting on a refused command")?;
+    let e = flushed.expect_err("nothing can be flushed");
+    assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
+    assert!(e.message().to_lowercase().contains("xreadgroup"), "{e}");
+    assert!(!e.message().contains(PASSWORD));
+    Ok(())
+}
