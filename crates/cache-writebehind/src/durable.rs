@@ -240,7 +240,7 @@ pub(crate) struct DurableQueue {
     repairs: Mutex<Repairs>,
     /// The flusher's last step was refused by Redis (`ErrorKind::Auth`: ACL rules or
     /// credentials): `flush` reports it instead of waiting. Cleared by a step that succeeds.
-    refused: Mutex<Option<Error>>,
+    refused: Mutex<Option<Box<Error>>>,
     add_script: redis::Script,
     renew_script: redis::Script,
     release_script: redis::Script,
@@ -663,7 +663,7 @@ impl DurableQueue {
         Ok(())
     }
 
-    fn set_refused(&self, refused: Option<Error>) {
+    fn set_refused(&self, refused: Option<Box<Error>>) {
         *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = refused;
     }
 
@@ -672,7 +672,8 @@ impl DurableQueue {
         self.refused
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .as_deref()
+            .cloned()
     }
 
     pub(crate) fn close(&self) {
@@ -941,7 +942,7 @@ where
         }
         let step = f.step(&shared, q).await;
         q.set_refused(match &step {
-            Err(e) if e.kind() == ErrorKind::Auth => Some(e.clone()),
+            Err(e) if e.kind() == ErrorKind::Auth => Some(Box::new(e.clone())),
             _ => None,
         });
         match step {

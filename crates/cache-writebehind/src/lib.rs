@@ -135,6 +135,9 @@ fn add(c: &AtomicU64, n: u64) {
 }
 
 /// Where the queue lives.
+// One per write-behind, built once and never moved on a hot path: the variants' sizes do
+// not matter.
+#[allow(clippy::large_enum_variant)]
 enum Queue<V> {
     Memory(memory::MemoryQueue<V>),
     #[cfg(feature = "redis")]
