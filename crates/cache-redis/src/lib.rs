@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 mod bus;
+mod coalesce;
 mod config;
 mod errors;
 mod store;

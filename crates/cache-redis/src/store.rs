@@ -11,6 +11,7 @@ use cache_core::{Error, ErrorKind, LeaseFill, RemoteEntry, RemoteStore, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, RedisResult, Value};
 
+use crate::coalesce::{self, Reads, Turn};
 use crate::config::RedisConfig;
 use crate::errors::ErrorContext;
 
@@ -83,6 +84,8 @@ pub struct RedisStore {
 }
 
 struct Inner {
+    /// Single-key reads in flight and queued (see [`crate::coalesce`]).
+    reads: Arc<Reads>,
     config: RedisConfig,
     client: redis::Client,
     ctx: Arc<ErrorContext>,
@@ -134,6 +137,21 @@ impl fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
+    /// The queue of this store's single-key reads.
+    pub(crate) fn reads(&self) -> &Arc<Reads> {
+        &self.inner.reads
+    }
+
+    /// One `GET`, sent now (not coalesced).
+    pub(crate) async fn get_now(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("GET").arg(key).to_owned();
+        self.run("GET", async move {
+            cmd.query_async::<Option<Vec<u8>>>(&mut conn).await
+        })
+        .await
+    }
+
     /// Connect eagerly: validate the config, open a connection, authenticate and `PING`, all
     /// within `connect_timeout`, so that a bad URL, an unreachable server or refused
     /// credentials are reported here, with a clear message:
@@ -212,6 +230,7 @@ impl RedisStore {
         Ok(RedisStore {
             conn,
             inner: Arc::new(Inner {
+                reads: Arc::default(),
                 config,
                 client: client_copy,
                 ctx: Arc::new(ctx),
@@ -436,13 +455,22 @@ impl RemoteStore for RedisStore {
         self.inner.config.max_value_size
     }
 
+    /// A `GET`, coalesced with the other single-key reads of this store: sent at once when no
+    /// read is in flight, else queued and sent with the others as one `MGET` when the read in
+    /// flight is answered (see the module `coalesce`). Bounded by `response_timeout` from the
+    /// call, queue time included.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let mut conn = self.conn.clone();
-        let cmd = redis::cmd("GET").arg(key).to_owned();
-        self.run("GET", async move {
-            cmd.query_async::<Option<Vec<u8>>>(&mut conn).await
-        })
-        .await
+        match coalesce::join(self, key) {
+            Turn::Lead(_handover) => self.get_now(key).await,
+            Turn::Wait(rx) => {
+                coalesce::wait(
+                    rx,
+                    self.inner.config.response_timeout,
+                    &self.inner.ctx.endpoint,
+                )
+                .await
+            }
+        }
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {

@@ -774,3 +774,68 @@ async fn the_connection_is_shared_for_other_uses() -> TestResult {
     assert_eq!(pong, "PONG");
     Ok(())
 }
+
+/// Issue 17: concurrent single-key reads are coalesced (the first goes out at once as a
+/// `GET`, the ones that arrive meanwhile as one `MGET` when it is answered); a lone reader
+/// sends plain `GET`s; every reader gets its own key's value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_gets_are_coalesced_into_mgets() -> TestResult {
+    let server = RedisServer::start()?;
+    let store = connect(&server).await?;
+    let keys: Vec<String> = (0..200).map(|i| format!("co:{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        store
+            .set(k, format!("v{i}").into_bytes(), Duration::from_secs(60))
+            .await?;
+    }
+    // A lone reader: one GET per read, no MGET.
+    for k in keys.iter().take(5) {
+        assert!(store.get(k).await?.is_some());
+    }
+    assert_eq!(server.command_calls("get")?, 5);
+    assert_eq!(server.command_calls("mget")?, 0);
+    // 200 readers at once.
+    let reads = keys.iter().enumerate().map(|(i, k)| {
+        let (store, k) = (store.clone(), k.clone());
+        tokio::spawn(async move { (i, store.get(&k).await) })
+    });
+    for read in futures::future::join_all(reads).await {
+        let (i, got) = read?;
+        assert_eq!(got?, Some(format!("v{i}").into_bytes()), "key {i}");
+    }
+    let (gets, mgets) = (
+        server.command_calls("get")? - 5,
+        server.command_calls("mget")?,
+    );
+    eprintln!("200 concurrent reads: {gets} GET + {mgets} MGET");
+    assert!(mgets >= 1, "no MGET: {gets} GETs");
+    assert!(
+        gets + mgets < 100,
+        "{gets} GET + {mgets} MGET for 200 reads"
+    );
+    Ok(())
+}
+
+/// A reader dropped while its `GET` is in flight (the one the others queue behind) does not
+/// leave the queue stuck: later reads, alone or concurrent, are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_read_does_not_wedge_the_others() -> TestResult {
+    let store = shared_store().await?;
+    let key = unique("wedge");
+    store
+        .set(&key, b"v".to_vec(), Duration::from_secs(60))
+        .await?;
+    for _ in 0..20 {
+        // Dropped at its first timer tick, mostly with its GET still in flight.
+        let _ = tokio::time::timeout(Duration::from_micros(1), store.get(&key)).await;
+    }
+    let reads = (0..50).map(|_| {
+        let (store, key) = (store.clone(), key.clone());
+        tokio::spawn(async move { store.get(&key).await })
+    });
+    for read in futures::future::join_all(reads).await {
+        assert_eq!(read??, Some(b"v".to_vec()));
+    }
+    assert_eq!(store.get(&key).await?, Some(b"v".to_vec()));
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! Coalesced single-key reads: concurrent `GET`s through one [`RedisStore`] go out together.
+//!
+//! The rule the invalidation bus uses for its publishes: a read that finds no read in flight
+//! is sent at once, as a plain `GET` from its own task (a lone reader pays nothing); reads that
+//! arrive while one is in flight queue up, and when it is answered everything queued goes out
+//! as one `MGET`, sent by a task of its own, again and again until the queue is empty. No
+//! timer, so no added latency; one request in flight per store.
+//!
+//! Every reader keeps its own bound: it waits at most `response_timeout` from its own call,
+//! queue time included, and then gets [`ErrorKind::Timeout`] (a frozen server costs each
+//! reader one timeout, not two).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use cache_core::{Error, ErrorKind, RemoteStore, Result};
+use tokio::sync::oneshot;
+
+use crate::store::RedisStore;
+
+/// At most this many keys per `MGET`; the rest wait for the next one.
+const MAX_BATCH: usize = 512;
+
+type Answer = Result<Option<Vec<u8>>>;
+
+/// The queue of one store's reads.
+#[derive(Default)]
+pub(crate) struct Reads {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// A read is in flight (its sender will hand the queue over when it is answered).
+    sending: bool,
+    queued: Vec<(String, oneshot::Sender<Answer>)>,
+}
+
+/// What a read does: send its `GET` now, or wait for the batch it joined.
+pub(crate) enum Turn {
+    /// Nothing was in flight: send now; the guard hands the queue over when dropped.
+    Lead(Handover),
+    /// Queued behind the read in flight.
+    Wait(oneshot::Receiver<Answer>),
+}
+
+impl Reads {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Held while a leader's `GET` (or a batch) is in flight: dropped, it starts the next batch if
+/// reads queued meanwhile, or marks the store idle. Runs on drop so that a cancelled reader
+/// never leaves the queue stuck.
+pub(crate) struct Handover {
+    store: Option<RedisStore>,
+}
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        let Some(store) = self.store.take() else {
+            return;
+        };
+        let reads = Arc::clone(store.reads());
+        let mut state = reads.lock();
+        if state.queued.is_empty() {
+            state.sending = false;
+            return;
+        }
+        // Still `sending`: the task owns the queue until it finds it empty.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                drop(state);
+                runtime.spawn(drain(store));
+            }
+            // No runtime to send from (dropped outside one): the queued readers get a
+            // `Connection` error, the next read leads again.
+            Err(_) => {
+                state.sending = false;
+                state.queued.clear();
+            }
+        }
+    }
+}
+
+/// Join the reads of `store` for `key`.
+pub(crate) fn join(store: &RedisStore, key: &str) -> Turn {
+    let mut state = store.reads().lock();
+    if state.sending {
+        let (tx, rx) = oneshot::channel();
+        state.queued.push((key.to_owned(), tx));
+        Turn::Wait(rx)
+    } else {
+        state.sending = true;
+        Turn::Lead(Handover {
+            store: Some(store.clone()),
+        })
+    }
+}
+
+/// Wait for a queued read's answer, at most `limit` (from the caller's own start).
+pub(crate) async fn wait(rx: oneshot::Receiver<Answer>, limit: Duration, endpoint: &str) -> Answer {
+    match tokio::time::timeout(limit, rx).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => Err(Error::new(
+            ErrorKind::Connection,
+            format!("the batched read to Redis at {endpoint} was dropped before its answer"),
+        )),
+        Err(_) => Err(Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "Redis at {endpoint} did not answer GET within {}ms (response_timeout, \
+                 batched with other reads)",
+                limit.as_millis()
+            ),
+        )),
+    }
+}
+
+/// Send the queued reads as `MGET`s, one at a time, until the queue is empty.
+async fn drain(store: RedisStore) {
+    // If this task is dropped mid-batch (runtime shut down), the guard still frees the queue.
+    let mut guard = DrainGuard {
+        reads: Arc::clone(store.reads()),
+        armed: true,
+    };
+    loop {
+        let batch: Vec<(String, oneshot::Sender<Answer>)> = {
+            let mut state = store.reads().lock();
+            // Readers that gave up (timed out, dropped) need no answer.
+            state.queued.retain(|(_, tx)| !tx.is_closed());
+            if state.queued.is_empty() {
+                state.sending = false;
+                guard.armed = false;
+                return;
+            }
+            let n = state.queued.len().min(MAX_BATCH);
+            state.queued.drain(..n).collect()
+        };
+        let keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
+        let answer = match keys.as_slice() {
+            [key] => store.get_now(key).await.map(|v| vec![v]),
+            _ => store.get_many(&keys).await,
+        };
+        match answer {
+            Ok(values) => {
+                for ((_, tx), value) in batch.into_iter().zip(values) {
+                    let _ = tx.send(Ok(value));
+                }
+            }
+            Err(e) => {
+                for (_, tx) in batch {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Frees the queue if a draining task ends without doing so (its runtime shut down): the
+/// queued readers' answers are dropped (they get a `Connection` error), and the next read
+/// leads again.
+struct DrainGuard {
+    reads: Arc<Reads>,
+    /// Still owns the queue (cleared when the task hands it back itself).
+    armed: bool,
+}
+
+impl Drop for DrainGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut state = self.reads.lock();
+            state.sending = false;
+            state.queued.clear();
+        }
+    }
+}
