@@ -380,7 +380,8 @@ fn main() -> Result<(), BoxError> {
                         Record::result(&w, "two_tier_peers", Role::Peer, "peer crates' L2 hit", "ops_per_s")
                             .str("error", "see the rows l2_hit/peers (latency and 64-reader throughput)"),
                     );
-                    records.push(Record::target(&w, "ops_per_s", "redis-rs", TargetKind::MinRatio, 0.9, ">= 0.9x raw redis-rs"));
+                    // Issue 17: the cache coalesces concurrent reads (one `MGET`), the raw client cannot.
+                    records.push(Record::target(&w, "ops_per_s", "redis-rs", TargetKind::MinRatio, 1.2, ">= 1.2x raw redis-rs (coalesced reads)"));
                 }
             }
         }

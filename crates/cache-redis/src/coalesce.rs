@@ -1,10 +1,11 @@
 //! Coalesced single-key reads: concurrent `GET`s through one [`RedisStore`] go out together.
 //!
-//! The rule the invalidation bus uses for its publishes: a read that finds no read in flight
-//! is sent at once, as a plain `GET` from its own task (a lone reader pays nothing); reads that
-//! arrive while one is in flight queue up, and when it is answered everything queued goes out
-//! as one `MGET`, sent by a task of its own, again and again until the queue is empty. No
-//! timer, so no added latency; one request in flight per store.
+//! The rule the invalidation bus uses for its publishes: a read that finds a free slot (at
+//! most [`MAX_IN_FLIGHT`] reads in flight per store) is sent at once, as a plain `GET` from its
+//! own task (a lone reader pays nothing); reads that arrive while the slots are taken queue
+//! up, and when a read in flight is answered everything queued goes out as one `MGET`, sent by
+//! a task of its own, again and again until the queue is empty. No timer, so no added
+//! latency.
 //!
 //! Every reader keeps its own bound: it waits at most `response_timeout` from its own call,
 //! queue time included, and then gets [`ErrorKind::Timeout`] (a frozen server costs each
@@ -21,6 +22,10 @@ use crate::store::RedisStore;
 /// At most this many keys per `MGET`; the rest wait for the next one.
 const MAX_BATCH: usize = 512;
 
+/// Reads (single `GET`s or batches) in flight at once per store; reads beyond queue up. Two
+/// measured no better than one (`cargo xtask bench`, l2_hit at 16, 64 and 256 tasks).
+const MAX_IN_FLIGHT: usize = 1;
+
 type Answer = Result<Option<Vec<u8>>>;
 
 /// The queue of one store's reads.
@@ -31,8 +36,8 @@ pub(crate) struct Reads {
 
 #[derive(Default)]
 struct State {
-    /// A read is in flight (its sender will hand the queue over when it is answered).
-    sending: bool,
+    /// Reads in flight (each sender hands the queue over when it is answered).
+    sending: usize,
     queued: Vec<(String, oneshot::Sender<Answer>)>,
 }
 
@@ -65,10 +70,10 @@ impl Drop for Handover {
         let reads = Arc::clone(store.reads());
         let mut state = reads.lock();
         if state.queued.is_empty() {
-            state.sending = false;
+            state.sending = state.sending.saturating_sub(1);
             return;
         }
-        // Still `sending`: the task owns the queue until it finds it empty.
+        // Its slot stays taken: the task sends the queue until it finds it empty.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 drop(state);
@@ -77,7 +82,7 @@ impl Drop for Handover {
             // No runtime to send from (dropped outside one): the queued readers get a
             // `Connection` error, the next read leads again.
             Err(_) => {
-                state.sending = false;
+                state.sending = state.sending.saturating_sub(1);
                 state.queued.clear();
             }
         }
@@ -87,12 +92,12 @@ impl Drop for Handover {
 /// Join the reads of `store` for `key`.
 pub(crate) fn join(store: &RedisStore, key: &str) -> Turn {
     let mut state = store.reads().lock();
-    if state.sending {
+    if state.sending >= MAX_IN_FLIGHT {
         let (tx, rx) = oneshot::channel();
         state.queued.push((key.to_owned(), tx));
         Turn::Wait(rx)
     } else {
-        state.sending = true;
+        state.sending += 1;
         Turn::Lead(Handover {
             store: Some(store.clone()),
         })
@@ -131,7 +136,7 @@ async fn drain(store: RedisStore) {
             // Readers that gave up (timed out, dropped) need no answer.
             state.queued.retain(|(_, tx)| !tx.is_closed());
             if state.queued.is_empty() {
-                state.sending = false;
+                state.sending = state.sending.saturating_sub(1);
                 guard.armed = false;
                 return;
             }
@@ -171,8 +176,10 @@ impl Drop for DrainGuard {
     fn drop(&mut self) {
         if self.armed {
             let mut state = self.reads.lock();
-            state.sending = false;
-            state.queued.clear();
+            state.sending = state.sending.saturating_sub(1);
+            if state.sending == 0 {
+                state.queued.clear();
+            }
         }
     }
 }
