@@ -13,7 +13,8 @@ use cache_core::{Error, ErrorKind, LeaseFill, RemoteEntry, RemoteStore, Result};
 #[cfg(test)]
 use cache_redis::support::MAX_TTL_MS;
 use cache_redis::support::{
-    glob_escape, ttl_ms, ErrorContext, SET_IF_LEASE_LUA, TAG_ADD_LUA, TAG_TAKE_LUA,
+    coalesced_read, glob_escape, ttl_ms, Answer, Coalesced, ErrorContext, Reads, SET_IF_LEASE_LUA,
+    TAG_ADD_LUA, TAG_TAKE_LUA,
 };
 use futures::future::join_all;
 use redis::cluster::{ClusterClientBuilder, NodeAddress};
@@ -124,6 +125,8 @@ pub struct ClusterStore {
 }
 
 pub(crate) struct Inner {
+    /// Single-key reads in flight and queued (coalesced, see `get`).
+    reads: Arc<Reads>,
     pub(crate) config: ClusterConfig,
     pub(crate) seeds: Seeds,
     pub(crate) ctx: Arc<ErrorContext>,
@@ -208,6 +211,7 @@ impl ClusterStore {
         Ok(ClusterStore {
             conn,
             inner: Arc::new(Inner {
+                reads: Arc::default(),
                 lease_script: LuaScript::new(SET_IF_LEASE_LUA),
                 tag_add_script: LuaScript::new(TAG_ADD_LUA),
                 tag_take_script: LuaScript::new(TAG_TAKE_LUA),
@@ -804,9 +808,12 @@ impl RemoteStore for ClusterStore {
         self.inner.config.max_value_size
     }
 
+    /// A `GET`, coalesced with this store's other single-key reads: sent at once when no read
+    /// is in flight, else queued and sent with the others as one slot-grouped batch (one
+    /// pipeline per primary, see [`RemoteStore::get_many`]) when the read in flight is
+    /// answered. Bounded by `response_timeout` from the call, queue time included.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let cmd = redis::cmd("GET").arg(key).to_owned();
-        self.run("GET", self.send(&cmd, None)).await
+        coalesced_read(self, key).await
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
@@ -1238,6 +1245,29 @@ impl ClusterStore {
             Some(e) if !loaded => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+impl Coalesced for ClusterStore {
+    fn reads(&self) -> &Arc<Reads> {
+        &self.inner.reads
+    }
+
+    async fn read_one(&self, key: &str) -> Answer {
+        let cmd = redis::cmd("GET").arg(key).to_owned();
+        self.run("GET", self.send(&cmd, None)).await
+    }
+
+    async fn read_batch(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.get_many(keys).await
+    }
+
+    fn response_timeout(&self) -> Duration {
+        self.inner.config.response_timeout
+    }
+
+    fn endpoint(&self) -> &str {
+        &self.inner.ctx.endpoint
     }
 }
 

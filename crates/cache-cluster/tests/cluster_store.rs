@@ -573,3 +573,28 @@ async fn a_migrating_slot_is_served_key_by_key() -> TestResult {
     assert_eq!(value?, Some(b"new".to_vec()));
     Ok(())
 }
+
+/// Issue 17: concurrent single-key reads are coalesced on the cluster too (queued reads go out
+/// as one slot-grouped batch: a pipeline per primary); every reader gets its own key's value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_gets_are_coalesced_per_primary() -> TestResult {
+    let s = store().await?;
+    let ks = keys("coalesce", 200);
+    for (i, k) in ks.iter().enumerate() {
+        s.set(k, format!("v{i}").into_bytes(), Duration::from_secs(60))
+            .await?;
+    }
+    let before = s.requests_sent();
+    let reads = ks.iter().enumerate().map(|(i, k)| {
+        let (s, k) = (s.clone(), k.clone());
+        tokio::spawn(async move { (i, s.get(&k).await) })
+    });
+    for read in futures::future::join_all(reads).await {
+        let (i, got) = read?;
+        assert_eq!(got?, Some(format!("v{i}").into_bytes()), "key {i}");
+    }
+    let requests = s.requests_sent() - before;
+    eprintln!("200 concurrent reads on the cluster: {requests} requests");
+    assert!(requests < 50, "{requests} requests for 200 reads");
+    Ok(())
+}

@@ -1,4 +1,6 @@
-//! Coalesced single-key reads: concurrent `GET`s through one [`RedisStore`] go out together.
+//! Coalesced single-key reads: concurrent `GET`s through one store go out together
+//! ([`RedisStore`](crate::RedisStore) here, `ClusterStore` in `cache-cluster`, through
+//! [`Coalesced`]).
 //!
 //! The rule the invalidation bus uses for its publishes: a read that finds a free slot (at
 //! most [`MAX_IN_FLIGHT`] reads in flight per store) is sent at once, as a plain `GET` from its
@@ -11,13 +13,29 @@
 //! queue time included, and then gets [`ErrorKind::Timeout`] (a frozen server costs each
 //! reader one timeout, not two).
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use cache_core::{Error, ErrorKind, RemoteStore, Result};
+use cache_core::{Error, ErrorKind, Result};
 use tokio::sync::oneshot;
 
-use crate::store::RedisStore;
+/// A store whose single-key reads are coalesced: its queue, and the two ways it reads.
+pub trait Coalesced: Clone + Send + Sync + 'static {
+    /// The queue of this store's reads (one per store, shared by its clones).
+    fn reads(&self) -> &Arc<Reads>;
+    /// One key, sent now.
+    fn read_one(&self, key: &str) -> impl Future<Output = Answer> + Send;
+    /// Many keys in one request (or one per group the store needs), aligned with `keys`.
+    fn read_batch(
+        &self,
+        keys: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<Vec<u8>>>>> + Send;
+    /// How long a reader waits at most, queue time included.
+    fn response_timeout(&self) -> Duration;
+    /// The endpoint, for error messages.
+    fn endpoint(&self) -> &str;
+}
 
 /// At most this many keys per `MGET`; the rest wait for the next one.
 const MAX_BATCH: usize = 512;
@@ -26,11 +44,12 @@ const MAX_BATCH: usize = 512;
 /// measured no better than one (`cargo xtask bench`, l2_hit at 16, 64 and 256 tasks).
 const MAX_IN_FLIGHT: usize = 1;
 
-type Answer = Result<Option<Vec<u8>>>;
+/// One read's answer.
+pub type Answer = Result<Option<Vec<u8>>>;
 
 /// The queue of one store's reads.
 #[derive(Default)]
-pub(crate) struct Reads {
+pub struct Reads {
     state: Mutex<State>,
 }
 
@@ -39,14 +58,6 @@ struct State {
     /// Reads in flight (each sender hands the queue over when it is answered).
     sending: usize,
     queued: Vec<(String, oneshot::Sender<Answer>)>,
-}
-
-/// What a read does: send its `GET` now, or wait for the batch it joined.
-pub(crate) enum Turn {
-    /// Nothing was in flight: send now; the guard hands the queue over when dropped.
-    Lead(Handover),
-    /// Queued behind the read in flight.
-    Wait(oneshot::Receiver<Answer>),
 }
 
 impl Reads {
@@ -58,11 +69,11 @@ impl Reads {
 /// Held while a leader's `GET` (or a batch) is in flight: dropped, it starts the next batch if
 /// reads queued meanwhile, or marks the store idle. Runs on drop so that a cancelled reader
 /// never leaves the queue stuck.
-pub(crate) struct Handover {
-    store: Option<RedisStore>,
+struct Handover<S: Coalesced> {
+    store: Option<S>,
 }
 
-impl Drop for Handover {
+impl<S: Coalesced> Drop for Handover<S> {
     fn drop(&mut self) {
         let Some(store) = self.store.take() else {
             return;
@@ -89,8 +100,47 @@ impl Drop for Handover {
     }
 }
 
-/// Join the reads of `store` for `key`.
-pub(crate) fn join(store: &RedisStore, key: &str) -> Turn {
+/// Read `key` through `store`'s queue: at once when a slot is free, else with the reads
+/// queued meanwhile, as one batch.
+pub async fn read<S: Coalesced>(store: &S, key: &str) -> Answer {
+    let rx = match join(store, key) {
+        Turn::Wait(rx) => rx,
+        Turn::Lead(_handover) => {
+            // `_handover` hands the queue over when dropped: answered, failed or cancelled.
+            return store.read_one(key).await;
+        }
+    };
+    let limit = store.response_timeout();
+    match tokio::time::timeout(limit, rx).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => Err(Error::new(
+            ErrorKind::Connection,
+            format!(
+                "the batched read to {} was dropped before its answer",
+                store.endpoint()
+            ),
+        )),
+        Err(_) => Err(Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "{} did not answer GET within {}ms (response_timeout, batched with other \
+                 reads)",
+                store.endpoint(),
+                limit.as_millis()
+            ),
+        )),
+    }
+}
+
+/// What a read does: send now, or wait for the batch it joined.
+enum Turn<S: Coalesced> {
+    /// A slot was free: send now; the guard hands the queue over when dropped.
+    Lead(Handover<S>),
+    /// Queued behind the reads in flight.
+    Wait(oneshot::Receiver<Answer>),
+}
+
+fn join<S: Coalesced>(store: &S, key: &str) -> Turn<S> {
     let mut state = store.reads().lock();
     if state.sending >= MAX_IN_FLIGHT {
         let (tx, rx) = oneshot::channel();
@@ -104,27 +154,8 @@ pub(crate) fn join(store: &RedisStore, key: &str) -> Turn {
     }
 }
 
-/// Wait for a queued read's answer, at most `limit` (from the caller's own start).
-pub(crate) async fn wait(rx: oneshot::Receiver<Answer>, limit: Duration, endpoint: &str) -> Answer {
-    match tokio::time::timeout(limit, rx).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(_)) => Err(Error::new(
-            ErrorKind::Connection,
-            format!("the batched read to Redis at {endpoint} was dropped before its answer"),
-        )),
-        Err(_) => Err(Error::new(
-            ErrorKind::Timeout,
-            format!(
-                "Redis at {endpoint} did not answer GET within {}ms (response_timeout, \
-                 batched with other reads)",
-                limit.as_millis()
-            ),
-        )),
-    }
-}
-
 /// Send the queued reads as `MGET`s, one at a time, until the queue is empty.
-async fn drain(store: RedisStore) {
+async fn drain<S: Coalesced>(store: S) {
     // If this task is dropped mid-batch (runtime shut down), the guard still frees the queue.
     let mut guard = DrainGuard {
         reads: Arc::clone(store.reads()),
@@ -145,8 +176,8 @@ async fn drain(store: RedisStore) {
         };
         let keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
         let answer = match keys.as_slice() {
-            [key] => store.get_now(key).await.map(|v| vec![v]),
-            _ => store.get_many(&keys).await,
+            [key] => store.read_one(key).await.map(|v| vec![v]),
+            _ => store.read_batch(&keys).await,
         };
         match answer {
             Ok(values) => {

@@ -60,6 +60,7 @@ pub use redis;
 /// with password scrubbing, redaction, duration serde, the Lua scripts and TTL clamping). Not meant for applications.
 pub mod support {
     pub use crate::bus::{pump, Pumped};
+    pub use crate::coalesce::{read as coalesced_read, Answer, Coalesced, Reads};
     pub use crate::config::duration_text;
     pub use crate::errors::ErrorContext;
     pub use crate::store::{

@@ -11,7 +11,7 @@ use cache_core::{Error, ErrorKind, LeaseFill, RemoteEntry, RemoteStore, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, RedisResult, Value};
 
-use crate::coalesce::{self, Reads, Turn};
+use crate::coalesce::{self, Answer, Coalesced, Reads};
 use crate::config::RedisConfig;
 use crate::errors::ErrorContext;
 
@@ -136,14 +136,12 @@ impl fmt::Debug for RedisStore {
     }
 }
 
-impl RedisStore {
-    /// The queue of this store's single-key reads.
-    pub(crate) fn reads(&self) -> &Arc<Reads> {
+impl Coalesced for RedisStore {
+    fn reads(&self) -> &Arc<Reads> {
         &self.inner.reads
     }
 
-    /// One `GET`, sent now (not coalesced).
-    pub(crate) async fn get_now(&self, key: &str) -> Result<Option<Vec<u8>>> {
+    async fn read_one(&self, key: &str) -> Answer {
         let mut conn = self.conn.clone();
         let cmd = redis::cmd("GET").arg(key).to_owned();
         self.run("GET", async move {
@@ -152,6 +150,20 @@ impl RedisStore {
         .await
     }
 
+    async fn read_batch(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.get_many(keys).await
+    }
+
+    fn response_timeout(&self) -> Duration {
+        self.inner.config.response_timeout
+    }
+
+    fn endpoint(&self) -> &str {
+        &self.inner.ctx.endpoint
+    }
+}
+
+impl RedisStore {
     /// Connect eagerly: validate the config, open a connection, authenticate and `PING`, all
     /// within `connect_timeout`, so that a bad URL, an unreachable server or refused
     /// credentials are reported here, with a clear message:
@@ -460,17 +472,7 @@ impl RemoteStore for RedisStore {
     /// flight is answered (see the module `coalesce`). Bounded by `response_timeout` from the
     /// call, queue time included.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        match coalesce::join(self, key) {
-            Turn::Lead(_handover) => self.get_now(key).await,
-            Turn::Wait(rx) => {
-                coalesce::wait(
-                    rx,
-                    self.inner.config.response_timeout,
-                    &self.inner.ctx.endpoint,
-                )
-                .await
-            }
-        }
+        coalesce::read(self, key).await
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
