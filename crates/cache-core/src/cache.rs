@@ -499,6 +499,9 @@ struct Found<V> {
 }
 
 /// How the loaded value may be written.
+/// The refresh floor of [`Cache::refresh`]: no L2 value counts as newer, the loader runs.
+const RELOAD: u64 = u64::MAX;
+
 /// Whether an L2 error means the server is not answering now (a timeout, a lost connection,
 /// an open breaker): the next L2 call of the same load would most likely fail the same way.
 fn unreachable(e: &Error) -> bool {
@@ -960,10 +963,50 @@ where
             full,
             ttl,
             loader,
-            Some((expires_at, current.clone())),
+            Some((expires_at, Some(current.clone()))),
             None,
             SpanKind::Refresh,
         )
+    }
+
+    /// Reload `key` from the source in the background, whatever the tiers hold: unless a load
+    /// of the key is already in flight in this engine (then `Ok(false)`: that load brings a
+    /// fresh value), a task takes the fill lease (with leases on), runs `loader`, and writes
+    /// the value to L2 (compare-and-set against the lease) and L1; `Ok(true)`. Callers that
+    /// read the key meanwhile join that load. While another instance holds the key's lease,
+    /// the refresh waits for its value instead (as a load would). A loader error leaves the
+    /// cached value as it is (it is logged and counted in [`CacheStats::load_errors`]).
+    ///
+    /// Errors: [`ErrorKind::InvalidKey`]; [`ErrorKind::Closed`] when no tokio runtime runs.
+    pub fn refresh<F, Fut, E>(&self, key: &str, loader: F) -> Result<bool>
+    where
+        F: FnOnce(String) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        crate::key::validate_key(key, self.inner.keys.max_key_len())?;
+        let full = self.inner.keys.full(key)?;
+        // The value L1 holds now: served to a refresh whose lease another instance holds.
+        let current = self.get_local(key);
+        let mut map = self.inner.lock_inflight();
+        if map.contains_key(key) {
+            return Ok(false);
+        }
+        let (tx, rx) = watch::channel(None);
+        map.insert(key.to_owned(), rx);
+        drop(map);
+        let loader = move |k| async move { loader(k).await.map(Some) };
+        self.start_flight(
+            key,
+            tx,
+            full,
+            None,
+            loader,
+            Some((RELOAD, current)),
+            None,
+            SpanKind::Refresh,
+        )?;
+        Ok(true)
     }
 
     /// Run the flight of one key (already registered in the in-flight map with `tx`) in its
@@ -976,7 +1019,7 @@ where
         full: String,
         ttl: Option<Duration>,
         loader: F,
-        refresh: Option<(u64, Option<Arc<V>>)>,
+        refresh: Option<(u64, Option<Option<Arc<V>>>)>,
         stale: Option<(Option<Arc<V>>, u64)>,
         kind: SpanKind,
     ) -> Result<()>
@@ -2019,7 +2062,7 @@ where
         full: String,
         ttl: Option<Duration>,
         loader: F,
-        refresh: Option<(u64, Option<Arc<V>>)>,
+        refresh: Option<(u64, Option<Option<Arc<V>>>)>,
         mut stale: Option<(Option<Arc<V>>, u64)>,
         guard: &FlightGuard<V, C>,
     ) -> Shared<V>
@@ -2029,7 +2072,7 @@ where
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
         let epoch = self.epoch(&key);
-        let mut current: Option<Option<Arc<V>>> = refresh.as_ref().map(|(_, v)| v.clone());
+        let mut current: Option<Option<Arc<V>>> = refresh.as_ref().and_then(|(_, v)| v.clone());
         let (l2_found, l2_down) = match self.l2_read(&key, &full, epoch).await {
             Ok(found) => (found, false),
             Err(e) => (None, unreachable(&e)),
@@ -2045,6 +2088,8 @@ where
         };
         if let Some(found) = l2_found {
             let newer = match (&refresh, found.l2_expires_at_ms) {
+                // `Cache::refresh`: reload whatever L2 holds.
+                (Some((RELOAD, _)), _) => false,
                 (Some((floor, _)), Some(exp)) => exp > *floor,
                 (Some(_), None) => true,
                 (None, _) => true,

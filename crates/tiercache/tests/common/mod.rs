@@ -705,6 +705,66 @@ pub async fn loads_racing_invalidation_and_clear_write_nothing_back(b: &dyn Back
     Ok(())
 }
 
+/// `refresh` reloads a cached key from the source in the background (L2 and every
+/// instance's later reads see the new value), runs one load however often it is called while
+/// that load is in flight, loads a key no tier holds, and refuses an invalid key.
+pub async fn refresh_reloads_in_the_background(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("refresh");
+    let a = users(&engine(b, &p).await?)?;
+    let other = users(&engine(b, &p).await?)?;
+    a.set("1", user(1)).await?;
+    assert_eq!(other.get("1").await?.as_deref(), Some(&user(1)));
+    // The source now says `user(101)`; the loader waits for the gate.
+    let calls = Arc::new(AtomicU64::new(0));
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (c, g) = (calls.clone(), gate.clone());
+    let started = a.refresh("1", move |_| async move {
+        g.notified().await;
+        c.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, std::io::Error>(user(101))
+    })?;
+    assert!(started, "nothing was in flight");
+    // In flight: a second refresh starts nothing; reads meanwhile still get the old value.
+    let again = a.refresh("1", |_| async {
+        Err::<User, _>(std::io::Error::other("a second load"))
+    })?;
+    assert!(!again);
+    assert_eq!(a.get("1").await?.as_deref(), Some(&user(1)));
+    gate.notify_waiters();
+    let mut reloaded = false;
+    for _ in 0..400 {
+        if a.in_flight() == 0 && a.get("1").await?.as_deref() == Some(&user(101)) {
+            reloaded = true;
+            break;
+        }
+        gate.notify_waiters();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(reloaded, "the refresh did not land in L1");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one load");
+    // L2 holds it: a fresh engine reads it there, and `other` once its L1 copy is dropped
+    // (by the bus, or here by hand on a backend without one).
+    let fresh = users(&engine(b, &p).await?)?;
+    assert_eq!(fresh.get("1").await?.as_deref(), Some(&user(101)));
+    other.invalidate_local("1");
+    assert_eq!(other.get("1").await?.as_deref(), Some(&user(101)));
+    // A key no tier holds is loaded and filled.
+    assert!(a.refresh("2", |_| async { Ok::<_, std::io::Error>(user(2)) })?);
+    let mut filled = false;
+    for _ in 0..400 {
+        if fresh.get("2").await?.as_deref() == Some(&user(2)) {
+            filled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(filled, "the refresh of an uncached key did not reach L2");
+    let bad = a.refresh("", |_| async { Ok::<_, std::io::Error>(user(0)) });
+    assert_eq!(bad.err().map(|e| e.kind()), Some(ErrorKind::InvalidKey));
+    assert_eq!(a.in_flight(), 0, "an invalid key leaves nothing in flight");
+    Ok(())
+}
+
 macro_rules! behaviour_suite {
     ($make:path) => {
         behaviour_suite!(@cases $make;
@@ -729,6 +789,7 @@ macro_rules! behaviour_suite {
             ttl_jitter_spreads_expiry,
             invalid_keys_are_typed_errors,
             loads_racing_invalidation_and_clear_write_nothing_back,
+            refresh_reloads_in_the_background,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {

@@ -76,6 +76,13 @@ pub enum Op {
         key: &'static str,
         plan: LoadPlan,
     },
+    /// `refresh` (a background reload from the row).
+    Refresh {
+        node: usize,
+        handle: usize,
+        key: &'static str,
+        plan: LoadPlan,
+    },
     /// `get_many`.
     GetMany {
         node: usize,
@@ -235,7 +242,7 @@ fn op(rng: &SimRng, cfg: &SeedConfig) -> Op {
     } else {
         rng.pick(&KEYS)
     };
-    let weights = [10, 14, 6, 4, 6, 8, 5, 5, 8, 3, 2, 5, 3, 1, 1, 2, 2, 1];
+    let weights = [10, 14, 6, 4, 6, 8, 5, 5, 8, 3, 2, 5, 3, 1, 1, 2, 2, 1, 4];
     match rng.weighted(&weights) {
         0 => Op::Get { node, handle, key },
         1 => Op::GetOrLoad {
@@ -310,7 +317,13 @@ fn op(rng: &SimRng, cfg: &SeedConfig) -> Op {
         14 => Op::WbClear { node },
         15 => Op::AddHandle { node },
         16 => Op::DropHandle { node, handle },
-        _ => Op::Restart { node },
+        17 => Op::Restart { node },
+        _ => Op::Refresh {
+            node,
+            handle,
+            key,
+            plan: load_plan(rng, cfg),
+        },
     }
 }
 
@@ -453,6 +466,12 @@ pub fn describe(op: &Op) -> String {
             "n{node}/h{handle} get_or_load_optional {key:?} {}",
             plan_text(plan)
         ),
+        Op::Refresh {
+            node,
+            handle,
+            key,
+            plan,
+        } => format!("n{node}/h{handle} refresh {key:?} {}", plan_text(plan)),
         Op::GetMany { node, handle, keys } => format!("n{node}/h{handle} get_many {keys:?}"),
         Op::GetManyOrLoad {
             node,

@@ -342,6 +342,25 @@ async fn exec(ctx: &Ctx, t: &Target, op: Op) -> String {
                 .map(|v| v.as_deref().copied());
             ctx.judge_one(&what, key, r, true, &ctx.load_errors())
         }
+        Op::Refresh { key, plan, .. } => {
+            // In the background: its value is judged by the reads that follow, and by the
+            // invariants once everything settles.
+            match t.cache.refresh(key, src.loader(plan)) {
+                Ok(started) => {
+                    if key == INVALID {
+                        ctx.fail("invalid-key-accepted", format!("{what}: Ok({started})"));
+                    }
+                    format!("Ok({started})")
+                }
+                Err(e) if key == INVALID && e.kind() == ErrorKind::InvalidKey => {
+                    "InvalidKey, as expected".into()
+                }
+                Err(e) => {
+                    ctx.check_error(&what, &e, &[]);
+                    format!("Err({})", e.kind())
+                }
+            }
+        }
         Op::GetMany { keys, .. } => {
             let r = t.cache.get_many(&keys).await;
             ctx.judge_many(&what, &keys, r, false, &[])
@@ -703,6 +722,7 @@ impl World {
             Op::Get { node, handle, .. }
             | Op::GetOrLoad { node, handle, .. }
             | Op::GetOrLoadOpt { node, handle, .. }
+            | Op::Refresh { node, handle, .. }
             | Op::GetMany { node, handle, .. }
             | Op::GetManyOrLoad { node, handle, .. }
             | Op::Set { node, handle, .. }
