@@ -83,9 +83,88 @@ impl RefreshPolicy for XFetch {
     }
 }
 
+/// Refresh-after-write: a hit refreshes the value (in the background, coalesced with any load
+/// of the key, under its lease) once less than `window` of its TTL remains. Deterministic,
+/// unlike [`XFetch`]: every instance's first hit inside the window starts a refresh (one per
+/// process; with leases, the others wait for or skip the holder's fill).
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_core::policy::RefreshPolicy;
+/// use cache_xfetch::RefreshAhead;
+///
+/// // Entries live 60 s; refresh them after 45 s (75 % of their TTL).
+/// let p = RefreshAhead::after_fraction(Duration::from_secs(60), 0.75);
+/// assert_eq!(p.window(), Duration::from_secs(15));
+/// assert!(p.should_refresh(Duration::from_secs(14), Duration::ZERO, 1.0));
+/// assert!(!p.should_refresh(Duration::from_secs(16), Duration::ZERO, 1.0));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshAhead {
+    window: Duration,
+}
+
+impl RefreshAhead {
+    /// Refresh once less than `window` remains before expiry.
+    pub fn within(window: Duration) -> Self {
+        RefreshAhead { window }
+    }
+
+    /// Refresh once `fraction` of `ttl` has passed since the write (`fraction` clamped to
+    /// `[0, 1]`; not finite: 1, never early). Use the TTL the cache gives its entries.
+    pub fn after_fraction(ttl: Duration, fraction: f64) -> Self {
+        let fraction = if fraction.is_finite() {
+            fraction.clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
+        RefreshAhead {
+            window: ttl.mul_f64(1.0 - fraction),
+        }
+    }
+
+    /// How long before expiry a hit starts the refresh.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+}
+
+impl RefreshPolicy for RefreshAhead {
+    fn horizon(&self, _delta: Duration) -> Duration {
+        self.window
+    }
+
+    fn should_refresh(&self, remaining: Duration, _delta: Duration, _draw: f64) -> bool {
+        remaining <= self.window
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refresh_ahead_fires_inside_its_window_only() {
+        let p = RefreshAhead::after_fraction(Duration::from_secs(100), 0.8);
+        assert_eq!(p.window(), Duration::from_secs(20));
+        assert_eq!(p.horizon(Duration::from_secs(5)), Duration::from_secs(20));
+        for draw in [f64::MIN_POSITIVE, 0.5, 1.0] {
+            assert!(p.should_refresh(Duration::from_secs(20), Duration::ZERO, draw));
+            assert!(!p.should_refresh(Duration::from_secs(21), Duration::ZERO, draw));
+        }
+        assert_eq!(
+            RefreshAhead::after_fraction(Duration::from_secs(10), f64::NAN).window(),
+            Duration::ZERO
+        );
+        assert_eq!(
+            RefreshAhead::after_fraction(Duration::from_secs(10), -3.0).window(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            RefreshAhead::within(Duration::from_secs(3)).window(),
+            Duration::from_secs(3)
+        );
+    }
 
     /// Simulates one key under Poisson arrivals at rate `r` (per unit time), recompute time
     /// `delta`, no coalescing: every arrival whose draw fires starts a recompute. Returns

@@ -49,7 +49,7 @@ pub use cache_core::{
     RecoveryStats, RemoteEntry, RemoteStore, Result, SystemClock,
 };
 pub use cache_l1::QuickL1;
-pub use cache_xfetch::XFetch;
+pub use cache_xfetch::{RefreshAhead, XFetch};
 
 #[cfg(feature = "cbor")]
 pub use cache_codec::Cbor;

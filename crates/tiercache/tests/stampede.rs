@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tiercache::core::header::Header;
 use tiercache::{
-    Cache, Engine, MemoryStore, MsgPack, RedisConfig, RedisStore, RemoteEntry, RemoteStore, XFetch,
+    Cache, Engine, ManualClock, MemoryStore, MsgPack, RedisConfig, RedisStore, RefreshAhead,
+    RemoteEntry, RemoteStore, XFetch,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -315,5 +316,75 @@ async fn xfetch_keeps_steady_traffic_off_the_loader() -> TestResult {
         "values were refreshed: {load_count} loads"
     );
     assert!(refreshes > 0);
+    Ok(())
+}
+
+/// Refresh-after-write (issue 16): with `RefreshAhead::after_fraction(ttl, 0.75)`, a hit after
+/// 75 % of the TTL gets the current value at once and starts one background reload (however
+/// many callers hit meanwhile); a hit before that starts none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_ahead_reloads_once_after_its_fraction_of_the_ttl() -> TestResult {
+    const TTL: Duration = Duration::from_secs(60);
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let engine = tiercache::builder("ahead")
+        .remote(Arc::new(MemoryStore::new()))
+        .clock(clock.clone())
+        .build()
+        .await?;
+    let c: Cache<u64, MsgPack> = engine
+        .cache("a")
+        .with_l1_ttl(TTL)
+        .with_l2_ttl(TTL)
+        .with_jitter(0.0)
+        .with_refresh_policy(Arc::new(RefreshAhead::after_fraction(TTL, 0.75)))
+        .build()?;
+    let loads = Arc::new(AtomicU64::new(0));
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let load = |loads: Arc<AtomicU64>, gate: Arc<tokio::sync::Notify>| {
+        move |_: String| async move {
+            let n = loads.fetch_add(1, Ordering::SeqCst);
+            if n > 0 {
+                gate.notified().await;
+            }
+            Ok::<_, std::io::Error>(n)
+        }
+    };
+    assert_eq!(
+        *c.get_or_load("k", load(loads.clone(), gate.clone()))
+            .await?,
+        0
+    );
+    clock.advance(Duration::from_secs(40)); // 20 s left: outside the 15 s window
+    assert_eq!(
+        *c.get_or_load("k", load(loads.clone(), gate.clone()))
+            .await?,
+        0
+    );
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        1,
+        "no refresh before 75 % of the TTL"
+    );
+    clock.advance(Duration::from_secs(6)); // 14 s left
+    for _ in 0..20 {
+        // The current value at once, while one reload runs (held at the gate).
+        assert_eq!(
+            *c.get_or_load("k", load(loads.clone(), gate.clone()))
+                .await?,
+            0
+        );
+    }
+    assert_eq!(c.stats().early_refreshes, 1, "one refresh for 20 hits");
+    let mut reloaded = false;
+    for _ in 0..400 {
+        gate.notify_waiters();
+        if c.in_flight() == 0 && c.get_local("k").flatten().as_deref() == Some(&1) {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(reloaded, "the refresh landed");
+    assert_eq!(loads.load(Ordering::SeqCst), 2, "one reload");
     Ok(())
 }
