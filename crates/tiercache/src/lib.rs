@@ -49,6 +49,9 @@ pub use cache_core::{
     RecoveryStats, RemoteEntry, RemoteStore, Result, SystemClock,
 };
 pub use cache_l1::QuickL1;
+
+#[cfg(feature = "blocking")]
+pub mod blocking;
 pub use cache_xfetch::{RefreshAhead, XFetch};
 
 #[cfg(feature = "cbor")]
