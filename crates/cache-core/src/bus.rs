@@ -273,6 +273,8 @@ struct OutQueue {
     overflows: AtomicU64,
     /// The engine is gone: send what is queued, then stop.
     closing: std::sync::atomic::AtomicBool,
+    /// The publisher holds a batch it took from the queue and has not finished sending.
+    sending: std::sync::atomic::AtomicBool,
 }
 
 impl OutQueue {
@@ -411,6 +413,7 @@ impl BusRuntime {
             max_keys: config.max_queued_keys,
             overflows: AtomicU64::new(0),
             closing: std::sync::atomic::AtomicBool::new(false),
+            sending: std::sync::atomic::AtomicBool::new(false),
         });
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let targets: Arc<Mutex<HashMap<String, Weak<dyn BusTarget>>>> = Arc::default();
@@ -510,13 +513,35 @@ impl BusRuntime {
     }
 }
 
-impl Drop for BusRuntime {
-    fn drop(&mut self) {
+impl BusRuntime {
+    /// Wait until every invalidation queued so far is published (or its publish failed), at
+    /// most until `until`; returns how many keys are still queued (0: all sent).
+    pub(crate) async fn drain(&self, until: tokio::time::Instant) -> u64 {
+        loop {
+            let left = self.outgoing.queued() as u64;
+            let busy = self.outgoing.sending.load(Ordering::SeqCst);
+            if (left == 0 && !busy) || tokio::time::Instant::now() >= until {
+                return left;
+            }
+            self.outgoing.wake.notify_one();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Stop receiving and heartbeating; the publisher sends what is queued, says farewell and
+    /// ends. Idempotent.
+    pub(crate) fn close(&self) {
         for t in lock(&self.tasks).drain(..) {
             t.abort();
         }
         self.outgoing.closing.store(true, Ordering::SeqCst);
         self.outgoing.wake.notify_one();
+    }
+}
+
+impl Drop for BusRuntime {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -588,6 +613,7 @@ async fn publish_loop(
         if !config.batch_window.is_zero() {
             tokio::time::sleep(config.batch_window).await;
         }
+        queue.sending.store(true, Ordering::SeqCst);
         let batch = queue.take();
         for ch in batch.clears {
             send(
@@ -617,6 +643,7 @@ async fn publish_loop(
                 .await;
             }
         }
+        queue.sending.store(false, Ordering::SeqCst);
     }
 }
 

@@ -21,6 +21,17 @@ use crate::recovery::{RecoveryQueue, RecoveryStats};
 use crate::remote::RemoteStore;
 use std::time::Duration;
 
+/// What [`Engine::shutdown`] could not finish before its deadline (all 0: everything done).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// L2 writes and deletes still queued for recovery (L2 did not answer in time); their
+    /// keys may hold older values in L2 until they expire.
+    pub unsettled_recovery: u64,
+    /// Keys whose invalidation was not published; other instances' copies of them live
+    /// until their L1 TTL (or until they notice the gap in this instance's messages).
+    pub unsent_invalidations: u64,
+}
+
 /// What every typed cache of an engine shares.
 pub(crate) struct EngineInner {
     pub(crate) prefix: String,
@@ -76,6 +87,65 @@ impl fmt::Debug for Engine {
 }
 
 impl Engine {
+    /// Finish the engine's background work, within `deadline`, and stop its tasks:
+    /// L2 writes and deletes queued for recovery are settled (while L2 answers), queued
+    /// invalidations are published, then the replay task and the bus (receiver, heartbeats,
+    /// publisher, after a farewell) stop. Returns what could not be finished in time.
+    ///
+    /// Call it before dropping the engine at process exit. The caches keep reading and writing
+    /// both tiers afterwards, but no invalidation is sent or received any more and nothing
+    /// is replayed: drop the engine. Dropping an engine without it also stops every task, but
+    /// does not wait for them: its recovery queue is lost.
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
+        let until = tokio::time::Instant::now() + deadline;
+        let inner = &self.inner;
+        let bus = inner.bus.as_deref();
+        if let (Some(queue), Some(l2)) = (&inner.recovery, &inner.l2) {
+            while queue.len() > 0 {
+                let now = tokio::time::Instant::now();
+                if now >= until {
+                    break;
+                }
+                let replayed = tokio::time::timeout(until - now, queue.replay(l2.as_ref(), bus))
+                    .await
+                    .unwrap_or(0);
+                if replayed == 0 {
+                    // L2 refused the oldest entry: try again shortly, until the deadline.
+                    let pause = Duration::from_millis(20)
+                        .min(until.saturating_duration_since(tokio::time::Instant::now()));
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+        if let Some(r) = inner
+            .replayer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            r.abort();
+        }
+        let unsent_invalidations = match bus {
+            Some(bus) => {
+                let left = bus.drain(until).await;
+                bus.close();
+                left
+            }
+            None => 0,
+        };
+        let report = ShutdownReport {
+            unsettled_recovery: inner.recovery.as_ref().map_or(0, |q| q.len() as u64),
+            unsent_invalidations,
+        };
+        tracing::info!(
+            prefix = %inner.prefix,
+            unsettled_recovery = report.unsettled_recovery,
+            unsent_invalidations = report.unsent_invalidations,
+            "engine shut down"
+        );
+        report
+    }
+
     /// Start building an engine whose keys all start with `prefix`.
     pub fn builder(prefix: impl Into<String>) -> EngineBuilder {
         EngineBuilder {

@@ -35,7 +35,7 @@ pub use bus::{BusConfig, BusEvent, BusStats, BusTransport, MemoryBus, MemoryBusH
 pub use cache::{Cache, CacheBuilder, CacheConfig, CacheStats};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{Codec, CodecId};
-pub use engine::{Engine, EngineBuilder};
+pub use engine::{Engine, EngineBuilder, ShutdownReport};
 pub use error::{Error, ErrorKind, Result};
 pub use header::{Header, HeaderError};
 pub use key::KeySpace;

@@ -46,7 +46,7 @@ pub use cache_core::{
     BreakerConfig, BusConfig, BusStats, BusTransport, CacheBuilder, CacheConfig, CacheEvent,
     CacheObserver, CacheStats, Clock, Codec, CodecId, Engine, EngineBuilder, Error, ErrorKind,
     L1Stats, L1Store, ManualClock, MemoryBus, MemoryBusHandle, MemoryStore, NoopObserver, Observer,
-    RecoveryStats, RemoteEntry, RemoteStore, Result, SystemClock,
+    RecoveryStats, RemoteEntry, RemoteStore, Result, ShutdownReport, SystemClock,
 };
 pub use cache_l1::QuickL1;
 

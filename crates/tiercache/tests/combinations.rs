@@ -918,3 +918,66 @@ async fn a_dropped_engine_leaves_no_task_running() -> TestResult {
     );
     Ok(())
 }
+
+/// Issue 16: `Engine::shutdown` settles the recovery queue while L2 answers, publishes the
+/// queued invalidations, reports what it could not finish by its deadline, and stops the
+/// engine's tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_within_its_deadline_and_stops_every_task() -> TestResult {
+    let alive = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = alive();
+    {
+        let (store, bus) = (FaultStore::new(), MemoryBus::new());
+        let reader = instance(&store, &bus, "sd").await;
+        let b = cache(&reader);
+        // L2 down for good: the write is accepted (L1) and queued; the deadline passes.
+        let down = instance(&store, &bus, "sd").await;
+        store.fail(Op::Delete, true);
+        cache(&down).set("k", "lost".to_owned()).await?;
+        let report = down.shutdown(Duration::from_millis(100)).await;
+        assert_eq!(report.unsettled_recovery, 1, "{report:?}");
+        assert_eq!(report.unsent_invalidations, 0, "{report:?}");
+        store.fail(Op::Delete, false);
+        // L2 back before the deadline: settled (the key deleted in L2 and announced).
+        let a_engine = instance(&store, &bus, "sd").await;
+        let a = cache(&a_engine);
+        a.set("k", "v1".to_owned()).await?;
+        assert_eq!(b.get("k").await?.as_deref().map(String::as_str), Some("v1"));
+        store.fail(Op::Delete, true);
+        a.set("k", "v2".to_owned()).await?;
+        assert_eq!(a_engine.recovery_stats().map(|s| s.pending), Some(1));
+        let heal = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                store.fail(Op::Delete, false);
+            })
+        };
+        let report = a_engine.shutdown(Duration::from_secs(5)).await;
+        heal.await?;
+        assert_eq!(report, tiercache::ShutdownReport::default());
+        assert_eq!(
+            l2_value(&store, "sd", "k").await,
+            None,
+            "the old value left L2"
+        );
+        assert!(
+            eventually(|| b.get_local("k").is_none()).await,
+            "the reader's copy was invalidated"
+        );
+    }
+    let mut left = alive();
+    for _ in 0..200 {
+        if left <= before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        left = alive();
+    }
+    assert!(left <= before, "{} tasks still alive", left - before);
+    Ok(())
+}

@@ -765,6 +765,28 @@ pub async fn refresh_reloads_in_the_background(b: &dyn Backend) -> TestResult {
     Ok(())
 }
 
+/// `Engine::shutdown` after ordinary writes and invalidations: nothing left to settle or
+/// publish, and what the engine wrote is in L2 for the next one.
+pub async fn shutdown_after_normal_work_leaves_nothing_behind(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("shutdown");
+    let engine = engine(b, &p).await?;
+    let c = users(&engine)?;
+    for id in 0..20u64 {
+        c.set(&id.to_string(), user(id)).await?;
+    }
+    for id in 0..5u64 {
+        c.invalidate(&id.to_string()).await?;
+    }
+    let report = engine.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report, tiercache::ShutdownReport::default());
+    drop(c);
+    drop(engine);
+    let next = users(&self::engine(b, &p).await?)?;
+    assert_eq!(next.get("7").await?.as_deref(), Some(&user(7)));
+    assert_eq!(next.get("3").await?, None);
+    Ok(())
+}
+
 macro_rules! behaviour_suite {
     ($make:path) => {
         behaviour_suite!(@cases $make;
@@ -790,6 +812,7 @@ macro_rules! behaviour_suite {
             invalid_keys_are_typed_errors,
             loads_racing_invalidation_and_clear_write_nothing_back,
             refresh_reloads_in_the_background,
+            shutdown_after_normal_work_leaves_nothing_behind,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {

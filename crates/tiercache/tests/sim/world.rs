@@ -858,6 +858,23 @@ impl World {
                 let wb = self.nodes[slot].wb.clone();
                 let r = tokio::time::timeout(timeout, wb.shutdown()).await;
                 self.judge_flush(&format!("{text}: write-behind shutdown"), r);
+                // The engine's own shutdown: nothing is queued for recovery (above), so it
+                // only publishes what is queued and stops its tasks, within its deadline.
+                let started = tokio::time::Instant::now();
+                let report = self.nodes[slot].engine.shutdown(timeout).await;
+                if started.elapsed() > timeout + Duration::from_secs(1) {
+                    self.ctx.fail(
+                        "hang",
+                        format!("{text}: engine shutdown took {:?}", started.elapsed()),
+                    );
+                }
+                if report.unsettled_recovery > 0 {
+                    self.ctx
+                        .fail("shutdown-unsettled", format!("{text}: {report:?}"));
+                }
+                self.ctx
+                    .trace
+                    .log(format!("{text}: engine shutdown {report:?}"));
                 let generation = self.nodes[slot].generation + 1;
                 match self.build_node(slot, generation).await {
                     Ok(n) => {
