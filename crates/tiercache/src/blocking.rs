@@ -114,6 +114,13 @@ impl BlockingEngine {
         &self.engine
     }
 
+    /// [`Engine::shutdown`]: settle, publish, stop, within `deadline`; what was left.
+    pub fn shutdown(&self, deadline: std::time::Duration) -> Result<crate::ShutdownReport> {
+        run(&self.rt, "shutdown", async {
+            Ok(self.engine.shutdown(deadline).await)
+        })
+    }
+
     /// A cache over `namespace`: `configure` sets it up from the engine's builder
     /// (`|b| b.with_l1_ttl(..).build()`).
     pub fn cache<V, C>(

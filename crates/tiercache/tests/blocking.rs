@@ -82,6 +82,10 @@ fn exercise(engine: &BlockingEngine) -> TestResult {
     assert_eq!(loads.load(Ordering::SeqCst), 1, "one load for 8 threads");
     assert!(c.clear_namespace()? > 0, "the namespace held keys");
     assert_eq!(c.get("hot")?, None);
+    assert_eq!(
+        engine.shutdown(Duration::from_secs(5))?,
+        tiercache::ShutdownReport::default()
+    );
     Ok(())
 }
 

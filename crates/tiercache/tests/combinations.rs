@@ -262,6 +262,26 @@ fn held_load(
     (gate, load)
 }
 
+/// Tasks alive on the current runtime.
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// Wait (at most 2 s) until no more than `before` tasks are alive; returns how many are.
+async fn tasks_settle_to(before: usize) -> usize {
+    let mut left = alive_tasks();
+    for _ in 0..200 {
+        if left <= before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        left = alive_tasks();
+    }
+    left
+}
+
 fn ok_loader(v: &'static str) -> impl FnOnce(String) -> std::future::Ready<Result<String, Error>> {
     move |_| std::future::ready(Ok(v.to_owned()))
 }
@@ -883,12 +903,7 @@ async fn l1_filled_before_tracking_came_up_is_flushed() -> TestResult {
 /// queued invalidations, once dropped, leaves no task behind on the runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_engine_leaves_no_task_running() -> TestResult {
-    let alive = || {
-        tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks()
-    };
-    let before = alive();
+    let before = alive_tasks();
     {
         let (store, bus) = (FaultStore::new(), MemoryBus::new());
         let a = cache(&instance(&store, &bus, "s6").await);
@@ -903,14 +918,7 @@ async fn a_dropped_engine_leaves_no_task_running() -> TestResult {
         b.invalidate("j").await?;
         assert!(a.engine().recovery_stats().unwrap().pending > 0);
     }
-    let mut left = alive();
-    for _ in 0..200 {
-        if left <= before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        left = alive();
-    }
+    let left = tasks_settle_to(before).await;
     assert!(
         left <= before,
         "{} tasks still alive after the engines were dropped",
@@ -924,12 +932,7 @@ async fn a_dropped_engine_leaves_no_task_running() -> TestResult {
 /// engine's tasks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_within_its_deadline_and_stops_every_task() -> TestResult {
-    let alive = || {
-        tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks()
-    };
-    let before = alive();
+    let before = alive_tasks();
     {
         let (store, bus) = (FaultStore::new(), MemoryBus::new());
         let reader = instance(&store, &bus, "sd").await;
@@ -970,14 +973,7 @@ async fn shutdown_drains_within_its_deadline_and_stops_every_task() -> TestResul
             "the reader's copy was invalidated"
         );
     }
-    let mut left = alive();
-    for _ in 0..200 {
-        if left <= before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        left = alive();
-    }
+    let left = tasks_settle_to(before).await;
     assert!(left <= before, "{} tasks still alive", left - before);
     Ok(())
 }
