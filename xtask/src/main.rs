@@ -204,6 +204,27 @@ fn test(args: &[String]) -> Result<()> {
     let mut doc = cargo();
     doc.args(["test", "--workspace", "--doc", "--exclude", "demo"]);
     run(doc, "cargo test --doc")?;
+    // Doc examples behind a feature (e.g. `tiercache::blocking`) compile and run too: each
+    // package with feature-gated targets once more, with the union of their features.
+    for g in targets::gated(&targets, &["test", "example"]) {
+        let mut doc = cargo();
+        doc.args([
+            "test",
+            "--doc",
+            "-p",
+            &g.package,
+            "--features",
+            &g.features.join(","),
+        ]);
+        run(
+            doc,
+            &format!(
+                "cargo test --doc -p {} --features {}",
+                g.package,
+                g.features.join(",")
+            ),
+        )?;
+    }
     if !quick {
         let mut rustdoc = cargo();
         rustdoc
