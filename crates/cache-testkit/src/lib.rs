@@ -507,6 +507,8 @@ impl RedisServer {
 
     /// Spawn the process (through the spawner thread) and wait for `PING`.
     fn launch(&self) -> Result<()> {
+        // A restart appends to the same log: only a new "ready" line counts.
+        let ready_before = self.log().matches(READY_LINE).count();
         let child = spawn_process(&self.binary, &self.command_line())?;
         let pid = child.id();
         {
@@ -518,7 +520,7 @@ impl RedisServer {
             .options
             .startup_timeout
             .unwrap_or(DEFAULT_STARTUP_TIMEOUT);
-        match self.wait_ready(timeout) {
+        match self.wait_ready(timeout, ready_before) {
             Ok(()) => Ok(()),
             Err(e) => {
                 let _ = self.kill();
@@ -527,7 +529,10 @@ impl RedisServer {
         }
     }
 
-    fn wait_ready(&self, timeout: Duration) -> Result<()> {
+    /// Wait until this process (not another server that holds the port: two tests starting
+    /// servers at once can be handed the same free port) answers: a PING on the port, and a
+    /// new "ready" line in this server's own log.
+    fn wait_ready(&self, timeout: Duration, ready_before: usize) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             {
@@ -543,7 +548,7 @@ impl RedisServer {
                     }
                 }
             }
-            if ping(self.addr()) {
+            if ping(self.addr()) && self.log().matches(READY_LINE).count() > ready_before {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -707,6 +712,9 @@ pub fn shared_redis() -> Result<&'static RedisServer> {
 
 /// Send `PING\r\n` over a plain TCP connection; any RESP reply (`+PONG`, or `-NOAUTH` on a
 /// password-protected server) means the server is up.
+/// What redis-server logs once it listens (Redis 6 and 7).
+const READY_LINE: &str = "Ready to accept connections";
+
 fn ping(addr: SocketAddr) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
