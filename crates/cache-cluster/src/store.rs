@@ -126,7 +126,7 @@ pub struct ClusterStore {
 
 pub(crate) struct Inner {
     /// Single-key reads in flight and queued (coalesced, see `get`).
-    reads: Arc<Reads>,
+    reads: Reads,
     pub(crate) config: ClusterConfig,
     pub(crate) seeds: Seeds,
     pub(crate) ctx: Arc<ErrorContext>,
@@ -211,7 +211,7 @@ impl ClusterStore {
         Ok(ClusterStore {
             conn,
             inner: Arc::new(Inner {
-                reads: Arc::default(),
+                reads: Reads::default(),
                 lease_script: LuaScript::new(SET_IF_LEASE_LUA),
                 tag_add_script: LuaScript::new(TAG_ADD_LUA),
                 tag_take_script: LuaScript::new(TAG_TAKE_LUA),
@@ -1211,9 +1211,7 @@ impl ClusterStore {
         })
         .await
     }
-}
 
-impl ClusterStore {
     /// `SCRIPT LOAD` on every primary of the slot map, in parallel (a `NOSCRIPT` answer does
     /// not say which node gave it; during a migration it can be the importing node). Nodes
     /// that fail are skipped; `Ok` when at least one loaded it. Without a slot map, redis-rs
@@ -1233,23 +1231,20 @@ impl ClusterStore {
             });
             async move { script.check_loaded(conn.route_command(script.load(), route).await?) }
         });
-        let mut last = None;
-        let mut loaded = false;
-        for result in join_all(loads).await {
-            match result {
-                Ok(()) => loaded = true,
-                Err(e) => last = Some(e),
-            }
+        let results = join_all(loads).await;
+        if results.iter().any(Result::is_ok) {
+            return Ok(());
         }
-        match last {
-            Some(e) if !loaded => Err(e),
-            _ => Ok(()),
-        }
+        results
+            .into_iter()
+            .filter_map(Result::err)
+            .last()
+            .map_or(Ok(()), Err)
     }
 }
 
 impl Coalesced for ClusterStore {
-    fn reads(&self) -> &Arc<Reads> {
+    fn reads(&self) -> &Reads {
         &self.inner.reads
     }
 

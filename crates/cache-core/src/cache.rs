@@ -498,7 +498,6 @@ struct Found<V> {
     delta_us: u32,
 }
 
-/// How the loaded value may be written.
 /// The refresh floor of [`Cache::refresh`]: no L2 value counts as newer, the loader runs.
 const RELOAD: u64 = u64::MAX;
 
@@ -511,6 +510,7 @@ fn unreachable(e: &Error) -> bool {
     )
 }
 
+/// How the loaded value may be written.
 enum Fill {
     /// No lease in use: write plainly.
     Plain,

@@ -117,14 +117,7 @@ impl Engine {
                 }
             }
         }
-        if let Some(r) = inner
-            .replayer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            r.abort();
-        }
+        inner.stop_replayer();
         let unsent_invalidations = match bus {
             Some(bus) => {
                 let left = bus.drain(until).await;
@@ -460,18 +453,23 @@ impl EngineInner {
 
 impl Drop for EngineInner {
     fn drop(&mut self) {
+        self.stop_replayer();
+    }
+}
+
+impl EngineInner {
+    /// Stop the recovery replay task, if it runs.
+    fn stop_replayer(&self) {
         if let Some(r) = self
             .replayer
-            .get_mut()
+            .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
         {
             r.abort();
         }
     }
-}
 
-impl EngineInner {
     /// Now, in unix ms: the clock thread's reading inline, or the injected clock.
     #[inline]
     pub(crate) fn now_ms(&self) -> u64 {

@@ -14,7 +14,7 @@
 //! reader one timeout, not two).
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use cache_core::{Error, ErrorKind, Result};
@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 /// A store whose single-key reads are coalesced: its queue, and the two ways it reads.
 pub trait Coalesced: Clone + Send + Sync + 'static {
     /// The queue of this store's reads (one per store, shared by its clones).
-    fn reads(&self) -> &Arc<Reads>;
+    fn reads(&self) -> &Reads;
     /// One key, sent now.
     fn read_one(&self, key: &str) -> impl Future<Output = Answer> + Send;
     /// Many keys in one request (or one per group the store needs), aligned with `keys`.
@@ -66,6 +66,18 @@ impl Reads {
     }
 }
 
+impl State {
+    /// A sender gives its slot back. When none is left, no one would send what is still
+    /// queued (a sender that could not go on): those readers get a `Connection` error (their
+    /// answer is dropped) and the next read leads again.
+    fn give_back(&mut self) {
+        self.sending = self.sending.saturating_sub(1);
+        if self.sending == 0 {
+            self.queued.clear();
+        }
+    }
+}
+
 /// Held while a leader's `GET` (or a batch) is in flight: dropped, it starts the next batch if
 /// reads queued meanwhile, or marks the store idle. Runs on drop so that a cancelled reader
 /// never leaves the queue stuck.
@@ -78,25 +90,17 @@ impl<S: Coalesced> Drop for Handover<S> {
         let Some(store) = self.store.take() else {
             return;
         };
-        let reads = Arc::clone(store.reads());
-        let mut state = reads.lock();
-        if state.queued.is_empty() {
-            state.sending = state.sending.saturating_sub(1);
-            return;
-        }
-        // Its slot stays taken: the task sends the queue until it finds it empty.
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
+        let mut state = store.reads().lock();
+        if !state.queued.is_empty() {
+            // Its slot stays taken: the task sends the queue until it finds it empty. With no
+            // runtime to send from (dropped outside one), the slot is given back below.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 drop(state);
                 runtime.spawn(drain(store));
-            }
-            // No runtime to send from (dropped outside one): the queued readers get a
-            // `Connection` error, the next read leads again.
-            Err(_) => {
-                state.sending = state.sending.saturating_sub(1);
-                state.queued.clear();
+                return;
             }
         }
+        state.give_back();
     }
 }
 
@@ -156,9 +160,10 @@ fn join<S: Coalesced>(store: &S, key: &str) -> Turn<S> {
 
 /// Send the queued reads as `MGET`s, one at a time, until the queue is empty.
 async fn drain<S: Coalesced>(store: S) {
-    // If this task is dropped mid-batch (runtime shut down), the guard still frees the queue.
+    // If this task is dropped mid-batch (runtime shut down), the guard still gives the slot
+    // back.
     let mut guard = DrainGuard {
-        reads: Arc::clone(store.reads()),
+        store: &store,
         armed: true,
     };
     loop {
@@ -167,7 +172,7 @@ async fn drain<S: Coalesced>(store: S) {
             // Readers that gave up (timed out, dropped) need no answer.
             state.queued.retain(|(_, tx)| !tx.is_closed());
             if state.queued.is_empty() {
-                state.sending = state.sending.saturating_sub(1);
+                state.give_back();
                 guard.armed = false;
                 return;
             }
@@ -194,23 +199,17 @@ async fn drain<S: Coalesced>(store: S) {
     }
 }
 
-/// Frees the queue if a draining task ends without doing so (its runtime shut down): the
-/// queued readers' answers are dropped (they get a `Connection` error), and the next read
-/// leads again.
-struct DrainGuard {
-    reads: Arc<Reads>,
-    /// Still owns the queue (cleared when the task hands it back itself).
+/// Gives the slot back if a draining task ends without doing so (its runtime shut down).
+struct DrainGuard<'a, S: Coalesced> {
+    store: &'a S,
+    /// Still holds the slot (cleared when the task gives it back itself).
     armed: bool,
 }
 
-impl Drop for DrainGuard {
+impl<S: Coalesced> Drop for DrainGuard<'_, S> {
     fn drop(&mut self) {
         if self.armed {
-            let mut state = self.reads.lock();
-            state.sending = state.sending.saturating_sub(1);
-            if state.sending == 0 {
-                state.queued.clear();
-            }
+            self.store.reads().lock().give_back();
         }
     }
 }

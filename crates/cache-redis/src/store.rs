@@ -85,7 +85,7 @@ pub struct RedisStore {
 
 struct Inner {
     /// Single-key reads in flight and queued (see [`crate::coalesce`]).
-    reads: Arc<Reads>,
+    reads: Reads,
     config: RedisConfig,
     client: redis::Client,
     ctx: Arc<ErrorContext>,
@@ -137,7 +137,7 @@ impl fmt::Debug for RedisStore {
 }
 
 impl Coalesced for RedisStore {
-    fn reads(&self) -> &Arc<Reads> {
+    fn reads(&self) -> &Reads {
         &self.inner.reads
     }
 
@@ -242,7 +242,7 @@ impl RedisStore {
         Ok(RedisStore {
             conn,
             inner: Arc::new(Inner {
-                reads: Arc::default(),
+                reads: Reads::default(),
                 config,
                 client: client_copy,
                 ctx: Arc::new(ctx),

@@ -710,11 +710,11 @@ pub fn shared_redis() -> Result<&'static RedisServer> {
     }
 }
 
-/// Send `PING\r\n` over a plain TCP connection; any RESP reply (`+PONG`, or `-NOAUTH` on a
-/// password-protected server) means the server is up.
 /// What redis-server logs once it listens (Redis 6 and 7).
 const READY_LINE: &str = "Ready to accept connections";
 
+/// Send `PING\r\n` over a plain TCP connection; any RESP reply (`+PONG`, or `-NOAUTH` on a
+/// password-protected server) means the server is up.
 fn ping(addr: SocketAddr) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
