@@ -24,6 +24,7 @@ use crate::key::KeySpace;
 use crate::l1::{L1Entry, NamespaceId};
 use crate::namespace::{Flight, NsState, Shared};
 use crate::observer::{CacheEvent, CacheObserver, L2Op};
+use crate::options::{check_ttls, CallOptions, LoadContext, Loaded, Outcome, DEFAULT_OPTIONS};
 use crate::policy::{NoRefresh, RefreshPolicy};
 use crate::recovery::Replay;
 use crate::remote::{check_value_size, LeaseFill, RemoteEntry};
@@ -501,6 +502,15 @@ struct Found<V> {
 /// The refresh floor of [`Cache::refresh`]: no L2 value counts as newer, the loader runs.
 const RELOAD: u64 = u64::MAX;
 
+/// Whether two values at hand are the same one (the same allocation, or both absences).
+fn same_value<V>(a: &Option<Option<Arc<V>>>, b: &Option<Option<Arc<V>>>) -> bool {
+    match (a, b) {
+        (Some(Some(a)), Some(Some(b))) => Arc::ptr_eq(a, b),
+        (Some(None), Some(None)) => true,
+        _ => false,
+    }
+}
+
 /// Whether an L2 error means the server is not answering now (a timeout, a lost connection,
 /// an open breaker): the next L2 call of the same load would most likely fail the same way.
 fn unreachable(e: &Error) -> bool {
@@ -636,12 +646,29 @@ where
         // An invalid key is never in L1: it misses here and is refused by `get_remote`.
         match self.get_local(key) {
             Some(hit) => Fast::Ready(Some(Ok(hit))),
-            None => Fast::Boxed(Box::pin(self.get_remote(key))),
+            None => Fast::Boxed(Box::pin(self.get_remote(key, true))),
         }
     }
 
+    /// [`Cache::get`] with per-call options: `skip_l1_read` reads L2 even when L1 holds the
+    /// key, `skip_l2_read` answers from L1 alone, `skip_l1_write` leaves L1 as it is after an
+    /// L2 hit. Skipping both reads is an [`ErrorKind::InvalidConfig`] error.
+    pub async fn get_with(&self, key: &str, options: &CallOptions) -> Result<Option<Arc<V>>> {
+        options.check_read(&self.inner.config)?;
+        crate::key::validate_key(key, self.inner.keys.max_key_len())?;
+        if !options.skip_l1_read {
+            if let Some(hit) = self.get_local(key) {
+                return Ok(hit);
+            }
+        }
+        if options.skip_l2_read {
+            return Ok(None);
+        }
+        self.get_remote(key, !options.skip_l1_write).await
+    }
+
     /// The L2 part of [`Cache::get`].
-    async fn get_remote(&self, key: &str) -> Result<Option<Arc<V>>> {
+    async fn get_remote(&self, key: &str, fill_l1: bool) -> Result<Option<Arc<V>>> {
         crate::key::validate_key(key, self.inner.keys.max_key_len())?;
         let full = self.inner.keys.full(key)?;
         let epoch = self.inner.epoch(key);
@@ -649,7 +676,7 @@ where
         use tracing::Instrument;
         Ok(self
             .inner
-            .l2_read(key, &full, epoch)
+            .l2_read(key, &full, epoch, fill_l1)
             .instrument(span)
             .await
             .ok()
@@ -713,11 +740,13 @@ where
                 Error::new(ErrorKind::NotFound, "the source has no value for this key")
             })
         };
-        let loader = move |k| async move { loader(k).await.map(Some) };
-        match self.load_local(key, None, loader) {
+        let loader = move |ctx: LoadContext<V>| async move {
+            loader(ctx.into_key()).await.map(Loaded::value)
+        };
+        match self.load_local(key, &DEFAULT_OPTIONS, loader) {
             Local::Hit(found) => Fast::Ready(Some(found.and_then(present))),
             Local::Miss { loader, stale } => Fast::Boxed(Box::pin(async move {
-                self.load_remote(key, None, loader, stale)
+                self.load_remote(key, &DEFAULT_OPTIONS, loader, stale)
                     .await
                     .and_then(present)
             })),
@@ -736,7 +765,10 @@ where
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
-        self.load_inner(key, None, loader).await
+        let loader = move |ctx: LoadContext<V>| async move {
+            loader(ctx.into_key()).await.map(Loaded::from)
+        };
+        self.load_inner(key, &DEFAULT_OPTIONS, loader).await
     }
 
     /// Like [`Cache::get_or_load`] with a per-call L2 TTL (L1 uses the smaller of it and
@@ -752,45 +784,78 @@ where
         Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
-        let found = self
-            .load_inner(
-                key,
-                Some(ttl),
-                move |k| async move { loader(k).await.map(Some) },
-            )
-            .await?;
+        let options = CallOptions::new().with_l2_ttl(ttl);
+        let loader = move |ctx: LoadContext<V>| async move {
+            loader(ctx.into_key()).await.map(Loaded::value)
+        };
+        let found = self.get_or_load_with(key, &options, loader).await?;
         found.ok_or_else(|| Error::new(ErrorKind::NotFound, "the source has no value for this key"))
+    }
+
+    /// The most general load: read through both tiers (as `options` allow); on a miss run
+    /// `loader` once for all concurrent callers of this key in this engine, and cache what it
+    /// answers as it says. `Ok(None)`: the source has no value ([`Loaded::absent`]).
+    ///
+    /// The loader receives a [`LoadContext`]: the key, and the value the cache holds when one
+    /// is at hand (on a refresh; with fail-safe, an expired value still kept), so it can
+    /// revalidate it. It answers a [`Loaded`]: a value, an absence, or
+    /// [`Loaded::unchanged`] (keep the previous value, renew its TTLs), optionally with this
+    /// entry's own TTLs, tags, or [`Loaded::no_cache`].
+    ///
+    /// `options` apply to this call ([`CallOptions::check_load`] refuses contradictions with
+    /// an [`ErrorKind::InvalidConfig`] error, before anything else happens). A caller that
+    /// joins a load already in flight gets that load's result, made with its starter's
+    /// options.
+    pub async fn get_or_load_with<F, Fut, E>(
+        &self,
+        key: &str,
+        options: &CallOptions,
+        loader: F,
+    ) -> Result<Option<Arc<V>>>
+    where
+        F: FnOnce(LoadContext<V>) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Loaded<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        options.check_load(&self.inner.config)?;
+        self.load_inner(key, options, loader).await
     }
 
     async fn load_inner<F, Fut, E>(
         &self,
         key: &str,
-        ttl: Option<Duration>,
+        options: &CallOptions,
         loader: F,
     ) -> Result<Option<Arc<V>>>
     where
-        F: FnOnce(String) -> Fut + Send + 'static,
-        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        F: FnOnce(LoadContext<V>) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Loaded<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
-        match self.load_local(key, ttl, loader) {
+        match self.load_local(key, options, loader) {
             Local::Hit(found) => found,
-            Local::Miss { loader, stale } => self.load_remote(key, ttl, loader, stale).await,
+            Local::Miss { loader, stale } => self.load_remote(key, options, loader, stale).await,
         }
     }
 
     /// The L1 part of a load: a live hit (with an early refresh when the policy fires), or
     /// the loader back with any stale value kept for fail-safe.
-    fn load_local<F, Fut, E>(&self, key: &str, ttl: Option<Duration>, loader: F) -> Local<V, F>
+    fn load_local<F, Fut, E>(&self, key: &str, options: &CallOptions, loader: F) -> Local<V, F>
     where
-        F: FnOnce(String) -> Fut + Send + 'static,
-        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        F: FnOnce(LoadContext<V>) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Loaded<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
         if let Err(e) = crate::key::validate_key(key, self.inner.keys.max_key_len()) {
             return Local::Hit(Err(e));
         }
         let inner = &*self.inner;
+        if options.skip_l1_read {
+            return Local::Miss {
+                loader,
+                stale: None,
+            };
+        }
         let now = inner.engine.inner.now_ms();
         let mut stale: Option<(Option<Arc<V>>, u64)> = None;
         match inner.engine.inner.l1.get(inner.ns, key, now) {
@@ -799,8 +864,8 @@ where
                     (entry.refresh_at_ms, entry.expires_at_ms, entry.delta_us);
                 if let Some(hit) = inner.downcast(entry) {
                     if now >= refresh_at {
-                        if let Err(e) =
-                            self.maybe_refresh(key, now, expires_at, delta_us, ttl, &hit, loader)
+                        if let Err(e) = self
+                            .maybe_refresh(key, now, expires_at, delta_us, options, &hit, loader)
                         {
                             return Local::Hit(Err(e));
                         }
@@ -827,13 +892,13 @@ where
     async fn load_remote<F, Fut, E>(
         &self,
         key: &str,
-        ttl: Option<Duration>,
+        options: &CallOptions,
         loader: F,
         stale: Option<(Option<Arc<V>>, u64)>,
     ) -> Result<Option<Arc<V>>>
     where
-        F: FnOnce(String) -> Fut + Send + 'static,
-        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        F: FnOnce(LoadContext<V>) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Loaded<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
         let full = self.inner.keys.full(key)?;
@@ -853,7 +918,7 @@ where
                         key,
                         tx,
                         full,
-                        ttl,
+                        *options,
                         loader,
                         None,
                         stale.clone(),
@@ -864,7 +929,8 @@ where
             }
         };
         let (rx, joined) = rx;
-        self.wait_bounded(rx, stale.map(|(v, _)| v), joined).await
+        self.wait_bounded(rx, stale.map(|(v, _)| v), joined, options)
+            .await
     }
 
     /// Wait for a load, bounded from the caller's side: past the soft timeout a caller holding
@@ -879,6 +945,7 @@ where
         rx: Flight<V>,
         stale: Option<Option<Arc<V>>>,
         joined: bool,
+        options: &CallOptions,
     ) -> Shared<V> {
         let served = |r: Shared<V>| {
             if joined {
@@ -890,7 +957,7 @@ where
         let config = &self.inner.config;
         let started = Instant::now();
         let mut pending = std::pin::pin!(wait(rx));
-        if let (Some(soft), Some(value)) = (config.loader_soft_timeout, &stale) {
+        if let (Some(soft), Some(value)) = (options.soft_timeout(config), &stale) {
             match tokio::time::timeout(soft, pending.as_mut()).await {
                 Ok(r) => return served(r),
                 Err(_) => {
@@ -900,7 +967,7 @@ where
                 }
             }
         }
-        match config.loader_hard_timeout {
+        match options.hard_timeout(config) {
             Some(hard) => {
                 match tokio::time::timeout(hard.saturating_sub(started.elapsed()), pending).await {
                     Ok(r) => served(r),
@@ -931,13 +998,13 @@ where
         now: u64,
         expires_at: u64,
         delta_us: u32,
-        ttl: Option<Duration>,
+        options: &CallOptions,
         current: &Option<Arc<V>>,
         loader: F,
     ) -> Result<()>
     where
-        F: FnOnce(String) -> Fut + Send + 'static,
-        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        F: FnOnce(LoadContext<V>) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Loaded<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
         let inner = &self.inner;
@@ -961,7 +1028,7 @@ where
             key,
             tx,
             full,
-            ttl,
+            *options,
             loader,
             Some((expires_at, Some(current.clone()))),
             None,
@@ -984,6 +1051,21 @@ where
         Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
+        self.refresh_with(key, move |ctx: LoadContext<V>| async move {
+            loader(ctx.into_key()).await.map(Loaded::value)
+        })
+    }
+
+    /// [`Cache::refresh`] with a loader that receives a [`LoadContext`] (holding the value L1
+    /// has now, if any) and answers a [`Loaded`], as in [`Cache::get_or_load_with`]: a
+    /// conditional refresh answers [`Loaded::unchanged`] when the source says the value did
+    /// not change, and the value is kept with its TTLs renewed in both tiers.
+    pub fn refresh_with<F, Fut, E>(&self, key: &str, loader: F) -> Result<bool>
+    where
+        F: FnOnce(LoadContext<V>) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Loaded<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
         crate::key::validate_key(key, self.inner.keys.max_key_len())?;
         let full = self.inner.keys.full(key)?;
         // The value L1 holds now: served to a refresh whose lease another instance holds.
@@ -995,12 +1077,11 @@ where
         let (tx, rx) = watch::channel(None);
         map.insert(key.to_owned(), rx);
         drop(map);
-        let loader = move |k| async move { loader(k).await.map(Some) };
         self.start_flight(
             key,
             tx,
             full,
-            None,
+            DEFAULT_OPTIONS,
             loader,
             Some((RELOAD, current)),
             None,
@@ -1017,15 +1098,15 @@ where
         key: &str,
         tx: watch::Sender<Option<Shared<V>>>,
         full: String,
-        ttl: Option<Duration>,
+        options: CallOptions,
         loader: F,
         refresh: Option<(u64, Option<Option<Arc<V>>>)>,
         stale: Option<(Option<Arc<V>>, u64)>,
         kind: SpanKind,
     ) -> Result<()>
     where
-        F: FnOnce(String) -> Fut + Send + 'static,
-        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        F: FnOnce(LoadContext<V>) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Loaded<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
@@ -1037,7 +1118,7 @@ where
         let span = self.inner.span(kind, &key);
         spawn(span, async move {
             let result = inner
-                .fill_one(key, full, ttl, loader, refresh, stale, &guard)
+                .fill_one(key, full, options, loader, refresh, stale, &guard)
                 .await;
             guard.finish(|_| result.clone());
         })
@@ -1120,7 +1201,12 @@ where
                 .get(i)
                 .and_then(|k| stale.get(k.as_ref()))
                 .map(|(v, _)| v.clone());
-            async move { (i, self.wait_bounded(rx, kept, joined).await) }
+            async move {
+                (
+                    i,
+                    self.wait_bounded(rx, kept, joined, &DEFAULT_OPTIONS).await,
+                )
+            }
         }))
         .await;
         for (i, r) in results {
@@ -1137,13 +1223,14 @@ where
     /// and the write is queued for replay when L2 is back (auto-recovery): `Ok` is returned.
     /// With auto-recovery off, the L2 error is returned.
     pub async fn set(&self, key: &str, value: V) -> Result<()> {
-        self.set_inner(key, Arc::new(value), None, &[]).await
+        self.set_inner(key, Arc::new(value), &DEFAULT_OPTIONS, &[])
+            .await
     }
 
     /// Like [`Cache::set`] for a value already behind an `Arc` (no copy: the same `Arc` is
     /// kept in L1). Used by write-behind, which also hands the value to the source writer.
     pub async fn set_shared(&self, key: &str, value: Arc<V>) -> Result<()> {
-        self.set_inner(key, value, None, &[]).await
+        self.set_inner(key, value, &DEFAULT_OPTIONS, &[]).await
     }
 
     /// Like [`Cache::set`], recording the key under each tag so that
@@ -1154,7 +1241,8 @@ where
             self.inner.tag_keys(t)?;
         }
         let tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
-        self.set_inner(key, Arc::new(value), None, &tags).await
+        self.set_inner(key, Arc::new(value), &DEFAULT_OPTIONS, &tags)
+            .await
     }
 
     /// Write-through: run `writer` (your database write) first; when it succeeds, write the
@@ -1177,7 +1265,7 @@ where
                     .with_boxed_source(source),
             );
         }
-        match self.set_inner(key, value, None, &[]).await {
+        match self.set_inner(key, value, &DEFAULT_OPTIONS, &[]).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 tracing::warn!(cache = %self.inner.name, error = %e, "cache update after a write-through failed; invalidating the key");
@@ -1283,81 +1371,211 @@ where
         if ttl.is_zero() {
             return Err(Error::new(ErrorKind::InvalidConfig, "ttl must be positive"));
         }
-        self.set_inner(key, Arc::new(value), Some(ttl), &[]).await
+        let options = CallOptions::new().with_l2_ttl(ttl);
+        self.set_inner(key, Arc::new(value), &options, &[]).await
+    }
+
+    /// [`Cache::set`] with per-call options ([`CallOptions::check_write`] refuses
+    /// contradictions with an [`ErrorKind::InvalidConfig`] error before anything changes):
+    ///
+    /// - TTLs: this entry's L1 and L2 TTLs.
+    /// - `skip_l1_write`: this instance's L1 drops its copy instead of holding the value.
+    /// - `skip_l2_write`: L2 drops the key instead of holding the value (no instance reads
+    ///   an older value there); this instance's L1 holds the value.
+    /// - `background_l2_write`: the call returns once L1 holds the value; the L2 write, then
+    ///   the invalidation of the other instances, follow in a background task, in call order
+    ///   per key (a later `set` or `invalidate` of the key on this engine waits for them).
+    ///   A failed background write goes to auto-recovery like a failed `set` (it is not
+    ///   returned: the call has returned); a full queue makes the call wait for its write
+    ///   ([`crate::EngineBuilder::with_background_writes`]). Until the write lands, other
+    ///   instances read the older value, and so does this one if its L1 copy is evicted.
+    ///   [`crate::Engine::shutdown`] finishes the queued writes.
+    pub async fn set_with(&self, key: &str, value: V, options: &CallOptions) -> Result<()> {
+        options.check_write(&self.inner.config)?;
+        self.set_inner(key, Arc::new(value), options, &[]).await
     }
 
     async fn set_inner(
         &self,
         key: &str,
         value: Arc<V>,
-        ttl: Option<Duration>,
+        options: &CallOptions,
         tags: &[String],
     ) -> Result<()> {
         let full = self.inner.keys.full(key)?;
         let inner = &self.inner;
-        let prepared = inner.prepare(Some(value), Duration::ZERO, ttl)?;
-        if let (Some(l2), Some(bytes)) = (&inner.engine.inner.l2, &prepared.bytes) {
+        let prepared =
+            inner.prepare(Some(value), Duration::ZERO, options.l1_ttl, options.l2_ttl)?;
+        let write_l2 = !options.skip_l2_write;
+        if let (Some(l2), Some(bytes), true) = (&inner.engine.inner.l2, &prepared.bytes, write_l2) {
             check_value_size(&full, bytes.len(), l2.max_value_size())?;
         }
+        // Writes of a key on this engine land in call order: after its background ones.
+        inner.engine.inner.background.settled(&full).await;
         inner.observer.on_event(CacheEvent::Set);
         inner.bump_epoch(key);
-        let mut result = Ok(());
-        if let (Some(l2), Some(bytes)) = (&inner.engine.inner.l2, prepared.bytes.clone()) {
-            let lease = inner.fill_lease_key(&full);
-            let tag_keys: Vec<String> = tags
-                .iter()
-                .map(|t| crate::key::tag_key(&inner.engine.inner.prefix, &inner.name, t))
-                .collect();
-            // Remove the fill lease first: a load in flight elsewhere must not overwrite us.
-            let removed = match &lease {
-                Some(lk) => l2.delete(std::slice::from_ref(lk)).await,
-                None => Ok(()),
-            };
-            let mut written = match removed {
-                Ok(()) => {
-                    let start = inner.observe.then(Instant::now);
-                    let set = l2.set(&full, bytes, prepared.l2_ttl).await;
-                    if set.is_ok() {
-                        inner.l2_written(start, 1);
-                    }
-                    set
-                }
-                Err(e) => Err(e),
-            };
-            for tag_key in &tag_keys {
-                if written.is_err() {
-                    break;
-                }
-                written = l2.tag_add(tag_key, &full, prepared.l2_ttl).await;
-            }
-            match written {
-                Ok(()) => inner.engine.inner.recovered(&full),
-                Err(e) => {
-                    inner.l2_failed(L2Op::Set, &e);
-                    // Only outages are worth replaying; a refusal (NOPERM, oversize) would
-                    // be refused again and must reach the caller.
-                    // The failed write is settled by a delete when L2 is back: another instance
-                    // may write the key meanwhile, and only a delete is right in any order.
-                    let queued = e.is_transient()
-                        && inner.engine.inner.queue_recovery(
-                            full.clone(),
-                            Replay::delete(lease.into_iter().collect(), tag_keys, prepared.l2_ttl),
-                            Some((inner.channel.clone(), key.to_owned())),
-                        );
-                    if queued {
-                        // Accepted: L1 holds the value; L2 drops the key when it is back.
-                        bump(&inner.stats.queued_for_recovery);
-                    } else {
-                        result = Err(e);
-                    }
+        if options.background_l2_write && inner.engine.inner.l2.is_some() {
+            let epoch = inner.epoch(key);
+            inner.keep_in_l1(key, options, &prepared);
+            let cache = self.clone();
+            let owned_key = key.to_owned();
+            let owned_full = full.clone();
+            let tags = tags.to_vec();
+            let keep = !options.skip_l1_write;
+            let job = crate::background::Background::job(full.clone(), async move {
+                cache
+                    .finish_background(&owned_key, &owned_full, prepared, &tags, epoch, keep)
+                    .await;
+            });
+            match inner.engine.inner.background.push(job) {
+                Ok(()) => return Ok(()),
+                // The queue is full (or stopped): write in the foreground, as `set` does.
+                Err(job) => {
+                    job.run().await;
+                    return Ok(());
                 }
             }
         }
+        let result = if write_l2 {
+            self.l2_store(key, &full, &prepared, tags).await
+        } else {
+            self.l2_remove(key, full).await
+        };
         // A load or read that began while L2 was being written must not fill L1 after us.
         inner.bump_epoch(key);
-        inner.fill_l1(key, prepared.value.clone(), &prepared);
+        inner.keep_in_l1(key, options, &prepared);
         inner.announce(key);
         result
+    }
+
+    /// The L2 part of a background write, then what `set` does after it: L1 again (a read
+    /// that found the older L2 value meanwhile must not keep it), and the announcement.
+    async fn finish_background(
+        &self,
+        key: &str,
+        full: &str,
+        prepared: Prepared<V>,
+        tags: &[String],
+        epoch: u64,
+        keep: bool,
+    ) {
+        let inner = &self.inner;
+        if let Err(e) = self.l2_store(key, full, &prepared, tags).await {
+            tracing::warn!(cache = %inner.name, error = %e, "background L2 write failed");
+        }
+        if inner.epoch(key) == epoch {
+            inner.bump_epoch(key);
+            if keep {
+                inner.fill_l1(key, prepared.value.clone(), &prepared);
+            }
+        } else {
+            // Dropped or flushed meanwhile (an invalidation from another instance): what L1
+            // holds now may be older than L2; drop it.
+            inner.state.drop_key(key);
+        }
+        inner.announce(key);
+    }
+
+    /// Write a prepared value to L2 (after removing the key's fill lease, so a load in flight
+    /// elsewhere cannot overwrite it) and record its tags. A transient failure is queued for
+    /// auto-recovery (as a delete) and counts as done.
+    async fn l2_store(
+        &self,
+        key: &str,
+        full: &str,
+        prepared: &Prepared<V>,
+        tags: &[String],
+    ) -> Result<()> {
+        let inner = &self.inner;
+        let (Some(l2), Some(bytes)) = (&inner.engine.inner.l2, prepared.bytes.clone()) else {
+            return Ok(());
+        };
+        let lease = inner.fill_lease_key(full);
+        let tag_keys: Vec<String> = tags
+            .iter()
+            .map(|t| crate::key::tag_key(&inner.engine.inner.prefix, &inner.name, t))
+            .collect();
+        // Remove the fill lease first: a load in flight elsewhere must not overwrite us.
+        let removed = match &lease {
+            Some(lk) => l2.delete(std::slice::from_ref(lk)).await,
+            None => Ok(()),
+        };
+        let mut written = match removed {
+            Ok(()) => {
+                let start = inner.observe.then(Instant::now);
+                let set = l2.set(full, bytes, prepared.l2_ttl).await;
+                if set.is_ok() {
+                    inner.l2_written(start, 1);
+                }
+                set
+            }
+            Err(e) => Err(e),
+        };
+        for tag_key in &tag_keys {
+            if written.is_err() {
+                break;
+            }
+            written = l2.tag_add(tag_key, full, prepared.l2_ttl).await;
+        }
+        match written {
+            Ok(()) => {
+                inner.engine.inner.recovered(full);
+                Ok(())
+            }
+            Err(e) => {
+                inner.l2_failed(L2Op::Set, &e);
+                // Only outages are worth replaying; a refusal (NOPERM, oversize) would
+                // be refused again and must reach the caller.
+                // The failed write is settled by a delete when L2 is back: another instance
+                // may write the key meanwhile, and only a delete is right in any order.
+                let queued = e.is_transient()
+                    && inner.engine.inner.queue_recovery(
+                        full.to_owned(),
+                        Replay::delete(lease.into_iter().collect(), tag_keys, prepared.l2_ttl),
+                        Some((inner.channel.clone(), key.to_owned())),
+                    );
+                if queued {
+                    // Accepted: L1 holds the value; L2 drops the key when it is back.
+                    bump(&inner.stats.queued_for_recovery);
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Delete a key (and its fill lease) from L2; a transient failure is queued for
+    /// auto-recovery and counts as done.
+    async fn l2_remove(&self, key: &str, full: String) -> Result<()> {
+        let inner = &self.inner;
+        let Some(l2) = &inner.engine.inner.l2 else {
+            return Ok(());
+        };
+        let mut keys = vec![full];
+        keys.extend(inner.fill_lease_key(&keys[0]));
+        match l2.delete(&keys).await {
+            Ok(()) => {
+                inner.engine.inner.recovered(&keys[0]);
+                Ok(())
+            }
+            Err(e) => {
+                inner.l2_failed(L2Op::Delete, &e);
+                let full = keys.remove(0);
+                let queued = e.is_transient()
+                    && inner.engine.inner.queue_recovery(
+                        full,
+                        Replay::delete(keys, Vec::new(), Duration::ZERO),
+                        Some((inner.channel.clone(), key.to_owned())),
+                    );
+                if queued {
+                    bump(&inner.stats.queued_for_recovery);
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
     }
 
     /// Drop a key from both tiers and from every other instance's L1 (bus). L1 is dropped
@@ -1371,32 +1589,11 @@ where
 
     async fn invalidate_inner(&self, key: &str) -> Result<()> {
         let full = self.inner.keys.full(key)?;
+        self.inner.engine.inner.background.settled(&full).await;
         self.inner.bump_epoch(key);
         self.inner.engine.inner.l1.remove(self.inner.ns, key);
         self.inner.observer.on_event(CacheEvent::Invalidate);
-        let mut result = Ok(());
-        if let Some(l2) = &self.inner.engine.inner.l2 {
-            let mut keys = vec![full];
-            keys.extend(self.inner.fill_lease_key(&keys[0]));
-            match l2.delete(&keys).await {
-                Ok(()) => self.inner.engine.inner.recovered(&keys[0]),
-                Err(e) => {
-                    self.inner.l2_failed(L2Op::Delete, &e);
-                    let full = keys.remove(0);
-                    let queued = e.is_transient()
-                        && self.inner.engine.inner.queue_recovery(
-                            full,
-                            Replay::delete(keys, Vec::new(), Duration::ZERO),
-                            Some((self.inner.channel.clone(), key.to_owned())),
-                        );
-                    if queued {
-                        bump(&self.inner.stats.queued_for_recovery);
-                    } else {
-                        result = Err(e);
-                    }
-                }
-            }
-        }
+        let result = self.l2_remove(key, full).await;
         // A read on this instance while the delete was in flight may have found the old value
         // in L2 and cached it under the already bumped epoch: drop it again.
         self.inner.state.drop_key(key);
@@ -1406,6 +1603,109 @@ where
         // copies are no newer than L2's, and the replay announces again.
         self.inner.announce(key);
         result
+    }
+
+    /// Mark a key expired everywhere without dropping it: with fail-safe on, the value stays
+    /// in both tiers as a stale fallback (the next read loads, and a failing loader serves the
+    /// kept value, as for a value that expired by itself); the other instances drop their L1
+    /// copies (bus). Without fail-safe there is nothing to keep: it is
+    /// [`Cache::invalidate`].
+    ///
+    /// L2's copy is re-stamped as expired under the key's fill lease, so it never overwrites
+    /// a newer write. When that cannot be done (raw mode, leases off, a load of the key in
+    /// flight elsewhere, L2 failing) the key is deleted from L2 instead, like `invalidate`
+    /// (queued for auto-recovery when L2 is down): never stale, though the fallback is lost.
+    pub async fn expire(&self, key: &str) -> Result<()> {
+        let inner = &self.inner;
+        if !inner.config.fail_safe {
+            return self.invalidate(key).await;
+        }
+        let full = inner.keys.full(key)?;
+        inner.engine.inner.background.settled(&full).await;
+        inner.observer.on_event(CacheEvent::Invalidate);
+        inner.bump_epoch(key);
+        inner.mark_expired(key);
+        let kept = match &inner.engine.inner.l2 {
+            None => true,
+            Some(l2) => self.expire_l2(l2.as_ref(), &full).await,
+        };
+        let result = if kept {
+            Ok(())
+        } else {
+            self.l2_remove(key, full).await
+        };
+        // A read that found the live L2 value meanwhile may have filled L1 again.
+        inner.bump_epoch(key);
+        inner.mark_expired(key);
+        inner.announce(key);
+        result
+    }
+
+    /// Re-stamp L2's copy of `full` as expired now, keeping it until its fail-safe window
+    /// ends, under the fill lease. False when that could not be done (the caller deletes).
+    async fn expire_l2(&self, l2: &dyn crate::remote::RemoteStore, full: &str) -> bool {
+        let inner = &self.inner;
+        if inner.config.raw {
+            return false;
+        }
+        let Some(lease) = inner.fill_lease_key(full) else {
+            return false;
+        };
+        let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)).into_bytes();
+        if !matches!(
+            l2.set_nx(&lease, token.clone(), inner.config.lease_ttl)
+                .await,
+            Ok(true)
+        ) {
+            return false;
+        }
+        let now = inner.engine.inner.now_ms().max(1);
+        let restamped = match l2.get(full).await {
+            Ok(Some(bytes)) => match Header::decode(&bytes) {
+                Ok((h, payload)) if h.expires_at_ms == 0 || h.expires_at_ms > now => {
+                    let until = inner.stale_until(h.expires_at_ms.max(now));
+                    let header = Header {
+                        expires_at_ms: now,
+                        ..h
+                    };
+                    Some((header.encode(payload), until.saturating_sub(now)))
+                }
+                // Expired already: nothing to do.
+                Ok(_) => None,
+                Err(_) => {
+                    inner.release_lease(&lease, &token).await;
+                    return false;
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                inner.l2_failed(L2Op::Get, &e);
+                inner.release_lease(&lease, &token).await;
+                return false;
+            }
+        };
+        let Some((bytes, keep_ms)) = restamped else {
+            inner.release_lease(&lease, &token).await;
+            return true;
+        };
+        // A write since our lease was taken removed it: the compare-and-set stores nothing,
+        // and the newer value stands.
+        match l2
+            .set_if_lease(
+                &lease,
+                &token,
+                full,
+                bytes,
+                Duration::from_millis(keep_ms.max(1)),
+            )
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                inner.l2_failed(L2Op::Set, &e);
+                false
+            }
+        }
     }
 
     /// Drop a key from this process' L1 only.
@@ -1428,6 +1728,12 @@ where
     /// value after it; a load in another namespace then merely skips its L2 write once.
     pub async fn clear_namespace(&self) -> Result<u64> {
         let inner = &self.inner;
+        inner
+            .engine
+            .inner
+            .background
+            .settled_prefix(inner.keys.base())
+            .await;
         inner.flush_local();
         inner.announce_clear();
         let deleted = match &inner.engine.inner.l2 {
@@ -1482,6 +1788,33 @@ where
             bus.publish_clear(&self.channel);
             self.observer
                 .on_event(CacheEvent::InvalidationsSent { keys: 1 });
+        }
+    }
+
+    /// Store a written value in L1, or (`skip_l1_write`) drop this instance's older copy.
+    fn keep_in_l1(&self, key: &str, options: &CallOptions, prepared: &Prepared<V>) {
+        if options.skip_l1_write {
+            self.engine.inner.l1.remove(self.ns, key);
+        } else {
+            self.fill_l1(key, prepared.value.clone(), prepared);
+        }
+    }
+
+    /// Turn a live L1 entry of `key` into an expired one, kept as a fail-safe fallback.
+    fn mark_expired(&self, key: &str) {
+        let now = self.engine.inner.now_ms();
+        if let Some(entry) = self.engine.inner.l1.get(self.ns, key, now) {
+            if entry.expires_at_ms > now {
+                self.engine.inner.l1.insert(
+                    self.ns,
+                    key,
+                    L1Entry {
+                        expires_at_ms: now,
+                        refresh_at_ms: now,
+                        ..entry
+                    },
+                );
+            }
         }
     }
 
@@ -1635,14 +1968,15 @@ where
         key: &str,
         fallback: Option<&Option<Arc<V>>>,
         guard: &FlightGuard<V, C>,
-    ) -> Result<Option<V>>
+        options: &CallOptions,
+    ) -> Result<Loaded<V>>
     where
-        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        Fut: Future<Output = std::result::Result<Loaded<V>, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = Instant::now();
         let mut fut = std::pin::pin!(fut);
-        if let (Some(soft), Some(fb)) = (self.config.loader_soft_timeout, fallback) {
+        if let (Some(soft), Some(fb)) = (options.soft_timeout(&self.config), fallback) {
             match tokio::time::timeout(soft, fut.as_mut()).await {
                 Ok(r) => return r.map_err(|e| Error::loader(e.into())),
                 Err(_) => {
@@ -1653,7 +1987,7 @@ where
                 }
             }
         }
-        match self.config.loader_hard_timeout {
+        match options.hard_timeout(&self.config) {
             Some(hard) => {
                 match tokio::time::timeout(hard.saturating_sub(started.elapsed()), fut).await {
                     Ok(r) => r.map_err(|e| Error::loader(e.into())),
@@ -1763,16 +2097,19 @@ where
         &self,
         value: Option<Arc<V>>,
         delta: Duration,
-        ttl: Option<Duration>,
+        l1: Option<Duration>,
+        l2: Option<Duration>,
     ) -> Result<Prepared<V>> {
         let now = self.engine.inner.now_ms();
-        let base_l2 = match (&value, ttl) {
+        let base_l2 = match (&value, l2) {
             (_, Some(t)) => t,
             (None, None) => self.config.negative_ttl,
             (Some(_), None) => self.config.l2_ttl,
         };
         let l2_ttl = self.jittered(base_l2);
-        let l1_ttl = self.jittered(self.config.l1_ttl.min(base_l2)).min(l2_ttl);
+        let l1_ttl = self
+            .jittered(l1.unwrap_or(self.config.l1_ttl).min(base_l2))
+            .min(l2_ttl);
         let delta_us = u32::try_from(delta.as_micros()).unwrap_or(u32::MAX);
         let l2_expires_at_ms = now.saturating_add(l2_ttl.as_millis() as u64);
         let payload = match &value {
@@ -1977,7 +2314,13 @@ where
     /// Read one key from L2 (`Ok(None)`: no L2, a miss, or unreadable bytes). An error is
     /// counted and reported here; the caller only decides what it means for the rest of the
     /// load (see [`unreachable`]).
-    async fn l2_read(&self, key: &str, full: &str, epoch: u64) -> Result<Option<Found<V>>> {
+    async fn l2_read(
+        &self,
+        key: &str,
+        full: &str,
+        epoch: u64,
+        fill_l1: bool,
+    ) -> Result<Option<Found<V>>> {
         let Some(l2) = self.engine.inner.l2.as_ref() else {
             return Ok(None);
         };
@@ -1986,6 +2329,8 @@ where
         match l2.get(full).await {
             Ok(answer) => {
                 let latency = start.map_or(Duration::ZERO, |s| s.elapsed());
+                // A read that must not fill L1 passes an epoch that never matches.
+                let epoch = if fill_l1 { epoch } else { u64::MAX };
                 Ok(self.accept_l2(key, answer, latency, epoch))
             }
             Err(e) => {
@@ -2029,11 +2374,12 @@ where
     /// Store what a loader produced in both tiers and return it.
     fn store_prepare(
         &self,
-        value: Option<V>,
+        value: Option<Arc<V>>,
         delta: Duration,
-        ttl: Option<Duration>,
+        l1: Option<Duration>,
+        l2: Option<Duration>,
     ) -> Result<(Prepared<V>, Option<Vec<u8>>)> {
-        let prepared = self.prepare(value.map(Arc::new), delta, ttl)?;
+        let prepared = self.prepare(value, delta, l1, l2)?;
         let mut bytes = prepared.bytes.clone();
         if let (Some(l2), Some(b)) = (&self.engine.inner.l2, &bytes) {
             if b.len() > l2.max_value_size() {
@@ -2060,20 +2406,31 @@ where
         self: Arc<Self>,
         key: String,
         full: String,
-        ttl: Option<Duration>,
+        options: CallOptions,
         loader: F,
         refresh: Option<(u64, Option<Option<Arc<V>>>)>,
         mut stale: Option<(Option<Arc<V>>, u64)>,
         guard: &FlightGuard<V, C>,
     ) -> Shared<V>
     where
-        F: FnOnce(String) -> Fut + Send + 'static,
-        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        F: FnOnce(LoadContext<V>) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Loaded<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
         let epoch = self.epoch(&key);
         let mut current: Option<Option<Arc<V>>> = refresh.as_ref().and_then(|(_, v)| v.clone());
-        let (l2_found, l2_down) = match self.l2_read(&key, &full, epoch).await {
+        // The value at hand before L2 is read (an L2 hit may replace L1's entry), and its age.
+        let held = current
+            .clone()
+            .or_else(|| stale.as_ref().map(|(v, _)| v.clone()));
+        let held_age = self.age(&key, &held);
+        let read = if options.skip_l2_read {
+            Ok(None)
+        } else {
+            self.l2_read(&key, &full, epoch, !options.skip_l1_write)
+                .await
+        };
+        let (l2_found, l2_down) = match read {
             Ok(found) => (found, false),
             Err(e) => (None, unreachable(&e)),
         };
@@ -2107,8 +2464,10 @@ where
             }
         }
         // L2 just failed to answer a read: a lease would wait for it again (a frozen server
-        // costs a full response timeout per call). Load without one, filling L1 only.
-        let fill = if l2_down {
+        // costs a full response timeout per call). Load without one, filling L1 only. A load
+        // that will not write L2 takes no lease either: other instances would wait for a
+        // value that never comes.
+        let fill = if l2_down || options.skip_l2_write {
             Fill::LocalOnly
         } else {
             match self.take_lease(&key, &full, current.is_some(), epoch).await {
@@ -2127,8 +2486,14 @@ where
         let fallback: Option<Option<Arc<V>>> = current
             .clone()
             .or_else(|| stale.as_ref().map(|(v, _)| v.clone()));
+        let age = if same_value(&fallback, &held) {
+            held_age
+        } else {
+            None
+        };
+        let context = LoadContext::new(key.clone(), fallback.clone(), age);
         let loaded = self
-            .run_loader(loader(key.clone()), &key, fallback.as_ref(), guard)
+            .run_loader(loader(context), &key, fallback.as_ref(), guard, &options)
             .await;
         let delta = start.elapsed();
         bump(&self.stats.loads);
@@ -2136,8 +2501,8 @@ where
             duration: delta,
             ok: loaded.is_ok(),
         });
-        let value = match loaded {
-            Ok(v) => v,
+        let loaded = match loaded {
+            Ok(l) => l,
             Err(e) => {
                 bump(&self.stats.load_errors);
                 if let Fill::Lease(lk, token) = &fill {
@@ -2157,7 +2522,23 @@ where
                 return Err(e);
             }
         };
-        let (prepared, bytes) = match self.store_prepare(value, delta, ttl) {
+        let (value, l1_ttl, l2_ttl, cache, tags) = match self.answer(loaded, fallback, &options) {
+            Ok(a) => a,
+            Err(e) => {
+                bump(&self.stats.load_errors);
+                if let Fill::Lease(lk, token) = &fill {
+                    self.release_lease(lk, token).await;
+                }
+                return Err(e);
+            }
+        };
+        if !cache {
+            if let Fill::Lease(lk, token) = &fill {
+                self.release_lease(lk, token).await;
+            }
+            return Ok(value);
+        }
+        let (prepared, bytes) = match self.store_prepare(value, delta, l1_ttl, l2_ttl) {
             Ok(p) => p,
             Err(e) => {
                 if let Fill::Lease(lk, token) = &fill {
@@ -2169,6 +2550,7 @@ where
         // Checked again right before filling L1 (no await in between): a `set` or
         // `invalidate` that ran during the load or the write wins.
         let mut fresh = true;
+        let mut stored = false;
         match (&self.engine.inner.l2, bytes, fill) {
             (Some(l2), Some(bytes), Fill::Lease(lk, token)) => {
                 let start = self.observe.then(Instant::now);
@@ -2176,7 +2558,10 @@ where
                     .set_if_lease(&lk, &token, &full, bytes, prepared.l2_ttl)
                     .await
                 {
-                    Ok(true) => self.l2_written(start, 1),
+                    Ok(true) => {
+                        self.l2_written(start, 1);
+                        stored = true;
+                    }
                     Ok(false) => {
                         self.l2_written(start, 1);
                         fresh = false;
@@ -2187,7 +2572,10 @@ where
             (Some(l2), Some(bytes), Fill::Plain) => {
                 let start = self.observe.then(Instant::now);
                 match l2.set(&full, bytes, prepared.l2_ttl).await {
-                    Ok(()) => self.l2_written(start, 1),
+                    Ok(()) => {
+                        self.l2_written(start, 1);
+                        stored = true;
+                    }
                     Err(e) => self.l2_failed(L2Op::Set, &e),
                 }
             }
@@ -2199,14 +2587,103 @@ where
             (_, _, Fill::Skip) => fresh = false,
             _ => {}
         }
+        if stored && !tags.is_empty() && !self.tag_fill(&key, &full, &tags, prepared.l2_ttl).await {
+            fresh = false;
+        }
         fresh = fresh && self.epoch(&key) == epoch;
-        if fresh {
+        if fresh && !options.skip_l1_write {
             self.fill_l1(&key, prepared.value.clone(), &prepared);
-        } else {
+        } else if !fresh {
             bump(&self.stats.stale_fills_refused);
             tracing::debug!(cache = %self.name, "key changed during the load; the loaded value is returned but not cached");
         }
         Ok(prepared.value)
+    }
+
+    /// What a loader's answer means: the value (the previous one for "unchanged"), its TTLs
+    /// (the answer's, else the call's), whether to cache it, and its tags.
+    #[allow(clippy::type_complexity)]
+    fn answer(
+        &self,
+        loaded: Loaded<V>,
+        previous: Option<Option<Arc<V>>>,
+        options: &CallOptions,
+    ) -> Result<(
+        Option<Arc<V>>,
+        Option<Duration>,
+        Option<Duration>,
+        bool,
+        Vec<String>,
+    )> {
+        let l1 = loaded.l1_ttl.or(options.l1_ttl);
+        let l2 = loaded.l2_ttl.or(options.l2_ttl);
+        check_ttls(l1, l2, &self.config)?;
+        for t in &loaded.tags {
+            crate::key::validate_key(t, 256)?;
+            self.tag_keys(t)?;
+        }
+        let value = match loaded.outcome {
+            Outcome::Value(v) => Some(Arc::new(v)),
+            Outcome::Absent => None,
+            Outcome::Unchanged => previous.ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Loader,
+                    "the loader answered \"unchanged\" but no previous value was at hand",
+                )
+            })?,
+        };
+        Ok((value, l1, l2, loaded.cache, loaded.tags))
+    }
+
+    /// How long ago this instance stored `previous` in L1, when that is where it came from.
+    fn age(&self, key: &str, previous: &Option<Option<Arc<V>>>) -> Option<Duration> {
+        let previous = previous.as_ref()?;
+        let now = self.engine.inner.now_ms();
+        let entry = self.engine.inner.l1.get(self.ns, key, now)?;
+        let same = match (&entry.value, previous) {
+            (None, None) => true,
+            (Some(any), Some(v)) => any
+                .clone()
+                .downcast::<V>()
+                .is_ok_and(|held| Arc::ptr_eq(&held, v)),
+            _ => false,
+        };
+        same.then(|| Duration::from_millis(now.saturating_sub(entry.born_ms)))
+    }
+
+    /// Record a filled key under its tags. When that fails the value must not stay in L2
+    /// outside its tags (an `invalidate_tag` would miss it): it is deleted (or the delete is
+    /// queued for recovery, with the tags). Returns whether the tags were recorded.
+    async fn tag_fill(&self, key: &str, full: &str, tags: &[String], ttl: Duration) -> bool {
+        let Some(l2) = &self.engine.inner.l2 else {
+            return true;
+        };
+        let tag_keys: Vec<String> = tags
+            .iter()
+            .map(|t| crate::key::tag_key(&self.engine.inner.prefix, &self.name, t))
+            .collect();
+        let mut failed = None;
+        for tag_key in &tag_keys {
+            if let Err(e) = l2.tag_add(tag_key, full, ttl).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        let Some(e) = failed else {
+            return true;
+        };
+        self.l2_failed(L2Op::Set, &e);
+        if let Err(e) = l2.delete(&[full.to_owned()]).await {
+            self.l2_failed(L2Op::Delete, &e);
+            if e.is_transient() {
+                self.engine.inner.queue_recovery(
+                    full.to_owned(),
+                    Replay::delete(Vec::new(), tag_keys, ttl),
+                    Some((self.channel.clone(), key.to_owned())),
+                );
+            }
+        }
+        false
     }
 
     /// Give a lease back early (after a failed load), only if it is still ours.
@@ -2332,7 +2809,7 @@ where
         let mut fills = Vec::new();
         for (k, full, fill) in to_load {
             let v = values.remove(&k);
-            match self.store_prepare(v, delta, None) {
+            match self.store_prepare(v.map(Arc::new), delta, None, None) {
                 Ok((prepared, bytes)) => fills.push((k, full, fill, prepared, bytes)),
                 Err(e) => {
                     if let Fill::Lease(lk, token) = &fill {

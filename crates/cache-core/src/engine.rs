@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
 
+use crate::background::Background;
 use crate::breaker::{BreakerBus, BreakerConfig, BreakerStore, CircuitBreaker};
 use crate::bus::{BusConfig, BusRuntime, BusStats, BusTransport};
 use crate::cache::{CacheBuilder, CacheConfig};
@@ -30,6 +31,9 @@ pub struct ShutdownReport {
     /// Keys whose invalidation was not published; other instances' copies of them live
     /// until their L1 TTL (or until they notice the gap in this instance's messages).
     pub unsent_invalidations: u64,
+    /// Background L2 writes ([`crate::CallOptions::background_l2_write`]) not done: their
+    /// keys keep older values in L2 (this instance's L1 had the new ones).
+    pub unwritten_background: u64,
 }
 
 /// What every typed cache of an engine shares.
@@ -46,6 +50,8 @@ pub(crate) struct EngineInner {
     pub(crate) bus: Option<Arc<BusRuntime>>,
     pub(crate) l2_breaker: Option<Arc<CircuitBreaker>>,
     pub(crate) recovery: Option<Arc<RecoveryQueue>>,
+    /// Background L2 writes, in call order per key.
+    pub(crate) background: Background,
     recovery_interval: Duration,
     replayer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     namespaces: Mutex<HashMap<String, NsEntry>>,
@@ -88,7 +94,7 @@ impl fmt::Debug for Engine {
 
 impl Engine {
     /// Finish the engine's background work, within `deadline`, and stop its tasks:
-    /// L2 writes and deletes queued for recovery are settled (while L2 answers), queued
+    /// background L2 writes are done, L2 writes and deletes queued for recovery are settled (while L2 answers), queued
     /// invalidations are published, then the replay task and the bus (receiver, heartbeats,
     /// publisher, after a farewell) stop. Returns what could not be finished in time.
     ///
@@ -100,6 +106,9 @@ impl Engine {
         let until = tokio::time::Instant::now() + deadline;
         let inner = &self.inner;
         let bus = inner.bus.as_deref();
+        // Background writes first: the ones that fail go to the recovery queue, drained next.
+        let unwritten_background = inner.background.drain(until).await as u64;
+        inner.background.stop();
         if let (Some(queue), Some(l2)) = (&inner.recovery, &inner.l2) {
             while queue.len() > 0 {
                 let now = tokio::time::Instant::now();
@@ -129,14 +138,24 @@ impl Engine {
         let report = ShutdownReport {
             unsettled_recovery: inner.recovery.as_ref().map_or(0, |q| q.len() as u64),
             unsent_invalidations,
+            unwritten_background,
         };
         tracing::info!(
             prefix = %inner.prefix,
             unsettled_recovery = report.unsettled_recovery,
             unsent_invalidations = report.unsent_invalidations,
+            unwritten_background = report.unwritten_background,
             "engine shut down"
         );
         report
+    }
+
+    /// Background L2 writes queued or running ([`crate::CallOptions::background_l2_write`]).
+    /// Until a background write has landed it is concurrent with any write of its key made
+    /// by another instance: the later to reach L2 wins there. An application that writes a
+    /// key from several instances can wait for this to reach 0 where order matters.
+    pub fn background_writes(&self) -> usize {
+        self.inner.background.len()
     }
 
     /// Start building an engine whose keys all start with `prefix`.
@@ -155,6 +174,7 @@ impl Engine {
             breaker: Some(BreakerConfig::default()),
             recovery_capacity: 10_000,
             recovery_interval: Duration::from_millis(250),
+            background_capacity: crate::background::DEFAULT_CAPACITY,
         }
     }
 
@@ -271,6 +291,7 @@ pub struct EngineBuilder {
     breaker: Option<BreakerConfig>,
     recovery_capacity: usize,
     recovery_interval: Duration,
+    background_capacity: usize,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -351,6 +372,14 @@ impl EngineBuilder {
         self
     }
 
+    /// How many background L2 writes may wait ([`crate::CallOptions::background_l2_write`];
+    /// default 10,000). A write that finds the queue full is done in the foreground: the call
+    /// waits for it.
+    pub fn with_background_writes(mut self, capacity: usize) -> Self {
+        self.background_capacity = capacity;
+        self
+    }
+
     /// Build the engine.
     pub fn build(self) -> Result<Engine> {
         validate_name("prefix", &self.prefix)?;
@@ -408,6 +437,7 @@ impl EngineBuilder {
                 recovery: (self.recovery_capacity > 0)
                     .then(|| Arc::new(RecoveryQueue::new(self.recovery_capacity))),
                 recovery_interval: self.recovery_interval,
+                background: Background::new(self.background_capacity),
                 replayer: Mutex::new(None),
                 namespaces: Mutex::new(HashMap::new()),
             }),

@@ -13,6 +13,7 @@
 //! Most users depend on the `tiercache` facade crate, which wires these together.
 #![warn(missing_docs)]
 
+mod background;
 pub mod breaker;
 pub mod bus;
 pub mod cache;
@@ -26,6 +27,7 @@ pub mod key;
 pub mod l1;
 mod namespace;
 pub mod observer;
+pub mod options;
 pub mod policy;
 pub mod recovery;
 pub mod remote;
@@ -41,6 +43,7 @@ pub use header::{Header, HeaderError};
 pub use key::KeySpace;
 pub use l1::{L1Entry, L1Stats, L1Store, NamespaceId};
 pub use observer::{CacheEvent, CacheObserver, L2Op, NoopObserver, Observer, Tier};
+pub use options::{CallOptions, LoadContext, Loaded};
 pub use policy::{NoRefresh, RandomSource, RefreshPolicy, SeededRandom, ThreadRandom};
 pub use recovery::RecoveryStats;
 pub use remote::{LeaseFill, MemoryStore, RemoteEntry, RemoteStore};

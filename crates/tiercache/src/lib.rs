@@ -43,7 +43,7 @@ use std::sync::Arc;
 
 pub use cache_core::policy::{NoRefresh, RandomSource, RefreshPolicy, SeededRandom};
 pub use cache_core::{
-    BreakerConfig, BusConfig, BusStats, BusTransport, CacheBuilder, CacheConfig, CacheEvent,
+    BreakerConfig, BusConfig, BusStats, BusTransport, CacheBuilder, CallOptions, LoadContext, Loaded, CacheConfig, CacheEvent,
     CacheObserver, CacheStats, Clock, Codec, CodecId, Engine, EngineBuilder, Error, ErrorKind,
     L1Stats, L1Store, ManualClock, MemoryBus, MemoryBusHandle, MemoryStore, NoopObserver, Observer,
     RecoveryStats, RemoteEntry, RemoteStore, Result, ShutdownReport, SystemClock,

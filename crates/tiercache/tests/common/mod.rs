@@ -787,6 +787,375 @@ pub async fn shutdown_after_normal_work_leaves_nothing_behind(b: &dyn Backend) -
     Ok(())
 }
 
+/// The L2 header of `key` in `c`'s namespace, and its payload.
+async fn l2_header(
+    b: &dyn Backend,
+    c: &Cache<User, MsgPack>,
+    key: &str,
+) -> Option<(Header, Vec<u8>)> {
+    let bytes = b.store().await.get(&c.full_key(key).ok()?).await.ok()??;
+    let (h, payload) = Header::decode(&bytes).ok()?;
+    Some((h, payload.to_vec()))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Wait until `c` has no load in flight (a background refresh ended).
+async fn settle(c: &Cache<User, MsgPack>) {
+    for _ in 0..400 {
+        if c.in_flight() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A conditional refresh: the loader sees the value held, answers "unchanged", and the value
+/// stays as it was (the same payload in L2) with its expiry renewed in both tiers. Answering
+/// "unchanged" with nothing at hand is a loader error that leaves nothing behind.
+pub async fn loader_context_unchanged_renews_the_ttl(b: &dyn Backend) -> TestResult {
+    use tiercache::{LoadContext, Loaded};
+    let p = unique_prefix("unchanged");
+    let e = engine(b, &p).await?;
+    let a = e
+        .cache::<User, MsgPack>("users")
+        .with_jitter(0.0)
+        .with_l1_ttl(Duration::from_secs(5))
+        .with_l2_ttl(Duration::from_secs(5))
+        .build()?;
+    a.set("1", user(1)).await?;
+    let (before, payload) = l2_header(b, &a, "1").await.ok_or("no L2 value")?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let s = seen.clone();
+    assert!(
+        a.refresh_with("1", move |ctx: LoadContext<User>| async move {
+            *s.lock().unwrap() = Some((ctx.key().to_owned(), ctx.previous().cloned(), ctx.age()));
+            Ok::<_, std::io::Error>(Loaded::unchanged())
+        })?
+    );
+    settle(&a).await;
+    let (key, previous, age) = seen
+        .lock()
+        .unwrap()
+        .clone()
+        .ok_or("the loader did not run")?;
+    assert_eq!(key, "1");
+    assert_eq!(
+        previous.as_deref(),
+        Some(&user(1)),
+        "the loader saw the held value"
+    );
+    assert!(
+        age.is_some_and(|a| a >= Duration::from_millis(40)),
+        "age {age:?}"
+    );
+    let (after, same) = l2_header(b, &a, "1").await.ok_or("the value left L2")?;
+    assert_eq!(same, payload, "no new value was written");
+    assert!(
+        after.expires_at_ms >= before.expires_at_ms + 40,
+        "the L2 expiry was renewed: {} -> {}",
+        before.expires_at_ms,
+        after.expires_at_ms
+    );
+    assert_eq!(a.get_local("1"), Some(Some(Arc::new(user(1)))));
+    assert_eq!(a.stats().loads, 1);
+    // Nothing at hand: "unchanged" fails the load, writes nothing.
+    let r = a
+        .get_or_load_with(
+            "2",
+            &tiercache::CallOptions::new(),
+            |_ctx: LoadContext<User>| async { Ok::<_, std::io::Error>(Loaded::unchanged()) },
+        )
+        .await;
+    assert_eq!(r.err().map(|e| e.kind()), Some(ErrorKind::Loader));
+    assert_eq!(a.in_flight(), 0);
+    assert!(l2_header(b, &a, "2").await.is_none());
+    Ok(())
+}
+
+/// The loader chooses how its answer is cached: its own TTLs, "do not cache", tags; a
+/// contradictory TTL is a typed error that leaves nothing behind.
+pub async fn loader_context_sets_ttls_no_cache_and_tags(b: &dyn Backend) -> TestResult {
+    use tiercache::{CallOptions, LoadContext, Loaded};
+    let p = unique_prefix("loaded");
+    let a = users(&engine(b, &p).await?)?;
+    let fresh = users(&engine(b, &p).await?)?;
+    let opts = CallOptions::new();
+    // Own TTLs: the L2 header expires within the loader's 2 s, not the cache's 10 min.
+    let v = a
+        .get_or_load_with("1", &opts, |_ctx: LoadContext<User>| async {
+            Ok::<_, std::io::Error>(
+                Loaded::value(user(1))
+                    .with_ttls(Some(Duration::from_secs(1)), Some(Duration::from_secs(2))),
+            )
+        })
+        .await?;
+    assert_eq!(v.as_deref(), Some(&user(1)));
+    let (h, _) = l2_header(b, &a, "1").await.ok_or("not in L2")?;
+    assert!(
+        h.expires_at_ms <= now_ms() + 2_000,
+        "L2 TTL is the loader's"
+    );
+    assert!(h.expires_at_ms + 60_000 > now_ms() + 60_000 - 100);
+    // Not cached: the callers get it, the next read loads again, no tier holds it.
+    let calls = Arc::new(AtomicU64::new(0));
+    for _ in 0..2 {
+        let c = calls.clone();
+        let v = a
+            .get_or_load_with("2", &opts, move |_ctx: LoadContext<User>| async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, std::io::Error>(Loaded::value(user(2)).no_cache())
+            })
+            .await?;
+        assert_eq!(v.as_deref(), Some(&user(2)));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(a.get_local("2"), None);
+    assert_eq!(fresh.get("2").await?, None);
+    // Tags: the filled key is dropped by its tag.
+    a.get_or_load_with("3", &opts, |_ctx: LoadContext<User>| async {
+        Ok::<_, std::io::Error>(Loaded::value(user(3)).with_tags(["team"]))
+    })
+    .await?;
+    assert_eq!(fresh.get("3").await?.as_deref(), Some(&user(3)));
+    assert_eq!(a.invalidate_tag("team").await?, 1);
+    assert_eq!(a.get("3").await?, None);
+    // An absence is cached as one.
+    let v = a
+        .get_or_load_with("4", &opts, |_ctx: LoadContext<User>| async {
+            Ok::<_, std::io::Error>(Loaded::absent())
+        })
+        .await?;
+    assert_eq!(v, None);
+    assert_eq!(a.get_local("4"), Some(None));
+    // Contradictory TTLs from the loader: a typed error, nothing cached or left in flight.
+    let r = a
+        .get_or_load_with("5", &opts, |_ctx: LoadContext<User>| async {
+            Ok::<_, std::io::Error>(
+                Loaded::value(user(5))
+                    .with_ttls(Some(Duration::from_secs(9)), Some(Duration::from_secs(1))),
+            )
+        })
+        .await;
+    assert_eq!(r.err().map(|e| e.kind()), Some(ErrorKind::InvalidConfig));
+    assert_eq!(a.in_flight(), 0);
+    assert_eq!(fresh.get("5").await?, None);
+    assert_eq!(a.get_local("5"), None);
+    Ok(())
+}
+
+/// Per-call options: each skip does what it says, and contradictions are typed errors at the
+/// call that change nothing.
+pub async fn call_options_skip_tiers_and_refuse_contradictions(b: &dyn Backend) -> TestResult {
+    use tiercache::{CallOptions, LoadContext, Loaded};
+    let p = unique_prefix("options");
+    let a = users(&engine(b, &p).await?)?;
+    let fresh = users(&engine(b, &p).await?)?;
+    // skip_l2_write: L2 drops the key, this L1 holds the new value.
+    a.set("1", user(1)).await?;
+    a.set_with("1", user(11), &CallOptions::new().skip_l2_write())
+        .await?;
+    assert_eq!(
+        fresh.get("1").await?,
+        None,
+        "L2 must not keep the older value"
+    );
+    assert_eq!(a.get_local("1"), Some(Some(Arc::new(user(11)))));
+    // skip_l1_read reads L2 (which has nothing); skip_l2_read answers from L1.
+    assert_eq!(
+        a.get_with("1", &CallOptions::new().skip_l1_read()).await?,
+        None
+    );
+    assert_eq!(
+        a.get_with("1", &CallOptions::new().skip_l2_read())
+            .await?
+            .as_deref(),
+        Some(&user(11))
+    );
+    // skip_l1_write: L2 holds it, this L1 does not (and drops its older copy).
+    a.set_with("1", user(12), &CallOptions::new().skip_l1_write())
+        .await?;
+    assert_eq!(a.get_local("1"), None);
+    assert_eq!(fresh.get("1").await?.as_deref(), Some(&user(12)));
+    // A read that skips the L1 write leaves L1 empty after an L2 hit.
+    assert_eq!(
+        a.get_with("1", &CallOptions::new().skip_l1_write())
+            .await?
+            .as_deref(),
+        Some(&user(12))
+    );
+    assert_eq!(a.get_local("1"), None);
+    // A load that skips L2: the loader runs although L2 holds the key, and L2 keeps its value.
+    let v = a
+        .get_or_load_with(
+            "1",
+            &CallOptions::new().skip_l2(),
+            |_ctx: LoadContext<User>| async { Ok::<_, std::io::Error>(Loaded::value(user(13))) },
+        )
+        .await?;
+    assert_eq!(v.as_deref(), Some(&user(13)));
+    assert_eq!(a.get_local("1"), Some(Some(Arc::new(user(13)))));
+    fresh.invalidate_local("1");
+    assert_eq!(fresh.get("1").await?.as_deref(), Some(&user(12)));
+    // Per-call TTLs on a write.
+    a.set_with(
+        "2",
+        user(2),
+        &CallOptions::new().with_l2_ttl(Duration::from_secs(3)),
+    )
+    .await?;
+    let (h, _) = l2_header(b, &a, "2").await.ok_or("not in L2")?;
+    assert!(h.expires_at_ms <= now_ms() + 3_000);
+    // Contradictions.
+    let invalid = |r: Result<_, tiercache::Error>| {
+        r.err().map(|e| e.kind()) == Some(ErrorKind::InvalidConfig)
+    };
+    assert!(invalid(
+        a.get_with("3", &CallOptions::new().skip_l1_read().skip_l2_read())
+            .await
+            .map(|_| ())
+    ));
+    assert!(invalid(
+        a.set_with("3", user(3), &CallOptions::new().skip_l1().skip_l2())
+            .await
+    ));
+    assert!(invalid(
+        a.set_with(
+            "3",
+            user(3),
+            &CallOptions::new().background_l2_write().skip_l2_write()
+        )
+        .await
+    ));
+    assert!(invalid(
+        a.set_with(
+            "3",
+            user(3),
+            &CallOptions::new().with_l2_ttl(Duration::ZERO)
+        )
+        .await
+    ));
+    assert!(invalid(
+        a.set_with(
+            "3",
+            user(3),
+            &CallOptions::new()
+                .with_l1_ttl(Duration::from_secs(9))
+                .with_l2_ttl(Duration::from_secs(1))
+        )
+        .await
+    ));
+    let loader =
+        |_ctx: LoadContext<User>| async { Ok::<_, std::io::Error>(Loaded::value(user(3))) };
+    assert!(invalid(
+        a.get_or_load_with("3", &CallOptions::new().skip_l1().skip_l2(), loader)
+            .await
+            .map(|_| ())
+    ));
+    assert!(invalid(
+        a.get_or_load_with(
+            "3",
+            &CallOptions::new()
+                .with_loader_timeouts(Some(Duration::from_secs(2)), Some(Duration::from_secs(1))),
+            loader
+        )
+        .await
+        .map(|_| ())
+    ));
+    assert!(invalid(
+        a.get_or_load_with("3", &CallOptions::new().background_l2_write(), loader)
+            .await
+            .map(|_| ())
+    ));
+    assert_eq!(a.in_flight(), 0);
+    assert_eq!(a.get_local("3"), None);
+    assert_eq!(fresh.get("3").await?, None);
+    Ok(())
+}
+
+/// Background L2 writes: the call returns with L1 holding the value; the writes land in call
+/// order per key, also against later foreground writes and invalidations; shutdown finishes
+/// them.
+pub async fn background_l2_writes_land_in_call_order(b: &dyn Backend) -> TestResult {
+    use tiercache::CallOptions;
+    let p = unique_prefix("background");
+    let e = engine(b, &p).await?;
+    let a = users(&e)?;
+    let bg = CallOptions::new().background_l2_write();
+    for i in 0..60u64 {
+        let key = format!("k{}", i % 6);
+        a.set_with(&key, user(i), &bg).await?;
+        assert_eq!(a.get_local(&key), Some(Some(Arc::new(user(i)))));
+    }
+    // Foreground writes after background ones of the same key win.
+    a.set("k0", user(1000)).await?;
+    a.invalidate("k1").await?;
+    a.set_with("k2", user(2000), &bg).await?;
+    a.invalidate("k2").await?;
+    let report = e.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(report.unwritten_background, 0, "{report:?}");
+    let fresh = users(&engine(b, &p).await?)?;
+    assert_eq!(fresh.get("k0").await?.as_deref(), Some(&user(1000)));
+    assert_eq!(fresh.get("k1").await?, None);
+    assert_eq!(fresh.get("k2").await?, None);
+    for k in 3..6u64 {
+        assert_eq!(
+            fresh.get(&format!("k{k}")).await?.as_deref(),
+            Some(&user(54 + k)),
+            "k{k}"
+        );
+    }
+    Ok(())
+}
+
+/// `expire` with fail-safe: no tier serves the value as fresh any more, but it stays as the
+/// fallback of a failing loader; a working loader replaces it. Without fail-safe it is an
+/// invalidation.
+pub async fn expire_keeps_a_stale_fallback(b: &dyn Backend) -> TestResult {
+    let p = unique_prefix("expire");
+    let safe = |e: &Engine| {
+        e.cache::<User, MsgPack>("users")
+            .with_jitter(0.0)
+            .with_fail_safe(Duration::from_secs(60), Duration::from_millis(200))
+            .build()
+    };
+    let a = safe(&engine(b, &p).await?)?;
+    let fresh = safe(&engine(b, &p).await?)?;
+    a.set("1", user(1)).await?;
+    a.expire("1").await?;
+    assert_eq!(a.get("1").await?, None, "not fresh in L1");
+    assert_eq!(fresh.get("1").await?, None, "not fresh in L2");
+    let failing = |_k: String| async { Err::<User, _>(std::io::Error::other("source down")) };
+    let v = a.get_or_load("1", failing).await?;
+    assert_eq!(*v, user(1), "L1's stale value served");
+    let v = fresh.get_or_load("1", failing).await?;
+    assert_eq!(*v, user(1), "L2's stale value served");
+    assert!(fresh.stats().stale_served >= 1);
+    let other = safe(&engine(b, &p).await?)?;
+    let v = other
+        .get_or_load("1", |_k| async { Ok::<_, std::io::Error>(user(11)) })
+        .await?;
+    assert_eq!(*v, user(11));
+    // Expiring a key no tier holds is no error; a bad key is.
+    a.expire("nothing").await?;
+    assert_eq!(
+        a.expire("").await.err().map(|e| e.kind()),
+        Some(ErrorKind::InvalidKey)
+    );
+    // Without fail-safe: an invalidation.
+    let plain = users(&engine(b, &p).await?)?;
+    plain.set("2", user(2)).await?;
+    plain.expire("2").await?;
+    assert_eq!(plain.get_local("2"), None);
+    assert!(l2_header(b, &plain, "2").await.is_none());
+    Ok(())
+}
+
 macro_rules! behaviour_suite {
     ($make:path) => {
         behaviour_suite!(@cases $make;
@@ -813,6 +1182,11 @@ macro_rules! behaviour_suite {
             loads_racing_invalidation_and_clear_write_nothing_back,
             refresh_reloads_in_the_background,
             shutdown_after_normal_work_leaves_nothing_behind,
+            loader_context_unchanged_renews_the_ttl,
+            loader_context_sets_ttls_no_cache_and_tags,
+            call_options_skip_tiers_and_refuse_contradictions,
+            background_l2_writes_land_in_call_order,
+            expire_keeps_a_stale_fallback,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {

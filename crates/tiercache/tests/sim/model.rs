@@ -9,6 +9,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use super::faults::Faults;
+use super::plan::Answer;
+use tiercache::{LoadContext, Loaded};
 
 /// A value of the model: `None` is "the source has no such row".
 pub type Value = Option<u64>;
@@ -156,6 +158,33 @@ impl Source {
     {
         let me = self.clone();
         move |key: String| Box::pin(me.query(key, plan))
+    }
+
+    /// A loader for `get_or_load_with`, answering as `answer` says.
+    #[allow(clippy::type_complexity)]
+    pub fn context_loader(
+        &self,
+        plan: LoadPlan,
+        answer: Answer,
+    ) -> impl FnOnce(LoadContext<u64>) -> BoxFuture<'static, Result<Loaded<u64>, std::io::Error>>
+           + Send
+           + 'static {
+        let me = self.clone();
+        move |ctx: LoadContext<u64>| {
+            Box::pin(async move {
+                let previous = ctx.has_previous().then(|| ctx.previous().map(|v| **v));
+                let row = me.query(ctx.into_key(), plan).await?;
+                Ok(match answer {
+                    Answer::Revalidate if previous == Some(row) => Loaded::unchanged(),
+                    Answer::Row | Answer::Revalidate => Loaded::from(row),
+                    Answer::NoCache => Loaded::from(row).no_cache(),
+                    Answer::ShortTtl => Loaded::from(row).with_ttls(
+                        Some(Duration::from_millis(20)),
+                        Some(Duration::from_millis(50)),
+                    ),
+                })
+            })
+        }
     }
 
     /// A batch loader for `get_many_or_load`: absent rows are left out.

@@ -149,6 +149,70 @@ pub enum Op {
     DropHandle { node: usize, handle: usize },
     /// Drop the engine (after shutting its write-behind queue down) and build a new one.
     Restart { node: usize },
+    /// `get_with` (per-call options).
+    GetWith {
+        node: usize,
+        handle: usize,
+        key: &'static str,
+        mode: ReadMode,
+    },
+    /// `get_or_load_with` (a loader with a context; per-call options).
+    LoadWith {
+        node: usize,
+        handle: usize,
+        key: &'static str,
+        plan: LoadPlan,
+        answer: Answer,
+        skip_l2_read: bool,
+    },
+    /// Update the row, then `set_with` (per-call options).
+    SetWith {
+        node: usize,
+        handle: usize,
+        key: &'static str,
+        mode: WriteMode,
+    },
+    /// Update the row, then `expire`.
+    Expire {
+        node: usize,
+        handle: usize,
+        key: &'static str,
+    },
+}
+
+/// The option of a `get_with`.
+#[derive(Debug, Clone, Copy)]
+pub enum ReadMode {
+    /// Read L2 even when L1 holds the key.
+    SkipL1Read,
+    /// L1 alone.
+    SkipL2Read,
+    /// Leave L1 as it is after an L2 hit.
+    SkipL1Write,
+}
+
+/// The option of a `set_with`.
+#[derive(Debug, Clone, Copy)]
+pub enum WriteMode {
+    /// Write L2 in the background.
+    Background,
+    /// Keep the value in L1 only (L2 drops the key).
+    SkipL2Write,
+    /// Keep the value in L2 only (L1 drops its copy).
+    SkipL1Write,
+}
+
+/// How the loader of a `get_or_load_with` answers.
+#[derive(Debug, Clone, Copy)]
+pub enum Answer {
+    /// The row's value (or its absence).
+    Row,
+    /// "Unchanged" when the cache's previous value is the row's (a conditional reload).
+    Revalidate,
+    /// The row's value, not to be cached.
+    NoCache,
+    /// The row's value with its own short TTLs.
+    ShortTtl,
 }
 
 /// What an operation writes, for grouping.
@@ -165,6 +229,8 @@ impl Op {
             | Op::SetWithTags { key, .. }
             | Op::Write { key, .. }
             | Op::Invalidate { key, .. }
+            | Op::SetWith { key, .. }
+            | Op::Expire { key, .. }
             | Op::WriteBehind { key } => Writes::Keys(vec![key]),
             Op::InvalidateTag { .. } | Op::Clear { bulk: true, .. } => Writes::Everything,
             _ => Writes::Nothing,
@@ -242,7 +308,9 @@ fn op(rng: &SimRng, cfg: &SeedConfig) -> Op {
     } else {
         rng.pick(&KEYS)
     };
-    let weights = [10, 14, 6, 4, 6, 8, 5, 5, 8, 3, 2, 5, 3, 1, 1, 2, 2, 1, 4];
+    let weights = [
+        10, 14, 6, 4, 6, 8, 5, 5, 8, 3, 2, 5, 3, 1, 1, 2, 2, 1, 4, 4, 6, 6, 3,
+    ];
     match rng.weighted(&weights) {
         0 => Op::Get { node, handle, key },
         1 => Op::GetOrLoad {
@@ -318,6 +386,44 @@ fn op(rng: &SimRng, cfg: &SeedConfig) -> Op {
         15 => Op::AddHandle { node },
         16 => Op::DropHandle { node, handle },
         17 => Op::Restart { node },
+        19 => Op::GetWith {
+            node,
+            handle,
+            key,
+            mode: match rng.below(3) {
+                0 => ReadMode::SkipL1Read,
+                1 => ReadMode::SkipL2Read,
+                _ => ReadMode::SkipL1Write,
+            },
+        },
+        20 => Op::LoadWith {
+            node,
+            handle,
+            key,
+            plan: load_plan(rng, cfg),
+            answer: match rng.weighted(&[4, 4, 1, 1]) {
+                0 => Answer::Row,
+                1 => Answer::Revalidate,
+                2 => Answer::NoCache,
+                _ => Answer::ShortTtl,
+            },
+            skip_l2_read: rng.chance(0.2),
+        },
+        21 => Op::SetWith {
+            node,
+            handle,
+            key: rng.pick(&KEYS),
+            mode: match rng.weighted(&[3, 1, 1]) {
+                0 => WriteMode::Background,
+                1 => WriteMode::SkipL2Write,
+                _ => WriteMode::SkipL1Write,
+            },
+        },
+        22 => Op::Expire {
+            node,
+            handle,
+            key: rng.pick(&KEYS),
+        },
         _ => Op::Refresh {
             node,
             handle,
@@ -513,6 +619,33 @@ pub fn describe(op: &Op) -> String {
         Op::AddHandle { node } => format!("n{node} build another cache handle"),
         Op::DropHandle { node, handle } => format!("n{node} drop cache handle h{handle}"),
         Op::Restart { node } => format!("n{node} restart engine"),
+        Op::GetWith {
+            node,
+            handle,
+            key,
+            mode,
+        } => format!("n{node}/h{handle} get_with {key:?} {mode:?}"),
+        Op::LoadWith {
+            node,
+            handle,
+            key,
+            plan,
+            answer,
+            skip_l2_read,
+        } => format!(
+            "n{node}/h{handle} get_or_load_with {key:?} answer {answer:?}{} {}",
+            if *skip_l2_read { " skip_l2_read" } else { "" },
+            plan_text(plan)
+        ),
+        Op::SetWith {
+            node,
+            handle,
+            key,
+            mode,
+        } => format!("n{node}/h{handle} set_with {key:?} {mode:?}"),
+        Op::Expire { node, handle, key } => {
+            format!("n{node}/h{handle} update row, expire {key:?}")
+        }
     }
 }
 

@@ -20,15 +20,17 @@ use std::time::Duration;
 use cache_testkit::{FaultProxy, Mode};
 use cache_writebehind::{Batch, WriteBehind};
 use tiercache::{
-    BreakerConfig, BusConfig, CacheBuilder, Engine, Error, ErrorKind, MemoryBus, MemoryStore,
-    MsgPack, RedisConfig, XFetch,
+    BreakerConfig, BusConfig, CacheBuilder, CallOptions, Engine, Error, ErrorKind, MemoryBus,
+    MemoryStore, MsgPack, RedisConfig, XFetch,
 };
 
 use super::bus::FaultBus;
 use super::clock::VirtualClock;
 use super::faults::Faults;
 use super::model::{app_error, Db, LoadPlan, Source, Value};
-use super::plan::{describe, FaultWindow, Op, SeedConfig, Step, COLD, INVALID, KEYS, WB_KEYS};
+use super::plan::{
+    describe, FaultWindow, Op, ReadMode, SeedConfig, Step, WriteMode, COLD, INVALID, KEYS, WB_KEYS,
+};
 use super::rng::{Failures, Trace, TraceObserver};
 use super::store::FaultStore;
 
@@ -490,6 +492,88 @@ async fn exec(ctx: &Ctx, t: &Target, op: Op) -> String {
             let r = t.wb_cache.get(key).await.map(|v| v.as_deref().copied());
             ctx.judge_one(&what, key, r, false, &[])
         }
+        Op::GetWith { key, mode, .. } => {
+            let options = match mode {
+                ReadMode::SkipL1Read => CallOptions::new().skip_l1_read(),
+                ReadMode::SkipL2Read => CallOptions::new().skip_l2_read(),
+                ReadMode::SkipL1Write => CallOptions::new().skip_l1_write(),
+            };
+            let r = t
+                .cache
+                .get_with(key, &options)
+                .await
+                .map(|v| v.as_deref().copied());
+            ctx.judge_one(&what, key, r, false, &[])
+        }
+        Op::LoadWith {
+            key,
+            plan,
+            answer,
+            skip_l2_read,
+            ..
+        } => {
+            let options = if skip_l2_read {
+                CallOptions::new().skip_l2_read()
+            } else {
+                CallOptions::new()
+            };
+            let r = t
+                .cache
+                .get_or_load_with(key, &options, src.context_loader(plan, answer))
+                .await
+                .map(|v| v.as_deref().copied());
+            ctx.judge_one(&what, key, r, true, &ctx.load_errors())
+        }
+        Op::SetWith { key, mode, .. } => {
+            let v = db.fresh();
+            db.write(key, Some(v));
+            let options = match mode {
+                WriteMode::Background => CallOptions::new().background_l2_write(),
+                WriteMode::SkipL2Write => CallOptions::new().skip_l2_write(),
+                WriteMode::SkipL1Write => CallOptions::new().skip_l1_write(),
+            };
+            match t.cache.set_with(key, v, &options).await {
+                Ok(()) if matches!(mode, WriteMode::Background) => {
+                    if t.cache
+                        .get_local(key)
+                        .is_some_and(|held| held.as_deref() != Some(&v))
+                    {
+                        ctx.fail(
+                            "background-write-not-in-l1",
+                            format!("{what}: L1 holds {:?}", t.cache.get_local(key)),
+                        );
+                    }
+                    // Until it lands, a background write races with other instances' writes
+                    // of the key (documented): the application waits for it before the next
+                    // write of the key, as it would for a `set`.
+                    let engine = t.cache.engine().clone();
+                    let mut waited = 0;
+                    while engine.background_writes() > 0 && waited < 10_000 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        waited += 1;
+                    }
+                    format!("set {v} (in the background, landed after {waited} ms)")
+                }
+                Ok(()) => format!("set {v}"),
+                Err(e) => {
+                    ctx.fail("set-error", format!("{what}: {e}"));
+                    ctx.repair_later(Repair::Invalidate(key));
+                    format!("Err({})", e.kind())
+                }
+            }
+        }
+        Op::Expire { key, .. } => {
+            let v = Some(db.fresh());
+            db.write(key, v);
+            match t.cache.expire(key).await {
+                Ok(()) => format!("row is {v:?}"),
+                Err(e) => {
+                    ctx.fail("expire-error", format!("{what}: {e}"));
+                    ctx.repair_later(Repair::Invalidate(key));
+                    format!("Err({})", e.kind())
+                }
+            }
+        }
         Op::WbFlush { .. }
         | Op::WbClear { .. }
         | Op::AddHandle { .. }
@@ -731,6 +815,10 @@ impl World {
             | Op::Invalidate { node, handle, .. }
             | Op::InvalidateTag { node, handle, .. }
             | Op::Clear { node, handle, .. }
+            | Op::GetWith { node, handle, .. }
+            | Op::LoadWith { node, handle, .. }
+            | Op::SetWith { node, handle, .. }
+            | Op::Expire { node, handle, .. }
             | Op::DropHandle { node, handle } => (*node, *handle),
             Op::WriteBehind { key } => (wb_owner(key), 0),
             Op::WbGet { node, .. }
