@@ -22,6 +22,9 @@
 //! - `redis` — starts a throwaway redis-server in the foreground (Ctrl-C stops it).
 //! - `cluster up|down` — a throwaway 6-node Redis Cluster on ports 7000-7005 in the foreground
 //!   (Ctrl-C stops it; `down` stops one recorded in `target/cluster/pids`).
+//! - `package` — `cargo package` (verified) of every publishable crate in dependency order
+//!   (the last step of `test`); `features` — each library crate with no default features and
+//!   with each feature alone (see `package.rs`).
 //!
 //! Only `std` and cache-testkit (its throwaway redis-server and cluster): no `sh -c`, every
 //! program is run with explicit arguments.
@@ -34,6 +37,7 @@ use std::time::{Duration, Instant};
 use cache_testkit::{RedisCluster, RedisServer};
 
 mod cluster;
+mod package;
 mod report;
 mod targets;
 
@@ -49,9 +53,11 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("redis") => redis(),
         Some("cluster") => cluster::cluster(&args[1..]),
+        Some("package") => package::package(),
+        Some("features") => package::features(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|sim|demo|examples|bench|redis|cluster>\n\
+                "usage: cargo xtask <test|sim|demo|examples|bench|redis|cluster|package|features>\n\
                  \n  test [--quick]   fmt, clippy, all tests (own Redis servers), examples;\
                  \n                   tests with required-features run with them, and the\
                  \n                   run fails if any test target was skipped\
@@ -65,7 +71,11 @@ fn main() -> ExitCode {
                  \n                   (--report-only: redo the report from target/bench/raw;\
                  \n                   --compare old-report.json: the change per workload)\
                  \n  redis            a throwaway redis-server in the foreground\
-                 \n  cluster up|down  a throwaway 6-node Redis Cluster (ports 7000-7005)"
+                 \n  cluster up|down  a throwaway 6-node Redis Cluster (ports 7000-7005)\
+                 \n  package          cargo package (verified) of every publishable crate, in\
+                 \n                   dependency order (the last step of test)\
+                 \n  features         each library with no default features and with each\
+                 \n                   feature alone (cargo check, -D warnings)"
             );
             Err("no command".into())
         }
@@ -241,6 +251,8 @@ fn test(args: &[String]) -> Result<()> {
     run(demo, "cargo build -p demo (the demo compiles)")?;
     eprintln!("xtask: demo tests and build took {:.0?}", started.elapsed());
     run_examples()?;
+    // Every publishable crate packages (and its tarball builds): see `package.rs`.
+    package::package()?;
     Ok(())
 }
 
