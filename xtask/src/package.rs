@@ -5,10 +5,13 @@
 //!   workspace dependencies together (a local registry overlay), and **verifies** each
 //!   tarball: it unpacks it and builds its library alone, so a file left out of the package,
 //!   a dependency without a version or a feature a crate forgot to turn on fails here and not
-//!   at `cargo publish`. Verified, because it is cheap: measured on the 2-core machine for
-//!   all ten crates, 9 s warm (11 s while two other builds shared the cores) and 67 s from an
-//!   empty target directory (112 s shared), well under the 3 minutes that would have made
-//!   it `--no-verify` for most crates.
+//!   at `cargo publish`. It builds in a target directory of its own
+//!   (`target/xtask-package`) and first removes what earlier runs built of the members:
+//!   cargo would otherwise verify against the `0.1.0` of an earlier run (see
+//!   `forget_earlier_runs`). Verified, because it is affordable: measured on the 2-core
+//!   machine while two other builds shared the cores, 57 s warm (the ten crates rebuilt,
+//!   their dependencies not) and 155 s from an empty target directory, under the 3 minutes
+//!   that would have made it `--no-verify` for most crates.
 //!   `--allow-dirty`: it checks the working tree as it is, committed or not.
 //! - **features**: every publishable library with no default features, then with each of
 //!   its features alone (`--no-default-features --features X`), as `cargo rustc --lib
@@ -25,7 +28,9 @@
 //!
 //! No cargo-hack: the combinations come from `cargo metadata`, one `cargo` call each.
 
-use std::path::PathBuf;
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
 
@@ -163,13 +168,63 @@ fn dependency_order(mut left: Vec<Member>) -> Result<Vec<Member>> {
     Ok(done)
 }
 
+/// Where `cargo xtask package` builds: a target directory of its own, because it has to
+/// delete what earlier runs built of the workspace's crates (see `forget_earlier_runs`).
+const PACKAGE_TARGET: &str = "xtask-package";
+
+/// Make the next verification build the workspace's crates from the tarballs just made.
+///
+/// Verifying a crate that depends on another member builds that member as a registry crate
+/// from cargo's temporary local registry. Cargo treats a registry crate of a given version as
+/// immutable: it keeps the sources it unpacked (`$CARGO_HOME/registry/src/-<hash>/NAME-VERSION`,
+/// one folder per local registry) and the artifacts it built, and reuses both for the same
+/// version after the code changed. Measured here: after a commit that added
+/// `cache_core::CallOptions`, the verification of the facade failed with `unresolved
+/// imports cache_core::CallOptions` against the `cache-core 0.1.0` of an earlier run. So:
+/// the unpacked sources of the members (in the local registries only, the folders whose
+/// name starts with `-`) are removed, and `cargo clean -p` removes the members' artifacts
+/// from this step's own target directory (not the one the tests use).
+fn forget_earlier_runs(members: &[Member], target: &Path) -> Result<()> {
+    let home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .ok_or("neither CARGO_HOME nor HOME is set")?;
+    let sources = home.join("registry").join("src");
+    if let Ok(registries) = fs::read_dir(&sources) {
+        for registry in registries.flatten() {
+            if !registry.file_name().to_string_lossy().starts_with('-') {
+                continue;
+            }
+            for m in members {
+                let unpacked = registry.path().join(format!("{}-{}", m.name, m.version));
+                if unpacked.is_dir() {
+                    fs::remove_dir_all(&unpacked)
+                        .map_err(|e| format!("cannot remove {}: {e}", unpacked.display()))?;
+                }
+            }
+        }
+    }
+    let mut clean = cargo();
+    clean.args(["clean", "--quiet", "--target-dir"]).arg(target);
+    for m in members {
+        clean.args(["-p", &m.name]);
+    }
+    run(
+        clean,
+        "cargo clean -p <the members> (the package step's target directory)",
+    )
+}
+
 /// `cargo xtask package`: every publishable crate packaged and verified, in dependency order.
 pub(crate) fn package() -> Result<()> {
     let (members, target) = publishable()?;
+    let target = target.join(PACKAGE_TARGET);
     let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
     let started = Instant::now();
+    forget_earlier_runs(&members, &target)?;
     let mut c = cargo();
-    c.args(["package", "--allow-dirty"]);
+    c.args(["package", "--allow-dirty", "--target-dir"])
+        .arg(&target);
     for m in &members {
         c.args(["-p", &m.name]);
     }
@@ -190,9 +245,10 @@ pub(crate) fn package() -> Result<()> {
         ));
     }
     eprintln!(
-        "xtask: packaged and verified {} crates in {:.0?}: {}",
+        "xtask: packaged and verified {} crates in {:.0?} ({}): {}",
         members.len(),
         started.elapsed(),
+        target.join("package").display(),
         names.join(", ")
     );
     Ok(())
