@@ -250,6 +250,48 @@ where
         run(&self.rt, "refresh", async { self.cache.refresh(key, load) })
     }
 
+    /// [`Cache::get_with`](cache_core::Cache::get_with): a read with per-call options.
+    pub fn get_with(&self, key: &str, options: &crate::CallOptions) -> Result<Option<Arc<V>>> {
+        run(&self.rt, "get_with", self.cache.get_with(key, options))
+    }
+
+    /// [`Cache::get_or_load_with`](cache_core::Cache::get_or_load_with) with a blocking
+    /// loader that receives the [`LoadContext`](crate::LoadContext) and answers a
+    /// [`Loaded`](crate::Loaded).
+    pub fn get_or_load_with<F, E>(
+        &self,
+        key: &str,
+        options: &crate::CallOptions,
+        loader: F,
+    ) -> Result<Option<Arc<V>>>
+    where
+        F: FnOnce(crate::LoadContext<V>) -> std::result::Result<crate::Loaded<V>, E>
+            + Send
+            + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        let load = move |ctx: crate::LoadContext<V>| on_blocking_thread(move || loader(ctx));
+        run(
+            &self.rt,
+            "get_or_load_with",
+            self.cache.get_or_load_with(key, options, load),
+        )
+    }
+
+    /// [`Cache::set_with`](cache_core::Cache::set_with): a write with per-call options.
+    pub fn set_with(&self, key: &str, value: V, options: &crate::CallOptions) -> Result<()> {
+        run(
+            &self.rt,
+            "set_with",
+            self.cache.set_with(key, value, options),
+        )
+    }
+
+    /// [`Cache::expire`](cache_core::Cache::expire).
+    pub fn expire(&self, key: &str) -> Result<()> {
+        run(&self.rt, "expire", self.cache.expire(key))
+    }
+
     /// [`Cache::set`](cache_core::Cache::set).
     pub fn set(&self, key: &str, value: V) -> Result<()> {
         run(&self.rt, "set", self.cache.set(key, value))

@@ -55,6 +55,22 @@ fn exercise(engine: &BlockingEngine) -> TestResult {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(refreshed, "the refresh landed");
+    // Per-call options, a context loader, expire.
+    let bg = tiercache::CallOptions::new().background_l2_write();
+    c.set_with("g", "background".to_owned(), &bg)?;
+    assert_eq!(
+        c.get_with("g", &tiercache::CallOptions::new().skip_l2_read())?
+            .as_deref()
+            .map(String::as_str),
+        Some("background")
+    );
+    let v = c.get_or_load_with("h", &tiercache::CallOptions::new(), |ctx| {
+        Ok::<_, std::io::Error>(tiercache::Loaded::value(format!("ctx {}", ctx.key())).no_cache())
+    })?;
+    assert_eq!(v.as_deref().map(String::as_str), Some("ctx h"));
+    assert_eq!(c.get("h")?, None, "not cached");
+    c.expire("g")?;
+    assert_eq!(c.get("g")?, None);
     let err = c
         .get_or_load("f", |_| Err::<String, _>(std::io::Error::other("db down")))
         .unwrap_err();
