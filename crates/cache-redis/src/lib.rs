@@ -13,7 +13,9 @@
 //!   [`ErrorKind::InvalidUrl`](cache_core::ErrorKind::InvalidUrl) saying what is wrong.
 //! - Passwords appear in no `Debug` output, error message or log line.
 //!
-//! Features: `tls` enables `rediss://` (rustls with the `ring` provider and the webpki root
+//! Features: `sentinel` adds [`SentinelStore`] and [`SentinelBus`]: the same store and bus
+//! over the master of a Redis Sentinel group, following failovers (`docs/sentinel.md`).
+//! `tls` enables `rediss://` (rustls with the `ring` provider and the webpki root
 //! certificates). Without it a `rediss://` URL is an
 //! [`ErrorKind::InvalidConfig`](cache_core::ErrorKind::InvalidConfig) error, never a plaintext
 //! connection.
@@ -42,6 +44,8 @@ mod bus;
 mod coalesce;
 mod config;
 mod errors;
+#[cfg(feature = "sentinel")]
+mod sentinel;
 mod store;
 mod target;
 
@@ -52,6 +56,12 @@ pub use config::{
     DEFAULT_RESPONSE_TIMEOUT, DEFAULT_URL,
 };
 pub use store::RedisStore;
+
+#[cfg(feature = "sentinel")]
+pub use sentinel::{
+    SentinelBus, SentinelConfig, SentinelConfigBuilder, SentinelStore, DEFAULT_MASTER_NAME,
+    DEFAULT_REDISCOVER_INTERVAL, DEFAULT_SENTINEL_PORT,
+};
 
 /// The redis-rs crate this store is built on (for [`RedisStore::connection`] users).
 pub use redis;

@@ -42,9 +42,11 @@
 
 pub mod cluster;
 pub mod proxy;
+pub mod sentinel;
 
 pub use cluster::{shared_cluster, ClusterNode, ClusterOptions, RedisCluster, Role, SlotMigration};
 pub use proxy::{FaultProxy, Mode};
+pub use sentinel::{shared_sentinel, RedisSentinel, SentinelOptions};
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -139,6 +141,8 @@ pub struct ServerOptions {
     cli_auth: Option<(Option<String>, String)>,
     startup_timeout: Option<Duration>,
     tls_port: Option<u16>,
+    config_file: Option<PathBuf>,
+    ready_line: Option<String>,
 }
 
 impl fmt::Debug for ServerOptions {
@@ -149,6 +153,7 @@ impl fmt::Debug for ServerOptions {
             .field("cli_auth", &self.cli_auth.as_ref().map(|_| "<set>"))
             .field("startup_timeout", &self.startup_timeout)
             .field("tls_port", &self.tls_port)
+            .field("config_file", &self.config_file)
             .finish()
     }
 }
@@ -230,6 +235,20 @@ impl ServerOptions {
             "no".to_owned(),
         ]);
         Ok(self)
+    }
+
+    /// Read this config file first (`redis-server FILE ...`: Redis takes a config file only
+    /// as its first argument). Sentinels need one: they rewrite it with what they learn.
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config_file = Some(path.into());
+        self
+    }
+
+    /// The log line that tells the server is up (default "Ready to accept connections"; a
+    /// sentinel logs "+monitor master" instead). Only a new one counts, as for the default.
+    pub fn ready_line(mut self, line: impl Into<String>) -> Self {
+        self.ready_line = Some(line.into());
+        self
     }
 
     /// Start a server with these options on a free port.
@@ -467,6 +486,10 @@ impl RedisServer {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn ready_line(&self) -> &str {
+        self.options.ready_line.as_deref().unwrap_or(READY_LINE)
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("redis.log")
     }
@@ -485,7 +508,11 @@ impl RedisServer {
 
     fn command_line(&self) -> Vec<String> {
         let dir = self.dir.path().to_string_lossy().into_owned();
-        let mut args = vec![
+        let config_file = self.options.config_file.iter();
+        let mut args: Vec<String> = config_file
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        args.extend([
             "--port".to_owned(),
             self.port.to_string(),
             "--bind".to_owned(),
@@ -500,7 +527,7 @@ impl RedisServer {
             self.log_path().to_string_lossy().into_owned(),
             "--daemonize".to_owned(),
             "no".to_owned(),
-        ];
+        ]);
         args.extend(self.options.args.iter().cloned());
         args
     }
@@ -508,7 +535,7 @@ impl RedisServer {
     /// Spawn the process (through the spawner thread) and wait for `PING`.
     fn launch(&self) -> Result<()> {
         // A restart appends to the same log: only a new "ready" line counts.
-        let ready_before = self.log().matches(READY_LINE).count();
+        let ready_before = self.log().matches(self.ready_line()).count();
         let child = spawn_process(&self.binary, &self.command_line())?;
         let pid = child.id();
         {
@@ -548,7 +575,7 @@ impl RedisServer {
                     }
                 }
             }
-            if ping(self.addr()) && self.log().matches(READY_LINE).count() > ready_before {
+            if ping(self.addr()) && self.log().matches(self.ready_line()).count() > ready_before {
                 return Ok(());
             }
             if Instant::now() >= deadline {

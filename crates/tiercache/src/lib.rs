@@ -34,19 +34,21 @@
 //! ```
 //!
 //! Features: `redis` (default) for standalone Redis, `cluster` for Redis Cluster
-//! (`Builder::cluster`), `json`/`msgpack`/`cbor` codecs (default all), `lz4` compression,
-//! `tls` for `rediss://`, `metrics` / `prometheus` (`tiercache::cache_metrics`),
-//! `write-behind` (`tiercache::cache_writebehind`).
+//! (`Builder::cluster`), `sentinel` for Redis Sentinel (`Builder::sentinel`),
+//! `json`/`msgpack`/`cbor` codecs (default all), `lz4` compression, `tls` for `rediss://`,
+//! `metrics` / `prometheus` (`tiercache::cache_metrics`), `write-behind`
+//! (`tiercache::cache_writebehind`).
 #![warn(missing_docs)]
 
 use std::sync::Arc;
 
 pub use cache_core::policy::{NoRefresh, RandomSource, RefreshPolicy, SeededRandom};
 pub use cache_core::{
-    BreakerConfig, BusConfig, BusStats, BusTransport, CacheBuilder, CallOptions, LoadContext, Loaded, CacheConfig, CacheEvent,
-    CacheObserver, CacheStats, Clock, Codec, CodecId, Engine, EngineBuilder, Error, ErrorKind,
-    L1Stats, L1Store, ManualClock, MemoryBus, MemoryBusHandle, MemoryStore, NoopObserver, Observer,
-    RecoveryStats, RemoteEntry, RemoteStore, Result, ShutdownReport, SystemClock,
+    BreakerConfig, BusConfig, BusStats, BusTransport, CacheBuilder, CacheConfig, CacheEvent,
+    CacheObserver, CacheStats, CallOptions, Clock, Codec, CodecId, Engine, EngineBuilder, Error,
+    ErrorKind, L1Stats, L1Store, LoadContext, Loaded, ManualClock, MemoryBus, MemoryBusHandle,
+    MemoryStore, NoopObserver, Observer, RecoveryStats, RemoteEntry, RemoteStore, Result,
+    ShutdownReport, SystemClock,
 };
 pub use cache_l1::QuickL1;
 
@@ -66,6 +68,9 @@ pub use cache_redis::{RedisBus, RedisConfig, RedisStore, RedisTracking};
 
 #[cfg(feature = "cluster")]
 pub use cache_cluster::{ClusterBus, ClusterConfig, ClusterStore};
+
+#[cfg(feature = "sentinel")]
+pub use cache_redis::{SentinelBus, SentinelConfig, SentinelStore};
 
 /// The lower layers, for users who compose their own engine.
 pub mod core {
@@ -111,6 +116,8 @@ enum L2 {
     Redis(Box<RedisConfig>),
     #[cfg(feature = "cluster")]
     Cluster(Box<ClusterConfig>),
+    #[cfg(feature = "sentinel")]
+    Sentinel(Box<SentinelConfig>),
 }
 
 /// Builds an [`Engine`] with the L1 of `cache-l1` and the chosen L2.
@@ -144,6 +151,8 @@ impl std::fmt::Debug for Builder {
             L2::RedisUrl(_) | L2::Redis(_) => "redis",
             #[cfg(feature = "cluster")]
             L2::Cluster(_) => "cluster",
+            #[cfg(feature = "sentinel")]
+            L2::Sentinel(_) => "sentinel",
         };
         f.debug_struct("Builder")
             .field("prefix", &self.prefix)
@@ -192,6 +201,15 @@ impl Builder {
         S: Into<String>,
     {
         self.l2 = L2::Cluster(Box::new(ClusterConfig::from_urls(urls)));
+        self
+    }
+
+    /// The master of a Redis Sentinel group, followed through failovers (feature `sentinel`);
+    /// the invalidation bus, when on, is [`SentinelBus`] (pub/sub on the master in use,
+    /// resubscribed after a failover, with L1 flushed for the loss).
+    #[cfg(feature = "sentinel")]
+    pub fn sentinel(mut self, config: SentinelConfig) -> Self {
+        self.l2 = L2::Sentinel(Box::new(config));
         self
     }
 
@@ -294,6 +312,14 @@ impl Builder {
                 let store = ClusterStore::connect(*config).await?;
                 if matches!(self.bus, BusChoice::Auto) {
                     bus = Some(Arc::new(ClusterBus::new(&store)));
+                }
+                Some(Arc::new(store))
+            }
+            #[cfg(feature = "sentinel")]
+            L2::Sentinel(config) => {
+                let store = SentinelStore::connect(*config).await?;
+                if matches!(self.bus, BusChoice::Auto) {
+                    bus = Some(Arc::new(SentinelBus::new(&store)));
                 }
                 Some(Arc::new(store))
             }
