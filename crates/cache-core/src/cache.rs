@@ -1466,7 +1466,10 @@ where
         if inner.epoch(key) == epoch {
             inner.bump_epoch(key);
             if keep {
-                inner.fill_l1(key, prepared.value.clone(), &prepared);
+                let entry = inner.entry_of(prepared.value.clone(), &prepared);
+                if !inner.insert_if(key, epoch + 1, entry) {
+                    inner.state.drop_key(key);
+                }
             }
         } else {
             // Dropped or flushed meanwhile (an invalidation from another instance): what L1
@@ -1792,11 +1795,17 @@ where
     }
 
     /// Store a written value in L1, or (`skip_l1_write`) drop this instance's older copy.
+    /// An invalidation from another instance that lands meanwhile wins (see
+    /// [`Self::insert_if`]): the key is then dropped.
     fn keep_in_l1(&self, key: &str, options: &CallOptions, prepared: &Prepared<V>) {
         if options.skip_l1_write {
             self.engine.inner.l1.remove(self.ns, key);
-        } else {
-            self.fill_l1(key, prepared.value.clone(), prepared);
+            return;
+        }
+        let epoch = self.epoch(key);
+        let entry = self.entry_of(prepared.value.clone(), prepared);
+        if !self.insert_if(key, epoch, entry) {
+            self.state.drop_key(key);
         }
     }
 
@@ -1941,10 +1950,10 @@ where
         let until = now
             .saturating_add(self.config.fail_safe_backoff.as_millis() as u64)
             .min(stale_until);
-        if until > now && self.epoch(key) == epoch {
-            self.engine.inner.l1.insert(
-                self.ns,
+        if until > now {
+            self.insert_if(
                 key,
+                epoch,
                 L1Entry {
                     value: value
                         .clone()
@@ -2226,19 +2235,38 @@ where
     }
 
     fn fill_l1(&self, key: &str, value: Option<Arc<V>>, p: &Prepared<V>) {
-        self.engine.inner.l1.insert(
-            self.ns,
-            key,
-            L1Entry {
-                value: value.map(|v| v as Arc<dyn std::any::Any + Send + Sync>),
-                expires_at_ms: p.l1_expires_at_ms,
-                born_ms: self.engine.inner.now_ms(),
-                stale_until_ms: p.l1_stale_until_ms,
-                refresh_at_ms: p.l1_refresh_at_ms,
-                delta_us: p.delta_us,
-                weight: p.weight,
-            },
-        );
+        self.engine
+            .inner
+            .l1
+            .insert(self.ns, key, self.entry_of(value, p));
+    }
+
+    fn entry_of(&self, value: Option<Arc<V>>, p: &Prepared<V>) -> L1Entry {
+        L1Entry {
+            value: value.map(|v| v as Arc<dyn std::any::Any + Send + Sync>),
+            expires_at_ms: p.l1_expires_at_ms,
+            born_ms: self.engine.inner.now_ms(),
+            stale_until_ms: p.l1_stale_until_ms,
+            refresh_at_ms: p.l1_refresh_at_ms,
+            delta_us: p.delta_us,
+            weight: p.weight,
+        }
+    }
+
+    /// Insert `entry` into L1 unless the key's epoch moved from `epoch`; false when it did.
+    /// The epoch is checked again after the insert: an invalidation processed between the
+    /// check and the insert (it bumps the epoch, then removes the entry) would otherwise leave
+    /// the older value behind; the entry is then removed again (a miss, never a stale hit).
+    fn insert_if(&self, key: &str, epoch: u64, entry: L1Entry) -> bool {
+        if self.epoch(key) != epoch {
+            return false;
+        }
+        self.engine.inner.l1.insert(self.ns, key, entry);
+        if self.epoch(key) != epoch {
+            self.engine.inner.l1.remove(self.ns, key);
+            return false;
+        }
+        true
     }
 
     /// Turn one L2 answer into a value: `Some(found)` on a usable hit (L1 filled), `None` on
@@ -2272,23 +2300,21 @@ where
                 bump(&self.stats.l2_hits);
                 self.observer.on_event(CacheEvent::L2Hit { latency });
                 let value = d.value.map(Arc::new);
-                if self.epoch(key) == epoch {
-                    self.engine.inner.l1.insert(
-                        self.ns,
-                        key,
-                        L1Entry {
-                            value: value
-                                .clone()
-                                .map(|v| v as Arc<dyn std::any::Any + Send + Sync>),
-                            expires_at_ms: d.expires_at_ms,
-                            born_ms: self.engine.inner.now_ms(),
-                            stale_until_ms: d.stale_until_ms,
-                            refresh_at_ms: self.refresh_at(d.expires_at_ms, d.delta_us),
-                            delta_us: d.delta_us,
-                            weight: d.weight,
-                        },
-                    );
-                }
+                self.insert_if(
+                    key,
+                    epoch,
+                    L1Entry {
+                        value: value
+                            .clone()
+                            .map(|v| v as Arc<dyn std::any::Any + Send + Sync>),
+                        expires_at_ms: d.expires_at_ms,
+                        born_ms: self.engine.inner.now_ms(),
+                        stale_until_ms: d.stale_until_ms,
+                        refresh_at_ms: self.refresh_at(d.expires_at_ms, d.delta_us),
+                        delta_us: d.delta_us,
+                        weight: d.weight,
+                    },
+                );
                 Some(Found {
                     value,
                     stale: false,
@@ -2592,8 +2618,10 @@ where
         }
         fresh = fresh && self.epoch(&key) == epoch;
         if fresh && !options.skip_l1_write {
-            self.fill_l1(&key, prepared.value.clone(), &prepared);
-        } else if !fresh {
+            let entry = self.entry_of(prepared.value.clone(), &prepared);
+            fresh = self.insert_if(&key, epoch, entry);
+        }
+        if !fresh {
             bump(&self.stats.stale_fills_refused);
             tracing::debug!(cache = %self.name, "key changed during the load; the loaded value is returned but not cached");
         }
@@ -2870,9 +2898,8 @@ where
         }
         let written = stored;
         for ((k, _, _, prepared, _), stored) in fills.into_iter().zip(written) {
-            if stored && self.epoch(&k) == epoch_of(&k) {
-                self.fill_l1(&k, prepared.value.clone(), &prepared);
-            } else {
+            let entry = self.entry_of(prepared.value.clone(), &prepared);
+            if !(stored && self.insert_if(&k, epoch_of(&k), entry)) {
                 bump(&self.stats.stale_fills_refused);
             }
             results.insert(k, Ok(prepared.value));

@@ -977,3 +977,92 @@ async fn shutdown_drains_within_its_deadline_and_stops_every_task() -> TestResul
     assert!(left <= before, "{} tasks still alive", left - before);
     Ok(())
 }
+
+/// An L1 whose first insert of one key, once armed, waits on its thread before inserting:
+/// long enough for another instance's invalidation to be processed between the engine's
+/// epoch check and the insert.
+struct SlowInsertL1 {
+    inner: tiercache::QuickL1,
+    key: &'static str,
+    armed: AtomicBool,
+    delay: Duration,
+}
+
+impl tiercache::L1Store for SlowInsertL1 {
+    fn get(
+        &self,
+        ns: tiercache::core::NamespaceId,
+        key: &str,
+        now_ms: u64,
+    ) -> Option<tiercache::core::L1Entry> {
+        self.inner.get(ns, key, now_ms)
+    }
+
+    fn insert(&self, ns: tiercache::core::NamespaceId, key: &str, entry: tiercache::core::L1Entry) {
+        if key == self.key && self.armed.swap(false, Ordering::SeqCst) {
+            std::thread::sleep(self.delay);
+        }
+        self.inner.insert(ns, key, entry);
+    }
+
+    fn remove(&self, ns: tiercache::core::NamespaceId, key: &str) {
+        self.inner.remove(ns, key);
+    }
+
+    fn clear_namespace(&self, ns: tiercache::core::NamespaceId) {
+        self.inner.clear_namespace(ns);
+    }
+
+    fn clear(&self) {
+        self.inner.clear();
+    }
+
+    fn stats(&self) -> tiercache::L1Stats {
+        self.inner.stats()
+    }
+}
+
+/// An invalidation processed between a fill's epoch check and its L1 insert (the receiver
+/// bumps the epoch, then removes the entry, before the insert lands) must not leave the older
+/// value in L1: the fill checks the epoch again after inserting. Failed before: L1 kept "old"
+/// until its TTL while L2 and the other instance had "new".
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn an_invalidation_between_the_epoch_check_and_the_insert_wins() -> TestResult {
+    let (store, bus) = (FaultStore::new(), MemoryBus::new());
+    let l1 = Arc::new(SlowInsertL1 {
+        inner: tiercache::QuickL1::with_capacity_bytes(1 << 20),
+        key: "k",
+        armed: AtomicBool::new(false),
+        delay: Duration::from_millis(300),
+    });
+    let a_engine = Engine::builder("c-slow-insert")
+        .with_l1(l1.clone())
+        .with_l2(store.clone())
+        .with_bus(bus.attach())
+        .with_bus_config(BusConfig::default().with_heartbeat(Duration::from_millis(50)))
+        .with_breaker(None)
+        .build()?;
+    let a = cache(&a_engine);
+    let b = cache(&instance(&store, &bus, "c-slow-insert").await);
+    b.set("k", "old".to_owned()).await?;
+    l1.armed.store(true, Ordering::SeqCst);
+    // A reads "old" from L2; its L1 insert waits 300 ms on a worker thread.
+    let reader = {
+        let a = a.clone();
+        tokio::spawn(async move { a.get("k").await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Meanwhile B writes "new": A's receiver drops "k" before the insert lands.
+    b.set("k", "new".to_owned()).await?;
+    let read = reader.await??;
+    assert_eq!(read.as_deref().map(String::as_str), Some("old"), "the read itself was old");
+    // Give A's receiver time to have processed the message (it had, during the sleep).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_ne!(
+        a.get_local("k").flatten().as_deref().map(String::as_str),
+        Some("old"),
+        "A's L1 kept the value an invalidation had already dropped"
+    );
+    assert_eq!(a.get("k").await?.as_deref().map(String::as_str), Some("new"));
+    Ok(())
+}
