@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::reconnect::{Link, LossPlan};
 
 /// What a transport delivers to the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +93,64 @@ pub struct BusConfig {
     /// flush instead of dropping single keys, and memory stays bounded while the transport
     /// is slow.
     pub max_queued_keys: usize,
+    /// What L1 does when invalidations may have been lost (a broken subscription, a sequence
+    /// gap, a silent publisher) and when the subscription comes back (default
+    /// [`ReconnectPolicy::Flush`]).
+    pub on_loss: ReconnectPolicy,
+}
+
+/// What L1 does when the bus may have lost invalidations, and when its subscription comes
+/// back. Every policy flushes L1 when a broken subscription is re-established (anything
+/// published meanwhile was missed); they differ in what happens between the loss and then.
+/// See `docs/coherence.md` for the trade-offs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReconnectPolicy {
+    /// Flush the namespaces concerned at once when a loss is detected, and again when the
+    /// subscription is back (the default). Nothing is served stale past the detection time;
+    /// the price is a burst of misses (L2 reads, loads) after every blip.
+    #[default]
+    Flush,
+    /// Keep serving L1 through a loss, for at most `max_staleness`: the namespaces concerned
+    /// are flushed when the subscription is back, or `max_staleness` after the loss if that
+    /// comes first (and every `max_staleness` while the subscription stays broken). A gap or a
+    /// silent publisher (no reconnect to wait for) is flushed `max_staleness` after its
+    /// detection. A short blip costs no misses; an entry may be served up to `max_staleness`
+    /// (plus the detection time) after an invalidation it missed.
+    Keep {
+        /// The longest an entry is served after a loss is detected (must be positive).
+        max_staleness: Duration,
+    },
+    /// Flush as [`ReconnectPolicy::Flush`] does, and after each such flush (a loss, the
+    /// reconnect) read up to `max_keys` of the namespace's most recently read or loaded keys
+    /// from L2 into L1 in the background (no loader runs), so the first requests after a
+    /// reconnect hit L1 again. The price is one batched L2 read per namespace per flush, and
+    /// a record of recently used keys (kept on L1 misses only).
+    Reload {
+        /// How many recently used keys per namespace are kept in mind and reloaded (must be
+        /// positive).
+        max_keys: usize,
+    },
+}
+
+impl ReconnectPolicy {
+    /// [`ReconnectPolicy::Keep`] with this bound.
+    pub fn keep(max_staleness: Duration) -> Self {
+        ReconnectPolicy::Keep { max_staleness }
+    }
+
+    /// [`ReconnectPolicy::Reload`] of at most this many keys per namespace.
+    pub fn reload(max_keys: usize) -> Self {
+        ReconnectPolicy::Reload { max_keys }
+    }
+
+    /// How many keys per namespace a reload reads (0 unless [`ReconnectPolicy::Reload`]).
+    pub(crate) fn reload_keys(&self) -> usize {
+        match self {
+            ReconnectPolicy::Reload { max_keys } => *max_keys,
+            _ => 0,
+        }
+    }
 }
 
 impl Default for BusConfig {
@@ -102,6 +161,7 @@ impl Default for BusConfig {
             heartbeat: Duration::from_secs(1),
             silence_limit: Duration::from_secs(3),
             max_queued_keys: 100_000,
+            on_loss: ReconnectPolicy::Flush,
         }
     }
 }
@@ -126,8 +186,15 @@ impl BusConfig {
         self
     }
 
-    /// Check the settings: a zero heartbeat, a silence limit shorter than a heartbeat, or a
-    /// zero batch size or queue bound is an [`ErrorKind::InvalidConfig`] error.
+    /// What L1 does when invalidations may have been lost (see [`ReconnectPolicy`]).
+    pub fn with_on_loss(mut self, policy: ReconnectPolicy) -> Self {
+        self.on_loss = policy;
+        self
+    }
+
+    /// Check the settings: a zero heartbeat, a silence limit shorter than a heartbeat, a
+    /// zero batch size or queue bound, a zero `max_staleness` or a zero `max_keys` in
+    /// [`ReconnectPolicy`] is an [`ErrorKind::InvalidConfig`] error.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| {
             Err(Error::new(
@@ -147,6 +214,15 @@ impl BusConfig {
         if self.max_queued_keys == 0 {
             return bad("max_queued_keys must be positive");
         }
+        match self.on_loss {
+            ReconnectPolicy::Keep { max_staleness } if max_staleness.is_zero() => {
+                return bad("on_loss: Keep needs a positive max_staleness (Flush keeps nothing)");
+            }
+            ReconnectPolicy::Reload { max_keys: 0 } => {
+                return bad("on_loss: Reload needs a positive max_keys (Flush reloads nothing)");
+            }
+            _ => {}
+        }
         Ok(())
     }
 }
@@ -161,6 +237,9 @@ pub(crate) trait BusTarget: Send + Sync {
     fn report(&self, event: crate::observer::CacheEvent);
     /// The user keys of those `full_keys` that belong to this namespace (tracking mode).
     fn user_keys(&self, full_keys: &[String]) -> Vec<String>;
+    /// Read up to `max_keys` recently used keys from L2 into L1, in the background
+    /// ([`ReconnectPolicy::Reload`], after the flush of a reconnect).
+    fn reload(&self, max_keys: usize);
 }
 
 /// How far below the last number heard a message may be and still count as merely late.
@@ -353,6 +432,8 @@ pub(crate) struct BusRuntime {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// True once client tracking is on (always true without tracking).
     tracking_ready: tokio::sync::watch::Receiver<bool>,
+    /// What L1 does on a loss.
+    on_loss: ReconnectPolicy,
 }
 
 /// Counters of the bus, engine-wide.
@@ -465,7 +546,14 @@ impl BusRuntime {
             stats,
             tasks: Mutex::new(tasks),
             tracking_ready,
+            on_loss: config.on_loss,
         })
+    }
+
+    /// How many recently used keys per namespace are reloaded after a reconnect (0: none,
+    /// and none need to be recorded).
+    pub(crate) fn reload_keys(&self) -> usize {
+        self.on_loss.reload_keys()
     }
 
     pub(crate) fn register(&self, channel: String, target: Weak<dyn BusTarget>) {
@@ -706,10 +794,36 @@ fn live_targets(targets: &Mutex<HashMap<String, Weak<dyn BusTarget>>>) -> Vec<Ar
     lock(targets).values().filter_map(Weak::upgrade).collect()
 }
 
-fn flush_for_loss(target: &dyn BusTarget, stats: &BusCounters) {
+/// Count and report a possible loss of invalidations in `target`'s namespace; flush it when
+/// `now` (else the [`LossPlan`] flushes it later), then reload `reload` recently used keys.
+fn loss(target: &dyn BusTarget, stats: &BusCounters, now: bool, reload: usize) {
     stats.losses.fetch_add(1, Ordering::Relaxed);
-    target.flush();
+    if now {
+        target.flush();
+        if reload > 0 {
+            target.reload(reload);
+        }
+    }
     target.report(crate::observer::CacheEvent::InvalidationsLost);
+}
+
+/// The flush of a (re)established subscription: every namespace, then (with
+/// [`ReconnectPolicy::Reload`]) its recently used keys read again from L2.
+fn flush_on_connect(targets: &[Arc<dyn BusTarget>], reload: usize) {
+    for t in targets {
+        t.flush();
+        if reload > 0 {
+            t.reload(reload);
+        }
+    }
+}
+
+/// Sleep until `deadline`, or forever without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next tracking event, or never once tracking is gone (or was never there).
@@ -735,7 +849,10 @@ async fn receive_loop(
     let mut check = tokio::time::interval(config.heartbeat.max(Duration::from_millis(10)));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut connected_once = false;
+    let mut plan = LossPlan::new(config.on_loss);
+    let reload = config.on_loss.reload_keys();
     loop {
+        let deadline = plan.next_deadline();
         let event = tokio::select! {
             e = rx.recv() => match e {
                 Some(e) => e,
@@ -745,16 +862,20 @@ async fn receive_loop(
                 // Tracking is (back) on: Redis reports writes from now on, not before. What
                 // L1 took meanwhile (before the first connection too) may be overwritten.
                 Some(BusEvent::Connected) => {
-                    for t in live_targets(&targets) {
-                        t.flush();
-                    }
+                    plan.connected(Link::Tracking, Instant::now());
+                    flush_on_connect(&live_targets(&targets), reload);
                     let _ = tracking_ready.send(true);
                     continue;
                 }
                 Some(BusEvent::Disconnected) => {
-                    tracing::warn!("tracking connection lost; flushing L1");
+                    let now = plan.disconnected(Link::Tracking, Instant::now());
+                    if now {
+                        tracing::warn!("tracking connection lost; flushing L1");
+                    } else {
+                        tracing::warn!("tracking connection lost; L1 kept until it is back or for max_staleness");
+                    }
                     for t in live_targets(&targets) {
-                        flush_for_loss(t.as_ref(), &stats);
+                        loss(t.as_ref(), &stats, now, reload);
                     }
                     continue;
                 }
@@ -777,7 +898,25 @@ async fn receive_loop(
                     let target = lock(&targets).get(&key.1).and_then(Weak::upgrade);
                     if let Some(t) = target {
                         tracing::warn!(channel = %key.1, "an instance fell silent on the invalidation bus; flushing L1 of the namespace");
-                        flush_for_loss(t.as_ref(), &stats);
+                        loss(t.as_ref(), &stats, plan.channel_loss(&key.1, now), reload);
+                    }
+                }
+                continue;
+            }
+            _ = until(deadline) => {
+                // ReconnectPolicy::Keep: the staleness bound of a loss is reached.
+                let due = plan.due(Instant::now());
+                if due.all {
+                    tracing::warn!("invalidations possibly lost max_staleness ago; flushing L1");
+                    for t in live_targets(&targets) {
+                        t.flush();
+                    }
+                }
+                for channel in due.channels {
+                    let target = lock(&targets).get(&channel).and_then(Weak::upgrade);
+                    if let Some(t) = target {
+                        tracing::warn!(channel = %channel, "invalidations possibly lost max_staleness ago; flushing L1 of the namespace");
+                        t.flush();
                     }
                 }
                 continue;
@@ -814,7 +953,12 @@ async fn receive_loop(
                     };
                 if gap {
                     tracing::warn!(channel = %key.1, expected, got = msg.seq, "invalidation sequence gap; flushing L1 of the namespace");
-                    flush_for_loss(target.as_ref(), &stats);
+                    loss(
+                        target.as_ref(),
+                        &stats,
+                        plan.channel_loss(&key.1, now),
+                        reload,
+                    );
                 }
                 let entry = heard.entry(key).or_insert(Heard { seq: 0, at: now });
                 entry.seq = if backwards {
@@ -863,20 +1007,30 @@ async fn receive_loop(
                 }
             }
             BusEvent::Disconnected => {
-                tracing::warn!("invalidation bus disconnected; flushing L1");
+                let now = plan.disconnected(Link::Bus, Instant::now());
+                if now {
+                    tracing::warn!("invalidation bus disconnected; flushing L1");
+                } else {
+                    tracing::warn!("invalidation bus disconnected; L1 kept until it is back or for max_staleness");
+                }
                 forget_numbers(&mut heard);
                 for t in live_targets(&targets) {
-                    flush_for_loss(t.as_ref(), &stats);
+                    loss(t.as_ref(), &stats, now, reload);
                 }
             }
             BusEvent::Connected => {
                 forget_numbers(&mut heard);
-                if connected_once {
-                    stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                    // Values filled while we were deaf may be stale: flush once more.
-                    for t in live_targets(&targets) {
-                        t.flush();
-                        t.report(crate::observer::CacheEvent::BusReconnect);
+                let deferred = plan.connected(Link::Bus, Instant::now());
+                if connected_once || deferred {
+                    // Values filled while we were deaf may be stale: flush once more (under
+                    // Keep, the first flush since the loss).
+                    let live = live_targets(&targets);
+                    flush_on_connect(&live, reload);
+                    if connected_once {
+                        stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                        for t in &live {
+                            t.report(crate::observer::CacheEvent::BusReconnect);
+                        }
                     }
                 }
                 connected_once = true;
@@ -922,8 +1076,13 @@ impl BusTransport for NullTransport {
     fn subscribe(&self, _channel: &str) {}
 }
 
-/// One attached engine: where to deliver, and which channels it listens to.
-type Subscriber = (mpsc::UnboundedSender<BusEvent>, Arc<Mutex<Vec<String>>>);
+/// One attached engine: where to deliver, which channels it listens to, and whether its
+/// subscription is broken (see [`MemoryBusHandle::disconnect`]).
+type Subscriber = (
+    mpsc::UnboundedSender<BusEvent>,
+    Arc<Mutex<Vec<String>>>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
 
 /// An in-process transport: every engine attached to the same `MemoryBus` hears every other.
 /// For tests and for several engines in one process without Redis.
@@ -945,6 +1104,8 @@ impl MemoryBus {
             bus: self.clone(),
             channels: Arc::default(),
             drop_next: AtomicU64::new(0),
+            deaf: Arc::default(),
+            events: Mutex::new(None),
         })
     }
 
@@ -960,12 +1121,39 @@ pub struct MemoryBusHandle {
     bus: Arc<MemoryBus>,
     channels: Arc<Mutex<Vec<String>>>,
     drop_next: AtomicU64,
+    /// The subscription is broken: nothing is delivered to this handle's engine.
+    deaf: Arc<std::sync::atomic::AtomicBool>,
+    /// The engine's event channel, once started.
+    events: Mutex<Option<mpsc::UnboundedSender<BusEvent>>>,
 }
 
 impl MemoryBusHandle {
     /// Drop the next `n` messages this handle publishes (loss injection for tests).
     pub fn drop_next(&self, n: u64) {
         self.drop_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Break this handle's subscription (fault injection for tests): its engine hears
+    /// [`BusEvent::Disconnected`], and messages published meanwhile never reach it. It can
+    /// still publish. Does nothing when already broken.
+    pub fn disconnect(&self) {
+        if !self.deaf.swap(true, Ordering::SeqCst) {
+            self.tell(BusEvent::Disconnected);
+        }
+    }
+
+    /// Restore a subscription broken by [`MemoryBusHandle::disconnect`]: its engine hears
+    /// [`BusEvent::Connected`] and receives messages again. Does nothing when not broken.
+    pub fn reconnect(&self) {
+        if self.deaf.swap(false, Ordering::SeqCst) {
+            self.tell(BusEvent::Connected);
+        }
+    }
+
+    fn tell(&self, event: BusEvent) {
+        if let Some(tx) = lock(&self.events).as_ref() {
+            let _ = tx.send(event);
+        }
     }
 }
 
@@ -985,8 +1173,8 @@ impl BusTransport for MemoryBusHandle {
             return Ok(());
         }
         let subs = lock(&self.bus.subscribers);
-        for (tx, chans) in subs.iter() {
-            if lock(chans).iter().any(|c| c == channel) {
+        for (tx, chans, deaf) in subs.iter() {
+            if !deaf.load(Ordering::SeqCst) && lock(chans).iter().any(|c| c == channel) {
                 let _ = tx.send(BusEvent::Message {
                     channel: channel.to_owned(),
                     payload: payload.clone(),
@@ -998,7 +1186,8 @@ impl BusTransport for MemoryBusHandle {
 
     fn start(&self, events: mpsc::UnboundedSender<BusEvent>) -> Result<JoinHandle<()>> {
         let _ = events.send(BusEvent::Connected);
-        lock(&self.bus.subscribers).push((events, self.channels.clone()));
+        *lock(&self.events) = Some(events.clone());
+        lock(&self.bus.subscribers).push((events, self.channels.clone(), self.deaf.clone()));
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::new(ErrorKind::InvalidConfig, "no tokio runtime"))?;
         Ok(handle.spawn(async {}))
@@ -1032,6 +1221,209 @@ mod tests {
         let mut bomb = m.encode();
         bomb[18..22].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(Message::decode(&bomb).is_err());
+        Ok(())
+    }
+
+    use crate::cache::Cache;
+    use crate::clock::ManualClock;
+    use crate::reconnect::support::{engine, Json};
+    use crate::remote::MemoryStore;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Two engines on one bus and one L2; the second one's policy is `policy`. The clock
+    /// starts at 1,000,000 ms.
+    struct Pair {
+        clock: Arc<ManualClock>,
+        writer: Cache<u64, Json>,
+        reader: Cache<u64, Json>,
+        reader_engine: crate::Engine,
+        reader_bus: Arc<MemoryBusHandle>,
+        _engines: crate::Engine,
+    }
+
+    fn pair(policy: ReconnectPolicy) -> Result<Pair> {
+        let (store, bus) = (Arc::new(MemoryStore::new()), MemoryBus::new());
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let (we, _) = engine(&store, &bus, &clock, ReconnectPolicy::Flush)?;
+        let (re, reader_bus) = engine(&store, &bus, &clock, policy)?;
+        let build = |e: &crate::Engine| {
+            e.cache::<u64, Json>("n")
+                .with_l1_ttl(Duration::from_secs(300))
+                .with_l2_ttl(Duration::from_secs(600))
+                .build()
+        };
+        Ok(Pair {
+            writer: build(&we)?,
+            reader: build(&re)?,
+            clock,
+            reader_engine: re,
+            reader_bus,
+            _engines: we,
+        })
+    }
+
+    impl Pair {
+        /// The writer sets `k`, the reader reads it into its L1; the clock moves on 1 ms (an
+        /// entry born in a flush's own millisecond is not fresh).
+        async fn cached(&self, v: u64) -> Result<()> {
+            self.writer.set("k", v).await?;
+            self.settle().await;
+            assert_eq!(self.reader.get("k").await?.as_deref(), Some(&v));
+            assert_eq!(self.local(), Some(v));
+            self.clock.advance(MS);
+            Ok(())
+        }
+
+        /// What the reader's L1 serves for `k`.
+        fn local(&self) -> Option<u64> {
+            self.reader.get_local("k").flatten().map(|v| *v)
+        }
+
+        /// Let the bus tasks run (paused time: a few ms pass).
+        async fn settle(&self) {
+            tokio::time::sleep(5 * MS).await;
+        }
+
+        fn losses(&self) -> u64 {
+            self.reader_engine.bus_stats().map_or(0, |s| s.losses)
+        }
+    }
+
+    #[test]
+    fn on_loss_is_validated() {
+        let bad = |p| BusConfig::default().with_on_loss(p).validate();
+        for p in [
+            ReconnectPolicy::keep(Duration::ZERO),
+            ReconnectPolicy::reload(0),
+        ] {
+            assert_eq!(
+                bad(p).map_err(|e| e.kind()),
+                Err(ErrorKind::InvalidConfig),
+                "{p:?}"
+            );
+        }
+        assert!(bad(ReconnectPolicy::keep(MS)).is_ok());
+        assert!(bad(ReconnectPolicy::reload(1)).is_ok());
+        assert_eq!(BusConfig::default().on_loss, ReconnectPolicy::Flush);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_engine_with_a_zero_staleness_bound_is_not_built() {
+        let store = Arc::new(MemoryStore::new());
+        let clock = Arc::new(ManualClock::new(1));
+        let built = engine(
+            &store,
+            &MemoryBus::new(),
+            &clock,
+            ReconnectPolicy::keep(Duration::ZERO),
+        );
+        assert_eq!(
+            built.err().map(|e| e.kind()),
+            Some(ErrorKind::InvalidConfig)
+        );
+    }
+
+    /// `Flush` (the default) is what it always was: flushed at the disconnect, and what L1
+    /// took while deaf is flushed again at the reconnect.
+    #[tokio::test(start_paused = true)]
+    async fn flush_drops_l1_at_the_loss_and_again_at_the_reconnect() -> Result<()> {
+        let p = pair(ReconnectPolicy::Flush)?;
+        p.cached(1).await?;
+        p.reader_bus.disconnect();
+        p.settle().await;
+        assert_eq!(p.local(), None, "kept through a loss");
+        assert_eq!(p.losses(), 1);
+        // Filled while deaf, then missed: dropped when the subscription is back.
+        p.clock.advance(MS);
+        assert_eq!(p.reader.get("k").await?.as_deref(), Some(&1));
+        p.writer.set("k", 2).await?;
+        p.settle().await;
+        assert_eq!(p.local(), Some(1));
+        p.clock.advance(MS);
+        p.reader_bus.reconnect();
+        p.settle().await;
+        assert_eq!(p.local(), None);
+        assert_eq!(p.reader.get("k").await?.as_deref(), Some(&2));
+        Ok(())
+    }
+
+    /// `Keep`: L1 serves through the loss (the missed write included), and is flushed
+    /// `max_staleness` after it while still deaf, then again every `max_staleness`.
+    #[tokio::test(start_paused = true)]
+    async fn keep_serves_during_a_loss_and_flushes_at_max_staleness() -> Result<()> {
+        let p = pair(ReconnectPolicy::keep(Duration::from_millis(500)))?;
+        p.cached(1).await?;
+        p.reader_bus.disconnect();
+        p.settle().await;
+        assert_eq!(p.losses(), 1, "the loss is counted at once");
+        p.writer.set("k", 2).await?; // missed by the reader
+        tokio::time::sleep(400 * MS).await;
+        assert_eq!(p.local(), Some(1), "not kept through the loss");
+        p.clock.advance(MS);
+        tokio::time::sleep(100 * MS).await;
+        assert_eq!(p.local(), None, "kept past max_staleness");
+        // Still deaf: what L1 takes now is flushed again a bound later.
+        p.clock.advance(MS);
+        assert_eq!(p.reader.get("k").await?.as_deref(), Some(&2));
+        p.writer.set("k", 3).await?; // missed too
+        tokio::time::sleep(400 * MS).await;
+        assert_eq!(p.local(), Some(2));
+        p.clock.advance(MS);
+        tokio::time::sleep(100 * MS).await;
+        assert_eq!(
+            p.local(),
+            None,
+            "a fill made while deaf outlived max_staleness"
+        );
+        assert_eq!(p.reader.get("k").await?.as_deref(), Some(&3));
+        assert_eq!(p.losses(), 1);
+        Ok(())
+    }
+
+    /// `Keep`: a reconnect before the bound flushes at once, and ends the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn keep_flushes_at_the_reconnect() -> Result<()> {
+        let p = pair(ReconnectPolicy::keep(Duration::from_millis(500)))?;
+        p.cached(1).await?;
+        p.reader_bus.disconnect();
+        p.writer.set("k", 2).await?; // missed
+        tokio::time::sleep(100 * MS).await;
+        assert_eq!(p.local(), Some(1));
+        p.clock.advance(MS);
+        p.reader_bus.reconnect();
+        p.settle().await;
+        assert_eq!(p.local(), None, "kept past the reconnect");
+        p.clock.advance(MS);
+        assert_eq!(p.reader.get("k").await?.as_deref(), Some(&2));
+        // No flush left over from the loss: the new value stays past the old deadline.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(p.local(), Some(2));
+        assert_eq!(p.reader_engine.bus_stats().map(|s| s.reconnects), Some(1));
+        Ok(())
+    }
+
+    /// `Keep`: a lost message (a gap seen at the publisher's next message) is flushed
+    /// `max_staleness` after it is noticed, not at once.
+    #[tokio::test(start_paused = true)]
+    async fn keep_flushes_a_gap_after_max_staleness() -> Result<()> {
+        let p = pair(ReconnectPolicy::keep(Duration::from_millis(500)))?;
+        p.writer.set("other", 7).await?; // first contact: numbering starts
+        p.cached(1).await?;
+        // Lose one message from the writer by breaking the reader's subscription for it
+        // alone, without telling the reader (a lost delivery).
+        p.reader_bus.deaf.store(true, Ordering::SeqCst);
+        p.writer.set("k", 2).await?;
+        p.settle().await;
+        p.reader_bus.deaf.store(false, Ordering::SeqCst);
+        p.writer.set("j", 1).await?; // its number shows the gap
+        p.settle().await;
+        assert_eq!(p.losses(), 1, "the gap went unnoticed");
+        assert_eq!(p.local(), Some(1), "not kept after a gap");
+        p.clock.advance(MS);
+        tokio::time::sleep(500 * MS).await;
+        assert_eq!(p.local(), None, "kept past max_staleness after a gap");
+        assert_eq!(p.reader.get("k").await?.as_deref(), Some(&2));
         Ok(())
     }
 }

@@ -29,11 +29,14 @@ mod namespace;
 pub mod observer;
 pub mod options;
 pub mod policy;
+mod reconnect;
 pub mod recovery;
 pub mod remote;
 
 pub use breaker::{BreakerConfig, CircuitBreaker};
-pub use bus::{BusConfig, BusEvent, BusStats, BusTransport, MemoryBus, MemoryBusHandle};
+pub use bus::{
+    BusConfig, BusEvent, BusStats, BusTransport, MemoryBus, MemoryBusHandle, ReconnectPolicy,
+};
 pub use cache::{Cache, CacheBuilder, CacheConfig, CacheStats};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{Codec, CodecId};

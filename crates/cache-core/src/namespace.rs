@@ -6,9 +6,12 @@
 //! a `set` through one handle refuses a stale fill started by another, a load is joined by
 //! every handle, and the bus keeps delivering invalidations while any handle is alive.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use tokio::sync::watch;
 
@@ -26,6 +29,53 @@ pub(crate) type Flight<V> = watch::Receiver<Option<Shared<V>>>;
 /// Invalidation epochs are striped by key hash.
 const EPOCH_STRIPES: usize = 64;
 
+/// A typed handle of the namespace as a reload after a reconnect sees it
+/// ([`crate::bus::ReconnectPolicy::Reload`]): it knows the codec, the namespace state does not.
+pub(crate) trait Reloader: Send + Sync {
+    /// Read `keys` from L2 into L1 (no loader runs; keys fresh in L1 are skipped).
+    fn reload(self: Arc<Self>, keys: Vec<String>) -> BoxFuture<'static, ()>;
+}
+
+/// The keys most recently read past L1 (an L2 read or a load), newest last: what a reload
+/// after a reconnect reads again. Recorded only under `ReconnectPolicy::Reload`, and only on
+/// the miss path (every read or load that may fill L1 takes its key's epoch first), never on
+/// an L1 hit. Holds at most twice the keys a reload reads (a key read twice in a row is kept
+/// once; other repeats are dropped when reloading).
+struct Recent {
+    keys: Mutex<VecDeque<String>>,
+    /// How many keys a reload reads.
+    reload: usize,
+}
+
+impl Recent {
+    fn note(&self, key: &str) {
+        let mut keys = lock(&self.keys);
+        if keys.back().is_some_and(|k| k == key) {
+            return;
+        }
+        if keys.len() >= self.reload.saturating_mul(2) {
+            keys.pop_front();
+        }
+        keys.push_back(key.to_owned());
+    }
+
+    /// Up to `max` distinct keys, newest first.
+    fn latest(&self, max: usize) -> Vec<String> {
+        let keys = lock(&self.keys);
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for k in keys.iter().rev() {
+            if out.len() >= max {
+                break;
+            }
+            if seen.insert(k.as_str()) {
+                out.push(k.clone());
+            }
+        }
+        out
+    }
+}
+
 /// The shared state of one namespace in one engine.
 pub(crate) struct NsState<V> {
     pub(crate) ns: NamespaceId,
@@ -41,6 +91,10 @@ pub(crate) struct NsState<V> {
     /// Key bases (`{prefix}:{ns}:` per schema version) of the handles built so far.
     bases: Mutex<Vec<String>>,
     observer: Arc<dyn CacheObserver>,
+    /// Keys to reload after a reconnect (`None` unless the bus reloads).
+    recent: Option<Recent>,
+    /// The typed handles that can reload (weak: a handle's life is its own).
+    reloaders: Mutex<Vec<Weak<dyn Reloader>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -49,7 +103,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl<V: Send + Sync + 'static> NsState<V> {
     pub(crate) fn new(ns: NamespaceId, engine: Engine, observer: Arc<dyn CacheObserver>) -> Self {
+        let reload = engine.inner.bus.as_ref().map_or(0, |b| b.reload_keys());
         NsState {
+            recent: (reload > 0).then(|| Recent {
+                keys: Mutex::new(VecDeque::new()),
+                reload,
+            }),
+            reloaders: Mutex::new(Vec::new()),
             ns,
             engine,
             inflight: Mutex::new(HashMap::new()),
@@ -85,8 +145,63 @@ impl<V: Send + Sync + 'static> NsState<V> {
         (crate::key::fnv1a(key) % EPOCH_STRIPES as u64) as usize
     }
 
+    /// The key's invalidation epoch, taken by every read or load that may fill L1 (before it
+    /// starts and again before it fills). Under `ReconnectPolicy::Reload` it also records the
+    /// key as recently used.
     pub(crate) fn epoch(&self, key: &str) -> u64 {
+        if let Some(recent) = &self.recent {
+            recent.note(key);
+        }
         self.epochs[Self::stripe(key)].load(Ordering::SeqCst)
+    }
+
+    /// Whether this namespace reloads keys after a reconnect (then its handles offer
+    /// themselves with [`NsState::add_reloader`]).
+    // Called by `cache/reload.rs`, compiled once `cache.rs` declares `mod reload;`.
+    #[allow(dead_code)]
+    pub(crate) fn reloads(&self) -> bool {
+        self.recent.is_some()
+    }
+
+    /// Offer a typed handle for reloads after a reconnect (the first live one does them).
+    #[allow(dead_code)]
+    pub(crate) fn add_reloader(&self, reloader: Weak<dyn Reloader>) {
+        let mut all = lock(&self.reloaders);
+        all.retain(|r| r.strong_count() > 0);
+        all.push(reloader);
+    }
+
+    /// Read up to `max_keys` recently used keys from L2 into L1, in a task of its own (after
+    /// the flush of a reconnect). Does nothing without a live handle or a tokio runtime.
+    pub(crate) fn reload(&self, max_keys: usize) {
+        let Some(recent) = &self.recent else {
+            return;
+        };
+        let keys = recent.latest(max_keys);
+        if keys.is_empty() {
+            return;
+        }
+        let Some(reloader) = lock(&self.reloaders).iter().find_map(Weak::upgrade) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let engine = self.engine.clone();
+        let flushed_at = self.flushed_at.load(Ordering::SeqCst);
+        runtime.spawn(async move {
+            // An entry stamped in the flush's own millisecond would not count as fresh: read
+            // once the clock has moved past it (a clock that stands still, as a test's may,
+            // is not waited for longer than 100 ms).
+            for _ in 0..100 {
+                if engine.inner.now_ms() > flushed_at {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            drop(engine);
+            reloader.reload(keys).await;
+        });
     }
 
     pub(crate) fn bump_epoch(&self, key: &str) {
@@ -133,6 +248,10 @@ impl<V: Send + Sync + 'static> BusTarget for NsState<V> {
 
     fn report(&self, event: CacheEvent) {
         self.observer.on_event(event);
+    }
+
+    fn reload(&self, max_keys: usize) {
+        NsState::reload(self, max_keys);
     }
 
     fn user_keys(&self, full_keys: &[String]) -> Vec<String> {

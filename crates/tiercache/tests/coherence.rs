@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cache_testkit::shared_redis;
+use tiercache::core::ReconnectPolicy;
 use tiercache::{BusConfig, Cache, Engine, MemoryBus, MemoryStore, MsgPack};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -406,5 +407,158 @@ async fn an_invalidation_goes_out_after_l2_dropped_the_key() -> TestResult {
         heard_after >= Duration::from_millis(140),
         "B heard of it {heard_after:?} after the call began, before L2's delete could finish"
     );
+    Ok(())
+}
+
+/// An engine on `server` with a 200 ms heartbeat and this reconnect policy.
+async fn policy_engine(
+    server: &cache_testkit::RedisServer,
+    prefix: &str,
+    policy: ReconnectPolicy,
+) -> Result<Engine, tiercache::Error> {
+    tiercache::builder(prefix)
+        .redis_url(server.url())
+        .bus_config(
+            BusConfig::default()
+                .with_heartbeat(Duration::from_millis(200))
+                .with_on_loss(policy),
+        )
+        .build()
+        .await
+}
+
+/// Break every pub/sub connection of `server` and keep them from coming back (no channel is
+/// allowed: SUBSCRIBE and PUBLISH are refused) until [`allow_pubsub`].
+fn break_pubsub(server: &cache_testkit::RedisServer) -> TestResult {
+    server.cli(&["ACL", "SETUSER", "default", "resetchannels"])?;
+    server.cli(&["CLIENT", "KILL", "TYPE", "pubsub"])?;
+    Ok(())
+}
+
+fn allow_pubsub(server: &cache_testkit::RedisServer) -> TestResult {
+    server.cli(&["ACL", "SETUSER", "default", "allchannels"])?;
+    Ok(())
+}
+
+fn losses(e: &Engine) -> u64 {
+    e.bus_stats().map_or(0, |s| s.losses)
+}
+
+fn reconnects(e: &Engine) -> u64 {
+    e.bus_stats().map_or(0, |s| s.reconnects)
+}
+
+/// Issue 16, `ReconnectPolicy::Keep` on a real Redis: while the subscription is broken, an
+/// engine keeps serving its L1 (a write it missed included); one whose bound passes while
+/// still deaf flushes then, one with a longer bound flushes when the subscription is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_serves_through_a_broken_subscription_within_its_bound() -> TestResult {
+    let server = cache_testkit::RedisServer::start()?;
+    let prefix = "keep";
+    let ea = policy_engine(&server, prefix, ReconnectPolicy::Flush).await?;
+    let eb = policy_engine(
+        &server,
+        prefix,
+        ReconnectPolicy::keep(Duration::from_secs(60)),
+    )
+    .await?;
+    let ec = policy_engine(
+        &server,
+        prefix,
+        ReconnectPolicy::keep(Duration::from_millis(300)),
+    )
+    .await?;
+    let (a, b, c) = (cache(&ea)?, cache(&eb)?, cache(&ec)?);
+    a.set("k", 1).await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for x in [&b, &c] {
+        assert_eq!(x.get("k").await?.as_deref(), Some(&1));
+        assert_eq!(x.get_local("k"), Some(Some(Arc::new(1))));
+    }
+
+    break_pubsub(&server)?;
+    let noticed = wait_until(
+        || losses(&eb) > 0 && losses(&ec) > 0,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(noticed.is_some(), "the broken subscription went unnoticed");
+    assert_eq!(
+        b.get_local("k"),
+        Some(Some(Arc::new(1))),
+        "B did not keep its L1"
+    );
+    a.set("k", 2).await?; // nobody hears of it: PUBLISH is refused too
+                          // C's bound passes while it is still deaf: flushed then, not at the reconnect.
+    let c_flushed = wait_until(|| c.get_local("k").is_none(), Duration::from_secs(5)).await;
+    assert!(c_flushed.is_some(), "C served its copy past max_staleness");
+    assert_eq!(
+        reconnects(&ec),
+        0,
+        "C reconnected: the test did not keep it deaf"
+    );
+    assert_eq!(c.get("k").await?.as_deref(), Some(&2));
+    // B's bound (60 s) has not passed: it still serves its copy, stale within the bound.
+    assert_eq!(b.get_local("k"), Some(Some(Arc::new(1))));
+
+    allow_pubsub(&server)?;
+    let back = wait_until(|| reconnects(&eb) > 0, Duration::from_secs(10)).await;
+    assert!(back.is_some(), "B never resubscribed");
+    assert_eq!(b.get_local("k"), None, "B kept its L1 past the reconnect");
+    assert_eq!(b.get("k").await?.as_deref(), Some(&2));
+    // The bus works again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.get("k").await?.as_deref(), Some(&2));
+    a.set("k", 3).await?;
+    assert!(wait_until(|| b.get_local("k").is_none(), BOUND)
+        .await
+        .is_some());
+    Ok(())
+}
+
+/// Issue 16, `ReconnectPolicy::Reload` on a real Redis: after the subscription is back, the
+/// namespace's recently read keys are in L1 again, with their current values (a write missed
+/// while deaf included), without a request. Needs the reload hook registered by
+/// `CacheBuilder::build` (`cache/reload.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_warms_l1_again_after_a_broken_subscription() -> TestResult {
+    let server = cache_testkit::RedisServer::start()?;
+    let prefix = "reload";
+    let ea = policy_engine(&server, prefix, ReconnectPolicy::Flush).await?;
+    let eb = policy_engine(&server, prefix, ReconnectPolicy::reload(100)).await?;
+    let (a, b) = (cache(&ea)?, cache(&eb)?);
+    let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        a.set(k, i as u64).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let got = b.get_many(&keys).await?;
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, v)| v.as_deref() == Some(&(i as u64))));
+
+    break_pubsub(&server)?;
+    let noticed = wait_until(|| losses(&eb) > 0, Duration::from_secs(5)).await;
+    assert!(noticed.is_some(), "the broken subscription went unnoticed");
+    a.set("k3", 33).await?; // B does not hear of it
+    allow_pubsub(&server)?;
+    let back = wait_until(|| reconnects(&eb) > 0, Duration::from_secs(10)).await;
+    assert!(back.is_some(), "B never resubscribed");
+    let want = |i: usize| if i == 3 { 33 } else { i as u64 };
+    let warm = wait_until(
+        || {
+            keys.iter()
+                .enumerate()
+                .all(|(i, k)| b.get_local(k) == Some(Some(Arc::new(want(i)))))
+        },
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        warm.is_some(),
+        "B's L1 was not reloaded after the reconnect"
+    );
+    assert_eq!(b.stats().loads, 0, "a reload ran a loader");
     Ok(())
 }

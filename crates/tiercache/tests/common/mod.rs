@@ -1187,6 +1187,7 @@ macro_rules! behaviour_suite {
             call_options_skip_tiers_and_refuse_contradictions,
             background_l2_writes_land_in_call_order,
             expire_keeps_a_stale_fallback,
+            keep_serves_through_a_short_bus_loss,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {
@@ -1198,4 +1199,74 @@ macro_rules! behaviour_suite {
             }
         )*
     };
+}
+
+/// Issue 16, `ReconnectPolicy`: a zero staleness bound is a typed config error; under
+/// `Keep` an engine serves its L1 through a short loss of its bus subscription (a write it
+/// missed included, within the bound) and flushes when the subscription is back.
+pub async fn keep_serves_through_a_short_bus_loss(b: &dyn Backend) -> TestResult {
+    use tiercache::core::ReconnectPolicy;
+    let p = unique_prefix("on-loss");
+    let bus = tiercache::MemoryBus::new();
+    let config = |policy| tiercache::BusConfig::default().with_on_loss(policy);
+    let bad = tiercache::builder(&p)
+        .remote(b.store().await)
+        .bus_transport(bus.attach())
+        .bus_config(config(ReconnectPolicy::keep(Duration::ZERO)))
+        .build()
+        .await;
+    assert_eq!(bad.err().map(|e| e.kind()), Some(ErrorKind::InvalidConfig));
+    let writer = tiercache::builder(&p)
+        .l1_capacity_bytes(8 * 1024 * 1024)
+        .remote(b.store().await)
+        .bus_transport(bus.attach())
+        .build()
+        .await?;
+    let keeper_bus = bus.attach();
+    let keeper = tiercache::builder(&p)
+        .l1_capacity_bytes(8 * 1024 * 1024)
+        .remote(b.store().await)
+        .bus_transport(keeper_bus.clone())
+        .bus_config(config(ReconnectPolicy::keep(Duration::from_secs(60))))
+        .build()
+        .await?;
+    let (w, k) = (users(&writer)?, users(&keeper)?);
+    for id in 0..10u64 {
+        w.set(&id.to_string(), user(id)).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let got = k
+        .get_many(&(0..10u64).map(|i| i.to_string()).collect::<Vec<_>>())
+        .await?;
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, v)| v.as_deref() == Some(&user(i as u64))));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    keeper_bus.disconnect();
+    w.set("3", user(33)).await?; // the keeper does not hear of it
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(keeper.bus_stats().map(|s| s.losses), Some(1));
+    for id in 0..10u64 {
+        assert_eq!(
+            k.get_local(&id.to_string()).flatten().as_deref(),
+            Some(&user(id)),
+            "the keeper did not keep {id} through the loss"
+        );
+    }
+
+    keeper_bus.reconnect();
+    let mut flushed = false;
+    for _ in 0..500 {
+        if k.get_local("3").is_none() {
+            flushed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(flushed, "the keeper kept its L1 past the reconnect");
+    assert_eq!(k.get("3").await?.as_deref(), Some(&user(33)));
+    assert_eq!(keeper.bus_stats().map(|s| s.reconnects), Some(1));
+    Ok(())
 }
