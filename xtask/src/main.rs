@@ -251,6 +251,8 @@ fn test(args: &[String]) -> Result<()> {
     run(demo, "cargo build -p demo (the demo compiles)")?;
     eprintln!("xtask: demo tests and build took {:.0?}", started.elapsed());
     run_examples()?;
+    // Each library crate builds with no default features and with each feature alone.
+    package::features()?;
     // Every publishable crate packages (and its tarball builds): see `package.rs`.
     package::package()?;
     Ok(())

@@ -2234,13 +2234,6 @@ where
         })
     }
 
-    fn fill_l1(&self, key: &str, value: Option<Arc<V>>, p: &Prepared<V>) {
-        self.engine
-            .inner
-            .l1
-            .insert(self.ns, key, self.entry_of(value, p));
-    }
-
     fn entry_of(&self, value: Option<Arc<V>>, p: &Prepared<V>) -> L1Entry {
         L1Entry {
             value: value.map(|v| v as Arc<dyn std::any::Any + Send + Sync>),

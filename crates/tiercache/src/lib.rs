@@ -88,7 +88,12 @@ pub type DefaultCodec = cache_codec::Json;
 pub type DefaultCodec = cache_codec::Cbor;
 
 /// A typed cache over one namespace; `C` defaults to [`DefaultCodec`].
+#[cfg(any(feature = "msgpack", feature = "json", feature = "cbor"))]
 pub type Cache<V, C = DefaultCodec> = cache_core::Cache<V, C>;
+/// A typed cache over one namespace, with the codec you bring (no built-in codec is compiled
+/// in: turn on `msgpack`, `json` or `cbor` for one, or implement [`Codec`]).
+#[cfg(not(any(feature = "msgpack", feature = "json", feature = "cbor")))]
+pub type Cache<V, C> = cache_core::Cache<V, C>;
 
 /// Start building an engine whose keys all start with `prefix`.
 pub fn builder(prefix: impl Into<String>) -> Builder {
