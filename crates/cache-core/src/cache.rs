@@ -29,6 +29,8 @@ use crate::policy::{NoRefresh, RefreshPolicy};
 use crate::recovery::Replay;
 use crate::remote::{check_value_size, LeaseFill, RemoteEntry};
 
+mod reload;
+
 /// Bytes charged per L1 entry on top of its encoded size (key, bookkeeping, allocator).
 pub const L1_ENTRY_OVERHEAD: u32 = 96;
 
@@ -352,7 +354,8 @@ where
                 policy: self.policy,
                 _codec: PhantomData,
             }),
-        })
+        }
+        .with_reload())
     }
 }
 

@@ -157,14 +157,11 @@ impl<V: Send + Sync + 'static> NsState<V> {
 
     /// Whether this namespace reloads keys after a reconnect (then its handles offer
     /// themselves with [`NsState::add_reloader`]).
-    // Called by `cache/reload.rs`, compiled once `cache.rs` declares `mod reload;`.
-    #[allow(dead_code)]
     pub(crate) fn reloads(&self) -> bool {
         self.recent.is_some()
     }
 
     /// Offer a typed handle for reloads after a reconnect (the first live one does them).
-    #[allow(dead_code)]
     pub(crate) fn add_reloader(&self, reloader: Weak<dyn Reloader>) {
         let mut all = lock(&self.reloaders);
         all.retain(|r| r.strong_count() > 0);

@@ -110,7 +110,8 @@ pub enum CacheEvent {
         keys: u32,
     },
     /// A possible loss of invalidations was detected (sequence gap, disconnect, missing
-    /// heartbeat); the namespace's L1 was flushed.
+    /// heartbeat); the namespace's L1 is flushed as `BusConfig::on_loss` says (at once by
+    /// default).
     InvalidationsLost,
     /// The invalidation subscription reconnected.
     BusReconnect,

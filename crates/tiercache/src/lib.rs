@@ -47,14 +47,16 @@ pub use cache_core::{
     BreakerConfig, BusConfig, BusStats, BusTransport, CacheBuilder, CacheConfig, CacheEvent,
     CacheObserver, CacheStats, CallOptions, Clock, Codec, CodecId, Engine, EngineBuilder, Error,
     ErrorKind, L1Stats, L1Store, LoadContext, Loaded, ManualClock, MemoryBus, MemoryBusHandle,
-    MemoryStore, NoopObserver, Observer, RecoveryStats, RemoteEntry, RemoteStore, Result,
-    ShutdownReport, SystemClock,
+    MemoryStore, NoopObserver, Observer, ReconnectPolicy, RecoveryStats, RemoteEntry, RemoteStore,
+    Result, ShutdownReport, SystemClock,
 };
 pub use cache_l1::QuickL1;
 
 #[cfg(feature = "blocking")]
 pub mod blocking;
+mod url;
 pub use cache_xfetch::{RefreshAhead, XFetch};
+pub use url::L2_URL_ENV;
 
 #[cfg(feature = "cbor")]
 pub use cache_codec::Cbor;
@@ -114,6 +116,10 @@ pub fn builder(prefix: impl Into<String>) -> Builder {
 enum L2 {
     None,
     Memory,
+    /// Resolved by `build` (so a bad URL is reported there, like a failed connection).
+    Url(String),
+    /// The URL in [`L2_URL_ENV`], read by `build`.
+    Env,
     Store(Arc<dyn RemoteStore>),
     #[cfg(feature = "redis")]
     RedisUrl(String),
@@ -151,6 +157,7 @@ impl std::fmt::Debug for Builder {
         let l2 = match &self.l2 {
             L2::None => "none",
             L2::Memory => "memory",
+            L2::Url(_) | L2::Env => "by url",
             L2::Store(s) => s.kind(),
             #[cfg(feature = "redis")]
             L2::RedisUrl(_) | L2::Redis(_) => "redis",
@@ -171,6 +178,28 @@ impl Builder {
     /// The L1 memory budget in bytes, shared by every typed cache (default 128 MiB).
     pub fn l1_capacity_bytes(mut self, bytes: u64) -> Self {
         self.l1_capacity_bytes = bytes;
+        self
+    }
+
+    /// The L2 named by `url`, with default settings: `memory://`, `redis://` / `rediss://`
+    /// (standalone), `redis+cluster://host:port,host:port` (feature `cluster`),
+    /// `redis+sentinel://host:26379,host:26379/master` (feature `sentinel`); `rediss+...` for
+    /// TLS (feature `tls`). The same application code then runs on each backend: the URL
+    /// and the compiled-in features choose. [`Builder::build`] reports a malformed URL
+    /// ([`ErrorKind::InvalidUrl`]) or a scheme whose feature is not compiled in
+    /// ([`ErrorKind::InvalidConfig`], naming the feature). The bus follows the backend (as
+    /// with the typed methods). For explicit settings use [`Builder::redis`],
+    /// `Builder::cluster` or `Builder::sentinel`.
+    pub fn l2_url(mut self, url: impl Into<String>) -> Self {
+        self.l2 = L2::Url(url.into());
+        self
+    }
+
+    /// [`Builder::l2_url`] with the URL in the environment variable [`L2_URL_ENV`]
+    /// (`TIERCACHE_L2_URL`), read by [`Builder::build`]: unset is an
+    /// [`ErrorKind::InvalidConfig`] error (never a silent in-process L2).
+    pub fn l2_from_env(mut self) -> Self {
+        self.l2 = L2::Env;
         self
     }
 
@@ -287,7 +316,20 @@ impl Builder {
 
     /// Connect (for Redis: eagerly, so a wrong URL, password or address is reported now) and
     /// build the engine.
-    pub async fn build(self) -> Result<Engine> {
+    pub async fn build(mut self) -> Result<Engine> {
+        self.l2 = match std::mem::replace(&mut self.l2, L2::None) {
+            L2::Url(u) => url::l2_of(&u)?,
+            L2::Env => match std::env::var(L2_URL_ENV) {
+                Ok(u) => url::l2_of(&u)?,
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidConfig,
+                        format!("{L2_URL_ENV} is not set (an L2 URL such as redis://host:6379/)"),
+                    ))
+                }
+            },
+            other => other,
+        };
         let l1: Arc<dyn L1Store> = Arc::new(QuickL1::with_capacity_bytes(self.l1_capacity_bytes));
         let mut b = Engine::builder(self.prefix.clone()).with_l1(l1);
         let mut bus: Option<Arc<dyn BusTransport>> = None;
@@ -296,7 +338,7 @@ impl Builder {
         #[cfg(feature = "redis")]
         let mut redis_store: Option<RedisStore> = None;
         let l2: Option<Arc<dyn RemoteStore>> = match self.l2 {
-            L2::None => None,
+            L2::None | L2::Url(_) | L2::Env => None,
             L2::Memory => Some(Arc::new(MemoryStore::new())),
             L2::Store(s) => Some(s),
             #[cfg(feature = "redis")]

@@ -1055,7 +1055,11 @@ async fn an_invalidation_between_the_epoch_check_and_the_insert_wins() -> TestRe
     // Meanwhile B writes "new": A's receiver drops "k" before the insert lands.
     b.set("k", "new".to_owned()).await?;
     let read = reader.await??;
-    assert_eq!(read.as_deref().map(String::as_str), Some("old"), "the read itself was old");
+    assert_eq!(
+        read.as_deref().map(String::as_str),
+        Some("old"),
+        "the read itself was old"
+    );
     // Give A's receiver time to have processed the message (it had, during the sleep).
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_ne!(
@@ -1063,6 +1067,9 @@ async fn an_invalidation_between_the_epoch_check_and_the_insert_wins() -> TestRe
         Some("old"),
         "A's L1 kept the value an invalidation had already dropped"
     );
-    assert_eq!(a.get("k").await?.as_deref().map(String::as_str), Some("new"));
+    assert_eq!(
+        a.get("k").await?.as_deref().map(String::as_str),
+        Some("new")
+    );
     Ok(())
 }

@@ -42,6 +42,8 @@ pub struct SeedConfig {
     pub breaker: bool,
     /// A bus batching window instead of publishing at once.
     pub batch_window: bool,
+    /// What L1 does after a bus loss (drawn apart from the rest: older seeds replay as before).
+    pub on_loss: tiercache::core::ReconnectPolicy,
     /// Factor applied to every planned duration (loader times, pauses, fault windows).
     pub scale: f64,
 }
@@ -509,6 +511,14 @@ pub fn plan(seed: u64, max_steps: usize, scale: f64) -> (SeedConfig, Vec<Step>) 
         jitter: rng.chance(0.5),
         breaker: rng.chance(0.8),
         batch_window: rng.chance(0.2),
+        on_loss: {
+            let r = SimRng::new(seed.rotate_left(17) ^ 0x0105_5eed);
+            match r.weighted(&[2, 1, 1]) {
+                0 => tiercache::core::ReconnectPolicy::Flush,
+                1 => tiercache::core::ReconnectPolicy::keep(std::time::Duration::from_millis(300)),
+                _ => tiercache::core::ReconnectPolicy::reload(8),
+            }
+        },
         scale,
     };
     let mut steps = Vec::with_capacity(cfg.steps);

@@ -84,7 +84,7 @@ fn max_steps() -> usize {
 fn describe_cfg(seed: u64, cfg: &SeedConfig) -> String {
     format!(
         "seed {seed}: {} instances, {} steps, faults: {}; fail_safe={} timeouts={} \
-         short_ttl={} jitter={} breaker={} batch_window={}",
+         short_ttl={} jitter={} breaker={} batch_window={} on_loss={:?}",
         cfg.nodes,
         cfg.steps,
         cfg.profile.describe(),
@@ -93,7 +93,8 @@ fn describe_cfg(seed: u64, cfg: &SeedConfig) -> String {
         cfg.short_ttl,
         cfg.jitter,
         cfg.breaker,
-        cfg.batch_window
+        cfg.batch_window,
+        cfg.on_loss
     )
 }
 

@@ -718,7 +718,9 @@ impl World {
     async fn build_node(&self, slot: usize, generation: u32) -> Result<Node, String> {
         let t = &self.ctx.timing;
         let cfg = &self.ctx.cfg;
-        let mut bus_config = BusConfig::default().with_heartbeat(t.heartbeat);
+        let mut bus_config = BusConfig::default()
+            .with_heartbeat(t.heartbeat)
+            .with_on_loss(cfg.on_loss);
         if cfg.batch_window {
             bus_config = bus_config.with_batch_window(Duration::from_millis(5));
         }
