@@ -346,7 +346,38 @@ fn run_examples() -> Result<()> {
         if let Some(cluster) = &cluster {
             c.env("CLUSTER_URLS", cluster.urls().join(","));
         }
+        if name == "any_backend" {
+            c.env("TIERCACHE_L2_URL", server.url());
+        }
         run(c, &format!("example {name}"))?;
+        if name == "any_backend" {
+            // The same code, the backend switched by URL and feature alone.
+            let mut memory = cargo();
+            memory
+                .args(["run", "--quiet", "-p", "tiercache", "--example", name])
+                .env("TIERCACHE_L2_URL", "memory://");
+            run(memory, "example any_backend on memory://")?;
+            if let Some(cluster) = &cluster {
+                let hosts: Vec<String> = cluster
+                    .urls()
+                    .iter()
+                    .map(|u| {
+                        u.trim_start_matches("redis://")
+                            .trim_end_matches('/')
+                            .to_owned()
+                    })
+                    .collect();
+                let mut on_cluster = cargo();
+                on_cluster
+                    .args(["run", "--quiet", "-p", "tiercache", "--features", "cluster"])
+                    .args(["--example", name])
+                    .env(
+                        "TIERCACHE_L2_URL",
+                        format!("redis+cluster://{}", hosts.join(",")),
+                    );
+                run(on_cluster, "example any_backend on redis+cluster://")?;
+            }
+        }
     }
     Ok(())
 }

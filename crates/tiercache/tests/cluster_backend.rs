@@ -791,3 +791,32 @@ async fn resharding_under_load_leaves_no_stale_value() -> TestResult {
     );
     Ok(())
 }
+
+/// The cluster URL scheme (`Builder::l2_url`) reaches the cluster through its seed nodes, with
+/// the cluster bus: the same application code as on standalone Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_url_scheme_reaches_the_cluster() -> TestResult {
+    let urls = shared_cluster()?.urls();
+    let hosts: Vec<String> = urls
+        .iter()
+        .map(|u| {
+            u.trim_start_matches("redis://")
+                .trim_end_matches('/')
+                .to_owned()
+        })
+        .collect();
+    let url = format!("redis+cluster://{}", hosts.join(","));
+    let p = common::unique_prefix("cluster-url");
+    let a = tiercache::builder(p.clone())
+        .l2_url(url.clone())
+        .build()
+        .await?;
+    let b = tiercache::builder(p).l2_url(url).build().await?;
+    assert_eq!(a.remote().map(|s| s.kind()), Some("cluster"));
+    let ca = a.cache::<u64, MsgPack>("n").build()?;
+    let cb = b.cache::<u64, MsgPack>("n").build()?;
+    ca.set("k", 1).await?;
+    assert_eq!(cb.get("k").await?.as_deref(), Some(&1));
+    assert!(a.bus_stats().is_some(), "the URL brings the cluster bus");
+    Ok(())
+}

@@ -410,3 +410,34 @@ async fn sigkill_of_the_master_under_load() -> TestResult {
     assert!(ok.load(Ordering::Relaxed) > before_kill + 100, "{report}");
     Ok(())
 }
+
+/// The sentinel URL scheme (`Builder::l2_url`) reaches the master the sentinels name, with
+/// its bus: the same application code as on standalone Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sentinel_url_scheme_reaches_the_master() -> TestResult {
+    shared().await?;
+    let group = shared_sentinel()?;
+    let hosts: Vec<String> = group
+        .sentinel_urls()
+        .iter()
+        .map(|u| u.trim_start_matches("redis://").to_owned())
+        .collect();
+    let url = format!(
+        "redis+sentinel://{}/{}",
+        hosts.join(","),
+        group.master_name()
+    );
+    let p = common::unique_prefix("sentinel-url");
+    let a = tiercache::builder(p.clone())
+        .l2_url(url.clone())
+        .build()
+        .await?;
+    let b = tiercache::builder(p).l2_url(url).build().await?;
+    assert_eq!(a.remote().map(|s| s.kind()), Some("redis-sentinel"));
+    let ca = a.cache::<u64, tiercache::MsgPack>("n").build()?;
+    let cb = b.cache::<u64, tiercache::MsgPack>("n").build()?;
+    ca.set("k", 1).await?;
+    assert_eq!(cb.get("k").await?.as_deref(), Some(&1));
+    assert!(a.bus_stats().is_some(), "the URL brings the sentinel bus");
+    Ok(())
+}
