@@ -1,0 +1,105 @@
+//! The task of a load and the guard that always settles its waiters.
+
+use super::*;
+
+/// Owns the senders of a load in flight. Finishing removes the keys from the in-flight map and
+/// sends each result; dropping without finishing (a panic, a runtime shutting down) sends an
+/// error instead, so no waiter ever hangs.
+pub(super) struct FlightGuard<V, C>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    pub(super) inner: Arc<CacheInner<V, C>>,
+    pub(super) flights: Vec<(String, watch::Sender<Option<Shared<V>>>)>,
+}
+
+impl<V, C> FlightGuard<V, C>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    /// Give waiters a result now while the leader keeps working (early refresh): the key
+    /// stays in flight so no second load starts.
+    pub(super) fn publish_early(&self, key: &str, result: Shared<V>) {
+        for (k, tx) in &self.flights {
+            if k == key {
+                tx.send_replace(Some(result.clone()));
+            }
+        }
+    }
+
+    pub(super) fn finish(mut self, result: impl Fn(&str) -> Shared<V>) {
+        let flights = std::mem::take(&mut self.flights);
+        self.release(flights, result);
+    }
+
+    fn release(
+        &self,
+        flights: Vec<(String, watch::Sender<Option<Shared<V>>>)>,
+        result: impl Fn(&str) -> Shared<V>,
+    ) {
+        {
+            let mut map = self.inner.lock_inflight();
+            for (k, tx) in &flights {
+                if map
+                    .get(k)
+                    .is_some_and(|rx| rx.same_channel(&tx.subscribe()))
+                {
+                    map.remove(k);
+                }
+            }
+        }
+        for (k, tx) in flights {
+            let r = result(&k);
+            tx.send_replace(Some(r));
+        }
+    }
+}
+
+impl<V, C> Drop for FlightGuard<V, C>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    fn drop(&mut self) {
+        if self.flights.is_empty() {
+            return;
+        }
+        let flights = std::mem::take(&mut self.flights);
+        let err = if std::thread::panicking() {
+            Error::new(ErrorKind::LoaderPanicked, "the loader panicked")
+        } else {
+            Error::new(
+                ErrorKind::Closed,
+                "the load was abandoned (runtime shutting down)",
+            )
+        };
+        self.release(flights, |_| Err(err.clone()));
+    }
+}
+
+pub(super) async fn wait<V>(mut rx: Flight<V>) -> Shared<V> {
+    match rx.wait_for(|r| r.is_some()).await {
+        Ok(r) => match &*r {
+            Some(result) => result.clone(),
+            None => Err(Error::new(ErrorKind::Closed, "load ended without a result")),
+        },
+        Err(_) => Err(Error::new(ErrorKind::Closed, "load ended without a result")),
+    }
+}
+
+pub(super) fn spawn<F>(span: tracing::Span, fut: F) -> Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    use tracing::Instrument;
+    let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidConfig,
+            "loads run on the tokio runtime: call the cache from within one",
+        )
+    })?;
+    handle.spawn(fut.instrument(span));
+    Ok(())
+}
