@@ -14,11 +14,11 @@ use async_trait::async_trait;
 use cache_core::bus::{BusEvent, BusTransport};
 use cache_core::{Error, ErrorKind, Result};
 use futures::StreamExt;
-use redis::aio::ConnectionManager;
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushKind, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::credentials::{client_with, ProviderAuth};
 use crate::errors::ErrorContext;
 use crate::RedisStore;
 
@@ -42,10 +42,12 @@ fn runtime() -> Result<tokio::runtime::Handle> {
 
 /// Invalidation bus over Redis pub/sub: publishes with the store's connection, listens on a
 /// dedicated subscriber connection (one channel per namespace, `{prefix}:{ns}:__inv`).
+///
+/// With a credentials provider, every (re)connect of the subscriber asks it.
 pub struct RedisBus {
     client: redis::Client,
-    publisher: ConnectionManager,
-    response_timeout: Duration,
+    auth: Option<ProviderAuth>,
+    publisher: RedisStore,
     connect_timeout: Duration,
     ctx: Arc<ErrorContext>,
     channels: Arc<Mutex<Vec<String>>>,
@@ -66,8 +68,8 @@ impl RedisBus {
     pub fn new(store: &RedisStore) -> RedisBus {
         RedisBus {
             client: store.client(),
-            publisher: store.connection(),
-            response_timeout: store.config().response_timeout,
+            auth: store.auth(),
+            publisher: store.clone(),
             connect_timeout: store.config().connect_timeout,
             ctx: store.error_context(),
             channels: Arc::default(),
@@ -83,15 +85,7 @@ impl BusTransport for RedisBus {
     }
 
     async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<()> {
-        let mut conn = self.publisher.clone();
-        let cmd = redis::cmd("PUBLISH").arg(channel).arg(payload).clone();
-        match tokio::time::timeout(self.response_timeout, cmd.query_async::<i64>(&mut conn)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(self.ctx.map("PUBLISH", &e)),
-            Err(_) => Err(self
-                .ctx
-                .elapsed("PUBLISH", self.response_timeout, "response_timeout")),
-        }
+        self.publisher.publish(channel, payload).await
     }
 
     fn start(&self, events: mpsc::UnboundedSender<BusEvent>) -> Result<JoinHandle<()>> {
@@ -100,6 +94,7 @@ impl BusTransport for RedisBus {
         *lock(&self.new_channels) = Some(tx);
         Ok(handle.spawn(subscriber_loop(
             self.client.clone(),
+            self.auth.clone(),
             self.channels.clone(),
             rx,
             events,
@@ -177,6 +172,7 @@ pub async fn pump(
 
 async fn subscriber_loop(
     client: redis::Client,
+    auth: Option<ProviderAuth>,
     channels: Arc<Mutex<Vec<String>>>,
     mut new_channels: mpsc::UnboundedReceiver<String>,
     events: mpsc::UnboundedSender<BusEvent>,
@@ -185,7 +181,13 @@ async fn subscriber_loop(
 ) {
     let mut backoff = MIN_BACKOFF;
     loop {
-        let connected = tokio::time::timeout(connect_timeout, client.get_async_pubsub()).await;
+        let connect = async {
+            client_with(&client, auth.as_ref())
+                .await?
+                .get_async_pubsub()
+                .await
+        };
+        let connected = tokio::time::timeout(connect_timeout, connect).await;
         let pubsub = match connected {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
@@ -249,6 +251,7 @@ async fn subscriber_loop(
 /// drops its own freshly written L1 entry and reads it back from L2 once.
 pub struct RedisTracking {
     client: redis::Client,
+    auth: Option<ProviderAuth>,
     prefix: String,
     connect_timeout: Duration,
     ctx: Arc<ErrorContext>,
@@ -275,6 +278,7 @@ impl RedisTracking {
             .map_err(|e| store.error_context().map("CLIENT TRACKING", &e))?;
         Ok(RedisTracking {
             client,
+            auth: store.auth(),
             prefix: format!("{prefix}:"),
             connect_timeout: store.config().connect_timeout,
             ctx: store.error_context(),
@@ -296,6 +300,7 @@ impl BusTransport for RedisTracking {
         let handle = runtime()?;
         Ok(handle.spawn(tracking_loop(
             self.client.clone(),
+            self.auth.clone(),
             self.prefix.clone(),
             events,
             self.connect_timeout,
@@ -325,6 +330,7 @@ fn keys_of(push: &[Value]) -> Option<Vec<String>> {
 
 async fn tracking_loop(
     client: redis::Client,
+    auth: Option<ProviderAuth>,
     prefix: String,
     events: mpsc::UnboundedSender<BusEvent>,
     connect_timeout: Duration,
@@ -333,10 +339,13 @@ async fn tracking_loop(
     let mut backoff = MIN_BACKOFF;
     loop {
         let (push_tx, mut push_rx) = mpsc::unbounded_channel();
-        let config = AsyncConnectionConfig::new()
+        let mut config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(connect_timeout))
             .set_push_sender(push_tx);
+        if let Some(auth) = &auth {
+            config = config.set_credentials_provider(auth.clone());
+        }
         let setup = async {
             let mut conn = client
                 .get_multiplexed_async_connection_with_config(&config)

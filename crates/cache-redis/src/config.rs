@@ -7,6 +7,7 @@ use std::time::Duration;
 use cache_core::{Error, ErrorKind, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::credentials::{CredentialsProvider, SharedCredentialsProvider};
 use crate::target::{self, Target, REDACTED};
 
 /// Default URL: a local server, database 0.
@@ -42,6 +43,8 @@ pub const DEFAULT_RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
 /// | `reconnect_min_delay` | 50 ms | first delay between attempts; doubles per retry |
 /// | `reconnect_max_delay` | 1 s | cap of the (un-jittered) delay between attempts |
 /// | `tls_ca_file` | none | `rediss://` only: PEM file of the CA(s) to trust instead of the built-in Mozilla (webpki) roots |
+/// | `tls_client_cert_file` / `tls_client_key_file` | none | `rediss://` only: PEM client certificate (chain) and its private key, for servers that require one (mutual TLS, `tls-auth-clients yes`); both or neither |
+/// | `credentials_provider` | none | not serialized: a [`CredentialsProvider`] asked for the user and password at every (re)connect, instead of a fixed `password` |
 ///
 /// Reconnecting: when the connection breaks, the next call starts a reconnect round of
 /// `1 + reconnect_retries` attempts, the n-th retry after a delay of
@@ -50,7 +53,13 @@ pub const DEFAULT_RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
 /// the round wait for it (bounded by `response_timeout`); when it fails they get
 /// [`ErrorKind::Connection`] and the next call starts a new round.
 ///
-/// `Debug` never shows the password, neither the field nor the one inside the URL.
+/// Credentials: a fixed `password` (field or URL), or a
+/// [`credentials_provider`](RedisConfig::credentials_provider) for rotating ones (tokens). The
+/// provider is asked at every (re)connect of every connection (store, bus, tracking); a
+/// user name it does not give comes from `username` or the URL.
+///
+/// `Debug` never shows the password, neither the field nor the one inside the URL, nor
+/// anything of a credentials provider.
 ///
 /// ```
 /// use std::time::Duration;
@@ -102,6 +111,17 @@ pub struct RedisConfig {
     /// Mozilla root certificates (webpki-roots), e.g. for a private CA. Certificates are always
     /// verified; there is no "insecure" switch. Setting it with a non-TLS URL is an error.
     pub tls_ca_file: Option<PathBuf>,
+    /// For `rediss://`: a PEM file with the client certificate (and its chain) presented to
+    /// servers that ask for one (mutual TLS). Needs `tls_client_key_file`.
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// For `rediss://`: a PEM file with the private key of `tls_client_cert_file` (PKCS#8,
+    /// PKCS#1 or SEC1). Read when connecting; its content is never printed.
+    pub tls_client_key_file: Option<PathBuf>,
+    /// Rotating credentials: asked for the user and password at every (re)connect of every
+    /// connection, instead of a fixed `password` (setting both is an error). Not serialized;
+    /// set it in code ([`RedisConfigBuilder::credentials_provider`]).
+    #[serde(skip)]
+    pub credentials_provider: Option<SharedCredentialsProvider>,
 }
 
 impl Default for RedisConfig {
@@ -117,6 +137,9 @@ impl Default for RedisConfig {
             reconnect_min_delay: DEFAULT_RECONNECT_MIN_DELAY,
             reconnect_max_delay: DEFAULT_RECONNECT_MAX_DELAY,
             tls_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
+            credentials_provider: None,
         }
     }
 }
@@ -134,6 +157,9 @@ impl fmt::Debug for RedisConfig {
             .field("reconnect_min_delay", &self.reconnect_min_delay)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
             .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_client_cert_file", &self.tls_client_cert_file)
+            .field("tls_client_key_file", &self.tls_client_key_file)
+            .field("credentials_provider", &self.credentials_provider)
             .finish()
     }
 }
@@ -178,16 +204,36 @@ impl RedisConfig {
         if self.reconnect_min_delay > self.reconnect_max_delay {
             return bad("reconnect_min_delay must not exceed reconnect_max_delay");
         }
-        let target = target::resolve(
+        let target = target::resolve_with(
             &self.url,
             self.username.as_deref(),
             self.password.as_deref(),
+            self.credentials_provider.is_some(),
         )?;
-        if self.tls_ca_file.is_some() && !target.tls {
-            return bad("tls_ca_file is set but the URL is not rediss:// (TLS); refusing to connect without TLS");
-        }
+        check_tls_files(
+            target.tls,
+            self.tls_ca_file.is_some(),
+            self.tls_client_cert_file.is_some(),
+            self.tls_client_key_file.is_some(),
+        )?;
         Ok(target)
     }
+}
+
+/// The TLS file settings make sense together: only with TLS, a client certificate with its key.
+/// Shared with `cache-cluster`.
+pub fn check_tls_files(tls: bool, ca: bool, client_cert: bool, client_key: bool) -> Result<()> {
+    let bad = |m: &str| Err(Error::new(ErrorKind::InvalidConfig, m.to_owned()));
+    if !tls && ca {
+        return bad("tls_ca_file is set but the URL is not rediss:// (TLS); refusing to connect without TLS");
+    }
+    if !tls && (client_cert || client_key) {
+        return bad("a TLS client certificate is set but the URL is not rediss:// (TLS); refusing to connect without TLS");
+    }
+    if client_cert != client_key {
+        return bad("tls_client_cert_file and tls_client_key_file go together: set both (mutual TLS) or neither");
+    }
+    Ok(())
 }
 
 /// Fluent builder of [`RedisConfig`]; [`RedisConfigBuilder::build`] validates.
@@ -258,6 +304,26 @@ impl RedisConfigBuilder {
     /// roots.
     pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.config.tls_ca_file = Some(path.into());
+        self
+    }
+
+    /// For `rediss://` servers that require a client certificate (mutual TLS): the PEM files
+    /// of the certificate (chain) and of its private key.
+    pub fn tls_client_cert(
+        mut self,
+        cert_file: impl Into<PathBuf>,
+        key_file: impl Into<PathBuf>,
+    ) -> Self {
+        self.config.tls_client_cert_file = Some(cert_file.into());
+        self.config.tls_client_key_file = Some(key_file.into());
+        self
+    }
+
+    /// Rotating credentials: `provider` is asked for the user and password at every
+    /// (re)connect of every connection (see [`CredentialsProvider`]). Replaces a fixed
+    /// password (setting both is an error).
+    pub fn credentials_provider(mut self, provider: impl CredentialsProvider + 'static) -> Self {
+        self.config.credentials_provider = Some(SharedCredentialsProvider::new(provider));
         self
     }
 
@@ -382,6 +448,43 @@ mod tests {
             .build()
             .err();
         assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::InvalidConfig));
+        let err = RedisConfig::builder()
+            .url("redis://h/")
+            .tls_client_cert("/c.pem", "/k.pem")
+            .build()
+            .err();
+        assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::InvalidConfig));
+        let mut half = RedisConfig::from_url("rediss://h/");
+        half.tls_client_cert_file = Some("/c.pem".into());
+        let err = half.validate().err();
+        assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::InvalidConfig));
+    }
+
+    #[test]
+    fn a_provider_replaces_the_password() -> Result<()> {
+        use crate::credentials::{credentials_fn, Credentials};
+        let provider = || credentials_fn(|| async { Ok(Credentials::new("tok")) });
+        // A user without a password is fine with a provider (it gives the password).
+        let c = RedisConfig::builder()
+            .url("redis://app@h:1/")
+            .credentials_provider(provider())
+            .build()?;
+        assert_eq!(c.resolve()?.user, "app");
+        assert!(format!("{c:?}").contains("<credentials provider>"));
+        assert_eq!(c.clone(), c);
+        // A fixed password as well is ambiguous.
+        for c in [
+            RedisConfig::builder()
+                .password("pw")
+                .credentials_provider(provider()),
+            RedisConfig::builder()
+                .url("redis://:pw@h/")
+                .credentials_provider(provider()),
+        ] {
+            let err = c.build().err();
+            assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::InvalidConfig));
+        }
+        Ok(())
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! redis-rs errors to [`cache_core::Error`], with passwords scrubbed.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cache_core::{Error, ErrorKind};
 use redis::{RedisError, ServerErrorKind};
 
+use crate::credentials::PROVIDER_FAILED;
 use crate::target::REDACTED;
 
 /// What an error message may say about the connection (never a password): maps redis-rs
@@ -19,7 +21,14 @@ pub struct ErrorContext {
     /// Whether a password is configured (to tell "NOAUTH: none configured" from "refused").
     pub has_password: bool,
     secrets: Vec<String>,
+    /// Passwords handed out by a credentials provider (the latest few), shared by clones.
+    learned: Arc<Mutex<Vec<String>>>,
+    /// The user a credentials provider named last, shared by clones.
+    provider_user: Arc<Mutex<Option<String>>>,
 }
+
+/// How many provider passwords a context remembers to scrub.
+const LEARNED_SECRETS: usize = 8;
 
 impl ErrorContext {
     /// A context for `endpoint` and `user`; `secrets` are scrubbed from every message.
@@ -29,14 +38,52 @@ impl ErrorContext {
             user,
             has_password,
             secrets,
+            learned: Arc::default(),
+            provider_user: Arc::default(),
         }
+    }
+
+    /// The user connections authenticate as: the one a credentials provider named last, else
+    /// the configured one.
+    pub fn user(&self) -> String {
+        self.provider_user
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| self.user.clone())
+    }
+
+    /// Remember the user a credentials provider named (for messages).
+    pub fn learn_user(&self, user: &str) {
+        *self.provider_user.lock().unwrap_or_else(|p| p.into_inner()) = Some(user.to_owned());
+    }
+
+    /// Scrub `secret` from messages from now on (a password a credentials provider handed
+    /// out; the latest few are kept).
+    pub fn learn_secret(&self, secret: &str) {
+        if secret.is_empty() || self.secrets.iter().any(|s| s == secret) {
+            return;
+        }
+        let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+        if learned.iter().any(|s| s == secret) {
+            return;
+        }
+        if learned.len() >= LEARNED_SECRETS {
+            learned.remove(0);
+        }
+        learned.push(secret.to_owned());
     }
 
     /// `text` with every configured password replaced by `***` (belt and braces: redis-rs
     /// messages are not known to contain them).
     pub fn scrub(&self, text: &str) -> String {
         let mut out = text.to_owned();
-        for secret in &self.secrets {
+        let learned = self
+            .learned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for secret in self.secrets.iter().chain(learned.iter()) {
             if !secret.is_empty() && out.contains(secret.as_str()) {
                 out = out.replace(secret.as_str(), REDACTED);
             }
@@ -89,8 +136,19 @@ impl ErrorContext {
     pub fn map(&self, op: &str, e: &RedisError) -> Error {
         let detail = self.scrub(&e.to_string());
         let ep = &self.endpoint;
+        let user = self.user();
         let code = e.code().unwrap_or("");
-        let (kind, message) = if code == "NOAUTH" && !self.has_password {
+        let (kind, message) = if e.kind() == redis::ErrorKind::AuthenticationFailed
+            && detail.starts_with(PROVIDER_FAILED)
+        {
+            (
+                ErrorKind::Auth,
+                format!(
+                    "no credentials for Redis at {ep}: {PROVIDER_FAILED}: {}",
+                    self.scrub(e.detail().unwrap_or(""))
+                ),
+            )
+        } else if code == "NOAUTH" && !self.has_password {
             (
                 ErrorKind::Auth,
                 format!(
@@ -112,7 +170,7 @@ impl ErrorContext {
                 ErrorKind::Auth,
                 format!(
                     "Redis at {ep} refused the credentials for user `{}`{why}",
-                    self.user
+                    user
                 ),
             )
         } else if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoPerm) || code == "NOPERM"
@@ -121,9 +179,24 @@ impl ErrorContext {
                 ErrorKind::Auth,
                 format!(
                     "Redis user `{}` is not allowed to run {op} at {ep}: {detail}",
-                    self.user
+                    user
                 ),
             )
+        } else if let Some(alert) = client_certificate_alert(&detail) {
+            // "received fatal alert: X": the server refused our side of the TLS handshake.
+            let message = if alert == "CertificateRequired" {
+                format!(
+                    "Redis at {ep} requires a TLS client certificate (mutual TLS, \
+                     tls-auth-clients) and none was presented: set tls_client_cert_file and \
+                     tls_client_key_file"
+                )
+            } else {
+                format!(
+                    "Redis at {ep} refused the TLS client certificate (TLS alert {alert}): it \
+                     must be valid and signed by a CA the server trusts (its tls-ca-cert-file)"
+                )
+            };
+            (ErrorKind::Auth, message)
         } else if e.is_timeout() {
             (
                 ErrorKind::Timeout,
@@ -156,6 +229,22 @@ impl ErrorContext {
         };
         Error::new(kind, message)
     }
+}
+
+/// The TLS alert in `detail` when the server refused the client's certificate (or the lack of
+/// one) during the handshake.
+fn client_certificate_alert(detail: &str) -> Option<&'static str> {
+    const ALERTS: [&str; 7] = [
+        "CertificateRequired",
+        "UnknownCA",
+        "BadCertificate",
+        "UnsupportedCertificate",
+        "CertificateExpired",
+        "CertificateRevoked",
+        "CertificateUnknown",
+    ];
+    let (_, alert) = detail.split_once("received fatal alert: ")?;
+    ALERTS.into_iter().find(|a| alert.starts_with(a))
 }
 
 #[cfg(test)]
@@ -197,6 +286,22 @@ mod tests {
         assert_eq!(c.map("GET", &noperm).kind(), ErrorKind::Auth);
         let wrongpass = redis::make_extension_error("WRONGPASS".to_owned(), Some("x".to_owned()));
         assert_eq!(c.map("GET", &wrongpass).kind(), ErrorKind::Auth);
+        let no_cert = RedisError::from(std::io::Error::other(
+            "received fatal alert: CertificateRequired",
+        ));
+        let e = c.map("connect", &no_cert);
+        assert_eq!(e.kind(), ErrorKind::Auth);
+        assert!(
+            e.message().contains("requires a TLS client certificate"),
+            "{e}"
+        );
+        let unknown_ca = RedisError::from(std::io::Error::other("received fatal alert: UnknownCA"));
+        let e = c.map("connect", &unknown_ca);
+        assert_eq!(e.kind(), ErrorKind::Auth);
+        assert!(
+            e.message().contains("refused the TLS client certificate"),
+            "{e}"
+        );
     }
 
     #[test]

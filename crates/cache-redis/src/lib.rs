@@ -12,6 +12,10 @@
 //!   `redis+unix:///path.sock?db=N`, `unix:///path.sock`. Invalid ones fail with
 //!   [`ErrorKind::InvalidUrl`](cache_core::ErrorKind::InvalidUrl) saying what is wrong.
 //! - Passwords appear in no `Debug` output, error message or log line.
+//! - Rotating credentials: a [`CredentialsProvider`] on the config is asked for the user and
+//!   password at every (re)connect of every connection (tokens of managed Redis: AWS
+//!   ElastiCache IAM, Azure Entra ID). Mutual TLS: a client certificate and key on the config
+//!   (`tls_client_cert_file` / `tls_client_key_file`, feature `tls`).
 //!
 //! Features: `sentinel` adds [`SentinelStore`] and [`SentinelBus`]: the same store and bus
 //! over the master of a Redis Sentinel group, following failovers (`docs/sentinel.md`).
@@ -43,17 +47,23 @@
 mod bus;
 mod coalesce;
 mod config;
+mod credentials;
 mod errors;
 #[cfg(feature = "sentinel")]
 mod sentinel;
 mod store;
 mod target;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use bus::{RedisBus, RedisTracking};
 pub use config::{
     RedisConfig, RedisConfigBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_VALUE_SIZE,
     DEFAULT_RECONNECT_MAX_DELAY, DEFAULT_RECONNECT_MIN_DELAY, DEFAULT_RECONNECT_RETRIES,
     DEFAULT_RESPONSE_TIMEOUT, DEFAULT_URL,
+};
+pub use credentials::{
+    credentials_fn, Credentials, CredentialsFn, CredentialsProvider, SharedCredentialsProvider,
 };
 pub use store::RedisStore;
 
@@ -71,10 +81,17 @@ pub use redis;
 pub mod support {
     pub use crate::bus::{pump, Pumped};
     pub use crate::coalesce::{read as coalesced_read, Answer, Coalesced, Reads};
-    pub use crate::config::duration_text;
+    pub use crate::config::{check_tls_files, duration_text};
+    pub use crate::credentials::ProviderAuth;
     pub use crate::errors::ErrorContext;
     pub use crate::store::{
         glob_escape, ttl_ms, MAX_TTL_MS, SET_IF_LEASE_LUA, TAG_ADD_LUA, TAG_TAKE_LUA,
     };
-    pub use crate::target::{redact_url, resolve, Target, REDACTED};
+    pub use crate::target::{redact_url, resolve, resolve_with, Target, REDACTED};
+    /// TLS files (feature `tls`).
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub mod tls {
+        pub use crate::tls::{certificates, map_files_error};
+    }
 }

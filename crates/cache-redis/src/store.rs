@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -13,6 +13,7 @@ use redis::{AsyncConnectionConfig, RedisResult, Value};
 
 use crate::coalesce::{self, Answer, Coalesced, Reads};
 use crate::config::RedisConfig;
+use crate::credentials::ProviderAuth;
 use crate::errors::ErrorContext;
 
 /// The compare-and-set fill of [`RemoteStore::set_if_lease`]:
@@ -55,7 +56,11 @@ pub fn glob_escape(text: &str) -> String {
 ///
 /// One multiplexed connection (redis-rs [`ConnectionManager`]) carries every call
 /// concurrently and reconnects by itself after the connection breaks (a new round of
-/// attempts starts with the next call after a failed round). Every operation is bounded by
+/// attempts starts with the next call after a failed round). A reconnect the server refuses
+/// for its credentials (`WRONGPASS`, `NOAUTH`, a failing credentials provider), which the
+/// connection manager would keep answering with forever, makes the store replace the
+/// connection: the next call connects again, asking the credentials provider anew (rotated
+/// passwords and tokens are picked up). Every operation is bounded by
 /// the config's `response_timeout`, so a hung server yields [`ErrorKind::Timeout`], never a
 /// hung caller. Cloning is cheap and shares the connection.
 ///
@@ -79,16 +84,28 @@ pub fn glob_escape(text: &str) -> String {
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
     inner: Arc<Inner>,
 }
 
+/// The connection in use, replaced after refused credentials.
+struct Slot {
+    manager: ConnectionManager,
+    /// Bumped at each replacement.
+    generation: u64,
+    since: Instant,
+}
+
 struct Inner {
+    conn: RwLock<Slot>,
+    /// How to make a replacement connection.
+    manager_config: ConnectionManagerConfig,
     /// Single-key reads in flight and queued (see [`crate::coalesce`]).
     reads: Reads,
     config: RedisConfig,
     client: redis::Client,
     ctx: Arc<ErrorContext>,
+    /// The config's credentials provider, bound to this store (`None`: fixed credentials).
+    auth: Option<ProviderAuth>,
     lease_script: redis::Script,
     tag_add_script: redis::Script,
     tag_take_script: redis::Script,
@@ -129,7 +146,7 @@ impl fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("endpoint", &self.inner.ctx.endpoint)
             .field("url", &c.redacted_url())
-            .field("user", &self.inner.ctx.user)
+            .field("user", &self.inner.ctx.user())
             .field("response_timeout", &c.response_timeout)
             .field("max_value_size", &c.max_value_size)
             .finish()
@@ -142,7 +159,7 @@ impl Coalesced for RedisStore {
     }
 
     async fn read_one(&self, key: &str) -> Answer {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let cmd = redis::cmd("GET").arg(key).to_owned();
         self.run("GET", async move {
             cmd.query_async::<Option<Vec<u8>>>(&mut conn).await
@@ -177,12 +194,20 @@ impl RedisStore {
     /// Must be called within a tokio runtime (the connection's driver task runs on it).
     pub async fn connect(config: RedisConfig) -> Result<RedisStore> {
         let target = config.resolve()?;
-        let ctx = ErrorContext::new(
+        let ctx = Arc::new(ErrorContext::new(
             target.endpoint.clone(),
             target.user.clone(),
             target.has_password,
             target.secrets.clone(),
-        );
+        ));
+        let auth = config.credentials_provider.clone().map(|provider| {
+            ProviderAuth::new(
+                provider,
+                Some(target.user.clone()),
+                config.connect_timeout,
+                ctx.clone(),
+            )
+        });
         #[cfg(feature = "tls")]
         if target.tls {
             // rustls needs a process-wide crypto provider; ours is `ring` (aws-lc-rs, the
@@ -199,9 +224,12 @@ impl RedisStore {
 
         // 1. One direct attempt (the manager would retry refused credentials until the
         //    timeout, hiding the real cause), then PING.
-        let probe_config = AsyncConnectionConfig::new()
+        let mut probe_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(connect_timeout));
+        if let Some(auth) = &auth {
+            probe_config = probe_config.set_credentials_provider(auth.clone());
+        }
         let probe = async {
             let mut conn = client
                 .get_multiplexed_async_connection_with_config(&probe_config)
@@ -215,17 +243,22 @@ impl RedisStore {
         }
 
         // 2. The long-lived, self-reconnecting connection.
-        let manager_config = ConnectionManagerConfig::new()
+        let mut manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(config.response_timeout))
             .set_number_of_retries(config.reconnect_retries)
             .set_min_delay(config.reconnect_min_delay)
             .set_max_delay(config.reconnect_max_delay)
             .set_exponent_base(2.0);
+        if let Some(auth) = &auth {
+            // Asked again at each reconnect attempt: a rotated password or a new token is
+            // picked up by the next attempt.
+            manager_config = manager_config.set_credentials_provider(auth.clone());
+        }
         let remaining = connect_timeout.saturating_sub(started.elapsed());
         let conn = match tokio::time::timeout(
             remaining,
-            ConnectionManager::new_with_config(client, manager_config),
+            ConnectionManager::new_with_config(client, manager_config.clone()),
         )
         .await
         {
@@ -235,17 +268,23 @@ impl RedisStore {
         };
         tracing::info!(
             endpoint = %ctx.endpoint,
-            user = %ctx.user,
+            user = %ctx.user(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "connected to Redis"
         );
         Ok(RedisStore {
-            conn,
             inner: Arc::new(Inner {
+                conn: RwLock::new(Slot {
+                    manager: conn,
+                    generation: 0,
+                    since: Instant::now(),
+                }),
+                manager_config,
                 reads: Reads::default(),
                 config,
                 client: client_copy,
-                ctx: Arc::new(ctx),
+                ctx,
+                auth,
                 lease_script: redis::Script::new(SET_IF_LEASE_LUA),
                 tag_add_script: redis::Script::new(TAG_ADD_LUA),
                 tag_take_script: redis::Script::new(TAG_TAKE_LUA),
@@ -254,20 +293,97 @@ impl RedisStore {
     }
 
     /// The redis-rs client (same server, credentials and TLS settings), for components that
-    /// need connections of their own (pub/sub, tracking).
+    /// need connections of their own (pub/sub, tracking). With a credentials provider it
+    /// carries no password: [`RedisStore::fresh_client`] gives one that does.
     pub fn client(&self) -> redis::Client {
         self.inner.client.clone()
+    }
+
+    /// A redis-rs client with current credentials: [`RedisStore::client`] itself with fixed
+    /// credentials, or with the credentials provider's answer of now. Open one per connection
+    /// (the answer may expire).
+    pub async fn fresh_client(&self) -> Result<redis::Client> {
+        crate::credentials::client_with(&self.inner.client, self.inner.auth.as_ref())
+            .await
+            .map_err(|e| self.inner.ctx.map("connect", &e))
     }
 
     pub(crate) fn error_context(&self) -> Arc<ErrorContext> {
         self.inner.ctx.clone()
     }
 
+    /// The credentials provider bound to this store, if any.
+    pub(crate) fn auth(&self) -> Option<ProviderAuth> {
+        self.inner.auth.clone()
+    }
+
     /// A clone of the underlying multiplexed, self-reconnecting connection, for other
     /// components (pub/sub, custom commands). Calls made through it are not bounded by
-    /// `response_timeout` beyond the connection's own response timeout.
+    /// `response_timeout` beyond the connection's own response timeout. The store replaces
+    /// its connection after refused credentials: take a new clone for each use rather than
+    /// keeping one.
     pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+        self.conn()
+    }
+
+    /// The connection in use.
+    fn conn(&self) -> ConnectionManager {
+        self.slot_read().manager.clone()
+    }
+
+    fn slot_read(&self) -> std::sync::RwLockReadGuard<'_, Slot> {
+        self.inner.conn.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many times the store replaced its connection after refused credentials.
+    pub fn renewals(&self) -> u64 {
+        self.slot_read().generation
+    }
+
+    /// Replace the connection of `generation` (unless replaced already, or less than
+    /// `reconnect_min_delay` ago) with a new one that connects on its next use, asking the
+    /// credentials provider again. The manager never retries a reconnect the server refused
+    /// for credentials; a new one does.
+    fn renew(&self, generation: u64) {
+        let mut slot = self.inner.conn.write().unwrap_or_else(|p| p.into_inner());
+        if slot.generation != generation
+            || slot.since.elapsed() < self.inner.config.reconnect_min_delay
+        {
+            return;
+        }
+        match ConnectionManager::new_lazy_with_config(
+            self.inner.client.clone(),
+            self.inner.manager_config.clone(),
+        ) {
+            Ok(manager) => {
+                slot.manager = manager;
+                slot.generation += 1;
+                slot.since = Instant::now();
+                tracing::info!(
+                    endpoint = %self.inner.ctx.endpoint,
+                    user = %self.inner.ctx.user(),
+                    renewals = slot.generation,
+                    "Redis refused the credentials of a reconnect; the next call connects anew"
+                );
+            }
+            Err(e) => tracing::warn!(
+                endpoint = %self.inner.ctx.endpoint,
+                error = %self.inner.ctx.map("connect", &e),
+                "cannot make a new Redis connection"
+            ),
+        }
+    }
+
+    /// `PUBLISH channel payload` (bounded by `response_timeout`), for the bus.
+    pub(crate) async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<()> {
+        let mut conn = self.conn();
+        let cmd = redis::cmd("PUBLISH").arg(channel).arg(payload).to_owned();
+        self.run(
+            "PUBLISH",
+            async move { cmd.query_async::<i64>(&mut conn).await },
+        )
+        .await
+        .map(|_| ())
     }
 
     /// The config this store was connected with.
@@ -282,7 +398,7 @@ impl RedisStore {
 
     /// `PING` the server (bounded by `response_timeout`).
     pub async fn ping(&self) -> Result<()> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         self.run("PING", async move {
             redis::cmd("PING").query_async::<Value>(&mut conn).await
         })
@@ -297,9 +413,15 @@ impl RedisStore {
         call: impl Future<Output = RedisResult<T>> + Send,
     ) -> Result<T> {
         let limit = self.inner.config.response_timeout;
+        let generation = self.slot_read().generation;
         self.inner
             .ctx
-            .bounded(op, limit, "Redis", call, |ctx, op, e| ctx.map(op, e))
+            .bounded(op, limit, "Redis", call, |ctx, op, e| {
+                if refused_credentials(e) {
+                    self.renew(generation);
+                }
+                ctx.map(op, e)
+            })
             .await
     }
 
@@ -337,7 +459,7 @@ impl RedisStore {
     ) -> Result<Vec<Value>> {
         pipe.ignore_errors();
         let expected = pipe.len();
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let answers = self
             .run(op, async move {
                 pipe.query_async::<Vec<Value>>(&mut conn).await
@@ -399,31 +521,34 @@ impl RedisStore {
     }
 }
 
+/// Whether `e` says the server refused the credentials of a connection (not a missing
+/// permission for one command).
+fn refused_credentials(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
+}
+
 /// Whether a pipeline answer is `NOSCRIPT` (the server has not cached the script).
 fn is_noscript(answer: &Value) -> bool {
     matches!(answer, Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript))
 }
 
-/// The redis-rs client: plain, or TLS with the configured CA file.
+/// The redis-rs client: plain, or TLS with the configured CA and client certificate files.
 fn open_client(
     config: &RedisConfig,
     target: &crate::target::Target,
     ctx: &ErrorContext,
 ) -> Result<redis::Client> {
     #[cfg(feature = "tls")]
-    if let (true, Some(path)) = (target.tls, &config.tls_ca_file) {
-        let pem = std::fs::read(path).map_err(|e| {
-            Error::new(
-                ErrorKind::InvalidConfig,
-                format!("cannot read tls_ca_file {}: {e}", path.display()),
-            )
-        })?;
-        let certs = redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(pem),
-        };
-        return redis::Client::build_with_tls(target.info.clone(), certs)
-            .map_err(|e| ctx.map("connect", &e));
+    if target.tls {
+        if let Some(certs) = crate::tls::certificates(
+            config.tls_ca_file.as_deref(),
+            config.tls_client_cert_file.as_deref(),
+            config.tls_client_key_file.as_deref(),
+        )? {
+            return redis::Client::build_with_tls(target.info.clone(), certs)
+                .map_err(|e| crate::tls::map_files_error(ctx, &e));
+        }
     }
     #[cfg(not(feature = "tls"))]
     let _ = config;
@@ -479,7 +604,7 @@ impl RemoteStore for RedisStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let cmd = redis::cmd("MGET").arg(keys).to_owned();
         let values = self
             .run("MGET", async move {
@@ -502,7 +627,7 @@ impl RemoteStore for RedisStore {
 
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
         self.check_size(key, value.len())?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let cmd = redis::cmd("SET")
             .arg(key)
             .arg(value)
@@ -529,7 +654,7 @@ impl RemoteStore for RedisStore {
                 .arg(ttl_ms(e.ttl))
                 .ignore();
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         self.run(
             "SET (pipeline)",
             async move { pipe.exec_async(&mut conn).await },
@@ -541,14 +666,14 @@ impl RemoteStore for RedisStore {
         if keys.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let cmd = redis::cmd("DEL").arg(keys).to_owned();
         self.run("DEL", async move { cmd.exec_async(&mut conn).await })
             .await
     }
 
     async fn tag_add(&self, tag_key: &str, member: &str, ttl: Duration) -> Result<()> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut inv = self.inner.tag_add_script.prepare_invoke();
         inv.key(tag_key).arg(member).arg(ttl_ms(ttl));
         self.run("EVALSHA (tag_add)", async move {
@@ -558,7 +683,7 @@ impl RemoteStore for RedisStore {
     }
 
     async fn tag_take(&self, tag_key: &str, pending_key: &str) -> Result<Vec<String>> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut inv = self.inner.tag_take_script.prepare_invoke();
         inv.key(tag_key).key(pending_key);
         self.run("EVALSHA (tag_take)", async move {
@@ -571,7 +696,7 @@ impl RemoteStore for RedisStore {
         if members.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let cmd = redis::cmd("SREM").arg(pending_key).arg(members).to_owned();
         self.run("SREM", async move { cmd.exec_async(&mut conn).await })
             .await
@@ -584,7 +709,7 @@ impl RemoteStore for RedisStore {
         let mut cursor: u64 = 0;
         let mut deleted = 0u64;
         loop {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             let cmd = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
@@ -596,7 +721,7 @@ impl RemoteStore for RedisStore {
                 .run("SCAN", async move { cmd.query_async(&mut conn).await })
                 .await?;
             if !keys.is_empty() {
-                let mut conn = self.conn.clone();
+                let mut conn = self.conn();
                 let cmd = redis::cmd("UNLINK").arg(&keys).to_owned();
                 let n: u64 = self
                     .run("UNLINK", async move { cmd.query_async(&mut conn).await })
@@ -612,7 +737,7 @@ impl RemoteStore for RedisStore {
 
     async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool> {
         self.check_size(key, value.len())?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let cmd = redis::cmd("SET")
             .arg(key)
             .arg(value)
@@ -637,7 +762,7 @@ impl RemoteStore for RedisStore {
         ttl: Duration,
     ) -> Result<bool> {
         self.check_size(key, value.len())?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let invocation = self.lease_invocation(lease_key, token, key, &value, ttl);
         let stored = self
             .run("EVALSHA (set_if_lease)", async move {
@@ -694,7 +819,7 @@ impl RemoteStore for RedisStore {
             pipe.invoke_script(invocation);
         }
         let script = &self.inner.lease_script;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let answers = self
             .run(op, async move {
                 let mut answers: Vec<Value> = pipe.query_async(&mut conn).await?;

@@ -328,6 +328,17 @@ pub struct Target {
 /// Validate `url` (typed [`ErrorKind::InvalidUrl`] errors saying what is wrong) and apply the
 /// overriding `username` / `password`.
 pub fn resolve(url: &str, username: Option<&str>, password: Option<&str>) -> Result<Target> {
+    resolve_with(url, username, password, false)
+}
+
+/// [`resolve`], for a config that has a credentials provider (`provider`): then a user needs
+/// no password (the provider gives it) and a fixed password is an error.
+pub fn resolve_with(
+    url: &str,
+    username: Option<&str>,
+    password: Option<&str>,
+    provider: bool,
+) -> Result<Target> {
     let parsed = parse_url(url)?;
     let username = username
         .filter(|u| !u.is_empty())
@@ -337,7 +348,14 @@ pub fn resolve(url: &str, username: Option<&str>, password: Option<&str>) -> Res
         .filter(|p| !p.is_empty())
         .map(str::to_owned)
         .or(parsed.password.clone());
-    if let (Some(user), None) = (&username, &password) {
+    if provider && password.is_some() {
+        return Err(Error::new(
+            ErrorKind::InvalidConfig,
+            "both a password (in the config or the URL) and a credentials provider are set; \
+             the provider gives the password at every connect: remove the fixed one",
+        ));
+    }
+    if let (Some(user), None, false) = (&username, &password, provider) {
         return Err(Error::new(
             ErrorKind::InvalidConfig,
             format!(
@@ -386,7 +404,7 @@ pub fn resolve(url: &str, username: Option<&str>, password: Option<&str>) -> Res
         info,
         endpoint: parsed.addr.endpoint(),
         user: username.unwrap_or_else(|| "default".to_owned()),
-        has_password: password.is_some(),
+        has_password: password.is_some() || provider,
         tls,
         secrets,
     })

@@ -237,6 +237,18 @@ impl ServerOptions {
         Ok(self)
     }
 
+    /// Like [`ServerOptions::tls`], but the TLS port requires a client certificate signed by
+    /// the CA of `certs` (`tls-auth-clients yes`, mutual TLS): a client without one is refused
+    /// during the handshake. [`TestCerts::client_cert`] / [`TestCerts::client_key`] are
+    /// accepted.
+    pub fn tls_requiring_client_certs(self, certs: &TestCerts) -> Result<Self> {
+        let mut options = self.tls(certs)?;
+        if let Some(last) = options.args.last_mut() {
+            "yes".clone_into(last);
+        }
+        Ok(options)
+    }
+
     /// Read this config file first (`redis-server FILE ...`: Redis takes a config file only
     /// as its first argument). Sentinels need one: they rewrite it with what they learn.
     pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
@@ -596,8 +608,9 @@ impl Drop for RedisServer {
     }
 }
 
-/// A throwaway certificate authority and a server certificate it signed (for `localhost` and
-/// `127.0.0.1`), made with the `openssl` command in a temp dir, for TLS tests.
+/// A throwaway certificate authority, a server certificate it signed (for `localhost` and
+/// `127.0.0.1`) and a client certificate it signed (for mutual TLS), made with the `openssl`
+/// command in a temp dir, for TLS tests.
 pub struct TestCerts {
     dir: tempfile::TempDir,
     /// The CA certificate (PEM): what clients must trust.
@@ -606,6 +619,12 @@ pub struct TestCerts {
     pub server_cert: PathBuf,
     /// The server's private key (PEM).
     pub server_key: PathBuf,
+    /// A client certificate (PEM, `CN=tiercache test client`, extended key usage
+    /// `clientAuth`) signed by the same CA: what a server with `tls-auth-clients yes`
+    /// accepts.
+    pub client_cert: PathBuf,
+    /// The client certificate's private key (PEM, PKCS#8).
+    pub client_key: PathBuf,
 }
 
 impl fmt::Debug for TestCerts {
@@ -646,6 +665,12 @@ impl TestCerts {
             ),
         )
         .map_err(|e| Error::new(format!("cannot write server.ext: {e}")))?;
+        std::fs::write(
+            p("client.ext"),
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n\
+             extendedKeyUsage=clientAuth\n",
+        )
+        .map_err(|e| Error::new(format!("cannot write client.ext: {e}")))?;
         let (ca_key, ca_pem) = (s(&p("ca.key")), s(&p("ca.pem")));
         let (key, csr, pem, ext) = (
             s(&p("server.key")),
@@ -714,10 +739,48 @@ impl TestCerts {
             "-extfile",
             &ext,
         ])?;
+        let (client_key, client_csr, client_pem, client_ext) = (
+            s(&p("client.key")),
+            s(&p("client.csr")),
+            s(&p("client.pem")),
+            s(&p("client.ext")),
+        );
+        run(&[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                &client_key,
+                "-out",
+                &client_csr,
+                "-subj",
+                "/CN=tiercache test client",
+            ],
+        ]
+        .concat())?;
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &client_csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &client_pem,
+            "-days",
+            "2",
+            "-extfile",
+            &client_ext,
+        ])?;
         Ok(TestCerts {
             ca_cert: p("ca.pem"),
             server_cert: p("server.pem"),
             server_key: p("server.key"),
+            client_cert: p("client.pem"),
+            client_key: p("client.key"),
             dir,
         })
     }
