@@ -33,7 +33,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::reconnect::{Link, LossPlan};
+pub(crate) mod reconnect;
+use reconnect::{Link, LossPlan};
 
 /// What a transport delivers to the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1224,9 +1225,9 @@ mod tests {
         Ok(())
     }
 
+    use super::reconnect::support::{engine, Json};
     use crate::cache::Cache;
     use crate::clock::ManualClock;
-    use crate::reconnect::support::{engine, Json};
     use crate::remote::MemoryStore;
 
     const MS: Duration = Duration::from_millis(1);

@@ -24,7 +24,7 @@ use crate::key::KeySpace;
 use crate::l1::{L1Entry, NamespaceId};
 use crate::namespace::{Flight, NsState, Shared};
 use crate::observer::{CacheEvent, CacheObserver, L2Op};
-use crate::options::{check_ttls, CallOptions, LoadContext, Loaded, Outcome, DEFAULT_OPTIONS};
+use crate::options::{CallOptions, LoadContext, Loaded, Outcome, DEFAULT_OPTIONS};
 use crate::policy::{NoRefresh, RefreshPolicy};
 use crate::recovery::Replay;
 use crate::remote::{check_value_size, LeaseFill, RemoteEntry};
@@ -44,7 +44,7 @@ mod tags;
 mod write;
 
 pub use builder::CacheBuilder;
-pub(crate) use config::duration_ms;
+use config::check_ttls;
 pub use config::CacheConfig;
 use entry::Prepared;
 use flight::{spawn, wait, FlightGuard};

@@ -9,14 +9,11 @@ use std::sync::{Arc, Mutex, Weak};
 use crate::background::Background;
 use crate::breaker::{BreakerBus, BreakerConfig, BreakerStore, CircuitBreaker};
 use crate::bus::{BusConfig, BusRuntime, BusStats, BusTransport};
-use crate::cache::{CacheBuilder, CacheConfig};
 use crate::clock::{Clock, SystemClock};
-use crate::codec::Codec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::validate_name;
 use crate::l1::{L1Stats, L1Store, NamespaceId};
-use crate::namespace::NsState;
-use crate::observer::{CacheObserver, NoopObserver, Observer};
+use crate::observer::{NoopObserver, Observer};
 use crate::policy::{RandomSource, ThreadRandom};
 use crate::recovery::{RecoveryQueue, RecoveryStats};
 use crate::remote::RemoteStore;
@@ -54,15 +51,15 @@ pub(crate) struct EngineInner {
     pub(crate) background: Background,
     recovery_interval: Duration,
     replayer: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    namespaces: Mutex<HashMap<String, NsEntry>>,
+    pub(crate) namespaces: Mutex<HashMap<String, NsEntry>>,
 }
 
 /// A namespace registered with the engine: its id, its value type, and the state its live
 /// handles share.
-struct NsEntry {
-    id: NamespaceId,
-    ty: TypeId,
-    state: Weak<dyn Any + Send + Sync>,
+pub(crate) struct NsEntry {
+    pub(crate) id: NamespaceId,
+    pub(crate) ty: TypeId,
+    pub(crate) state: Weak<dyn Any + Send + Sync>,
 }
 
 /// The shared engine behind typed caches. Cheap to clone.
@@ -226,53 +223,6 @@ impl Engine {
     /// Counters of the shared L1.
     pub fn l1_stats(&self) -> L1Stats {
         self.inner.l1.stats()
-    }
-
-    /// Start building a typed cache for `namespace`, with values `V` encoded by `C`.
-    pub fn cache<V, C>(&self, namespace: impl Into<String>) -> CacheBuilder<V, C>
-    where
-        V: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
-        C: Codec,
-    {
-        CacheBuilder::new(self.clone(), namespace.into(), CacheConfig::default())
-    }
-
-    /// The state shared by every handle of `namespace` (values of type `V`): the live one,
-    /// or a new one. The same namespace cannot hold two types.
-    pub(crate) fn namespace_state<V: Send + Sync + 'static>(
-        &self,
-        namespace: &str,
-        observer: Arc<dyn CacheObserver>,
-    ) -> Result<Arc<NsState<V>>> {
-        validate_name("namespace", namespace)?;
-        let mut map = self
-            .inner
-            .namespaces
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let next = map.len() as NamespaceId;
-        let entry = map.entry(namespace.to_owned()).or_insert_with(|| NsEntry {
-            id: next,
-            ty: TypeId::of::<V>(),
-            state: Weak::<NsState<V>>::new(),
-        });
-        if entry.ty != TypeId::of::<V>() {
-            return Err(Error::new(
-                ErrorKind::InvalidConfig,
-                format!("namespace {namespace:?} is already used by a cache of another value type"),
-            ));
-        }
-        if let Some(state) = entry
-            .state
-            .upgrade()
-            .and_then(|a| a.downcast::<NsState<V>>().ok())
-        {
-            return Ok(state);
-        }
-        let state = Arc::new(NsState::new(entry.id, self.clone(), observer));
-        let any: Arc<dyn Any + Send + Sync> = state.clone();
-        entry.state = Arc::downgrade(&any);
-        Ok(state)
     }
 }
 

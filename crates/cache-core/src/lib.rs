@@ -20,6 +20,7 @@ pub mod cache;
 pub mod clock;
 pub mod codec;
 pub mod compress;
+mod durations;
 pub mod engine;
 pub mod error;
 pub mod header;
@@ -29,7 +30,6 @@ mod namespace;
 pub mod observer;
 pub mod options;
 pub mod policy;
-mod reconnect;
 pub mod recovery;
 pub mod remote;
 

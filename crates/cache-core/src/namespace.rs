@@ -6,6 +6,7 @@
 //! a `set` through one handle refuses a stale fill started by another, a load is joined by
 //! every handle, and the bus keeps delivering invalidations while any handle is alive.
 
+use std::any::{Any, TypeId};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -16,8 +17,9 @@ use futures::future::BoxFuture;
 use tokio::sync::watch;
 
 use crate::bus::BusTarget;
-use crate::engine::Engine;
-use crate::error::Result;
+use crate::engine::{Engine, NsEntry};
+use crate::error::{Error, ErrorKind, Result};
+use crate::key::validate_name;
 use crate::l1::{L1Entry, NamespaceId};
 use crate::observer::{CacheEvent, CacheObserver};
 
@@ -261,5 +263,45 @@ impl<V: Send + Sync + 'static> BusTarget for NsState<V> {
                     .find_map(|b| k.strip_prefix(b.as_str()).map(str::to_owned))
             })
             .collect()
+    }
+}
+
+impl Engine {
+    /// The state shared by every handle of `namespace` (values of type `V`): the live one,
+    /// or a new one. The same namespace cannot hold two types.
+    pub(crate) fn namespace_state<V: Send + Sync + 'static>(
+        &self,
+        namespace: &str,
+        observer: Arc<dyn CacheObserver>,
+    ) -> Result<Arc<NsState<V>>> {
+        validate_name("namespace", namespace)?;
+        let mut map = self
+            .inner
+            .namespaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let next = map.len() as NamespaceId;
+        let entry = map.entry(namespace.to_owned()).or_insert_with(|| NsEntry {
+            id: next,
+            ty: TypeId::of::<V>(),
+            state: Weak::<NsState<V>>::new(),
+        });
+        if entry.ty != TypeId::of::<V>() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("namespace {namespace:?} is already used by a cache of another value type"),
+            ));
+        }
+        if let Some(state) = entry
+            .state
+            .upgrade()
+            .and_then(|a| a.downcast::<NsState<V>>().ok())
+        {
+            return Ok(state);
+        }
+        let state = Arc::new(NsState::new(entry.id, self.clone(), observer));
+        let any: Arc<dyn Any + Send + Sync> = state.clone();
+        entry.state = Arc::downgrade(&any);
+        Ok(state)
     }
 }

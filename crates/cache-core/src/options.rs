@@ -4,9 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::CacheConfig;
-use crate::error::{Error, ErrorKind, Result};
-
 /// Options of one call, overriding the cache's settings for that call only. The default
 /// changes nothing: both tiers are read and written, the TTLs and loader timeouts are the
 /// cache's.
@@ -126,92 +123,6 @@ impl CallOptions {
         self.loader_hard_timeout = hard;
         self
     }
-
-    /// The soft loader timeout in force for a load with these options.
-    pub(crate) fn soft_timeout(&self, config: &CacheConfig) -> Option<Duration> {
-        self.loader_soft_timeout.or(config.loader_soft_timeout)
-    }
-
-    /// The hard loader timeout in force for a load with these options.
-    pub(crate) fn hard_timeout(&self, config: &CacheConfig) -> Option<Duration> {
-        self.loader_hard_timeout.or(config.loader_hard_timeout)
-    }
-
-    /// Check these options for a read without a loader ([`crate::Cache::get_with`]): skipping
-    /// both tiers reads nothing.
-    pub fn check_read(&self, config: &CacheConfig) -> Result<()> {
-        if self.skip_l1_read && self.skip_l2_read {
-            return bad("a read that skips both L1 and L2 reads nothing".into());
-        }
-        self.check_common(config)
-    }
-
-    /// Check these options for a load ([`crate::Cache::get_or_load_with`]): skipping both
-    /// tiers, reading and writing, leaves only the loader (call it directly).
-    pub fn check_load(&self, config: &CacheConfig) -> Result<()> {
-        if self.skip_l1_read && self.skip_l2_read && self.skip_l1_write && self.skip_l2_write {
-            return bad(
-                "a load that skips both tiers, reading and writing, is a plain loader call".into(),
-            );
-        }
-        if self.background_l2_write {
-            return bad("background_l2_write applies to writes (set_with), not to loads".into());
-        }
-        self.check_common(config)
-    }
-
-    /// Check these options for a write ([`crate::Cache::set_with`]): skipping both tiers
-    /// writes nothing; a background L2 write needs an L2 write.
-    pub fn check_write(&self, config: &CacheConfig) -> Result<()> {
-        if self.skip_l1_write && self.skip_l2_write {
-            return bad("a write that skips both L1 and L2 writes nothing".into());
-        }
-        if self.background_l2_write && self.skip_l2_write {
-            return bad("background_l2_write contradicts skip_l2_write".into());
-        }
-        self.check_common(config)
-    }
-
-    fn check_common(&self, config: &CacheConfig) -> Result<()> {
-        check_ttls(self.l1_ttl, self.l2_ttl, config)?;
-        let soft = self.soft_timeout(config);
-        let hard = self.hard_timeout(config);
-        if soft.is_some_and(|d| d.is_zero()) || hard.is_some_and(|d| d.is_zero()) {
-            return bad("loader timeouts must be positive".into());
-        }
-        if let (Some(soft), Some(hard)) = (soft, hard) {
-            if soft >= hard {
-                return bad(format!(
-                    "loader_soft_timeout ({soft:?}) must be shorter than loader_hard_timeout ({hard:?})"
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Refuse zero TTLs and an L1 TTL above the L2 TTL in force.
-pub(crate) fn check_ttls(
-    l1: Option<Duration>,
-    l2: Option<Duration>,
-    config: &CacheConfig,
-) -> Result<()> {
-    if l1.is_some_and(|d| d.is_zero()) || l2.is_some_and(|d| d.is_zero()) {
-        return bad("a TTL must be positive".into());
-    }
-    if let Some(l1) = l1 {
-        let l2 = l2.unwrap_or(config.l2_ttl);
-        if l1 > l2 {
-            return bad(format!(
-                "the L1 TTL ({l1:?}) must not exceed the L2 TTL ({l2:?})"
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn bad(message: String) -> Result<()> {
-    Err(Error::new(ErrorKind::InvalidConfig, message))
 }
 
 /// What a loader receives in [`crate::Cache::get_or_load_with`]: the key, and the value the

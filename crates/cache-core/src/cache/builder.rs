@@ -168,3 +168,14 @@ where
         .with_reload())
     }
 }
+
+impl Engine {
+    /// Start building a typed cache for `namespace`, with values `V` encoded by `C`.
+    pub fn cache<V, C>(&self, namespace: impl Into<String>) -> CacheBuilder<V, C>
+    where
+        V: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+        C: Codec,
+    {
+        CacheBuilder::new(self.clone(), namespace.into(), CacheConfig::default())
+    }
+}

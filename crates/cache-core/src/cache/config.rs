@@ -8,14 +8,14 @@ use super::*;
 #[non_exhaustive]
 pub struct CacheConfig {
     /// How long a value is served from L1 (default 30 s). Must not exceed `l2_ttl`.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "crate::durations::duration_ms")]
     pub l1_ttl: Duration,
     /// How long a value lives in L2 (default 10 min).
-    #[serde(with = "duration_ms")]
+    #[serde(with = "crate::durations::duration_ms")]
     pub l2_ttl: Duration,
     /// How long "the source has no such key" is remembered (default 30 s; L1 uses the
     /// smaller of this and `l1_ttl`).
-    #[serde(with = "duration_ms")]
+    #[serde(with = "crate::durations::duration_ms")]
     pub negative_ttl: Duration,
     /// TTL jitter as a fraction: each TTL is shortened by a random amount up to this share,
     /// so keys written together do not expire together (default 0.1; 0 disables).
@@ -36,11 +36,11 @@ pub struct CacheConfig {
     /// meanwhile, so a slow load never writes an old value back.
     pub leases: bool,
     /// How long a lease lives if its holder dies (default 5 s).
-    #[serde(with = "duration_ms")]
+    #[serde(with = "crate::durations::duration_ms")]
     pub lease_ttl: Duration,
     /// How long an instance waits for another instance's load before loading itself
     /// (default 2 s).
-    #[serde(with = "duration_ms")]
+    #[serde(with = "crate::durations::duration_ms")]
     pub lease_wait: Duration,
     /// Fail-safe (default off): when the loader fails (or passes its hard timeout) and a
     /// value that expired less than `max_stale` ago is at hand, serve it (counted as stale)
@@ -49,18 +49,18 @@ pub struct CacheConfig {
     pub fail_safe: bool,
     /// How long past its expiry a value may still be served by fail-safe (default 1 h).
     /// Values are kept that much longer in both tiers.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "crate::durations::duration_ms")]
     pub max_stale: Duration,
     /// After serving a stale value, how long before the loader is tried again (default 10 s).
-    #[serde(with = "duration_ms")]
+    #[serde(with = "crate::durations::duration_ms")]
     pub fail_safe_backoff: Duration,
     /// Soft loader timeout: with a stale value at hand, a load slower than this returns the
     /// stale value to its callers now and keeps running to refresh the cache (default none).
-    #[serde(with = "duration_ms_opt")]
+    #[serde(with = "crate::durations::duration_ms_opt")]
     pub loader_soft_timeout: Option<Duration>,
     /// Hard loader timeout: a load slower than this fails with [`ErrorKind::Timeout`] (or,
     /// with fail-safe, serves the stale value) (default none).
-    #[serde(with = "duration_ms_opt")]
+    #[serde(with = "crate::durations::duration_ms_opt")]
     pub loader_hard_timeout: Option<Duration>,
     /// Put raw keys into tracing spans (default off: keys can hold personal data; spans carry
     /// a hash of the key instead).
@@ -131,31 +131,91 @@ impl CacheConfig {
     }
 }
 
-pub(crate) mod duration_ms_opt {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
-            None => s.serialize_none(),
-        }
+/// The checks of [`CallOptions`] against the cache's settings.
+impl CallOptions {
+    /// The soft loader timeout in force for a load with these options.
+    pub(crate) fn soft_timeout(&self, config: &CacheConfig) -> Option<Duration> {
+        self.loader_soft_timeout.or(config.loader_soft_timeout)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    /// The hard loader timeout in force for a load with these options.
+    pub(crate) fn hard_timeout(&self, config: &CacheConfig) -> Option<Duration> {
+        self.loader_hard_timeout.or(config.loader_hard_timeout)
+    }
+
+    /// Check these options for a read without a loader ([`crate::Cache::get_with`]): skipping
+    /// both tiers reads nothing.
+    pub fn check_read(&self, config: &CacheConfig) -> Result<()> {
+        if self.skip_l1_read && self.skip_l2_read {
+            return bad("a read that skips both L1 and L2 reads nothing".into());
+        }
+        self.check_common(config)
+    }
+
+    /// Check these options for a load ([`crate::Cache::get_or_load_with`]): skipping both
+    /// tiers, reading and writing, leaves only the loader (call it directly).
+    pub fn check_load(&self, config: &CacheConfig) -> Result<()> {
+        if self.skip_l1_read && self.skip_l2_read && self.skip_l1_write && self.skip_l2_write {
+            return bad(
+                "a load that skips both tiers, reading and writing, is a plain loader call".into(),
+            );
+        }
+        if self.background_l2_write {
+            return bad("background_l2_write applies to writes (set_with), not to loads".into());
+        }
+        self.check_common(config)
+    }
+
+    /// Check these options for a write ([`crate::Cache::set_with`]): skipping both tiers
+    /// writes nothing; a background L2 write needs an L2 write.
+    pub fn check_write(&self, config: &CacheConfig) -> Result<()> {
+        if self.skip_l1_write && self.skip_l2_write {
+            return bad("a write that skips both L1 and L2 writes nothing".into());
+        }
+        if self.background_l2_write && self.skip_l2_write {
+            return bad("background_l2_write contradicts skip_l2_write".into());
+        }
+        self.check_common(config)
+    }
+
+    fn check_common(&self, config: &CacheConfig) -> Result<()> {
+        check_ttls(self.l1_ttl, self.l2_ttl, config)?;
+        let soft = self.soft_timeout(config);
+        let hard = self.hard_timeout(config);
+        if soft.is_some_and(|d| d.is_zero()) || hard.is_some_and(|d| d.is_zero()) {
+            return bad("loader timeouts must be positive".into());
+        }
+        if let (Some(soft), Some(hard)) = (soft, hard) {
+            if soft >= hard {
+                return bad(format!(
+                    "loader_soft_timeout ({soft:?}) must be shorter than loader_hard_timeout ({hard:?})"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
-pub(crate) mod duration_ms {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
+/// Refuse zero TTLs and an L1 TTL above the L2 TTL in force.
+pub(crate) fn check_ttls(
+    l1: Option<Duration>,
+    l2: Option<Duration>,
+    config: &CacheConfig,
+) -> Result<()> {
+    if l1.is_some_and(|d| d.is_zero()) || l2.is_some_and(|d| d.is_zero()) {
+        return bad("a TTL must be positive".into());
     }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
+    if let Some(l1) = l1 {
+        let l2 = l2.unwrap_or(config.l2_ttl);
+        if l1 > l2 {
+            return bad(format!(
+                "the L1 TTL ({l1:?}) must not exceed the L2 TTL ({l2:?})"
+            ));
+        }
     }
+    Ok(())
+}
+
+fn bad(message: String) -> Result<()> {
+    Err(Error::new(ErrorKind::InvalidConfig, message))
 }

@@ -77,11 +77,11 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use crate::bus::reconnect::support::{engine, Json};
     use crate::bus::{MemoryBus, MemoryBusHandle, ReconnectPolicy};
     use crate::cache::Cache;
     use crate::clock::ManualClock;
     use crate::error::Result;
-    use crate::reconnect::support::{engine, Json};
     use crate::remote::MemoryStore;
     use crate::Engine;
 
