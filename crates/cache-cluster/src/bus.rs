@@ -15,13 +15,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cache_core::bus::{BusEvent, BusTransport};
 use cache_core::{Error, ErrorKind, Result};
-use cache_redis::support::{pump, ErrorContext, Pumped};
+use cache_redis::support::{pump, ErrorContext, ProviderAuth, Pumped};
 use redis::cluster_async::ClusterConnection;
 use redis::{ConnectionAddr, ConnectionInfo};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::store::{map_error, ClusterStore};
+use crate::store::{map_error, ClusterStore, TlsFiles};
 use crate::topology::TopologyCache;
 
 /// First wait after a failed subscription attempt; doubles per failure.
@@ -59,7 +59,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct ClusterBus {
     publisher: ClusterConnection,
     nodes: Arc<NodeSource>,
-    tls_root: Option<Vec<u8>>,
+    tls: TlsFiles,
+    auth: Option<ProviderAuth>,
     response_timeout: Duration,
     connect_timeout: Duration,
     ctx: Arc<ErrorContext>,
@@ -87,7 +88,8 @@ impl ClusterBus {
                 seeds: inner.seeds.targets.iter().map(|t| t.info.clone()).collect(),
                 tls: inner.seeds.tls,
             }),
-            tls_root: inner.tls_root.clone(),
+            tls: inner.tls.clone(),
+            auth: inner.auth.clone(),
             response_timeout: inner.config.response_timeout,
             connect_timeout: inner.config.connect_timeout,
             ctx: inner.ctx.clone(),
@@ -135,29 +137,31 @@ impl NodeSource {
 /// Everything the subscriber task needs, detached from the bus.
 struct Subscriber {
     nodes: Arc<NodeSource>,
-    tls_root: Option<Vec<u8>>,
+    tls: TlsFiles,
+    auth: Option<ProviderAuth>,
     connect_timeout: Duration,
     response_timeout: Duration,
     ctx: Arc<ErrorContext>,
     channels: Arc<Mutex<Vec<String>>>,
 }
 
-fn open_client(
+/// A client for one subscriber connection: the TLS files applied, and the credentials
+/// provider's answer of now (when there is one).
+async fn open_client(
     info: ConnectionInfo,
-    tls_root: Option<&Vec<u8>>,
+    tls: &TlsFiles,
+    auth: Option<&ProviderAuth>,
 ) -> redis::RedisResult<redis::Client> {
+    let info = match auth {
+        Some(auth) => auth.apply(info).await?,
+        None => info,
+    };
     #[cfg(feature = "tls")]
-    if let Some(pem) = tls_root {
-        return redis::Client::build_with_tls(
-            info,
-            redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem.clone()),
-            },
-        );
+    if let Some(certs) = tls.certificates() {
+        return redis::Client::build_with_tls(info, certs);
     }
     #[cfg(not(feature = "tls"))]
-    let _ = tls_root;
+    let _ = tls;
     redis::Client::open(info)
 }
 
@@ -187,7 +191,7 @@ impl Subscriber {
             attempt = attempt.wrapping_add(1);
             let node = endpoint_of(&info);
             let connected = async {
-                let client = open_client(info, self.tls_root.as_ref())?;
+                let client = open_client(info, &self.tls, self.auth.as_ref()).await?;
                 let pubsub = client.get_async_pubsub().await?;
                 let (mut sink, stream) = pubsub.split();
                 let current: Vec<String> = lock(&self.channels).clone();
@@ -274,7 +278,8 @@ impl BusTransport for ClusterBus {
         *lock(&self.new_channels) = Some(tx);
         let subscriber = Subscriber {
             nodes: self.nodes.clone(),
-            tls_root: self.tls_root.clone(),
+            tls: self.tls.clone(),
+            auth: self.auth.clone(),
             connect_timeout: self.connect_timeout,
             response_timeout: self.response_timeout,
             ctx: self.ctx.clone(),

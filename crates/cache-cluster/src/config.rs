@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use cache_core::{Error, ErrorKind, Result};
 use cache_redis::support::{self, duration_text, Target, REDACTED};
+use cache_redis::{CredentialsProvider, SharedCredentialsProvider};
 use serde::{Deserialize, Serialize};
 
 /// The same connect-timeout and value-size defaults as standalone Redis (1 s, 16 MiB).
@@ -41,6 +42,18 @@ pub const DEFAULT_RETRY_MAX_DELAY: Duration = Duration::from_millis(100);
 /// | `retry_min_delay` | 10 ms | smallest wait before a retry that waits (`TRYAGAIN`, `CLUSTERDOWN`) |
 /// | `retry_max_delay` | 100 ms | largest such wait |
 /// | `tls_ca_file` | none | `rediss://` only: PEM file of the CA(s) to trust instead of the built-in roots |
+/// | `tls_client_cert_file` / `tls_client_key_file` | none | `rediss://` only: PEM client certificate (chain) and key for nodes that require one (mutual TLS); both or neither |
+/// | `credentials_provider` | none | not serialized: a [`CredentialsProvider`] asked for the user and password at every (re)connect of every node connection, instead of a fixed `password` |
+/// | `replica_reads` | false | send reads (`GET`, `MGET`) to a random replica of the slot's shard; see below |
+///
+/// Replica reads (`replica_reads`, off by default) spread reads over the replicas, at the
+/// cost of staleness: replication is asynchronous, so a read right after a write (by this
+/// instance or another) may return the value before it, for as long as the replica lags
+/// (usually under a millisecond, seconds under load or after a partition). Writes, deletes,
+/// leases (`SET NX`, the compare-and-set script), tags and the invalidation bus still go to
+/// the primaries, so the cache's own coherence (single flight, leases, L1 invalidation) holds;
+/// what a replica read may add is an L1 fill with a value older than the latest write, kept
+/// until its TTL or the next invalidation of the key.
 ///
 /// The redis-rs cluster client has no response timeout by default (a hung node would hang
 /// its callers forever); this config always sets one, and every call is additionally bounded
@@ -101,6 +114,19 @@ pub struct ClusterConfig {
     /// Mozilla root certificates. Certificates are always verified. Setting it with non-TLS
     /// URLs is an error.
     pub tls_ca_file: Option<PathBuf>,
+    /// For `rediss://`: a PEM file with the client certificate (and its chain) presented to
+    /// nodes that ask for one (mutual TLS). Needs `tls_client_key_file`.
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// For `rediss://`: a PEM file with the private key of `tls_client_cert_file`. Its content
+    /// is never printed.
+    pub tls_client_key_file: Option<PathBuf>,
+    /// Rotating credentials: asked for the user and password at every (re)connect of every
+    /// node connection and of the bus's subscriber, instead of a fixed `password` (setting
+    /// both is an error). Not serialized; set it in code.
+    #[serde(skip)]
+    pub credentials_provider: Option<SharedCredentialsProvider>,
+    /// Read from replicas (off by default): see the staleness note above.
+    pub replica_reads: bool,
 }
 
 impl Default for ClusterConfig {
@@ -116,6 +142,10 @@ impl Default for ClusterConfig {
             retry_min_delay: DEFAULT_RETRY_MIN_DELAY,
             retry_max_delay: DEFAULT_RETRY_MAX_DELAY,
             tls_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
+            credentials_provider: None,
+            replica_reads: false,
         }
     }
 }
@@ -133,6 +163,10 @@ impl fmt::Debug for ClusterConfig {
             .field("retry_min_delay", &self.retry_min_delay)
             .field("retry_max_delay", &self.retry_max_delay)
             .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_client_cert_file", &self.tls_client_cert_file)
+            .field("tls_client_key_file", &self.tls_client_key_file)
+            .field("credentials_provider", &self.credentials_provider)
+            .field("replica_reads", &self.replica_reads)
             .finish()
     }
 }
@@ -201,10 +235,13 @@ impl ClusterConfig {
         }
         let mut targets = Vec::with_capacity(self.urls.len());
         for (i, url) in self.urls.iter().enumerate() {
-            let target = support::resolve(url, self.username.as_deref(), self.password.as_deref())
-                .map_err(|e| {
-                    Error::new(e.kind(), format!("seed URL #{}: {}", i + 1, e.message()))
-                })?;
+            let target = support::resolve_with(
+                url,
+                self.username.as_deref(),
+                self.password.as_deref(),
+                self.credentials_provider.is_some(),
+            )
+            .map_err(|e| Error::new(e.kind(), format!("seed URL #{}: {}", i + 1, e.message())))?;
             if matches!(target.info.addr(), redis::ConnectionAddr::Unix(_)) {
                 return bad(format!(
                     "seed URL #{} is a unix socket; Redis Cluster nodes announce TCP \
@@ -249,13 +286,12 @@ impl ClusterConfig {
                     .into(),
             );
         }
-        if self.tls_ca_file.is_some() && !first.tls {
-            return bad(
-                "tls_ca_file is set but the seed URLs are not rediss:// (TLS); refusing to \
-                 connect without TLS"
-                    .into(),
-            );
-        }
+        support::check_tls_files(
+            first.tls,
+            self.tls_ca_file.is_some(),
+            self.tls_client_cert_file.is_some(),
+            self.tls_client_key_file.is_some(),
+        )?;
         let endpoints: Vec<&str> = targets.iter().map(|t| t.endpoint.as_str()).collect();
         let mut secrets: Vec<String> = targets.iter().flat_map(|t| t.secrets.clone()).collect();
         secrets.sort();
@@ -349,6 +385,32 @@ impl ClusterConfigBuilder {
     /// roots.
     pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.config.tls_ca_file = Some(path.into());
+        self
+    }
+
+    /// For `rediss://` nodes that require a client certificate (mutual TLS): the PEM files
+    /// of the certificate (chain) and of its private key.
+    pub fn tls_client_cert(
+        mut self,
+        cert_file: impl Into<PathBuf>,
+        key_file: impl Into<PathBuf>,
+    ) -> Self {
+        self.config.tls_client_cert_file = Some(cert_file.into());
+        self.config.tls_client_key_file = Some(key_file.into());
+        self
+    }
+
+    /// Rotating credentials: `provider` is asked for the user and password at every
+    /// (re)connect of every node connection. Replaces a fixed password (setting both is an
+    /// error).
+    pub fn credentials_provider(mut self, provider: impl CredentialsProvider + 'static) -> Self {
+        self.config.credentials_provider = Some(SharedCredentialsProvider::new(provider));
+        self
+    }
+
+    /// Read from replicas (default off); reads may then be stale (see [`ClusterConfig`]).
+    pub fn replica_reads(mut self, on: bool) -> Self {
+        self.config.replica_reads = on;
         self
     }
 

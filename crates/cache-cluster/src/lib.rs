@@ -9,8 +9,10 @@
 //!   pipeline per primary**, leases and the compare-and-set fill as single-slot scripts.
 //! - [`ClusterBus`] implements [`cache_core::BusTransport`] with classic pub/sub (cluster-wide,
 //!   one subscription on any node, moved to another node when that one fails).
-//! - [`ClusterConfig`]: seed URLs, ACL user / password, TLS (feature `tls`), timeouts; a serde
-//!   struct and a fluent builder. Passwords appear in no `Debug` output, error message or log.
+//! - [`ClusterConfig`]: seed URLs, ACL user / password or a [`CredentialsProvider`] asked at
+//!   every (re)connect (rotating tokens), TLS with an optional client certificate (feature
+//!   `tls`), timeouts, optional replica reads; a serde struct and a fluent builder. Passwords
+//!   appear in no `Debug` output, error message or log.
 //! - [`slot`]: the hash slot of a key (CRC16 / XMODEM modulo 16384, honouring hash tags), equal
 //!   to the server's `CLUSTER KEYSLOT`.
 //!
@@ -49,6 +51,12 @@ pub use config::{
 };
 pub use slot::{crc16, slot, SLOT_COUNT};
 pub use store::ClusterStore;
+
+/// Rotating credentials ([`ClusterConfig::credentials_provider`]), the same as
+/// `cache-redis`'s.
+pub use cache_redis::{
+    credentials_fn, Credentials, CredentialsFn, CredentialsProvider, SharedCredentialsProvider,
+};
 
 /// The redis-rs crate this store is built on (for [`ClusterStore::connection`] users).
 pub use redis;

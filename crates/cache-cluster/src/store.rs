@@ -13,8 +13,8 @@ use cache_core::{Error, ErrorKind, LeaseFill, RemoteEntry, RemoteStore, Result};
 #[cfg(test)]
 use cache_redis::support::MAX_TTL_MS;
 use cache_redis::support::{
-    coalesced_read, glob_escape, ttl_ms, Answer, Coalesced, ErrorContext, Reads, SET_IF_LEASE_LUA,
-    TAG_ADD_LUA, TAG_TAKE_LUA,
+    coalesced_read, glob_escape, ttl_ms, Answer, Coalesced, ErrorContext, ProviderAuth, Reads,
+    PROVIDER_FAILED, SET_IF_LEASE_LUA, TAG_ADD_LUA, TAG_TAKE_LUA,
 };
 use futures::future::join_all;
 use redis::cluster::{ClusterClientBuilder, NodeAddress};
@@ -135,8 +135,40 @@ pub(crate) struct Inner {
     lease_script: LuaScript,
     tag_add_script: LuaScript,
     tag_take_script: LuaScript,
-    /// PEM of the CA to trust (`tls_ca_file`), read once.
-    pub(crate) tls_root: Option<Vec<u8>>,
+    /// The TLS files (`tls_ca_file`, client certificate and key), read once.
+    pub(crate) tls: TlsFiles,
+    /// The config's credentials provider, bound to this store (`None`: fixed credentials).
+    pub(crate) auth: Option<ProviderAuth>,
+}
+
+/// The TLS files' contents (read once, TLS only).
+#[derive(Clone, Default)]
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+pub(crate) struct TlsFiles {
+    /// PEM of the CA to trust.
+    pub(crate) root: Option<Vec<u8>>,
+    /// PEM of the client certificate and of its key (mutual TLS).
+    pub(crate) client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsFiles {
+    /// The certificates for redis-rs, when any file is set.
+    #[cfg(feature = "tls")]
+    pub(crate) fn certificates(&self) -> Option<redis::TlsCertificates> {
+        if self.root.is_none() && self.client.is_none() {
+            return None;
+        }
+        Some(redis::TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.root.clone(),
+        })
+    }
 }
 
 impl fmt::Debug for ClusterStore {
@@ -173,7 +205,15 @@ impl ClusterStore {
             seeds.has_password,
             seeds.secrets.clone(),
         ));
-        let tls_root = read_tls_root(&config, &seeds)?;
+        let tls = read_tls_files(&config, &seeds)?;
+        let auth = config.credentials_provider.clone().map(|provider| {
+            ProviderAuth::new(
+                provider,
+                Some(seeds.user.clone()),
+                config.connect_timeout,
+                ctx.clone(),
+            )
+        });
         let topology = Arc::new(TopologyCache::default());
         let builder = ClusterClientBuilder::new(seeds.targets.iter().map(|t| t.info.clone()))
             .connection_timeout(config.connect_timeout)
@@ -184,13 +224,16 @@ impl ClusterStore {
             .max_retry_wait(millis(config.retry_max_delay).max(1))
             .read_routing_strategy(TopologyWatcher {
                 cache: topology.clone(),
+                replica_reads: config.replica_reads,
             });
+        // Every node connection (and each reconnect of one) asks the provider.
+        let builder = match &auth {
+            Some(auth) => builder.set_credentials_provider(auth.clone()),
+            None => builder,
+        };
         #[cfg(feature = "tls")]
-        let builder = match &tls_root {
-            Some(pem) => builder.certs(redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem.clone()),
-            }),
+        let builder = match tls.certificates() {
+            Some(certs) => builder.certs(certs),
             None => builder,
         };
         let client = builder.build().map_err(|e| ctx.map("connect", &e))?;
@@ -220,7 +263,8 @@ impl ClusterStore {
                 ctx,
                 topology,
                 requests: AtomicU64::new(0),
-                tls_root,
+                tls,
+                auth,
             }),
         })
     }
@@ -597,10 +641,10 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The CA file's PEM, read once (TLS only).
-fn read_tls_root(config: &ClusterConfig, seeds: &Seeds) -> Result<Option<Vec<u8>>> {
+/// The TLS files' contents, read once (TLS only).
+fn read_tls_files(config: &ClusterConfig, seeds: &Seeds) -> Result<TlsFiles> {
     if !seeds.tls {
-        return Ok(None);
+        return Ok(TlsFiles::default());
     }
     #[cfg(feature = "tls")]
     {
@@ -608,15 +652,26 @@ fn read_tls_root(config: &ClusterConfig, seeds: &Seeds) -> Result<Option<Vec<u8>
         // installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
-    match &config.tls_ca_file {
-        Some(path) => std::fs::read(path).map(Some).map_err(|e| {
+    let read = |path: &std::path::Path, setting: &str| {
+        std::fs::read(path).map_err(|e| {
             Error::new(
                 ErrorKind::InvalidConfig,
-                format!("cannot read tls_ca_file {}: {e}", path.display()),
+                format!("cannot read {setting} {}: {e}", path.display()),
             )
-        }),
-        None => Ok(None),
-    }
+        })
+    };
+    let root = match &config.tls_ca_file {
+        Some(path) => Some(read(path, "tls_ca_file")?),
+        None => None,
+    };
+    let client = match (&config.tls_client_cert_file, &config.tls_client_key_file) {
+        (Some(cert), Some(key)) => Some((
+            read(cert, "tls_client_cert_file")?,
+            read(key, "tls_client_key_file")?,
+        )),
+        _ => None,
+    };
+    Ok(TlsFiles { root, client })
 }
 
 /// Errors that mean "the slot map changed under this request": worth a retry slot by slot.
@@ -705,6 +760,15 @@ pub(crate) fn map_error(ctx: &ErrorContext, op: &str, e: &RedisError) -> Error {
     // The cluster client wraps the per-node error of its initial connection in an I/O error
     // ("Failed to create initial connections - ..."); recognise refused credentials in it.
     let text = e.to_string();
+    if text.contains(PROVIDER_FAILED) {
+        return Error::new(
+            ErrorKind::Auth,
+            format!(
+                "no credentials for Redis Cluster at {ep}: {}",
+                ctx.scrub(&text)
+            ),
+        );
+    }
     if [
         "AuthenticationFailed",
         "WRONGPASS",
@@ -717,7 +781,7 @@ pub(crate) fn map_error(ctx: &ErrorContext, op: &str, e: &RedisError) -> Error {
         let message = if ctx.has_password {
             format!(
                 "Redis Cluster at {ep} refused the credentials for user `{}`",
-                ctx.user
+                ctx.user()
             )
         } else {
             format!("Redis Cluster at {ep} requires authentication but no password is configured")

@@ -3,8 +3,9 @@
 //! redis-rs does not expose its slot map, but it tells a read-routing strategy about every
 //! topology refresh (the initial discovery, and each refresh after `MOVED`, `READONLY` or a
 //! lost node). [`TopologyWatcher`] is such a strategy: it records the topology for batching
-//! and routes reads to the primary, as redis-rs does without a strategy. Batches grouped with
-//! this map therefore go where redis-rs would send each key.
+//! and routes reads to the primary, as redis-rs does without a strategy, or, with replica
+//! reads on, to a random replica of the slot's shard. Batches grouped with this map therefore
+//! go to the shard redis-rs would send each key to.
 
 use std::sync::{Arc, RwLock};
 
@@ -68,25 +69,28 @@ impl TopologyCache {
 }
 
 /// A [`ReadRoutingStrategyFactory`] whose strategies record the topology into one shared
-/// [`TopologyCache`] and read from primaries.
+/// [`TopologyCache`] and read from primaries (or, with `replica_reads`, from replicas).
 #[derive(Debug, Clone)]
 pub(crate) struct TopologyWatcher {
     pub(crate) cache: Arc<TopologyCache>,
+    pub(crate) replica_reads: bool,
 }
 
 impl ReadRoutingStrategyFactory for TopologyWatcher {
     fn create_strategy(&self) -> Box<dyn ReadRoutingStrategy> {
-        Box::new(PrimaryReads {
+        Box::new(Reads {
             cache: self.cache.clone(),
+            replica_reads: self.replica_reads,
         })
     }
 }
 
-struct PrimaryReads {
+struct Reads {
     cache: Arc<TopologyCache>,
+    replica_reads: bool,
 }
 
-impl ReadRoutingStrategy for PrimaryReads {
+impl ReadRoutingStrategy for Reads {
     fn on_topology_changed(&self, topology: ClusterTopology) {
         tracing::debug!(
             shards = topology.shards().count(),
@@ -97,6 +101,8 @@ impl ReadRoutingStrategy for PrimaryReads {
 
     fn route_read<'a>(&self, candidates: &ReadCandidates<'a>) -> &'a NodeAddress {
         match candidates {
+            // Replica reads: any replica of the shard (redis-rs asks only when there is one).
+            ReadCandidates::AnyNode(c) if self.replica_reads => c.replicas().choose_random(),
             // Reads go to the primary (no replication lag), as without a strategy.
             ReadCandidates::AnyNode(c) => c.primary(),
             // Only asked for explicitly replica-only reads, which this crate never sends.

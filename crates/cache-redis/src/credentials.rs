@@ -235,7 +235,7 @@ impl CredentialsProvider for SharedCredentialsProvider {
 
 /// What the redis-rs error of a failed provider call starts with (recognised by
 /// [`ErrorContext::map`]).
-pub(crate) const PROVIDER_FAILED: &str = "the credentials provider failed";
+pub const PROVIDER_FAILED: &str = "the credentials provider failed";
 
 /// A [`SharedCredentialsProvider`] bound to one store: the user to fall back on, the bound on
 /// each call, and the error context that learns every password handed out (so it is
