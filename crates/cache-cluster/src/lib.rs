@@ -38,6 +38,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod backend;
 mod bus;
 mod config;
 mod slot;

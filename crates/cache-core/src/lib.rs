@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 mod background;
+pub mod backend;
 pub mod breaker;
 pub mod bus;
 pub mod cache;
@@ -33,6 +34,7 @@ pub mod policy;
 pub mod recovery;
 pub mod remote;
 
+pub use backend::{L2Backend, L2Parts, L2Request, MemoryBackend};
 pub use breaker::{BreakerConfig, CircuitBreaker};
 pub use bus::{
     BusConfig, BusEvent, BusStats, BusTransport, MemoryBus, MemoryBusHandle, ReconnectPolicy,

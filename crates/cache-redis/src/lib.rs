@@ -44,6 +44,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod backend;
 mod bus;
 mod coalesce;
 mod config;

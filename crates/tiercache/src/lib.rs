@@ -46,9 +46,9 @@ pub use cache_core::policy::{NoRefresh, RandomSource, RefreshPolicy, SeededRando
 pub use cache_core::{
     BreakerConfig, BusConfig, BusStats, BusTransport, CacheBuilder, CacheConfig, CacheEvent,
     CacheObserver, CacheStats, CallOptions, Clock, Codec, CodecId, Engine, EngineBuilder, Error,
-    ErrorKind, L1Stats, L1Store, LoadContext, Loaded, ManualClock, MemoryBus, MemoryBusHandle,
-    MemoryStore, NoopObserver, Observer, ReconnectPolicy, RecoveryStats, RemoteEntry, RemoteStore,
-    Result, ShutdownReport, SystemClock,
+    ErrorKind, L1Stats, L1Store, L2Backend, L2Parts, L2Request, LoadContext, Loaded, ManualClock,
+    MemoryBackend, MemoryBus, MemoryBusHandle, MemoryStore, NoopObserver, Observer,
+    ReconnectPolicy, RecoveryStats, RemoteEntry, RemoteStore, Result, ShutdownReport, SystemClock,
 };
 pub use cache_l1::QuickL1;
 
@@ -123,12 +123,8 @@ enum L2 {
     Store(Arc<dyn RemoteStore>),
     #[cfg(feature = "redis")]
     RedisUrl(String),
-    #[cfg(feature = "redis")]
-    Redis(Box<RedisConfig>),
-    #[cfg(feature = "cluster")]
-    Cluster(Box<ClusterConfig>),
-    #[cfg(feature = "sentinel")]
-    Sentinel(Box<SentinelConfig>),
+    /// Any backend: it connects and brings its bus.
+    Backend(Box<dyn L2Backend>),
 }
 
 /// Builds an [`Engine`] with the L1 of `cache-l1` and the chosen L2.
@@ -160,11 +156,8 @@ impl std::fmt::Debug for Builder {
             L2::Url(_) | L2::Env => "by url",
             L2::Store(s) => s.kind(),
             #[cfg(feature = "redis")]
-            L2::RedisUrl(_) | L2::Redis(_) => "redis",
-            #[cfg(feature = "cluster")]
-            L2::Cluster(_) => "cluster",
-            #[cfg(feature = "sentinel")]
-            L2::Sentinel(_) => "sentinel",
+            L2::RedisUrl(_) => "redis",
+            L2::Backend(b) => b.name(),
         };
         f.debug_struct("Builder")
             .field("prefix", &self.prefix)
@@ -213,38 +206,34 @@ impl Builder {
 
     /// Standalone Redis with explicit settings.
     #[cfg(feature = "redis")]
-    pub fn redis(mut self, config: RedisConfig) -> Self {
-        self.l2 = L2::Redis(Box::new(config));
-        self
+    pub fn redis(self, config: RedisConfig) -> Self {
+        self.l2(config)
     }
 
     /// Redis Cluster with explicit settings (feature `cluster`); the invalidation bus, when
     /// on, is [`ClusterBus`] (cluster-wide pub/sub).
     #[cfg(feature = "cluster")]
-    pub fn cluster(mut self, config: ClusterConfig) -> Self {
-        self.l2 = L2::Cluster(Box::new(config));
-        self
+    pub fn cluster(self, config: ClusterConfig) -> Self {
+        self.l2(config)
     }
 
     /// Redis Cluster reached through these seed nodes (`redis://host:port`, any one reachable
     /// node is enough) with default timeouts (feature `cluster`).
     #[cfg(feature = "cluster")]
-    pub fn cluster_urls<I, S>(mut self, urls: I) -> Self
+    pub fn cluster_urls<I, S>(self, urls: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.l2 = L2::Cluster(Box::new(ClusterConfig::from_urls(urls)));
-        self
+        self.l2(ClusterConfig::from_urls(urls))
     }
 
     /// The master of a Redis Sentinel group, followed through failovers (feature `sentinel`);
     /// the invalidation bus, when on, is [`SentinelBus`] (pub/sub on the master in use,
     /// resubscribed after a failover, with L1 flushed for the loss).
     #[cfg(feature = "sentinel")]
-    pub fn sentinel(mut self, config: SentinelConfig) -> Self {
-        self.l2 = L2::Sentinel(Box::new(config));
-        self
+    pub fn sentinel(self, config: SentinelConfig) -> Self {
+        self.l2(config)
     }
 
     /// The in-process L2 ([`MemoryStore`]): for tests and for running without Redis. It is
@@ -254,7 +243,19 @@ impl Builder {
         self
     }
 
-    /// Any remote store.
+    /// Any backend: its config connects at [`Builder::build`] and brings its store with its
+    /// invalidation bus (and tracking, when [`Builder::tracking`] asks for it). The
+    /// workspace's configs are backends (`RedisConfig`, `ClusterConfig`, `SentinelConfig`,
+    /// [`MemoryBackend`]); a backend of your own implements [`L2Backend`] the same way.
+    pub fn l2(mut self, backend: impl L2Backend) -> Self {
+        self.l2 = L2::Backend(Box::new(backend));
+        self
+    }
+
+    /// Any remote store, without a bus of its own: unless [`Builder::bus_transport`] gives
+    /// one, writes on this engine do not reach other instances' L1 (`build` logs a warning;
+    /// [`Builder::bus`]`(false)` says it is meant). To bring a store with its bus, implement
+    /// [`L2Backend`] and use [`Builder::l2`].
     pub fn remote(mut self, store: Arc<dyn RemoteStore>) -> Self {
         self.l2 = L2::Store(store);
         self
@@ -332,56 +333,37 @@ impl Builder {
         };
         let l1: Arc<dyn L1Store> = Arc::new(QuickL1::with_capacity_bytes(self.l1_capacity_bytes));
         let mut b = Engine::builder(self.prefix.clone()).with_l1(l1);
-        let mut bus: Option<Arc<dyn BusTransport>> = None;
-        #[allow(unused_mut)]
-        let mut tracking: Option<Arc<dyn BusTransport>> = None;
-        #[cfg(feature = "redis")]
-        let mut redis_store: Option<RedisStore> = None;
-        let l2: Option<Arc<dyn RemoteStore>> = match self.l2 {
+        let request = L2Request::new(self.prefix.clone()).with_tracking(self.tracking);
+        let parts: Option<L2Parts> = match self.l2 {
             L2::None | L2::Url(_) | L2::Env => None,
-            L2::Memory => Some(Arc::new(MemoryStore::new())),
-            L2::Store(s) => Some(s),
+            L2::Memory => Some(MemoryBackend::new().connect(&request).await?),
+            L2::Store(s) => {
+                if matches!(self.bus, BusChoice::Auto) {
+                    tracing::warn!(
+                        store = s.kind(),
+                        "a store given with remote() brings no invalidation bus: other instances' L1 copies are not dropped by this engine's writes (give a backend with l2(), a bus_transport(), or bus(false) if that is meant)"
+                    );
+                }
+                Some(L2Parts::new(s))
+            }
             #[cfg(feature = "redis")]
             L2::RedisUrl(url) => {
                 let config = RedisConfig::builder().url(url).build()?;
-                let store = RedisStore::connect(config).await?;
-                redis_store = Some(store.clone());
-                Some(Arc::new(store))
+                Some(config.connect(&request).await?)
             }
-            #[cfg(feature = "redis")]
-            L2::Redis(config) => {
-                let store = RedisStore::connect(*config).await?;
-                redis_store = Some(store.clone());
-                Some(Arc::new(store))
-            }
-            #[cfg(feature = "cluster")]
-            L2::Cluster(config) => {
-                let store = ClusterStore::connect(*config).await?;
-                if matches!(self.bus, BusChoice::Auto) {
-                    bus = Some(Arc::new(ClusterBus::new(&store)));
-                }
-                Some(Arc::new(store))
-            }
-            #[cfg(feature = "sentinel")]
-            L2::Sentinel(config) => {
-                let store = SentinelStore::connect(*config).await?;
-                if matches!(self.bus, BusChoice::Auto) {
-                    bus = Some(Arc::new(SentinelBus::new(&store)));
-                }
-                Some(Arc::new(store))
-            }
+            L2::Backend(backend) => Some(backend.connect(&request).await?),
         };
-        #[cfg(feature = "redis")]
-        if let Some(store) = &redis_store {
-            if matches!(self.bus, BusChoice::Auto) {
-                bus = Some(Arc::new(RedisBus::new(store)));
+        let (mut bus, tracking, tracking_wait) = match parts {
+            Some(p) => {
+                b = b.with_l2(p.store);
+                (p.bus, p.tracking, p.tracking_wait)
             }
-            if self.tracking {
-                tracking = Some(Arc::new(RedisTracking::new(store, &self.prefix)?));
-            }
-        }
-        if let BusChoice::Transport(t) = self.bus {
-            bus = Some(t);
+            None => (None, None, std::time::Duration::ZERO),
+        };
+        match self.bus {
+            BusChoice::Auto => {}
+            BusChoice::Off => bus = None,
+            BusChoice::Transport(t) => bus = Some(t),
         }
         if self.tracking && tracking.is_none() {
             return Err(Error::new(
@@ -389,6 +371,7 @@ impl Builder {
                 "tracking needs Redis as the L2 (redis_url or redis)",
             ));
         }
+        let tracked = tracking.is_some();
         if let Some(t) = bus {
             b = b.with_bus(t);
         }
@@ -399,9 +382,6 @@ impl Builder {
             .with_bus_config(self.bus_config)
             .with_breaker(self.breaker)
             .with_recovery(self.recovery.0, self.recovery.1);
-        if let Some(l2) = l2 {
-            b = b.with_l2(l2);
-        }
         if let Some(o) = self.observer {
             b = b.with_observer(o);
         }
@@ -409,14 +389,10 @@ impl Builder {
             b = b.with_clock(c);
         }
         let engine = b.build()?;
-        // With tracking, serve only once Redis reports writes (bounded by the connect
-        // timeout; if it is not on by then, L1 is flushed when it comes on).
-        #[cfg(feature = "redis")]
-        if let (true, Some(store)) = (self.tracking, &redis_store) {
-            let limit = store.config().connect_timeout;
-            if !engine.wait_for_tracking(limit).await {
-                tracing::warn!("client tracking is not on yet; L1 is flushed when it comes on");
-            }
+        // With tracking, serve only once the server reports writes (bounded by the backend's
+        // wait; if it is not on by then, L1 is flushed when it comes on).
+        if tracked && !engine.wait_for_tracking(tracking_wait).await {
+            tracing::warn!("client tracking is not on yet; L1 is flushed when it comes on");
         }
         Ok(engine)
     }

@@ -176,7 +176,7 @@ pub(crate) fn l2_of(url: &str) -> Result<L2> {
         #[cfg(not(feature = "redis"))]
         Parsed::Redis { .. } => Err(needs("redis", "redis")),
         #[cfg(feature = "cluster")]
-        Parsed::Cluster { seeds } => Ok(L2::Cluster(Box::new(
+        Parsed::Cluster { seeds } => Ok(L2::Backend(Box::new(
             cache_cluster::ClusterConfig::from_urls(seeds),
         ))),
         #[cfg(not(feature = "cluster"))]
@@ -193,7 +193,7 @@ pub(crate) fn l2_of(url: &str) -> Result<L2> {
                 .master_name(master)
                 .redis(redis)
                 .build()?;
-            Ok(L2::Sentinel(Box::new(config)))
+            Ok(L2::Backend(Box::new(config)))
         }
         #[cfg(not(feature = "sentinel"))]
         Parsed::Sentinel { .. } => Err(needs("sentinel", "redis+sentinel")),
