@@ -13,6 +13,12 @@
 //! The bus is a [`RedisBus`] on the current master; when the master changes, or the
 //! subscription breaks, it reports the loss (the engine flushes L1), starts over on the new
 //! master and resubscribes every channel.
+//!
+//! Replica reads (`replica_reads`, off by default): `get` and `get_many` go to a replica the
+//! sentinels list (`SENTINEL REPLICAS`, one with its link to the master up), falling back to
+//! the master when none is usable or a replica read fails; everything else stays on the
+//! master. Replication is asynchronous, so such a read may return a value older than the
+//! latest write (see `docs/sentinel.md`).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,6 +58,7 @@ const SLOW_REDISCOVERY_AFTER: Duration = Duration::from_secs(30);
 /// | `sentinel_username` / `sentinel_password` | none | credentials for the sentinels (override the URLs'); never printed |
 /// | `redis` | [`RedisConfig::default`] | the data connections: its URL's host and port are replaced by the master the sentinels name; its scheme (`redis`/`rediss`), credentials, database and protocol apply, and so do all its timeouts and limits |
 /// | `rediscover_interval` | 100 ms | pause between questions to the sentinels while a failover is under way (at most once a second after 30 s) |
+/// | `replica_reads` | false | serve `get` / `get_many` from a replica (may be stale: replication is asynchronous); writes, leases, tags and the bus stay on the master |
 ///
 /// Sentinels are asked with the data connections' `connect_timeout` and `response_timeout`.
 /// `Debug` never shows a password.
@@ -98,6 +105,9 @@ pub struct SentinelConfig {
     /// Pause between questions to the sentinels while a failover is under way.
     #[serde(with = "duration_text")]
     pub rediscover_interval: Duration,
+    /// Serve `get` / `get_many` from a replica (off by default). Reads may then return a
+    /// value older than the latest write, for as long as the replica lags.
+    pub replica_reads: bool,
 }
 
 impl Default for SentinelConfig {
@@ -109,6 +119,7 @@ impl Default for SentinelConfig {
             sentinel_password: None,
             redis: RedisConfig::default(),
             rediscover_interval: DEFAULT_REDISCOVER_INTERVAL,
+            replica_reads: false,
         }
     }
 }
@@ -130,6 +141,7 @@ impl fmt::Debug for SentinelConfig {
             )
             .field("redis", &self.redis)
             .field("rediscover_interval", &self.rediscover_interval)
+            .field("replica_reads", &self.replica_reads)
             .finish()
     }
 }
@@ -311,6 +323,13 @@ impl SentinelConfigBuilder {
         self
     }
 
+    /// Serve `get` / `get_many` from a replica (default off); reads may then be stale (see
+    /// [`SentinelConfig::replica_reads`]).
+    pub fn replica_reads(mut self, on: bool) -> Self {
+        self.config.replica_reads = on;
+        self
+    }
+
     /// Validate and return the config.
     pub fn build(self) -> Result<SentinelConfig> {
         self.config.validate()?;
@@ -345,7 +364,16 @@ struct Shared {
     /// The generation of the master in use; bumped at every switch.
     switches: watch::Sender<u64>,
     following: AtomicBool,
+    /// The replica reads go to (replica reads on, and one found).
+    replica: RwLock<Option<RedisStore>>,
+    /// A replica search is under way.
+    searching: AtomicBool,
+    /// When the last replica search started.
+    last_search: Mutex<Option<Instant>>,
 }
+
+/// Replica searches start at most this often while none is usable.
+const REPLICA_SEARCH_EVERY: Duration = Duration::from_secs(1);
 
 /// The L2 over a sentinel-monitored master: a [`RedisStore`] on the current master that
 /// follows failovers (see the module docs). Cloning is cheap and shares the connection.
@@ -436,7 +464,8 @@ impl SentinelStore {
             "connected to the Redis master named by the sentinels"
         );
         let (switches, _) = watch::channel(0);
-        Ok(SentinelStore {
+        let replica_reads = sentinels.config.replica_reads;
+        let store = SentinelStore {
             shared: Arc::new(Shared {
                 sentinels,
                 current: RwLock::new(Arc::new(Current {
@@ -445,8 +474,49 @@ impl SentinelStore {
                 })),
                 switches,
                 following: AtomicBool::new(false),
+                replica: RwLock::new(None),
+                searching: AtomicBool::new(true),
+                last_search: Mutex::new(Some(Instant::now())),
             }),
-        })
+        };
+        if replica_reads {
+            // Not finding one is no error: reads go to the master until one is found.
+            search_replica(Arc::downgrade(&store.shared)).await;
+        } else {
+            store.shared.searching.store(false, Ordering::Release);
+        }
+        Ok(store)
+    }
+
+    /// `host:port` of the replica reads go to (replica reads on and a usable replica found).
+    pub fn replica(&self) -> Option<String> {
+        self.shared.replica().map(|r| r.endpoint().to_owned())
+    }
+
+    /// Run the read `f` on the replica in use (replica reads on), falling back to the master
+    /// when there is none or it fails in a way a lost or syncing replica explains (and looking
+    /// for another one in the background).
+    async fn read<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(RedisStore) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        if !self.shared.sentinels.config.replica_reads {
+            return self.call(f).await;
+        }
+        let Some(replica) = self.shared.replica() else {
+            start_replica_search(&self.shared);
+            return self.call(f).await;
+        };
+        match f(replica.clone()).await {
+            Err(e) if replica_unusable(&e) => {
+                tracing::warn!(replica = %replica.endpoint(), error = %e, "replica read failed; reading from the master and looking for a usable replica");
+                self.shared.drop_replica(&replica);
+                start_replica_search(&self.shared);
+                self.call(f).await
+            }
+            other => other,
+        }
     }
 
     /// The config this store was connected with.
@@ -490,6 +560,82 @@ impl SentinelStore {
         }
         result
     }
+}
+
+/// Whether a replica read failed in a way another replica (or the master) may not: the
+/// replica gone or silent, refusing (credentials), syncing (`LOADING`), or without its
+/// master and told not to serve stale data (`MASTERDOWN`).
+fn replica_unusable(e: &Error) -> bool {
+    failover_explains(e)
+        || e.kind() == ErrorKind::Auth
+        || (e.kind() == ErrorKind::Remote
+            && (e.message().contains("LOADING") || e.message().contains("MASTERDOWN")))
+}
+
+/// Look for a usable replica in the background, unless a search is under way or the last
+/// one started less than [`REPLICA_SEARCH_EVERY`] ago.
+fn start_replica_search(shared: &Arc<Shared>) {
+    {
+        let mut last = lock(&shared.last_search);
+        if last.is_some_and(|t| t.elapsed() < REPLICA_SEARCH_EVERY)
+            || shared.searching.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        *last = Some(Instant::now());
+    }
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        shared.searching.store(false, Ordering::Release);
+        return;
+    };
+    handle.spawn(search_replica(Arc::downgrade(shared)));
+}
+
+/// Ask the sentinels for the replicas of the master in use and connect to the first usable
+/// one (its link to the master up, answering `ROLE` as a replica); `searching` is cleared at
+/// the end.
+async fn search_replica(shared: Weak<Shared>) {
+    let Some(s) = shared.upgrade() else {
+        return;
+    };
+    let generation = s.current().generation;
+    let master = s.current().store.endpoint().to_owned();
+    let found = match s.sentinels.find_replicas().await {
+        Ok(candidates) => {
+            let mut found = None;
+            for (host, port) in candidates {
+                if endpoint(&host, port) == master {
+                    continue;
+                }
+                match s.sentinels.connect_replica(&host, port).await {
+                    Ok(store) => {
+                        found = Some(store);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(replica = %endpoint(&host, port), error = %e, "replica not usable")
+                    }
+                }
+            }
+            found
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "the sentinels named no usable replica");
+            None
+        }
+    };
+    match found {
+        // A switch of master meanwhile makes the answer stale: the next read searches again.
+        Some(store) if s.current().generation == generation => {
+            tracing::info!(replica = %store.endpoint(), master = %master, "replica reads go to this replica");
+            *s.replica.write().unwrap_or_else(|p| p.into_inner()) = Some(store);
+        }
+        Some(_) => {}
+        None => {
+            tracing::warn!(master = %master, "replica reads: no usable replica; reading from the master")
+        }
+    }
+    s.searching.store(false, Ordering::Release);
 }
 
 /// Whether `e` is what a failover looks like from a client: the master gone (connection
@@ -575,6 +721,24 @@ fn endpoint(host: &str, port: u16) -> String {
 }
 
 impl Shared {
+    fn replica(&self) -> Option<RedisStore> {
+        self.replica
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Stop reading from `replica` (unless another one replaced it already).
+    fn drop_replica(&self, replica: &RedisStore) {
+        let mut current = self.replica.write().unwrap_or_else(|p| p.into_inner());
+        if current
+            .as_ref()
+            .is_some_and(|r| r.endpoint() == replica.endpoint())
+        {
+            *current = None;
+        }
+    }
+
     fn current(&self) -> Arc<Current> {
         self.current
             .read()
@@ -596,6 +760,8 @@ impl Shared {
             *current = Arc::new(Current { store, generation });
             generation
         };
+        // The replicas belong to the old master's group as the sentinels saw it: look again.
+        *self.replica.write().unwrap_or_else(|p| p.into_inner()) = None;
         self.switches.send_replace(generation);
     }
 }
@@ -657,6 +823,80 @@ impl Sentinels {
         ))
     }
 
+    /// Ask every sentinel at once `SENTINEL REPLICAS name` and return the replicas that at
+    /// least one of them judges usable (not down, link to the master up), each once.
+    async fn find_replicas(&self) -> Result<Vec<(String, u16)>> {
+        let connect_timeout = self.config.redis.connect_timeout;
+        let response_timeout = self.config.redis.response_timeout;
+        let name = self.config.master_name.as_str();
+        let asks = self.nodes.iter().map(|node| async move {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(response_timeout));
+            let ask = async {
+                let mut conn = node
+                    .client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                redis::cmd("SENTINEL")
+                    .arg("REPLICAS")
+                    .arg(name)
+                    .query_async::<Vec<std::collections::HashMap<String, String>>>(&mut conn)
+                    .await
+            };
+            tokio::time::timeout(connect_timeout + response_timeout, ask).await
+        });
+        let mut out: Vec<(String, u16)> = Vec::new();
+        let mut answered = false;
+        for answer in futures::future::join_all(asks).await {
+            let Ok(Ok(replicas)) = answer else {
+                continue;
+            };
+            answered = true;
+            for fields in &replicas {
+                if let Ok(addr) = judge_replica(fields) {
+                    if !out.contains(&addr) {
+                        out.push(addr);
+                    }
+                }
+            }
+        }
+        if !answered {
+            return Err(Error::new(
+                ErrorKind::Connection,
+                format!("no sentinel answered SENTINEL REPLICAS {name}"),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Connect to the replica at `host:port` (the data connection settings) and check that it
+    /// says it is a replica.
+    async fn connect_replica(&self, host: &str, port: u16) -> Result<RedisStore> {
+        let store = RedisStore::connect(self.config.master_config(host, port)?).await?;
+        let mut conn = store.connection();
+        let limit = self.config.redis.response_timeout;
+        let role = tokio::time::timeout(limit, redis::cmd("ROLE").query_async::<Value>(&mut conn))
+            .await
+            .map_err(|_| {
+                store
+                    .error_context()
+                    .elapsed("ROLE", limit, "response_timeout")
+            })?
+            .map_err(|e| store.error_context().map("ROLE", &e))?;
+        if role_is(&role, "slave") {
+            return Ok(store);
+        }
+        Err(Error::new(
+            ErrorKind::Connection,
+            format!(
+                "the sentinels list {} as a replica of `{}`, but it is not one",
+                store.endpoint(),
+                self.config.master_name
+            ),
+        ))
+    }
+
     /// Connect to the master at `host:port` and check that it says it is one.
     async fn connect_master(&self, host: &str, port: u16) -> Result<RedisStore> {
         let store = RedisStore::connect(self.config.master_config(host, port)?).await?;
@@ -670,16 +910,7 @@ impl Sentinels {
                     .elapsed("ROLE", limit, "response_timeout")
             })?
             .map_err(|e| store.error_context().map("ROLE", &e))?;
-        let is_master = match &role {
-            Value::Array(items) => {
-                matches!(
-                    items.first(),
-                    Some(Value::BulkString(b)) if b.as_slice() == b"master"
-                ) || matches!(items.first(), Some(Value::SimpleString(s)) if s == "master")
-            }
-            _ => false,
-        };
-        if !is_master {
+        if !role_is(&role, "master") {
             return Err(Error::new(
                 ErrorKind::Connection,
                 format!(
@@ -691,6 +922,45 @@ impl Sentinels {
         }
         Ok(store)
     }
+}
+
+/// Whether a `ROLE` answer names `role` (`master`, `slave`).
+fn role_is(answer: &Value, role: &str) -> bool {
+    match answer {
+        Value::Array(items) => {
+            matches!(items.first(), Some(Value::BulkString(b)) if b.as_slice() == role.as_bytes())
+                || matches!(items.first(), Some(Value::SimpleString(s)) if s == role)
+        }
+        _ => false,
+    }
+}
+
+/// A replica's `(ip, port)` from one entry of a `SENTINEL REPLICAS` answer, or why it is not
+/// usable: it must be flagged a replica, not judged down or disconnected, with its link to
+/// the master up.
+fn judge_replica(
+    fields: &std::collections::HashMap<String, String>,
+) -> std::result::Result<(String, u16), String> {
+    let flags = fields.get("flags").map(String::as_str).unwrap_or("");
+    let flags: Vec<&str> = flags.split(',').collect();
+    if !flags.contains(&"slave") {
+        return Err(format!("flags {}", flags.join(",")));
+    }
+    if let Some(bad) = flags
+        .iter()
+        .find(|f| matches!(**f, "s_down" | "o_down" | "disconnected"))
+    {
+        return Err(format!("replica judged {bad}"));
+    }
+    if fields.get("master-link-status").map(String::as_str) != Some("ok") {
+        return Err("its link to the master is down".to_owned());
+    }
+    let ip = fields.get("ip").cloned().ok_or("no ip in the answer")?;
+    let port = fields
+        .get("port")
+        .and_then(|p| p.parse().ok())
+        .ok_or("no port in the answer")?;
+    Ok((ip, port))
 }
 
 /// The master's `(config-epoch, ip, port)` from one sentinel's `SENTINEL MASTER` answer, or
@@ -731,11 +1001,11 @@ impl RemoteStore for SentinelStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.call(|s| async move { s.get(key).await }).await
+        self.read(|s| async move { s.get(key).await }).await
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        self.call(|s| async move { s.get_many(keys).await }).await
+        self.read(|s| async move { s.get_many(keys).await }).await
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
@@ -983,6 +1253,35 @@ mod tests {
         let mut f = ok.clone();
         f.remove("port");
         assert!(judge(&f).is_err());
+    }
+
+    #[test]
+    fn only_a_synced_replica_that_is_up_is_usable() {
+        let ok = fields(&[
+            ("flags", "slave"),
+            ("ip", "127.0.0.1"),
+            ("port", "6381"),
+            ("master-link-status", "ok"),
+        ]);
+        assert_eq!(judge_replica(&ok), Ok(("127.0.0.1".to_owned(), 6381)));
+        for (field, value) in [
+            ("flags", "slave,s_down"),
+            ("flags", "slave,disconnected"),
+            ("flags", "master"),
+            ("master-link-status", "err"),
+        ] {
+            let mut f = ok.clone();
+            f.insert(field.to_owned(), value.to_owned());
+            assert!(judge_replica(&f).is_err(), "{field}={value}");
+        }
+        assert!(replica_unusable(&Error::new(
+            ErrorKind::Remote,
+            "Redis at h:1 answered GET with an error: LOADING Redis is loading"
+        )));
+        assert!(!replica_unusable(&Error::new(
+            ErrorKind::Remote,
+            "WRONGTYPE"
+        )));
     }
 
     #[test]
