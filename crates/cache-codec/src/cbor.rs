@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::bounded::{Bounded, Budget};
 use crate::MAX_DEPTH;
 
-/// CBOR (ciborium), header id [`CodecId::Cbor`].
+/// CBOR (ciborium), header id [`CodecId::CBOR`].
 ///
 /// Structs are encoded as maps keyed by field name. Decoding is one pass of ciborium over the
 /// input with the bounds enforced as it goes: nesting (enums and tags included) may not exceed
@@ -24,7 +24,7 @@ use crate::MAX_DEPTH;
 pub struct Cbor;
 
 impl Codec for Cbor {
-    const ID: CodecId = CodecId::Cbor;
+    const ID: CodecId = CodecId::CBOR;
 
     fn encode<V: Serialize + ?Sized>(value: &V) -> Result<Vec<u8>> {
         let mut out = Vec::new();

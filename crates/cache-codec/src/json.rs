@@ -4,7 +4,7 @@ use cache_core::{Codec, CodecId, Error, ErrorKind, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// JSON (serde_json), header id [`CodecId::Json`].
+/// JSON (serde_json), header id [`CodecId::JSON`].
 ///
 /// Output is plain JSON text (structs are objects), readable by any JSON client. Finite
 /// floats round-trip bit-exactly; non-finite floats (NaN, ±∞) are written as `null`, as
@@ -15,7 +15,7 @@ use serde::Serialize;
 pub struct Json;
 
 impl Codec for Json {
-    const ID: CodecId = CodecId::Json;
+    const ID: CodecId = CodecId::JSON;
 
     fn encode<V: Serialize + ?Sized>(value: &V) -> Result<Vec<u8>> {
         serde_json::to_vec(value).map_err(|e| {

@@ -79,12 +79,12 @@ pub const MAX_DEPTH: usize = 128;
 pub fn decode_any<V: DeserializeOwned>(id: u8, bytes: &[u8]) -> Result<V> {
     match CodecId::from_u8(id) {
         #[cfg(feature = "json")]
-        Some(CodecId::Json) => <Json as cache_core::Codec>::decode(bytes),
+        Some(CodecId::JSON) => <Json as cache_core::Codec>::decode(bytes),
         #[cfg(feature = "msgpack")]
-        Some(CodecId::MsgPack) => <MsgPack as cache_core::Codec>::decode(bytes),
+        Some(CodecId::MSGPACK) => <MsgPack as cache_core::Codec>::decode(bytes),
         #[cfg(feature = "cbor")]
-        Some(CodecId::Cbor) => <Cbor as cache_core::Codec>::decode(bytes),
-        Some(other) => Err(Error::new(
+        Some(CodecId::CBOR) => <Cbor as cache_core::Codec>::decode(bytes),
+        Some(other) if other <= CodecId::CBOR => Err(Error::new(
             ErrorKind::Decode,
             format!(
                 "cannot decode a {}-byte value written with codec {} (id {id}): \
@@ -94,10 +94,10 @@ pub fn decode_any<V: DeserializeOwned>(id: u8, bytes: &[u8]) -> Result<V> {
                 other.name(),
             ),
         )),
-        None => Err(Error::new(
+        _ => Err(Error::new(
             ErrorKind::Decode,
             format!(
-                "cannot decode a {}-byte value: unknown codec id {id} in the value header",
+                "cannot decode a {}-byte value: unknown codec id {id} in the value header (no codec of this build has it)",
                 bytes.len()
             ),
         )),

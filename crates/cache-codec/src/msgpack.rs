@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::bounded::{Bounded, Budget};
 use crate::MAX_DEPTH;
 
-/// MessagePack (rmp-serde), header id [`CodecId::MsgPack`].
+/// MessagePack (rmp-serde), header id [`CodecId::MSGPACK`].
 ///
 /// Structs are encoded as maps keyed by field name (`rmp_serde::to_vec_named`), so clients
 /// in other languages can read them. Decoding is one pass of rmp-serde over the input with
@@ -18,7 +18,7 @@ use crate::MAX_DEPTH;
 pub struct MsgPack;
 
 impl Codec for MsgPack {
-    const ID: CodecId = CodecId::MsgPack;
+    const ID: CodecId = CodecId::MSGPACK;
 
     fn encode<V: Serialize + ?Sized>(value: &V) -> Result<Vec<u8>> {
         rmp_serde::to_vec_named(value).map_err(|e| {

@@ -368,11 +368,11 @@ proptest! {
 #[test]
 fn codec_ids() {
     #[cfg(feature = "json")]
-    assert_eq!(Json::ID, cache_core::CodecId::Json);
+    assert_eq!(Json::ID, cache_core::CodecId::JSON);
     #[cfg(feature = "msgpack")]
-    assert_eq!(MsgPack::ID, cache_core::CodecId::MsgPack);
+    assert_eq!(MsgPack::ID, cache_core::CodecId::MSGPACK);
     #[cfg(feature = "cbor")]
-    assert_eq!(Cbor::ID, cache_core::CodecId::Cbor);
+    assert_eq!(Cbor::ID, cache_core::CodecId::CBOR);
 }
 
 #[test]
@@ -843,4 +843,16 @@ fn enum_nesting_counts_against_the_depth_limit() -> TestResult {
     assert!(MsgPack::decode::<Expr>(&MsgPack::encode(&deep)?).is_err());
     assert!(Cbor::decode::<Expr>(&Cbor::encode(&deep)?).is_err());
     Ok(())
+}
+
+#[test]
+fn codec_ids_are_an_open_byte_with_the_built_in_ones_reserved() {
+    use cache_core::CodecId;
+    assert_eq!(CodecId::custom(3), None, "a built-in id");
+    assert_eq!(CodecId::custom(15), None, "reserved for the project");
+    let mine = CodecId::custom(42).map(CodecId::as_u8);
+    assert_eq!(mine, Some(42));
+    assert_eq!(CodecId::from_u8(42).map(CodecId::name), Some("custom"));
+    assert_eq!(CodecId::from_u8(0), None);
+    assert_eq!(CodecId::JSON.name(), "json");
 }

@@ -8,44 +8,57 @@ use serde::Serialize;
 
 use crate::error::Result;
 
-/// Stable one-byte identifiers written into the L2 header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum CodecId {
-    /// JSON (serde_json).
-    Json,
-    /// MessagePack (rmp-serde), structs as maps.
-    MsgPack,
-    /// CBOR (ciborium).
-    Cbor,
-}
+/// The one-byte identifier of a codec, written into the L2 header.
+///
+/// An open byte: the built-in codecs own [`CodecId::JSON`] (1), [`CodecId::MSGPACK`] (2) and
+/// [`CodecId::CBOR`] (3), and ids below [`CodecId::FIRST_CUSTOM`] (16) are reserved for codecs
+/// this project may add; a codec of your own takes an id from 16 to 255
+/// ([`CodecId::custom`]). A reader that meets an id it has no codec for reads a miss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CodecId(u8);
 
 impl CodecId {
+    /// JSON (serde_json).
+    pub const JSON: CodecId = CodecId(1);
+    /// MessagePack (rmp-serde), structs as maps.
+    pub const MSGPACK: CodecId = CodecId(2);
+    /// CBOR (ciborium).
+    pub const CBOR: CodecId = CodecId(3);
+    /// The first id free for codecs outside this project.
+    pub const FIRST_CUSTOM: u8 = 16;
+
+    /// The id of a codec of your own: `None` for the reserved ids (below
+    /// [`CodecId::FIRST_CUSTOM`]).
+    pub const fn custom(id: u8) -> Option<CodecId> {
+        if id >= Self::FIRST_CUSTOM {
+            Some(CodecId(id))
+        } else {
+            None
+        }
+    }
+
     /// The byte stored in the header.
     pub const fn as_u8(self) -> u8 {
-        match self {
-            CodecId::Json => 1,
-            CodecId::MsgPack => 2,
-            CodecId::Cbor => 3,
-        }
+        self.0
     }
 
-    /// The codec for a header byte, if known.
+    /// The id of a header byte (0 is "no codec": `None`).
     pub const fn from_u8(b: u8) -> Option<CodecId> {
-        match b {
-            1 => Some(CodecId::Json),
-            2 => Some(CodecId::MsgPack),
-            3 => Some(CodecId::Cbor),
-            _ => None,
+        if b == 0 {
+            None
+        } else {
+            Some(CodecId(b))
         }
     }
 
-    /// A short lowercase name.
+    /// A short lowercase name: `json`, `msgpack`, `cbor`, or `custom` for the others.
     pub const fn name(self) -> &'static str {
-        match self {
-            CodecId::Json => "json",
-            CodecId::MsgPack => "msgpack",
-            CodecId::Cbor => "cbor",
+        match self.0 {
+            1 => "json",
+            2 => "msgpack",
+            3 => "cbor",
+            4..=15 => "reserved",
+            _ => "custom",
         }
     }
 }

@@ -259,7 +259,7 @@ pub(crate) mod support {
     pub(crate) struct Json;
 
     impl Codec for Json {
-        const ID: CodecId = CodecId::Json;
+        const ID: CodecId = CodecId::JSON;
         fn encode<V: serde::Serialize + ?Sized>(value: &V) -> Result<Vec<u8>> {
             serde_json::to_vec(value).map_err(|e| Error::new(ErrorKind::Encode, e.to_string()))
         }
