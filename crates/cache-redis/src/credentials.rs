@@ -84,7 +84,7 @@ impl Credentials {
 /// Implementations fetch or compute a token (an ElastiCache IAM token is a presigned request;
 /// an Entra ID token comes from the identity endpoint) and may cache it; the call is bounded
 /// by the config's `connect_timeout`. An error fails that connection attempt with
-/// [`ErrorKind::Auth`] (its message, which must not hold a secret, is kept) and the attempt
+/// [`ErrorKind::Auth`](cache_core::ErrorKind::Auth) (its message, which must not hold a secret, is kept) and the attempt
 /// is retried like any failed connect.
 ///
 /// ```
