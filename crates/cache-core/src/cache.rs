@@ -295,7 +295,7 @@ where
     }
 
     /// Report `event` to this cache's observer, as the engine does (companions such as
-    /// write-behind report their own events, e.g. [`CacheEvent::WriteBehindDepth`]). Does
+    /// write-behind report their own events, e.g. a [`CacheEvent::Gauge`] of its queue depth). Does
     /// nothing when the observer is a no-op.
     pub fn report(&self, event: CacheEvent) {
         self.inner.event(event);

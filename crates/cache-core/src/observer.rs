@@ -120,10 +120,14 @@ pub enum CacheEvent {
         /// `true` when it opened (L2 skipped), `false` when it closed.
         open: bool,
     },
-    /// Depth of the write-behind queue after a change.
-    WriteBehindDepth {
-        /// Entries waiting to be written to the source.
-        depth: u64,
+    /// A level reported by a companion of the cache (e.g. `cache-writebehind`'s queue depth,
+    /// `name` "write_behind_queue_depth"): observers that record metrics publish it as the
+    /// gauge `cache_{name}`.
+    Gauge {
+        /// The gauge's name, without the `cache_` prefix (snake case).
+        name: &'static str,
+        /// Its value now.
+        value: u64,
     },
 }
 

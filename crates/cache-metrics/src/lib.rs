@@ -95,7 +95,8 @@
 //! | `InvalidationsLost` | `cache_invalidations_lost_total` |
 //! | `BusReconnect` | `cache_bus_reconnects_total` |
 //! | `Breaker { open }` (engine event, or cache event) | `cache_breaker_open` +1 / −1 |
-//! | `WriteBehindDepth { depth }` | `cache_write_behind_queue_depth` = depth |
+//! | `Gauge { name: "write_behind_queue_depth", value }` (write-behind) | `cache_write_behind_queue_depth` = value |
+//! | `Gauge { name, value }` (any other) | `cache_{name}` = value |
 //! | anything newer | ignored |
 //!
 //! L1 hits carry no latency (timing a ~50 ns hit would cost more than the hit), so

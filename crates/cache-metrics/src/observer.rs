@@ -276,6 +276,10 @@ pub struct CacheMetrics {
     /// Per-cache `Breaker` events count with the engine's breakers.
     engine: EngineMetrics,
     write_behind_depth: Gauge,
+    /// The labels of this cache's gauges reported by name ([`CacheEvent::Gauge`]).
+    gauge_labels: Vec<Label>,
+    /// Where they are registered (on first report).
+    gauge_reg: Registrar,
 }
 
 impl fmt::Debug for CacheMetrics {
@@ -338,6 +342,8 @@ impl CacheMetrics {
             bus_reconnects: counter(BUS_RECONNECTS_TOTAL, &[]),
             engine,
             write_behind_depth: metrics::gauge!(WRITE_BEHIND_QUEUE_DEPTH, reg.labels(&id, &[])),
+            gauge_labels: reg.labels(&id, &[]),
+            gauge_reg: reg.clone(),
         }
     }
 
@@ -427,7 +433,16 @@ impl CacheObserver for CacheMetrics {
             CacheEvent::InvalidationsLost => self.invalidations_lost.increment(1),
             CacheEvent::BusReconnect => self.bus_reconnects.increment(1),
             CacheEvent::Breaker { open } => self.engine.breaker(open),
-            CacheEvent::WriteBehindDepth { depth } => self.write_behind_depth.set(depth as f64),
+            CacheEvent::Gauge { name, value } => {
+                if name == "write_behind_queue_depth" {
+                    self.write_behind_depth.set(value as f64);
+                } else {
+                    self.gauge_reg.scope(|| {
+                        metrics::gauge!(format!("cache_{name}"), self.gauge_labels.clone())
+                            .set(value as f64);
+                    });
+                }
+            }
             _ => {}
         }
     }

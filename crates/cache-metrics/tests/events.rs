@@ -75,7 +75,15 @@ fn every_event_maps_to_its_series() {
         CacheEvent::InvalidationsLost,
         CacheEvent::BusReconnect,
         CacheEvent::Breaker { open: true },
-        CacheEvent::WriteBehindDepth { depth: 12 },
+        CacheEvent::Gauge {
+            name: "write_behind_queue_depth",
+            value: 12,
+        },
+        // A companion outside the workspace reports its own level.
+        CacheEvent::Gauge {
+            name: "audit_backlog",
+            value: 5,
+        },
     ];
     for e in events {
         o.on_event(e);
@@ -134,6 +142,7 @@ fn every_event_maps_to_its_series() {
     // Engine-wide (no `cache` label): the number of open breakers.
     assert_eq!(value(&s, "cache_breaker_open", &[]), 1.0);
     assert_eq!(c("cache_write_behind_queue_depth", &[]), 12.0);
+    assert_eq!(c("cache_audit_backlog", &[]), 5.0);
 
     // Histograms: 2 ms reads land in the 5 ms bucket, not the 1 ms one.
     let get = [("operation", "get"), ("tier", "l2")];
@@ -156,7 +165,10 @@ fn every_event_maps_to_its_series() {
 
     // Gauges follow the latest event.
     o.on_event(CacheEvent::Breaker { open: false });
-    o.on_event(CacheEvent::WriteBehindDepth { depth: 0 });
+    o.on_event(CacheEvent::Gauge {
+        name: "write_behind_queue_depth",
+        value: 0,
+    });
     let s = parse(&handle.render());
     assert_eq!(value(&s, "cache_breaker_open", &[]), 0.0);
     assert_eq!(

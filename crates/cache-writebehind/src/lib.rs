@@ -89,6 +89,11 @@ pub use config::{QueuePolicy, WriteBehindConfig};
 pub use handle::WriteBehind;
 pub use writer::{Batch, BatchWriter, BoxError};
 
+/// The name of the queue-depth gauge this crate reports to the cache's observer
+/// ([`cache_core::CacheEvent::Gauge`]); `cache-metrics` publishes it as
+/// `cache_write_behind_queue_depth`.
+pub const DEPTH_GAUGE: &str = "write_behind_queue_depth";
+
 /// Stripes of the per-key lock that keeps the cache update and the enqueue of one key in
 /// the same order.
 const STRIPES: usize = 128;

@@ -122,7 +122,10 @@ impl<V> MemoryQueue<V> {
                     let depth = (st.slots.len() + st.in_flight) as u64;
                     drop(st);
                     add(&shared.stats.accepted, 1);
-                    shared.cache.report(CacheEvent::WriteBehindDepth { depth });
+                    shared.cache.report(CacheEvent::Gauge {
+                        name: crate::DEPTH_GAUGE,
+                        value: depth,
+                    });
                     // The flusher needs to know when a deadline starts or a batch is full.
                     if len == 1 || len >= trigger {
                         self.wake.notify_one();
@@ -286,7 +289,10 @@ where
                     st.in_flight = 0;
                     st.slots.len() as u64
                 };
-                shared.cache.report(CacheEvent::WriteBehindDepth { depth });
+                shared.cache.report(CacheEvent::Gauge {
+                    name: crate::DEPTH_GAUGE,
+                    value: depth,
+                });
                 for key in after {
                     shared.repair(&key).await;
                 }

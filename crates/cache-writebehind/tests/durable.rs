@@ -167,13 +167,17 @@ async fn a_sigkilled_writer_loses_no_acknowledged_write() -> TestResult {
     Ok(())
 }
 
-/// Records every `WriteBehindDepth` event of the caches it observes.
+/// Records every queue-depth `Gauge` event of the caches it observes.
 #[derive(Clone, Default)]
 struct Depths(Arc<std::sync::Mutex<Vec<u64>>>);
 
 impl cache_core::CacheObserver for Depths {
     fn on_event(&self, event: cache_core::CacheEvent) {
-        if let cache_core::CacheEvent::WriteBehindDepth { depth } = event {
+        if let cache_core::CacheEvent::Gauge {
+            name: "write_behind_queue_depth",
+            value: depth,
+        } = event
+        {
             self.0.lock().unwrap().push(depth);
         }
     }

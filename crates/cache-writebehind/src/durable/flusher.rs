@@ -339,7 +339,7 @@ impl Flusher {
 }
 
 /// Report the stream's length (every instance's entries not yet written) as
-/// [`CacheEvent::WriteBehindDepth`], when an observer listens. A failed `XLEN` reports nothing.
+/// a [`CacheEvent::Gauge`] named [`crate::DEPTH_GAUGE`], when an observer listens. A failed `XLEN` reports nothing.
 async fn report_depth<V, C>(shared: &Shared<V, C>, q: &DurableQueue)
 where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -349,7 +349,10 @@ where
         return;
     }
     match q.depth().await {
-        Ok(depth) => shared.cache.report(CacheEvent::WriteBehindDepth { depth }),
+        Ok(depth) => shared.cache.report(CacheEvent::Gauge {
+            name: crate::DEPTH_GAUGE,
+            value: depth,
+        }),
         Err(e) => {
             tracing::debug!(stream = %q.stream, error = %e, "write-behind: XLEN failed; depth not reported");
         }
