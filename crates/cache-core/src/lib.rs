@@ -13,8 +13,8 @@
 //! Most users depend on the `tiercache` facade crate, which wires these together.
 #![warn(missing_docs)]
 
-mod background;
 pub mod backend;
+mod background;
 pub mod breaker;
 pub mod bus;
 pub mod cache;
