@@ -66,6 +66,10 @@ pub use cache_codec::Json;
 pub use cache_codec::MsgPack;
 
 #[cfg(feature = "redis")]
+pub use cache_redis::{
+    credentials_fn, Credentials, CredentialsFn, CredentialsProvider, SharedCredentialsProvider,
+};
+#[cfg(feature = "redis")]
 pub use cache_redis::{RedisBus, RedisConfig, RedisStore, RedisTracking};
 
 #[cfg(feature = "cluster")]

@@ -654,6 +654,121 @@ async fn the_password_is_never_printed() -> TestResult {
     Ok(())
 }
 
+/// The same, for passwords a credentials provider hands out (rotating tokens): through the
+/// facade builder with the bus and tracking on, a rotation (server first, then the provider),
+/// a provider refused by the server and a failing provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_from_a_credentials_provider_is_never_printed() -> TestResult {
+    capture();
+    let token = |generation: u32| format!("{SENTINEL}-token-{generation}");
+    let server = ServerOptions::new()
+        .requirepass(SENTINEL)
+        .acl_user(&format!("{TENANT} on >{} {RULES_SIMPLE}", token(1)))
+        .start()?;
+    let generation = Arc::new(AtomicU64::new(1));
+    let failing = Arc::new(AtomicBool::new(false));
+    let provider = {
+        let generation = generation.clone();
+        let failing = failing.clone();
+        tiercache::credentials_fn(move || {
+            let g = generation.load(Ordering::Relaxed) as u32;
+            let fail = failing.load(Ordering::Relaxed);
+            async move {
+                if fail {
+                    return Err(tiercache::Error::new(
+                        ErrorKind::Connection,
+                        "token service down",
+                    ));
+                }
+                Ok(tiercache::Credentials::with_user(TENANT, token(g)))
+            }
+        })
+    };
+    let config = RedisConfig::builder()
+        .url(server.url())
+        .credentials_provider(provider)
+        .response_timeout(Duration::from_secs(1))
+        .build()?;
+    let mut shown = vec![format!("{config:?} {config:#?}")];
+    let builder = tiercache::builder(TENANT)
+        .redis(config.clone())
+        .tracking(true);
+    shown.push(format!("{builder:?}"));
+    let e1 = builder.build().await?;
+    let e2 = tenant_engine(config.clone(), false).await?;
+    let c1 = strings(&e1, "prov")?;
+    let c2 = strings(&e2, "prov")?;
+    shown.push(format!("{e1:?} {:?} {c1:?}", e1.remote()));
+    c1.set("k", value_of("k", 0)).await?;
+    assert_eq!(c2.get("k").await?.as_deref(), Some(&value_of("k", 0)));
+
+    // Rotation: the server first (reconnects refused), then the provider.
+    server.cli(&[
+        "ACL",
+        "SETUSER",
+        TENANT,
+        "resetpass",
+        &format!(">{}", token(2)),
+    ])?;
+    server.cli(&["CLIENT", "KILL", "USER", TENANT])?;
+    for i in 0..5 {
+        let key = format!("r{i}");
+        if let Err(e) = c1.set(&key, value_of(&key, 0)).await {
+            shown.push(render_error(&e));
+        }
+        c1.invalidate_local(&key);
+        if let Err(e) = c1.get(&key).await {
+            shown.push(render_error(&e));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    generation.store(2, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c1.set("after", value_of("after", 0)).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "never reconnected with the rotated token"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A failing provider while connections are cut.
+    failing.store(true, Ordering::Relaxed);
+    server.cli(&["CLIENT", "KILL", "USER", TENANT])?;
+    for _ in 0..3 {
+        if let Err(e) = c2
+            .get_or_load(
+                "f",
+                |k| async move { Ok::<_, std::io::Error>(value_of(&k, 0)) },
+            )
+            .await
+        {
+            shown.push(render_error(&e));
+        }
+    }
+    if let Err(e) = tiercache::builder(TENANT)
+        .redis(config.clone())
+        .build()
+        .await
+    {
+        shown.push(render_error(&e));
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    let out = captured();
+    assert!(
+        !out.contains(SENTINEL),
+        "a token is in the captured log output:\n{}",
+        out.lines()
+            .filter(|l| l.contains(SENTINEL))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for s in &shown {
+        assert!(!s.contains(SENTINEL), "a token is shown: {s}");
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------
 // Hostile network.
 
