@@ -7,12 +7,13 @@ use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::background::Background;
-use crate::breaker::{BreakerBus, BreakerConfig, BreakerStore, CircuitBreaker};
+use crate::breaker::{BreakerBus, BreakerConfig, CircuitBreaker};
 use crate::bus::{BusConfig, BusRuntime, BusStats, BusTransport};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::validate_name;
 use crate::l1::{L1Stats, L1Store, NamespaceId};
+use crate::layer::{BreakerLayer, L2Layer, LayerContext};
 use crate::observer::{NoopObserver, Observer};
 use crate::policy::{RandomSource, ThreadRandom};
 use crate::recovery::{RecoveryQueue, RecoveryStats};
@@ -172,6 +173,8 @@ impl Engine {
             recovery_capacity: 10_000,
             recovery_interval: Duration::from_millis(250),
             background_capacity: crate::background::DEFAULT_CAPACITY,
+            layers: None,
+            extra_layers: Vec::new(),
         }
     }
 
@@ -242,6 +245,9 @@ pub struct EngineBuilder {
     recovery_capacity: usize,
     recovery_interval: Duration,
     background_capacity: usize,
+    /// `None`: the default stack (a breaker when `breaker` is set).
+    layers: Option<Vec<Arc<dyn L2Layer>>>,
+    extra_layers: Vec<Arc<dyn L2Layer>>,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -330,6 +336,22 @@ impl EngineBuilder {
         self
     }
 
+    /// Add `layer` on top of the L2 layer stack (outermost; see [`crate::layer`]). The
+    /// default stack is a [`crate::layer::BreakerLayer`] when breakers are on.
+    pub fn with_l2_layer(mut self, layer: Arc<dyn L2Layer>) -> Self {
+        self.extra_layers.push(layer);
+        self
+    }
+
+    /// Replace the default L2 layer stack with `layers`, first innermost (an empty stack:
+    /// the bare store, no L2 breaker; the bus publisher's breaker follows
+    /// [`EngineBuilder::with_breaker`] still). Layers added with
+    /// [`EngineBuilder::with_l2_layer`] go on top.
+    pub fn with_l2_layers(mut self, layers: Vec<Arc<dyn L2Layer>>) -> Self {
+        self.layers = Some(layers);
+        self
+    }
+
     /// Build the engine.
     pub fn build(self) -> Result<Engine> {
         validate_name("prefix", &self.prefix)?;
@@ -339,17 +361,24 @@ impl EngineBuilder {
                 "an L1 store is required (with_l1)",
             )
         })?;
-        let l2_breaker = match (&self.l2, self.breaker) {
-            (Some(_), Some(cfg)) => Some(Arc::new(CircuitBreaker::new(
-                "L2",
-                cfg,
-                Some(self.observer.clone()),
-            ))),
-            _ => None,
+        let mut layers: Vec<Arc<dyn L2Layer>> = match self.layers {
+            Some(layers) => layers,
+            None => self
+                .breaker
+                .map(|cfg| Arc::new(BreakerLayer::new(cfg)) as Arc<dyn L2Layer>)
+                .into_iter()
+                .collect(),
         };
-        let l2: Option<Arc<dyn RemoteStore>> = match (self.l2, &l2_breaker) {
-            (Some(l2), Some(b)) => Some(Arc::new(BreakerStore::new(l2, b.clone()))),
-            (l2, _) => l2,
+        layers.extend(self.extra_layers);
+        let context = LayerContext {
+            observer: self.observer.clone(),
+        };
+        let (l2, l2_breaker) = match self.l2 {
+            Some(store) => {
+                let (store, breaker) = crate::layer::stack(store, &layers, &context);
+                (Some(store), breaker)
+            }
+            None => (None, None),
         };
         let bus_transport: Option<Arc<dyn BusTransport>> = match (self.bus, self.breaker) {
             (Some(t), Some(cfg)) => Some(Arc::new(BreakerBus::new(

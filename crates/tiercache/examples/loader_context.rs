@@ -21,6 +21,11 @@ struct Page {
     body: String,
 }
 
+/// What the loader returns: the answer, later.
+type PageLoad = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Loaded<Page>, std::io::Error>> + Send>,
+>;
+
 /// Stands in for an HTTP origin with ETags: `version` is the current ETag of every page.
 #[derive(Clone, Default)]
 struct Origin {
@@ -47,14 +52,7 @@ impl Origin {
     }
 
     /// The loader: revalidate what the cache holds, else fetch.
-    fn loader(
-        &self,
-    ) -> impl FnOnce(
-        LoadContext<Page>,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Loaded<Page>, std::io::Error>> + Send>,
-    > + Send
-           + 'static {
+    fn loader(&self) -> impl FnOnce(LoadContext<Page>) -> PageLoad + Send + 'static {
         let origin = self.clone();
         move |ctx: LoadContext<Page>| {
             Box::pin(async move {

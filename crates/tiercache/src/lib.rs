@@ -44,11 +44,12 @@ use std::sync::Arc;
 
 pub use cache_core::policy::{NoRefresh, RandomSource, RefreshPolicy, SeededRandom};
 pub use cache_core::{
-    BreakerConfig, BusConfig, BusStats, BusTransport, CacheBuilder, CacheConfig, CacheEvent,
-    CacheObserver, CacheStats, CallOptions, Clock, Codec, CodecId, Engine, EngineBuilder, Error,
-    ErrorKind, L1Stats, L1Store, L2Backend, L2Parts, L2Request, LoadContext, Loaded, ManualClock,
-    MemoryBackend, MemoryBus, MemoryBusHandle, MemoryStore, NoopObserver, Observer,
-    ReconnectPolicy, RecoveryStats, RemoteEntry, RemoteStore, Result, ShutdownReport, SystemClock,
+    BreakerConfig, BreakerLayer, BusConfig, BusStats, BusTransport, CacheBuilder, CacheConfig,
+    CacheEvent, CacheObserver, CacheStats, CallOptions, Clock, Codec, CodecId, Engine,
+    EngineBuilder, Error, ErrorKind, L1Stats, L1Store, L2Backend, L2Layer, L2Parts, L2Request,
+    LayerContext, LoadContext, Loaded, ManualClock, MemoryBackend, MemoryBus, MemoryBusHandle,
+    MemoryStore, NoopObserver, Observer, ReconnectPolicy, RecoveryStats, RemoteEntry, RemoteStore,
+    Result, ShutdownReport, SystemClock, TimeoutLayer,
 };
 pub use cache_l1::QuickL1;
 
@@ -114,6 +115,8 @@ pub fn builder(prefix: impl Into<String>) -> Builder {
         bus_config: BusConfig::default(),
         breaker: Some(BreakerConfig::default()),
         recovery: (10_000, std::time::Duration::from_millis(250)),
+        layers: None,
+        extra_layers: Vec::new(),
     }
 }
 
@@ -143,6 +146,8 @@ pub struct Builder {
     bus_config: BusConfig,
     breaker: Option<BreakerConfig>,
     recovery: (usize, std::time::Duration),
+    layers: Option<Vec<Arc<dyn L2Layer>>>,
+    extra_layers: Vec<Arc<dyn L2Layer>>,
 }
 
 enum BusChoice {
@@ -313,6 +318,20 @@ impl Builder {
         self
     }
 
+    /// Add an L2 layer on top of the stack (see `tiercache::core::layer`): e.g. a
+    /// [`TimeoutLayer`], or a layer of your own that records or logs every store call.
+    pub fn l2_layer(mut self, layer: Arc<dyn L2Layer>) -> Self {
+        self.extra_layers.push(layer);
+        self
+    }
+
+    /// Replace the default L2 layer stack (a [`BreakerLayer`] when breakers are on), first
+    /// innermost.
+    pub fn l2_layers(mut self, layers: Vec<Arc<dyn L2Layer>>) -> Self {
+        self.layers = Some(layers);
+        self
+    }
+
     /// Read time from this clock (tests).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
@@ -386,6 +405,12 @@ impl Builder {
             .with_bus_config(self.bus_config)
             .with_breaker(self.breaker)
             .with_recovery(self.recovery.0, self.recovery.1);
+        if let Some(layers) = self.layers {
+            b = b.with_l2_layers(layers);
+        }
+        for layer in self.extra_layers {
+            b = b.with_l2_layer(layer);
+        }
         if let Some(o) = self.observer {
             b = b.with_observer(o);
         }
