@@ -989,6 +989,46 @@ impl RemoteStore for ClusterStore {
             .map(|_| ())
     }
 
+    async fn set_after_delete(
+        &self,
+        first: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.check_size(key, value.len())?;
+        // Both keys hash to one slot: one pipeline to its primary, the `DEL` first. A slot
+        // that migrates meanwhile is retried key by key, in the same order (see
+        // `batch_by_slot`).
+        let keys = [first, key];
+        let groups = self.groups(keys.iter().copied());
+        let build = |indices: &[usize]| {
+            indices
+                .iter()
+                .map(|i| {
+                    if *i == 0 {
+                        redis::cmd("DEL").arg(first).to_owned()
+                    } else {
+                        let mut cmd = redis::cmd("SET");
+                        cmd.arg(key).arg(&value[..]).arg("PX").arg(ttl_ms(ttl));
+                        cmd
+                    }
+                })
+                .collect()
+        };
+        let decode = |answers: Vec<Value>, _: &[usize]| {
+            answers
+                .into_iter()
+                .try_for_each(|a| a.extract_error().map(|_| ()))
+        };
+        self.run(
+            "DEL + SET (pipeline)",
+            self.batch(groups, false, build, decode),
+        )
+        .await
+        .map(|_| ())
+    }
+
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         let Some(primaries) = self.inner.topology.primaries() else {
             return Err(Error::new(

@@ -306,6 +306,18 @@ impl RemoteStore for BreakerStore {
         self.breaker.call(self.inner.delete(keys)).await
     }
 
+    async fn set_after_delete(
+        &self,
+        first: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.breaker
+            .call(self.inner.set_after_delete(first, key, value, ttl))
+            .await
+    }
+
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         self.breaker.call(self.inner.delete_prefix(prefix)).await
     }

@@ -178,6 +178,17 @@ impl RemoteStore for TimeoutStore {
         self.bounded(self.inner.delete(keys)).await
     }
 
+    async fn set_after_delete(
+        &self,
+        first: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.bounded(self.inner.set_after_delete(first, key, value, ttl))
+            .await
+    }
+
     async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool> {
         self.bounded(self.inner.set_nx(key, value, ttl)).await
     }

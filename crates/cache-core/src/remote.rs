@@ -65,6 +65,21 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
     /// Delete keys (missing keys are fine).
     async fn delete(&self, keys: &[String]) -> Result<()>;
 
+    /// Delete `first` (a key's fill lease), then store `value` under `key` for `ttl`, in as
+    /// few round trips as the backend allows (both keys are in the same hash slot): what
+    /// every `set` does. The default makes the two calls one after the other; a backend
+    /// overrides it to pipeline them. An error means either may or may not have happened.
+    async fn set_after_delete(
+        &self,
+        first: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.delete(&[first.to_owned()]).await?;
+        self.set(key, value, ttl).await
+    }
+
     /// Store `value` under `key` only if `key` does not exist (lease acquisition).
     async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool>;
 

@@ -1022,6 +1022,17 @@ impl RemoteStore for SentinelStore {
         self.call(|s| async move { s.delete(keys).await }).await
     }
 
+    async fn set_after_delete(
+        &self,
+        first: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.call(|s| async move { s.set_after_delete(first, key, value, ttl).await })
+            .await
+    }
+
     async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool> {
         self.call(|s| async move { s.set_nx(key, value, ttl).await })
             .await

@@ -662,6 +662,30 @@ impl RemoteStore for RedisStore {
         .await
     }
 
+    async fn set_after_delete(
+        &self,
+        first: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.check_size(key, value.len())?;
+        // One round trip: the commands of a pipeline run in order on one connection.
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(first).ignore();
+        pipe.cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(ttl_ms(ttl))
+            .ignore();
+        let mut conn = self.conn();
+        self.run("DEL + SET (pipeline)", async move {
+            pipe.exec_async(&mut conn).await
+        })
+        .await
+    }
+
     async fn delete(&self, keys: &[String]) -> Result<()> {
         if keys.is_empty() {
             return Ok(());

@@ -197,22 +197,16 @@ where
             .iter()
             .map(|t| crate::key::tag_key(&inner.engine.inner.prefix, &inner.name, t))
             .collect();
-        // Remove the fill lease first: a load in flight elsewhere must not overwrite us.
-        let removed = match &lease {
-            Some(lk) => l2.delete(std::slice::from_ref(lk)).await,
-            None => Ok(()),
+        // Remove the fill lease first: a load in flight elsewhere must not overwrite us. Both
+        // in one round trip where the backend can.
+        let start = inner.observe.then(Instant::now);
+        let mut written = match &lease {
+            Some(lk) => l2.set_after_delete(lk, full, bytes, prepared.l2_ttl).await,
+            None => l2.set(full, bytes, prepared.l2_ttl).await,
         };
-        let mut written = match removed {
-            Ok(()) => {
-                let start = inner.observe.then(Instant::now);
-                let set = l2.set(full, bytes, prepared.l2_ttl).await;
-                if set.is_ok() {
-                    inner.l2_written(start, 1);
-                }
-                set
-            }
-            Err(e) => Err(e),
-        };
+        if written.is_ok() {
+            inner.l2_written(start, 1);
+        }
         for tag_key in &tag_keys {
             if written.is_err() {
                 break;
