@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use benches::{sample_user, Record, Role, Samples, User};
+use benches::{sample_user, Latencies, Record, Role, User};
 use redis::AsyncCommands;
 use tiercache::{Cache, MsgPack};
 
@@ -55,9 +55,9 @@ struct Subjects<C> {
 async fn latency<C: redis::aio::ConnectionLike + Clone + Send>(
     s: &mut Subjects<C>,
     rounds: usize,
-) -> Result<Vec<Samples>, BoxError> {
+) -> Result<Vec<Latencies>, BoxError> {
     let kinds = if s.mget { 3 } else { 2 };
-    let mut per: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); kinds];
+    let mut per: Vec<Latencies> = vec![Latencies::new(); kinds];
     for r in 0..rounds + 10 {
         for k in 0..kinds {
             let i = (r + k) % kinds;
@@ -86,11 +86,11 @@ async fn latency<C: redis::aio::ConnectionLike + Clone + Send>(
                 return Err(format!("subject {i}: {n} of {KEYS} values").into());
             }
             if r >= 10 {
-                per[i].push(d.as_nanos() as f64);
+                per[i].record(d);
             }
         }
     }
-    Ok(per.into_iter().map(Samples::new).collect())
+    Ok(per)
 }
 
 /// ops/s of 16 tasks doing L2 hits through `cache` (L1 dropped before each read).
@@ -182,7 +182,13 @@ async fn fill<C: redis::aio::ConnectionLike + Send>(
     Ok((cache_keys, raw_keys))
 }
 
-fn push_latency(records: &mut Vec<Record>, w: &str, lat: &[Samples], rounds: usize, where_: &str) {
+fn push_latency(
+    records: &mut Vec<Record>,
+    w: &str,
+    lat: &[Latencies],
+    rounds: usize,
+    where_: &str,
+) {
     let subjects = [
         ("tiercache", Role::Tiercache, "tiercache", "clear_local() untimed, then get_many(100 keys).await: one L2 round trip for the misses"),
         ("seq_get", Role::Peer, "100 sequential GETs", "raw redis-rs: 100 x (GET + rmp_serde::from_slice), one after the other"),

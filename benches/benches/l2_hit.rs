@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use benches::{sample_user, Record, Role, Samples, TargetKind, User};
+use benches::{sample_user, Latencies, Record, Role, TargetKind, User};
 use redis::aio::MultiplexedConnection;
 use tiercache::{Cache, MsgPack};
 
@@ -72,8 +72,8 @@ async fn raw_op(con: &mut MultiplexedConnection, key: &str) -> Result<Duration, 
 }
 
 struct Latency {
-    cache: Samples,
-    raw: Samples,
+    cache: Latencies,
+    raw: Latencies,
 }
 
 async fn latency(
@@ -89,25 +89,22 @@ async fn latency(
         raw_op(con, &rk).await?;
     }
     let hits_before = cache.stats().l2_hits;
-    let mut c = Vec::with_capacity(n);
-    let mut r = Vec::with_capacity(n);
+    let mut c = Latencies::new();
+    let mut r = Latencies::new();
     for i in 0..n {
         if i % 2 == 0 {
-            c.push(cache_op(cache, &ck).await?.as_nanos() as f64);
-            r.push(raw_op(con, &rk).await?.as_nanos() as f64);
+            c.record(cache_op(cache, &ck).await?);
+            r.record(raw_op(con, &rk).await?);
         } else {
-            r.push(raw_op(con, &rk).await?.as_nanos() as f64);
-            c.push(cache_op(cache, &ck).await?.as_nanos() as f64);
+            r.record(raw_op(con, &rk).await?);
+            c.record(cache_op(cache, &ck).await?);
         }
     }
     let hits = cache.stats().l2_hits - hits_before;
     if hits != n as u64 {
         return Err(format!("expected {n} L2 hits, the cache counted {hits}").into());
     }
-    Ok(Latency {
-        cache: Samples::new(c),
-        raw: Samples::new(r),
-    })
+    Ok(Latency { cache: c, raw: r })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

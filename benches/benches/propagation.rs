@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use benches::{realtime_ns, sample_user, Record, Role, Samples, TargetKind, User};
+use benches::{realtime_ns, sample_user, Latencies, Record, Role, TargetKind, User};
 use tiercache::{BusConfig, Cache, CacheEvent, CacheObserver, MsgPack, Observer};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -303,9 +303,9 @@ async fn paced(n: usize, rate: u64, mut send: impl FnMut(usize)) {
 struct Outcome {
     /// From the publish on A (tiercache: when the key was handed to the bus, after the L2
     /// delete; raw: the PUBLISH call) to B.
-    delays: Samples,
+    delays: Latencies,
     /// tiercache only: from A's `invalidate()` call (L2 delete included) to B.
-    from_call: Option<Samples>,
+    from_call: Option<Latencies>,
     received: usize,
     left: usize,
     detected: u64,
@@ -443,8 +443,8 @@ async fn run_tiercache(
         }
     }
     Ok(Outcome {
-        delays: Samples::new(delays),
-        from_call: Some(Samples::new(from_call)),
+        delays: Latencies::from_ns(delays),
+        from_call: Some(Latencies::from_ns(from_call)),
         received: next.min(n),
         left,
         detected,
@@ -504,7 +504,7 @@ async fn run_raw(url: &str, rate: u64, n: usize, kill_mid: bool) -> Result<Outco
     }
     let received = got.iter().filter(|g| **g).count();
     Ok(Outcome {
-        delays: Samples::new(delays),
+        delays: Latencies::from_ns(delays),
         from_call: None,
         received,
         left: n - received,

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use benches::{sample_user, Record, Role, Samples, TargetKind, User};
+use benches::{sample_user, Latencies, Record, Role, TargetKind, User};
 use tiercache::{Cache, CallOptions, MsgPack};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -38,7 +38,7 @@ impl Subject {
 }
 
 struct Run {
-    latencies_us: Vec<f64>,
+    latencies: Latencies,
     drain: Duration,
 }
 
@@ -57,7 +57,7 @@ async fn run(
         .build()?;
     let users: Vec<User> = (0..keys as u64).map(sample_user).collect();
     let background = CallOptions::new().background_l2_write();
-    let mut latencies_us = Vec::with_capacity(writes);
+    let mut latencies = Latencies::new();
     for i in 0..writes {
         let k = i % keys;
         let key = format!("u{k}");
@@ -67,7 +67,7 @@ async fn run(
             Subject::Awaited => cache.set(&key, user).await?,
             Subject::Background => cache.set_with(&key, user, &background).await?,
         }
-        latencies_us.push(start.elapsed().as_secs_f64() * 1e6);
+        latencies.record(start.elapsed());
     }
     let last = Instant::now();
     while engine.background_writes() > 0 {
@@ -80,7 +80,7 @@ async fn run(
         return Err(format!("{}: L2 lost the writes", subject.name()).into());
     }
     Ok(Run {
-        latencies_us,
+        latencies,
         drain: if subject == Subject::Awaited {
             Duration::ZERO
         } else {
@@ -89,6 +89,7 @@ async fn run(
     })
 }
 
+/// The median of a few runs' figures, exact (of an even count, the upper middle one).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -144,12 +145,12 @@ fn main() -> Result<(), BoxError> {
         for (subject, runs) in subjects.iter().zip(runs) {
             let p50 = median(
                 runs.iter()
-                    .map(|r| Samples::new(r.latencies_us.clone()).percentile(50.0))
+                    .map(|r| r.latencies.percentile(50.0) / 1e3)
                     .collect(),
             );
             let p99 = median(
                 runs.iter()
-                    .map(|r| Samples::new(r.latencies_us.clone()).percentile(99.0))
+                    .map(|r| r.latencies.percentile(99.0) / 1e3)
                     .collect(),
             );
             let drain = median(runs.iter().map(|r| r.drain.as_secs_f64() * 1e3).collect());

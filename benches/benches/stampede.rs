@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use benches::{sample_user, Record, Role, Samples, TargetKind, User};
+use benches::{sample_user, Latencies, Record, Role, TargetKind, User};
 use tiercache::{Cache, MsgPack};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -179,7 +179,7 @@ fn main() -> Result<(), BoxError> {
         let labels = ["tiercache", "naive cache-aside", "moka get_with"];
         let subjects = ["tiercache", "naive", "moka_get_with"];
         for i in 0..3 {
-            let s = Samples::new(std::mem::take(&mut lats[i]));
+            let s = Latencies::from_ns(std::mem::take(&mut lats[i]));
             let per_round = calls[i] as f64 / rounds as f64;
             let (p50, p99) = (s.percentile(50.0) / 1e3, s.percentile(99.0) / 1e3);
             // How long one loader call really took (mean), and the waiters' p99 beyond it.
@@ -194,7 +194,7 @@ fn main() -> Result<(), BoxError> {
                 Record::result(w, subjects[i], role, labels[i], "p99_us")
                     .num("p99_us", p99)
                     .num("p50_us", p50)
-                    .num("max_us", s.percentile(100.0) / 1e3)
+                    .num("max_us", s.max() / 1e3)
                     .num("loader_calls", per_round)
                     .num("loader_us", loader_us)
                     .num("p99_over_loader_us", over)

@@ -5,21 +5,27 @@
 //! crates); run them all with `cargo xtask bench [--quick]`.
 //!
 //! Each target writes `target/bench/raw/<target>.jsonl` (or `$BENCH_OUT_DIR/<target>.jsonl`)
-//! with two kinds of lines, all flat JSON objects:
+//! with two kinds of lines, all flat JSON objects (written by serde_json):
 //!
 //! - `{"type":"result","workload":..,"subject":..,"role":"tiercache"|"peer","label":..,
 //!   "metric":<primary metric>,"ns_per_op":..,"p50_us":..,"p99_us":..,"mean_us":..,
 //!   "ops_per_s":..,"samples":..,"how":..}` (metrics that do not apply are left out);
 //! - `{"type":"target","workload":..,"metric":..,"reference":<peer subject>,
 //!   "kind":"max_ratio"|"max_diff","value":..,"text":..}`.
+//!
+//! Two kinds of sample sets: [`Samples`] keeps every figure and sorts them (exact nearest
+//! rank) for the few per-round ns/op figures of interleaved rounds (tens of rounds, fractions
+//! of a nanosecond matter); [`Latencies`] records per-operation latencies into an HDR
+//! histogram (thousands to millions of timings, 3 significant digits).
 #![warn(missing_docs)]
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Value;
 
 /// The benchmark value: a small user record, about 200 bytes as MessagePack with field names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,7 +110,9 @@ pub fn selected(filters: &[String], workload: &str) -> bool {
     filters.is_empty() || filters.iter().any(|f| workload.contains(f.as_str()))
 }
 
-/// Sorted per-operation samples, in nanoseconds.
+/// A few figures kept exactly, in nanoseconds (e.g. the ns/op of each interleaved round):
+/// percentiles by nearest rank over the sorted figures. Per-operation latencies go to
+/// [`Latencies`].
 #[derive(Debug, Clone, Default)]
 pub struct Samples {
     sorted: Vec<f64>,
@@ -147,10 +155,100 @@ impl Samples {
     }
 }
 
-/// One JSON-lines record under construction (a flat JSON object).
+/// Per-operation latencies in nanoseconds, recorded into an HDR histogram with 3
+/// significant digits: a percentile is the nearest-rank one to within 0.1% (the highest value
+/// of its bucket), whatever the number of operations, without keeping or sorting them.
+#[derive(Debug, Clone)]
+pub struct Latencies {
+    histogram: Histogram<u64>,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies::new()
+    }
+}
+
+impl Latencies {
+    /// An empty set (the histogram grows to the largest value recorded).
+    pub fn new() -> Self {
+        // `new` refuses only more than 5 significant digits.
+        let histogram = Histogram::new(3).unwrap_or_else(|e| unreachable!("{e}"));
+        Latencies { histogram }
+    }
+
+    /// The latencies of `ns` (negative and non-finite values are left out, fractions of a
+    /// nanosecond rounded).
+    pub fn from_ns(ns: impl IntoIterator<Item = f64>) -> Self {
+        let mut l = Latencies::new();
+        for x in ns {
+            if x.is_finite() && x >= 0.0 {
+                l.record_ns(x.round() as u64);
+            }
+        }
+        l
+    }
+
+    /// Record one latency.
+    pub fn record(&mut self, d: Duration) {
+        self.record_ns(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Record one latency in nanoseconds.
+    pub fn record_ns(&mut self, ns: u64) {
+        // `record` grows the histogram (it fails only if it cannot); `saturating_record`
+        // would clamp to the current range instead.
+        if self.histogram.record(ns).is_err() {
+            self.histogram.saturating_record(ns);
+        }
+    }
+
+    /// Number of latencies recorded.
+    pub fn len(&self) -> usize {
+        self.histogram.len() as usize
+    }
+
+    /// True without latencies.
+    pub fn is_empty(&self) -> bool {
+        self.histogram.is_empty()
+    }
+
+    /// The `p`-th percentile (0..=100), nearest rank; NaN without latencies.
+    pub fn percentile(&self, p: f64) -> f64 {
+        if self.is_empty() {
+            return f64::NAN;
+        }
+        self.histogram.value_at_quantile(p / 100.0) as f64
+    }
+
+    /// The largest latency; NaN without latencies.
+    pub fn max(&self) -> f64 {
+        if self.is_empty() {
+            return f64::NAN;
+        }
+        self.histogram.max() as f64
+    }
+
+    /// The arithmetic mean; NaN without latencies.
+    pub fn mean(&self) -> f64 {
+        if self.is_empty() {
+            return f64::NAN;
+        }
+        self.histogram.mean()
+    }
+}
+
+/// One JSON-lines record under construction: a flat JSON object whose fields keep the order
+/// they were added in (serialized by serde_json).
 #[derive(Debug, Clone, Default)]
 pub struct Record {
-    fields: Vec<(String, String)>,
+    fields: Vec<(String, Value)>,
+}
+
+impl Serialize for Record {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.fields.iter().map(|(k, v)| (k, v)))
+    }
 }
 
 impl Record {
@@ -201,36 +299,30 @@ impl Record {
             .str("text", text)
     }
 
-    /// Add a string field.
-    pub fn str(mut self, key: &str, value: &str) -> Self {
-        self.fields.push((key.to_owned(), json_string(value)));
+    /// Set a field (a key set twice keeps its place and takes the later value).
+    fn set(mut self, key: &str, value: Value) -> Self {
+        match self.fields.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = value,
+            None => self.fields.push((key.to_owned(), value)),
+        }
         self
     }
 
+    /// Add a string field.
+    pub fn str(self, key: &str, value: &str) -> Self {
+        self.set(key, Value::from(value))
+    }
+
     /// Add a number field (non-finite numbers become `null`).
-    pub fn num(mut self, key: &str, value: f64) -> Self {
-        let v = if value.is_finite() {
-            format!("{value}")
-        } else {
-            "null".to_owned()
-        };
-        self.fields.push((key.to_owned(), v));
-        self
+    pub fn num(self, key: &str, value: f64) -> Self {
+        // serde_json turns a non-finite f64 into `null`.
+        self.set(key, Value::from(value))
     }
 
     /// The record as one line of JSON (no trailing newline).
     pub fn to_json(&self) -> String {
-        let mut s = String::from("{");
-        for (i, (k, v)) in self.fields.iter().enumerate() {
-            if i > 0 {
-                s.push(',');
-            }
-            s.push_str(&json_string(k));
-            s.push(':');
-            s.push_str(v);
-        }
-        s.push('}');
-        s
+        // Only string keys and JSON values: serializing cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
     }
 }
 
@@ -295,27 +387,6 @@ pub fn batch_for(target: Duration, probe: u64, op: &mut dyn FnMut()) -> u64 {
     ((probe as f64 * target.as_nanos() as f64 / d.as_nanos() as f64) as u64).clamp(1, 10_000_000)
 }
 
-/// Quote and escape a JSON string.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// Write `records` to `<out_dir>/<name>.jsonl`, replacing the file; returns its path.
 pub fn write_records(name: &str, records: &[Record]) -> std::io::Result<PathBuf> {
     let dir = out_dir();
@@ -323,7 +394,8 @@ pub fn write_records(name: &str, records: &[Record]) -> std::io::Result<PathBuf>
     let path = dir.join(format!("{name}.jsonl"));
     let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
     for r in records {
-        writeln!(f, "{}", r.to_json())?;
+        serde_json::to_writer(&mut f, r)?;
+        f.write_all(b"\n")?;
     }
     f.flush()?;
     Ok(path)
@@ -344,14 +416,46 @@ mod tests {
     }
 
     #[test]
+    fn latencies_are_within_a_tenth_of_a_percent() {
+        let l = Latencies::from_ns((1..=100_000).map(|x| f64::from(x) * 10.0));
+        assert_eq!(l.len(), 100_000);
+        let near = |got: f64, want: f64| (got - want).abs() <= want * 1e-3;
+        assert!(
+            near(l.percentile(50.0), 500_000.0),
+            "{}",
+            l.percentile(50.0)
+        );
+        assert!(
+            near(l.percentile(99.0), 990_000.0),
+            "{}",
+            l.percentile(99.0)
+        );
+        assert!(near(l.max(), 1_000_000.0), "{}", l.max());
+        assert!(near(l.mean(), 500_005.0), "{}", l.mean());
+        // Below 2048 ns every value has its own bucket: exact.
+        let small = Latencies::from_ns((1..=100).map(f64::from));
+        assert_eq!(small.percentile(50.0), 50.0);
+        assert_eq!(small.percentile(99.0), 99.0);
+        assert_eq!(small.percentile(0.0), 1.0);
+        let mut d = Latencies::new();
+        d.record(Duration::from_micros(3));
+        // 2048..4096 ns: buckets of 2 ns, reported by their highest value.
+        assert_eq!(d.percentile(50.0), 3_001.0);
+        assert!(Latencies::new().percentile(50.0).is_nan());
+        assert!(Latencies::from_ns([f64::NAN, -1.0]).is_empty());
+    }
+
+    #[test]
     fn records_are_json() {
         let r = Record::result("w", "s\"x", Role::Peer, "l\n", "ns_per_op")
             .num("ns_per_op", 1.5)
-            .num("bad", f64::NAN);
+            .num("bad", f64::NAN)
+            .num("n", 3.0)
+            .str("label", "l2");
         assert_eq!(
             r.to_json(),
             "{\"type\":\"result\",\"workload\":\"w\",\"subject\":\"s\\\"x\",\"role\":\"peer\",\
-             \"label\":\"l\\n\",\"metric\":\"ns_per_op\",\"ns_per_op\":1.5,\"bad\":null}"
+             \"label\":\"l2\",\"metric\":\"ns_per_op\",\"ns_per_op\":1.5,\"bad\":null,\"n\":3.0}"
         );
     }
 

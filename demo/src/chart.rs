@@ -1,33 +1,22 @@
-//! The chart of the cache-off and cache-on runs: an SVG written as text (four bar pairs:
-//! reads/s, read latency p50 and p99, database queries), each pair on its own scale.
+//! The chart of the cache-off and cache-on runs (four bar pairs: reads/s, read latency p50
+//! and p99, database queries), each pair on its own scale, drawn with plotters' SVG backend
+//! (see docs/adr/0004-charts-with-plotters-in-the-demo.md).
 
-use std::fmt::Write as _;
 use std::path::Path;
+
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::compare::{times, Comparison};
 use crate::report::thousands;
 
-const WIDTH: f64 = 900.0;
-const OFF_COLOUR: &str = "#9e9e9e";
-const ON_COLOUR: &str = "#1f77b4";
+const WIDTH: u32 = 900;
+const OFF_COLOUR: RGBColor = RGBColor(0x9e, 0x9e, 0x9e);
+const ON_COLOUR: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
+const TEXT: RGBColor = RGBColor(0x22, 0x22, 0x22);
+const GREY: RGBColor = RGBColor(0x55, 0x55, 0x55);
 /// The tallest bar.
-const BAR_MAX: f64 = 190.0;
-
-/// `&`, `<`, `>`, `"` and `'` as XML entities.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for ch in text.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+const BAR_MAX: u32 = 190;
 
 /// One bar pair.
 struct Metric {
@@ -51,23 +40,19 @@ fn count(v: f64) -> String {
     thousands(v.round() as u64)
 }
 
-/// Heights of two bars on a scale where the taller one is `BAR_MAX` (a non-zero value is at
-/// least one pixel tall; nothing to draw for a missing or non-positive one).
-fn heights(off: Option<f64>, on: Option<f64>) -> (f64, f64) {
-    let top = off
-        .into_iter()
-        .chain(on)
-        .filter(|v| v.is_finite())
-        .fold(0.0, f64::max);
-    let h = |v: Option<f64>| match v {
-        Some(v) if top > 0.0 && v.is_finite() && v > 0.0 => (v / top * BAR_MAX).max(1.0),
-        _ => 0.0,
-    };
-    (h(off), h(on))
+/// A sans-serif font of `px` pixels in the SVG (plotters' SVG backend writes a font size of
+/// `size / 1.24`).
+fn font(px: f64) -> FontDesc<'static> {
+    ("sans-serif", px * 1.24).into_font()
+}
+
+/// Text of `px` pixels in `colour`, anchored at `h`, `v`.
+fn text(px: f64, colour: RGBColor, h: HPos, v: VPos) -> TextStyle<'static> {
+    font(px).color(&colour).pos(Pos::new(h, v))
 }
 
 /// The chart as SVG text. `notes` are lines under the title (load, database, machine).
-pub fn svg(c: &Comparison, notes: &[String]) -> String {
+pub fn svg(c: &Comparison, notes: &[String]) -> Result<String, String> {
     let metrics = [
         Metric {
             title: "reads per second",
@@ -103,118 +88,108 @@ pub fn svg(c: &Comparison, notes: &[String]) -> String {
         },
     ];
     // Top to bottom: title, notes, legend, then per metric its title, hint, the value
-    // labels, the bars down to `base_y`, their names and the ratio.
-    let legend_y = 60.0 + 16.0 * notes.len() as f64;
-    let base_y = legend_y + 75.0 + BAR_MAX;
-    let total_height = base_y + 55.0;
-    let mut s = String::new();
-    // Writing to a String cannot fail.
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{total_height}" viewBox="0 0 {WIDTH} {total_height}" font-family="sans-serif">"#
-    );
-    let _ = writeln!(
-        s,
-        "<title>tiercache demo: the same load with the cache off and on</title>"
-    );
-    let _ = writeln!(
-        s,
-        r##"<rect x="0" y="0" width="{WIDTH}" height="{total_height}" fill="#ffffff"/>"##
-    );
-    let _ = writeln!(
-        s,
-        r##"<text x="20" y="30" font-size="18" font-weight="bold" fill="#222222">tiercache demo: the same load with the cache off and on</text>"##
-    );
-    for (i, note) in notes.iter().enumerate() {
-        let _ = writeln!(
-            s,
-            r##"<text x="20" y="{}" font-size="12" fill="#555555">{}</text>"##,
-            50 + 16 * i,
-            escape(note)
-        );
+    // labels, the bars, their names and the ratio.
+    let legend_y = 60 + 16 * notes.len() as i32;
+    let height = legend_y as u32 + 75 + BAR_MAX + 55;
+    let mut out = String::new();
+    draw(&mut out, (WIDTH, height), legend_y, &metrics, notes).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+fn draw(
+    out: &mut String,
+    size: (u32, u32),
+    legend_y: i32,
+    metrics: &[Metric],
+    notes: &[String],
+) -> Result<(), DrawingAreaErrorKind<std::io::Error>> {
+    let root = SVGBackend::with_string(out, size).into_drawing_area();
+    root.fill(&WHITE)?;
+    let title = font(18.0).style(FontStyle::Bold).color(&TEXT);
+    let title = title.pos(Pos::new(HPos::Left, VPos::Bottom));
+    root.draw_text(
+        "tiercache demo: the same load with the cache off and on",
+        &title,
+        (20, 30),
+    )?;
+    let note = text(12.0, GREY, HPos::Left, VPos::Bottom);
+    for (i, n) in notes.iter().enumerate() {
+        root.draw_text(n, &note, (20, 50 + 16 * i as i32))?;
     }
-    for (i, (colour, label)) in [
+    let legend = [
         (OFF_COLOUR, "cache off: every read is a database query"),
         (
             ON_COLOUR,
             "cache on: L1, then the shared L2, then the database",
         ),
-    ]
-    .iter()
-    .enumerate()
-    {
-        let x = 20.0 + 330.0 * i as f64;
-        let _ = writeln!(
-            s,
-            r#"<rect x="{x}" y="{}" width="14" height="14" fill="{colour}"/>"#,
-            legend_y - 11.0
-        );
-        let _ = writeln!(
-            s,
-            r##"<text x="{}" y="{legend_y}" font-size="13" fill="#222222">{}</text>"##,
-            x + 20.0,
-            escape(label)
-        );
+    ];
+    for (i, (colour, label)) in legend.iter().enumerate() {
+        let x = 20 + 330 * i as i32;
+        let square = [(x, legend_y - 11), (x + 14, legend_y + 3)];
+        root.draw(&Rectangle::new(square, colour.filled()))?;
+        let style = text(13.0, TEXT, HPos::Left, VPos::Bottom);
+        root.draw_text(label, &style, (x + 20, legend_y + 2))?;
     }
-    let panel_width = (WIDTH - 40.0) / metrics.len() as f64;
-    for (i, m) in metrics.iter().enumerate() {
-        let x0 = 20.0 + panel_width * i as f64;
-        let centre = x0 + panel_width / 2.0;
-        let _ = writeln!(s, r#"<g class="metric">"#);
-        let _ = writeln!(
-            s,
-            r##"<text x="{centre:.1}" y="{}" font-size="14" font-weight="bold" text-anchor="middle" fill="#222222">{}</text>"##,
-            legend_y + 32.0,
-            escape(m.title)
-        );
-        let _ = writeln!(
-            s,
-            r##"<text x="{centre:.1}" y="{}" font-size="11" text-anchor="middle" fill="#777777">{}</text>"##,
-            legend_y + 47.0,
-            m.hint
-        );
-        let (h_off, h_on) = heights(m.off, m.on);
-        let bar_width = 56.0;
-        for (value, height, colour, name, bx) in [
-            (m.off, h_off, OFF_COLOUR, "off", centre - bar_width - 8.0),
-            (m.on, h_on, ON_COLOUR, "on", centre + 8.0),
-        ] {
-            let top = base_y - height;
-            let _ = writeln!(
-                s,
-                r#"<rect x="{bx:.1}" y="{top:.1}" width="{bar_width}" height="{height:.1}" fill="{colour}"><title>cache {name}: {}</title></rect>"#,
-                value.map_or("-".into(), |v| escape(&(m.label)(v)))
-            );
-            let _ = writeln!(
-                s,
-                r##"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="middle" fill="#222222">{}</text>"##,
-                bx + bar_width / 2.0,
-                top - 6.0,
-                value.map_or("-".into(), |v| escape(&(m.label)(v)))
-            );
-            let _ = writeln!(
-                s,
-                r##"<text x="{:.1}" y="{}" font-size="12" text-anchor="middle" fill="#444444">cache {name}</text>"##,
-                bx + bar_width / 2.0,
-                base_y + 16.0
-            );
-        }
-        let _ = writeln!(
-            s,
-            r##"<line x1="{:.1}" y1="{base_y}" x2="{:.1}" y2="{base_y}" stroke="#444444" stroke-width="1"/>"##,
-            centre - bar_width - 20.0,
-            centre + bar_width + 20.0
-        );
-        let _ = writeln!(
-            s,
-            r##"<text x="{centre:.1}" y="{}" font-size="12" text-anchor="middle" fill="#222222">on ÷ off: {}</text>"##,
-            base_y + 38.0,
-            escape(&times(m.ratio))
-        );
-        let _ = writeln!(s, "</g>");
+    let (_, panels) = root.split_vertically(legend_y + 15);
+    let panels = panels
+        .margin(0, 15, 20, 20)
+        .split_evenly((1, metrics.len()));
+    for (m, area) in metrics.iter().zip(&panels) {
+        let centre = area.dim_in_pixel().0 as i32 / 2;
+        let bold = font(14.0).style(FontStyle::Bold).color(&TEXT);
+        area.draw_text(
+            m.title,
+            &bold.pos(Pos::new(HPos::Center, VPos::Top)),
+            (centre, 5),
+        )?;
+        let hint = text(11.0, RGBColor(0x77, 0x77, 0x77), HPos::Center, VPos::Top);
+        area.draw_text(m.hint, &hint, (centre, 23))?;
+        // The taller bar is BAR_MAX pixels high; a missing or non-finite value has no bar.
+        let finite = |v: Option<f64>| v.filter(|v| v.is_finite() && *v >= 0.0);
+        let top = finite(m.off)
+            .into_iter()
+            .chain(finite(m.on))
+            .fold(0.0, f64::max);
+        let top = if top > 0.0 { top } else { 1.0 };
+        let mut chart = ChartBuilder::on(area)
+            .margin_top(56)
+            .x_label_area_size(40)
+            .build_cartesian_2d((0u32..1).into_segmented(), 0.0..top)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .disable_y_axis()
+            .axis_style(GREY)
+            .x_label_style(font(12.0).color(&GREY))
+            .x_label_formatter(&|x| match x {
+                SegmentValue::CenterOf(0) => "cache off".to_owned(),
+                SegmentValue::CenterOf(_) => "cache on".to_owned(),
+                _ => String::new(),
+            })
+            .x_desc(format!("on ÷ off: {}", times(m.ratio)))
+            .axis_desc_style(font(12.0).color(&TEXT))
+            .draw()?;
+        let bars = [
+            (0u32, finite(m.off), OFF_COLOUR),
+            (1, finite(m.on), ON_COLOUR),
+        ];
+        chart.draw_series(bars.iter().filter_map(|&(x, v, colour)| {
+            let corners = [
+                (SegmentValue::Exact(x), 0.0),
+                (SegmentValue::Exact(x + 1), v?),
+            ];
+            let mut bar = Rectangle::new(corners, colour.filled());
+            bar.set_margin(0, 0, 22, 22);
+            Some(bar)
+        }))?;
+        let value = text(12.0, TEXT, HPos::Center, VPos::Bottom);
+        chart.draw_series(bars.iter().map(|&(x, v, _)| {
+            let label = v.map_or("-".into(), m.label);
+            let at = (SegmentValue::CenterOf(x), v.unwrap_or(0.0));
+            Text::new(label, at, value.clone())
+        }))?;
     }
-    let _ = writeln!(s, "</svg>");
-    s
+    root.present()
 }
 
 /// Write `svg` to `path`, creating its directory.
@@ -367,7 +342,8 @@ mod tests {
         let svg = svg(
             &comparison(),
             &["20,000 requests, 32 concurrent <zipf> & 5% writes".to_owned()],
-        );
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         check_well_formed(&svg).unwrap_or_else(|e| panic!("{e}\n{svg}"));
         for value in [
             "2,345/s", "9,877/s", "12.34 ms", "2.50 ms", "45.67 ms", "9.87 ms", "21,003", "4,321",
@@ -392,21 +368,12 @@ mod tests {
     }
 
     #[test]
-    fn the_taller_bar_sets_the_scale() {
-        assert_eq!(heights(Some(50.0), Some(100.0)), (BAR_MAX / 2.0, BAR_MAX));
-        assert_eq!(heights(Some(0.0), Some(0.0)), (0.0, 0.0));
-        assert_eq!(heights(None, Some(3.0)), (0.0, BAR_MAX));
-        // A tiny non-zero value stays visible.
-        assert_eq!(heights(Some(1e6), Some(1.0)).1, 1.0);
-    }
-
-    #[test]
     fn a_run_without_reads_still_makes_a_valid_chart() {
         let mut c = comparison();
         c.on.p50_ms = None;
         c.on.p99_ms = None;
         c.on.reads_per_sec = 0.0;
-        let svg = svg(&c, &[]);
+        let svg = svg(&c, &[]).unwrap_or_else(|e| panic!("{e}"));
         check_well_formed(&svg).unwrap_or_else(|e| panic!("{e}\n{svg}"));
     }
 

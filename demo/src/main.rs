@@ -320,11 +320,12 @@ async fn run(args: args::Args) -> Result<bool, BoxError> {
                     }
                 ),
             ];
-            let svg = chart::svg(&comparison, &notes);
             let shown = std::env::current_dir()
                 .map(|d| d.join(&args.chart))
                 .unwrap_or_else(|_| args.chart.clone());
-            match chart::write(&args.chart, &svg) {
+            let written = chart::svg(&comparison, &notes)
+                .and_then(|svg| chart::write(&args.chart, &svg).map_err(|e| e.to_string()));
+            match written {
                 Ok(()) => println!(
                     "  chart:     {} (cache off vs on: reads/s, read p50 and p99, database \
                      queries)",

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::load::Outcome;
+use hdrhistogram::Histogram;
+
+use crate::load::{merge, Outcome};
 use crate::service::Stats;
 
 /// `12345` -> `12,345`.
@@ -26,19 +28,21 @@ fn pct(part: u64, whole: u64) -> String {
     }
 }
 
-/// The `p`-quantile (nearest rank) of latencies in microseconds, in milliseconds.
-pub fn quantile(sorted: &[u32], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    Some(f64::from(sorted[rank - 1]) / 1000.0)
+/// The `p`-quantile (nearest rank, to 3 significant digits) of latencies in microseconds,
+/// in milliseconds.
+pub fn quantile(h: &Histogram<u64>, p: f64) -> Option<f64> {
+    (!h.is_empty()).then(|| h.value_at_quantile(p) as f64 / 1000.0)
 }
 
-fn p50_p99(v: &[u32]) -> String {
-    let mut v = v.to_vec();
-    v.sort_unstable();
-    match (quantile(&v, 0.50), quantile(&v, 0.99)) {
+/// Both histograms in one.
+pub fn both(h: &[Histogram<u64>; 2]) -> Histogram<u64> {
+    let mut all = h[0].clone();
+    merge(&mut all, &h[1]);
+    all
+}
+
+fn p50_p99(h: &Histogram<u64>) -> String {
+    match (quantile(h, 0.50), quantile(h, 0.99)) {
         (Some(a), Some(b)) => format!("{a:.2} / {b:.2} ms"),
         _ => "-".into(),
     }
@@ -102,10 +106,8 @@ pub fn print(header: &Header<'_>, stats: &[Stats; 2], out: &Outcome) {
     );
     let (x, y, t) = num(|s| s.coalesced + s.lease_waits);
     row("loads joined (coalesced, leases)", x, y, t);
-    let mut all_reads = out.latencies.reads[0].clone();
-    all_reads.extend_from_slice(&out.latencies.reads[1]);
-    let mut all_writes = out.latencies.writes[0].clone();
-    all_writes.extend_from_slice(&out.latencies.writes[1]);
+    let all_reads = both(&out.latencies.reads);
+    let all_writes = both(&out.latencies.writes);
     row(
         "read latency  p50 / p99",
         p50_p99(&out.latencies.reads[0]),

@@ -26,7 +26,8 @@
 //!   (the last step of `test`); `features` — each library crate with no default features and
 //!   with each feature alone (see `package.rs`).
 //!
-//! Only `std` and cache-testkit (its throwaway redis-server and cluster): no `sh -c`, every
+//! `std`, cache-testkit (its throwaway redis-server and cluster), serde_json (the bench
+//! records, `cargo metadata`) and indicatif (the bench progress bar): no `sh -c`, every
 //! program is run with explicit arguments.
 
 use std::env;
@@ -35,6 +36,8 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use cache_testkit::{RedisCluster, RedisServer};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
 
 mod cluster;
 mod package;
@@ -480,9 +483,9 @@ fn bench(args: &[String]) -> Result<()> {
         let server = start_redis()?;
         let started = Instant::now();
         let targets = bench_targets();
-        let total = targets.len();
+        let progress = Progress::new(targets.len());
         for (i, name) in targets.iter().enumerate() {
-            progress(i, total, name, started.elapsed());
+            progress.step(i, name);
             let mut c = cargo();
             c.args([
                 "bench",
@@ -517,36 +520,37 @@ fn bench(args: &[String]) -> Result<()> {
                 .status()
                 .map_err(|e| format!("bench {name}: cannot start: {e}"))?;
             if !status.success() {
-                eprintln!(
-                    "\nxtask: bench {name} failed ({status}); its output is in {}",
+                progress.say(&format!(
+                    "xtask: bench {name} failed ({status}); its output is in {}",
                     log.display()
-                );
-                let line = format!(
-                    "{{\"type\":\"result\",\"workload\":{},\"subject\":\"tiercache\",\"role\":\"tiercache\",\
-                     \"label\":\"tiercache\",\"metric\":\"ns_per_op\",\"error\":{}}}\n",
-                    report::json_str(&format!("{name} (bench failed)")),
-                    report::json_str(&format!("not run: bench failed ({status}), see {}", log.display())),
-                );
+                ));
+                let line = report::line(&json!({
+                    "type": "result",
+                    "workload": format!("{name} (bench failed)"),
+                    "subject": "tiercache",
+                    "role": "tiercache",
+                    "label": "tiercache",
+                    "metric": "ns_per_op",
+                    "error": format!("not run: bench failed ({status}), see {}", log.display()),
+                }));
                 let _ = std::fs::write(raw_dir.join(format!("zz_failed_{name}.jsonl")), line);
             }
         }
-        progress(total, total, "done", started.elapsed());
-        eprintln!();
+        progress.finish();
         drop(server);
         let after = conditions();
-        let line = format!(
-            "{{\"type\":\"conditions\",\"quick\":{quick},\"cores\":{},\"machine\":{},\"unix_time\":{},\
-             \"seconds\":{:.0},\"loadavg_before\":{},\"loadavg_after\":{},\
-             \"rustc_running_before\":{},\"rustc_running_after\":{}}}\n",
-            before.cores,
-            report::json_str(&before.machine),
-            before.unix_time,
-            started.elapsed().as_secs_f64(),
-            report::json_str(&before.loadavg),
-            report::json_str(&after.loadavg),
-            before.rustc_running,
-            after.rustc_running,
-        );
+        let line = report::line(&json!({
+            "type": "conditions",
+            "quick": quick,
+            "cores": before.cores,
+            "machine": before.machine,
+            "unix_time": before.unix_time,
+            "seconds": started.elapsed().as_secs_f64().round(),
+            "loadavg_before": before.loadavg,
+            "loadavg_after": after.loadavg,
+            "rustc_running_before": before.rustc_running,
+            "rustc_running_after": after.rustc_running,
+        }));
         std::fs::write(raw_dir.join("_conditions.jsonl"), line)
             .map_err(|e| format!("cannot write the run conditions: {e}"))?;
     }
@@ -587,18 +591,63 @@ fn bench_targets() -> Vec<String> {
     names
 }
 
-/// One line of progress on stderr: `[#####.....] 3/10 l2_hit (1m 20s)`.
-fn progress(done: usize, total: usize, current: &str, elapsed: Duration) {
-    let width = 30;
-    let filled = (done * width).checked_div(total).unwrap_or(width);
-    let secs = elapsed.as_secs();
-    eprint!(
-        "\r\x1b[2Kxtask: [{}{}] {done}/{total} {current} ({}m {:02}s)",
-        "#".repeat(filled),
-        ".".repeat(width - filled),
-        secs / 60,
-        secs % 60
-    );
+/// The progress of the bench targets on stderr: on a terminal one bar redrawn in place,
+/// `xtask: [#########.....................] 3/10 l2_hit (00:01:20)`; elsewhere (CI logs,
+/// where indicatif hides the bar) one line as each target starts,
+/// `xtask: bench 4/10 l2_hit (00:01:20)`.
+struct Progress {
+    bar: ProgressBar,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        // Draws on stderr, and nothing when stderr is not a terminal.
+        let bar = ProgressBar::new(total as u64);
+        if let Ok(style) =
+            ProgressStyle::with_template("xtask: [{bar:30}] {pos}/{len} {msg} ({elapsed_precise})")
+        {
+            bar.set_style(style.progress_chars("#."));
+        }
+        // The elapsed time moves while a target runs.
+        bar.enable_steady_tick(Duration::from_secs(1));
+        Progress {
+            bar,
+            started: Instant::now(),
+        }
+    }
+
+    /// Target `i` (from 0) starts.
+    fn step(&self, i: usize, name: &str) {
+        self.bar.set_position(i as u64);
+        self.bar.set_message(name.to_owned());
+        if self.bar.is_hidden() {
+            eprintln!(
+                "xtask: bench {}/{} {name} ({})",
+                i + 1,
+                self.bar.length().unwrap_or(0),
+                hms(self.started.elapsed())
+            );
+        }
+    }
+
+    /// A line above the bar (or just the line without one).
+    fn say(&self, line: &str) {
+        self.bar.suspend(|| eprintln!("{line}"));
+    }
+
+    fn finish(&self) {
+        self.bar.finish_with_message("done");
+        if self.bar.is_hidden() {
+            eprintln!("xtask: benches done ({})", hms(self.started.elapsed()));
+        }
+    }
+}
+
+/// `00:01:20`.
+fn hms(d: Duration) -> String {
+    let s = d.as_secs();
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 fn bench_dir() -> PathBuf {

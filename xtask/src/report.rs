@@ -4,218 +4,35 @@
 //!
 //! Lines are flat JSON objects (see `benches/src/lib.rs`): `"type":"result"` (one subject
 //! measured on one workload), `"type":"target"` (what tiercache must reach on a workload) and
-//! `"type":"conditions"` (written by xtask: cores, load, quick or not).
+//! `"type":"conditions"` (written by xtask: cores, load, quick or not). serde_json reads and
+//! writes them.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
+use serde_json::{json, Map, Value};
+
 use crate::Result;
 
-/// A JSON scalar of a flat object.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Value {
-    Str(String),
-    Num(f64),
-    Bool(bool),
-    Null,
-}
-
-impl Value {
-    fn to_json(&self) -> String {
-        match self {
-            Value::Str(s) => json_str(s),
-            Value::Num(n) => json_num(*n),
-            Value::Bool(b) => b.to_string(),
-            Value::Null => "null".into(),
-        }
-    }
-}
-
-type Object = Vec<(String, Value)>;
-
-fn get<'a>(o: &'a Object, key: &str) -> Option<&'a Value> {
-    o.iter().find(|(k, _)| k == key).map(|(_, v)| v)
-}
+/// One line of a raw file.
+type Object = Map<String, Value>;
 
 fn get_str<'a>(o: &'a Object, key: &str) -> &'a str {
-    match get(o, key) {
-        Some(Value::Str(s)) => s,
-        _ => "",
-    }
+    o.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
 fn get_num(o: &Object, key: &str) -> Option<f64> {
-    match get(o, key) {
-        Some(Value::Num(n)) if n.is_finite() => Some(*n),
-        _ => None,
-    }
+    o.get(key).and_then(Value::as_f64).filter(|n| n.is_finite())
 }
 
-/// Quote and escape a JSON string.
-pub(crate) fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn json_num(n: f64) -> String {
-    if n.is_finite() {
-        format!("{n}")
-    } else {
-        "null".into()
-    }
-}
-
-/// Parse one flat JSON object (string, number, bool and null values only).
+/// Parse one line of a raw file: a JSON object.
 fn parse_object(line: &str) -> std::result::Result<Object, String> {
-    let mut p = Parser {
-        s: line.as_bytes(),
-        i: 0,
-    };
-    p.ws();
-    p.expect(b'{')?;
-    let mut obj = Vec::new();
-    p.ws();
-    if p.peek() == Some(b'}') {
-        p.i += 1;
-    } else {
-        loop {
-            p.ws();
-            let k = p.string()?;
-            p.ws();
-            p.expect(b':')?;
-            p.ws();
-            let v = p.value()?;
-            obj.push((k, v));
-            p.ws();
-            match p.next() {
-                Some(b',') => continue,
-                Some(b'}') => break,
-                _ => return Err(format!("expected , or }} at byte {}", p.i)),
-            }
-        }
-    }
-    p.ws();
-    if p.i != p.s.len() {
-        return Err(format!("trailing characters at byte {}", p.i));
-    }
-    Ok(obj)
+    serde_json::from_str(line).map_err(|e| e.to_string())
 }
 
-struct Parser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl Parser<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.i).copied()
-    }
-
-    fn next(&mut self) -> Option<u8> {
-        let c = self.peek();
-        self.i += 1;
-        c
-    }
-
-    fn ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\r' | b'\n')) {
-            self.i += 1;
-        }
-    }
-
-    fn expect(&mut self, c: u8) -> std::result::Result<(), String> {
-        if self.next() == Some(c) {
-            Ok(())
-        } else {
-            Err(format!("expected {:?} at byte {}", c as char, self.i - 1))
-        }
-    }
-
-    fn literal(&mut self, word: &str, v: Value) -> std::result::Result<Value, String> {
-        if self.s[self.i..].starts_with(word.as_bytes()) {
-            self.i += word.len();
-            Ok(v)
-        } else {
-            Err(format!("bad literal at byte {}", self.i))
-        }
-    }
-
-    fn value(&mut self) -> std::result::Result<Value, String> {
-        match self.peek() {
-            Some(b'"') => self.string().map(Value::Str),
-            Some(b't') => self.literal("true", Value::Bool(true)),
-            Some(b'f') => self.literal("false", Value::Bool(false)),
-            Some(b'n') => self.literal("null", Value::Null),
-            Some(b'-' | b'0'..=b'9') => {
-                let start = self.i;
-                while matches!(
-                    self.peek(),
-                    Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
-                ) {
-                    self.i += 1;
-                }
-                let text =
-                    std::str::from_utf8(&self.s[start..self.i]).map_err(|e| e.to_string())?;
-                text.parse::<f64>()
-                    .map(Value::Num)
-                    .map_err(|e| format!("bad number {text:?}: {e}"))
-            }
-            _ => Err(format!(
-                "unsupported value at byte {} (flat objects only)",
-                self.i
-            )),
-        }
-    }
-
-    fn string(&mut self) -> std::result::Result<String, String> {
-        self.expect(b'"')?;
-        let mut out: Vec<u8> = Vec::new();
-        loop {
-            match self.next() {
-                None => return Err("unterminated string".into()),
-                Some(b'"') => break,
-                Some(b'\\') => match self.next() {
-                    Some(b'"') => out.push(b'"'),
-                    Some(b'\\') => out.push(b'\\'),
-                    Some(b'/') => out.push(b'/'),
-                    Some(b'n') => out.push(b'\n'),
-                    Some(b'r') => out.push(b'\r'),
-                    Some(b't') => out.push(b'\t'),
-                    Some(b'b') => out.push(8),
-                    Some(b'f') => out.push(12),
-                    Some(b'u') => {
-                        let hex = self
-                            .s
-                            .get(self.i..self.i + 4)
-                            .and_then(|h| std::str::from_utf8(h).ok())
-                            .and_then(|h| u32::from_str_radix(h, 16).ok())
-                            .ok_or("bad \\u escape")?;
-                        self.i += 4;
-                        let c = char::from_u32(hex).unwrap_or('\u{fffd}');
-                        let mut buf = [0u8; 4];
-                        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                    }
-                    _ => return Err(format!("bad escape at byte {}", self.i)),
-                },
-                Some(c) => out.push(c),
-            }
-        }
-        String::from_utf8(out).map_err(|e| e.to_string())
-    }
+/// A JSON value as one line (for the lines xtask adds to the raw files).
+pub(crate) fn line(v: &Value) -> String {
+    format!("{v}\n")
 }
 
 /// One row of the table: a workload with tiercache and its peers.
@@ -535,7 +352,7 @@ pub(crate) fn write(raw_dir: &Path, out_dir: &Path) -> Result<()> {
                 "{}{} cores; {} run; load average {} before, {} after; rustc processes running: {} before, {} after; {} s for the benches (build excluded)",
                 if machine.is_empty() { String::new() } else { format!("{machine}; ") },
                 get_num(c, "cores").unwrap_or(0.0),
-                if get(c, "quick") == Some(&Value::Bool(true)) { "--quick" } else { "full" },
+                if c.get("quick") == Some(&Value::Bool(true)) { "--quick" } else { "full" },
                 get_str(c, "loadavg_before"),
                 get_str(c, "loadavg_after"),
                 get_num(c, "rustc_running_before").unwrap_or(0.0),
@@ -608,57 +425,46 @@ pub(crate) fn write(raw_dir: &Path, out_dir: &Path) -> Result<()> {
     std::fs::write(&md_path, md).map_err(|e| format!("cannot write {}: {e}", md_path.display()))?;
 
     // report.json
-    let obj = |o: &Object| {
-        let fields: Vec<String> = o
-            .iter()
-            .map(|(k, v)| format!("{}:{}", json_str(k), v.to_json()))
-            .collect();
-        format!("{{{}}}", fields.join(","))
-    };
-    let mut js = String::from("{\n");
-    let _ = writeln!(
-        js,
-        "  \"conditions\": {},",
-        conditions.as_ref().map_or("null".into(), obj)
-    );
-    js.push_str("  \"rows\": [\n");
-    for (i, (row, j)) in rows.iter().zip(&judged).enumerate() {
-        let peers: Vec<String> = row.peers.iter().map(|(_, o)| obj(o)).collect();
-        let targets: Vec<String> = row
-            .targets
-            .iter()
-            .zip(&j.verdicts)
-            .map(|(t, v)| {
-                let mut t = t.clone();
-                t.push(("met".into(), v.met.map_or(Value::Null, Value::Bool)));
-                t.push(("judged".into(), Value::Str(v.note.clone())));
-                obj(&t)
+    let json_rows: Vec<Value> = rows
+        .iter()
+        .zip(&judged)
+        .map(|(row, j)| {
+            let targets: Vec<Object> = row
+                .targets
+                .iter()
+                .zip(&j.verdicts)
+                .map(|(t, v)| {
+                    let mut t = t.clone();
+                    t.insert("met".into(), json!(v.met));
+                    t.insert("judged".into(), json!(v.note));
+                    t
+                })
+                .collect();
+            let met = if j.verdicts.iter().any(|v| v.met == Some(false)) {
+                Some(false)
+            } else if j.verdicts.iter().any(|v| v.met == Some(true)) {
+                Some(true)
+            } else {
+                None
+            };
+            let peers: Vec<&Object> = row.peers.iter().map(|(_, o)| o).collect();
+            json!({
+                "workload": row.workload,
+                "metric": row.metric,
+                "tiercache": row.tiercache,
+                "peers": peers,
+                "reference": j.reference,
+                "ratio": j.ratio,
+                "targets": targets,
+                "met": met,
             })
-            .collect();
-        let met = if j.verdicts.iter().any(|v| v.met == Some(false)) {
-            "false"
-        } else if j.verdicts.iter().any(|v| v.met == Some(true)) {
-            "true"
-        } else {
-            "null"
-        };
-        let _ = write!(
-            js,
-            "    {{\"workload\":{},\"metric\":{},\"tiercache\":{},\"peers\":[{}],\"reference\":{},\
-             \"ratio\":{},\"targets\":[{}],\"met\":{met}}}",
-            json_str(&row.workload),
-            json_str(&row.metric),
-            row.tiercache.as_ref().map_or("null".into(), obj),
-            peers.join(","),
-            j.reference.as_deref().map_or("null".into(), json_str),
-            j.ratio.map_or("null".into(), json_num),
-            targets.join(","),
-        );
-        js.push_str(if i + 1 < rows.len() { ",\n" } else { "\n" });
-    }
-    js.push_str("  ]\n}\n");
+        })
+        .collect();
+    let js = serde_json::to_string_pretty(&json!({ "conditions": conditions, "rows": json_rows }))
+        .map_err(|e| format!("cannot write report.json: {e}"))?;
     let js_path = out_dir.join("report.json");
-    std::fs::write(&js_path, js).map_err(|e| format!("cannot write {}: {e}", js_path.display()))?;
+    std::fs::write(&js_path, js + "\n")
+        .map_err(|e| format!("cannot write {}: {e}", js_path.display()))?;
 
     // chart.svg
     let bars: Vec<(String, f64, bool)> = rows
@@ -768,126 +574,20 @@ fn chart_svg(bars: &[(String, f64, bool)], conditions: &str) -> String {
     s
 }
 
-/// A JSON value of any shape (for reading an earlier report.json, and `cargo metadata` and
-/// `cargo test --message-format=json` in `targets`).
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Json {
-    Scalar(Value),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
-}
-
-impl Json {
-    /// The value of `key` in an object.
-    pub(crate) fn field(&self, key: &str) -> Option<&Json> {
-        match self {
-            Json::Obj(o) => o.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
-    fn num(&self) -> Option<f64> {
-        match self {
-            Json::Scalar(Value::Num(n)) => Some(*n),
-            _ => None,
-        }
-    }
-
-    /// The text of a string.
-    pub(crate) fn str(&self) -> Option<&str> {
-        match self {
-            Json::Scalar(Value::Str(s)) => Some(s),
-            _ => None,
-        }
-    }
-
-    /// The items of an array (none for any other value).
-    pub(crate) fn items(&self) -> &[Json] {
-        match self {
-            Json::Arr(a) => a,
-            _ => &[],
-        }
-    }
-}
-
-impl Parser<'_> {
-    fn any(&mut self) -> std::result::Result<Json, String> {
-        self.ws();
-        match self.peek() {
-            Some(b'{') => {
-                self.i += 1;
-                let mut o = Vec::new();
-                self.ws();
-                if self.peek() == Some(b'}') {
-                    self.i += 1;
-                    return Ok(Json::Obj(o));
-                }
-                loop {
-                    self.ws();
-                    let k = self.string()?;
-                    self.ws();
-                    self.expect(b':')?;
-                    let v = self.any()?;
-                    o.push((k, v));
-                    self.ws();
-                    match self.next() {
-                        Some(b',') => continue,
-                        Some(b'}') => return Ok(Json::Obj(o)),
-                        _ => return Err(format!("expected , or }} at byte {}", self.i)),
-                    }
-                }
-            }
-            Some(b'[') => {
-                self.i += 1;
-                let mut a = Vec::new();
-                self.ws();
-                if self.peek() == Some(b']') {
-                    self.i += 1;
-                    return Ok(Json::Arr(a));
-                }
-                loop {
-                    a.push(self.any()?);
-                    self.ws();
-                    match self.next() {
-                        Some(b',') => continue,
-                        Some(b']') => return Ok(Json::Arr(a)),
-                        _ => return Err(format!("expected , or ] at byte {}", self.i)),
-                    }
-                }
-            }
-            _ => self.value().map(Json::Scalar),
-        }
-    }
-}
-
-/// Parse one JSON document (any shape).
-pub(crate) fn parse_json(text: &str) -> std::result::Result<Json, String> {
-    let mut p = Parser {
-        s: text.as_bytes(),
-        i: 0,
-    };
-    let v = p.any()?;
-    p.ws();
-    if p.i != p.s.len() {
-        return Err(format!("trailing characters at byte {}", p.i));
-    }
-    Ok(v)
-}
-
 /// (workload, metric, tiercache's figure, ratio) of every row of a report.json.
-fn report_rows(j: &Json) -> Vec<(String, String, Option<f64>, Option<f64>)> {
-    let Some(Json::Arr(rows)) = j.field("rows") else {
+fn report_rows(j: &Value) -> Vec<(String, String, Option<f64>, Option<f64>)> {
+    let Some(rows) = j.get("rows").and_then(Value::as_array) else {
         return Vec::new();
     };
     rows.iter()
         .filter_map(|r| {
-            let w = r.field("workload")?.str()?.to_owned();
-            let m = r.field("metric")?.str()?.to_owned();
+            let w = r.get("workload")?.as_str()?.to_owned();
+            let m = r.get("metric")?.as_str()?.to_owned();
             let ours = r
-                .field("tiercache")
-                .and_then(|t| t.field(&m))
-                .and_then(Json::num);
-            let ratio = r.field("ratio").and_then(Json::num);
+                .get("tiercache")
+                .and_then(|t| t.get(&m))
+                .and_then(Value::as_f64);
+            let ratio = r.get("ratio").and_then(Value::as_f64);
             Some((w, m, ours, ratio))
         })
         .collect()
@@ -897,10 +597,10 @@ fn report_rows(j: &Json) -> Vec<(String, String, Option<f64>, Option<f64>)> {
 /// A change for the worse of more than `threshold` percent is flagged as a regression.
 #[allow(clippy::print_stdout)]
 pub(crate) fn compare(old_path: &Path, new_path: &Path, threshold: f64) -> Result<usize> {
-    let read = |p: &Path| -> Result<Json> {
+    let read = |p: &Path| -> Result<Value> {
         let text =
             std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-        parse_json(&text).map_err(|e| format!("{}: {e}", p.display()))
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
     };
     let (old, new) = (read(old_path)?, read(new_path)?);
     let old_rows = report_rows(&old);
@@ -1003,51 +703,79 @@ fn print_table(header: &[String], table: &[Vec<String>], conditions: &str) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_flat_objects() {
-        let o = parse_object(r#"{"a":"x\"y\u00b5","b":-1.5e3,"c":true,"d":null,"e":7}"#);
-        assert_eq!(
-            o,
-            Ok(vec![
-                ("a".into(), Value::Str("x\"yµ".into())),
-                ("b".into(), Value::Num(-1500.0)),
-                ("c".into(), Value::Bool(true)),
-                ("d".into(), Value::Null),
-                ("e".into(), Value::Num(7.0)),
-            ])
-        );
-        assert!(parse_object(r#"{"a":[1]}"#).is_err());
-        assert!(parse_object(r#"{"a":1} x"#).is_err());
-        assert_eq!(parse_object("{}"), Ok(vec![]));
+    /// A JSON object literal as an `Object`.
+    fn obj(v: Value) -> Object {
+        match v {
+            Value::Object(o) => o,
+            _ => Object::new(),
+        }
     }
 
     #[test]
-    fn parses_nested_json() {
-        let j = parse_json(
-            r#"{"rows":[{"workload":"w","metric":"ns_per_op","tiercache":{"ns_per_op":3},"ratio":null}]}"#,
+    fn reads_lines_of_the_earlier_hand_written_writer() {
+        // As the benches wrote them before serde_json: `1.5`, `7` (an integral f64), `null`.
+        let o = parse_object(r#"{"a":"x\"y\u00b5","b":-1.5e3,"c":true,"d":null,"e":7}"#);
+        assert_eq!(
+            o,
+            Ok(obj(
+                json!({"a": "x\"yµ", "b": -1500.0, "c": true, "d": null, "e": 7})
+            ))
         );
-        let j = j.unwrap_or(Json::Arr(vec![]));
+        let o = o.unwrap_or_default();
+        assert_eq!((get_str(&o, "a"), get_num(&o, "e")), ("x\"yµ", Some(7.0)));
+        assert_eq!((get_num(&o, "d"), get_str(&o, "b")), (None, ""));
+        assert!(parse_object(r#"{"a":1} x"#).is_err());
+        assert!(parse_object("[1]").is_err());
+        assert_eq!(parse_object("{}"), Ok(Object::new()));
+    }
+
+    #[test]
+    fn reads_the_rows_of_a_report() {
+        let j = json!({"rows": [
+            {"workload": "w", "metric": "ns_per_op", "tiercache": {"ns_per_op": 3}, "ratio": null}
+        ]});
         assert_eq!(
             report_rows(&j),
             vec![("w".into(), "ns_per_op".into(), Some(3.0), None)]
         );
     }
 
+    #[test]
+    fn a_report_is_written_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("xtask-report-test-{}", std::process::id()));
+        let raw = dir.join("raw");
+        let _ = std::fs::create_dir_all(&raw);
+        // A line as the hand-written writer wrote it, then lines as serde_json writes them.
+        let old = r#"{"type":"result","workload":"w","subject":"p","role":"peer","label":"l\"x","metric":"ns_per_op","ns_per_op":30}"#;
+        let new = [
+            json!({"type": "result", "workload": "w", "subject": "tiercache", "role": "tiercache",
+                   "label": "tiercache", "metric": "ns_per_op", "ns_per_op": 45.0, "bad": null}),
+            json!({"type": "target", "workload": "w", "metric": "ns_per_op", "reference": "p",
+                   "kind": "max_ratio", "value": 2.0, "text": "<= 2x"}),
+            json!({"type": "conditions", "quick": true, "cores": 2, "seconds": 3.0}),
+        ];
+        let text = format!("{old}\n{}", new.iter().map(line).collect::<String>());
+        let _ = std::fs::write(raw.join("a.jsonl"), text);
+        assert_eq!(write(&raw, &dir), Ok(()));
+        let report = std::fs::read_to_string(dir.join("report.json")).unwrap_or_default();
+        let j: Value = serde_json::from_str(&report).unwrap_or_default();
+        assert_eq!(
+            report_rows(&j),
+            vec![("w".into(), "ns_per_op".into(), Some(45.0), Some(1.5))]
+        );
+        assert_eq!(j["rows"][0]["met"], json!(true));
+        assert_eq!(j["rows"][0]["targets"][0]["judged"], json!("1.50x"));
+        assert_eq!(j["rows"][0]["peers"][0]["label"], json!("l\"x"));
+        assert_eq!(j["conditions"]["cores"], json!(2));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     fn fig(m: &str, v: f64) -> Object {
-        vec![
-            ("metric".into(), Value::Str(m.into())),
-            (m.into(), Value::Num(v)),
-        ]
+        obj(json!({"metric": m, m: v}))
     }
 
     fn target(m: &str, kind: &str, v: f64) -> Object {
-        vec![
-            ("metric".into(), Value::Str(m.into())),
-            ("reference".into(), Value::Str("p".into())),
-            ("kind".into(), Value::Str(kind.into())),
-            ("value".into(), Value::Num(v)),
-            ("text".into(), Value::Str("t".into())),
-        ]
+        obj(json!({"metric": m, "reference": "p", "kind": kind, "value": v, "text": "t"}))
     }
 
     fn row(metric: &str, ours: f64, theirs: f64, t: Object) -> Row {

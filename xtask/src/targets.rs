@@ -15,7 +15,8 @@ use std::io::{BufRead as _, BufReader, IsTerminal as _, Write as _};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::report::{parse_json, Json};
+use serde_json::Value;
+
 use crate::{cargo, Result};
 
 /// Workspace members left out of the workspace test runs: the demo (axum, SQLite) has its own
@@ -78,26 +79,22 @@ pub(crate) fn workspace_targets() -> Result<Vec<Target>> {
 
 /// The targets of the packages in a `cargo metadata --format-version 1` document.
 fn parse_targets(metadata: &str) -> Result<Vec<Target>> {
-    let json = parse_json(metadata)?;
-    let packages = json.field("packages").map(Json::items).unwrap_or_default();
+    let json: Value = serde_json::from_str(metadata).map_err(|e| e.to_string())?;
+    let packages = items(json.get("packages"));
     if packages.is_empty() {
         return Err("no packages in its output".into());
     }
     let mut out = Vec::new();
     for package in packages {
         let name = text(package, "name").ok_or("a package without a name")?;
-        for t in package
-            .field("targets")
-            .map(Json::items)
-            .unwrap_or_default()
-        {
+        for t in items(package.get("targets")) {
             out.push(Target {
                 package: name.to_owned(),
                 name: text(t, "name")
                     .ok_or_else(|| format!("a target of {name} without a name"))?
                     .to_owned(),
-                kind: strings(t.field("kind")),
-                required_features: strings(t.field("required-features")),
+                kind: strings(t.get("kind")),
+                required_features: strings(t.get("required-features")),
                 src_path: text(t, "src_path").unwrap_or_default().to_owned(),
             });
         }
@@ -106,17 +103,23 @@ fn parse_targets(metadata: &str) -> Result<Vec<Target>> {
 }
 
 /// The string value of `key` in an object.
-fn text<'a>(object: &'a Json, key: &str) -> Option<&'a str> {
-    object.field(key).and_then(Json::str)
+fn text<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
+    object.get(key).and_then(Value::as_str)
+}
+
+/// The items of an array (none when absent or not an array).
+pub(crate) fn items(array: Option<&Value>) -> &[Value] {
+    array
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
 }
 
 /// The strings of an array (none when absent).
-fn strings(array: Option<&Json>) -> Vec<String> {
-    array
-        .map(Json::items)
-        .unwrap_or_default()
+fn strings(array: Option<&Value>) -> Vec<String> {
+    items(array)
         .iter()
-        .filter_map(Json::str)
+        .filter_map(Value::as_str)
         .map(str::to_owned)
         .collect()
 }
@@ -301,10 +304,10 @@ fn built_executables(json_lines: &str) -> Vec<(String, String)> {
     json_lines
         .lines()
         .filter(|l| l.contains("\"executable\":\""))
-        .filter_map(|l| parse_json(l).ok())
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|m| text(m, "reason") == Some("compiler-artifact"))
         .filter_map(|m| {
-            let src = m.field("target").and_then(|t| text(t, "src_path"))?;
+            let src = m.get("target").and_then(|t| text(t, "src_path"))?;
             let exe = file_name(text(&m, "executable")?)?;
             Some((src.to_owned(), exe))
         })
