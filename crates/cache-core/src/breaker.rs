@@ -28,7 +28,7 @@ pub struct BreakerConfig {
     /// Consecutive failures that open the breaker (default 5).
     pub failure_threshold: u32,
     /// How long an open breaker skips the remote side before probing (default 500 ms).
-    #[serde(with = "crate::durations::duration_ms")]
+    #[serde(with = "crate::durations::duration_text")]
     pub cool_down: Duration,
 }
 

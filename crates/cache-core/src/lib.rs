@@ -21,7 +21,7 @@ pub mod cache;
 pub mod clock;
 pub mod codec;
 pub mod compress;
-mod durations;
+pub mod durations;
 pub mod engine;
 pub mod error;
 pub mod header;

@@ -8,14 +8,14 @@ use super::*;
 #[non_exhaustive]
 pub struct CacheConfig {
     /// How long a value is served from L1 (default 30 s). Must not exceed `l2_ttl`.
-    #[serde(with = "crate::durations::duration_ms")]
+    #[serde(with = "crate::durations::duration_text")]
     pub l1_ttl: Duration,
     /// How long a value lives in L2 (default 10 min).
-    #[serde(with = "crate::durations::duration_ms")]
+    #[serde(with = "crate::durations::duration_text")]
     pub l2_ttl: Duration,
     /// How long "the source has no such key" is remembered (default 30 s; L1 uses the
     /// smaller of this and `l1_ttl`).
-    #[serde(with = "crate::durations::duration_ms")]
+    #[serde(with = "crate::durations::duration_text")]
     pub negative_ttl: Duration,
     /// TTL jitter as a fraction: each TTL is shortened by a random amount up to this share,
     /// so keys written together do not expire together (default 0.1; 0 disables).
@@ -36,11 +36,11 @@ pub struct CacheConfig {
     /// meanwhile, so a slow load never writes an old value back.
     pub leases: bool,
     /// How long a lease lives if its holder dies (default 5 s).
-    #[serde(with = "crate::durations::duration_ms")]
+    #[serde(with = "crate::durations::duration_text")]
     pub lease_ttl: Duration,
     /// How long an instance waits for another instance's load before loading itself
     /// (default 2 s).
-    #[serde(with = "crate::durations::duration_ms")]
+    #[serde(with = "crate::durations::duration_text")]
     pub lease_wait: Duration,
     /// Fail-safe (default off): when the loader fails (or passes its hard timeout) and a
     /// value that expired less than `max_stale` ago is at hand, serve it (counted as stale)
@@ -49,18 +49,18 @@ pub struct CacheConfig {
     pub fail_safe: bool,
     /// How long past its expiry a value may still be served by fail-safe (default 1 h).
     /// Values are kept that much longer in both tiers.
-    #[serde(with = "crate::durations::duration_ms")]
+    #[serde(with = "crate::durations::duration_text")]
     pub max_stale: Duration,
     /// After serving a stale value, how long before the loader is tried again (default 10 s).
-    #[serde(with = "crate::durations::duration_ms")]
+    #[serde(with = "crate::durations::duration_text")]
     pub fail_safe_backoff: Duration,
     /// Soft loader timeout: with a stale value at hand, a load slower than this returns the
     /// stale value to its callers now and keeps running to refresh the cache (default none).
-    #[serde(with = "crate::durations::duration_ms_opt")]
+    #[serde(with = "crate::durations::duration_text_opt")]
     pub loader_soft_timeout: Option<Duration>,
     /// Hard loader timeout: a load slower than this fails with [`ErrorKind::Timeout`] (or,
     /// with fail-safe, serves the stale value) (default none).
-    #[serde(with = "crate::durations::duration_ms_opt")]
+    #[serde(with = "crate::durations::duration_text_opt")]
     pub loader_hard_timeout: Option<Duration>,
     /// Put raw keys into tracing spans (default off: keys can hold personal data; spans carry
     /// a hash of the key instead).
