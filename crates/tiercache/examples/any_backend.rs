@@ -16,7 +16,8 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tiercache::{Cache, MsgPack, L2_URL_ENV};
+use tiercache::prelude::*;
+use tiercache::L2_URL_ENV;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct Order {

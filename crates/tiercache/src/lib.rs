@@ -79,6 +79,22 @@ pub use cache_cluster::{ClusterBus, ClusterConfig, ClusterStore};
 #[cfg(feature = "sentinel")]
 pub use cache_redis::{SentinelBus, SentinelConfig, SentinelStore};
 
+/// What most applications use, in one import: `use tiercache::prelude::*;`.
+pub mod prelude {
+    #[cfg(any(feature = "msgpack", feature = "json", feature = "cbor"))]
+    pub use crate::DefaultCodec;
+    pub use crate::{builder, Builder, Cache};
+    #[cfg(feature = "cbor")]
+    pub use cache_codec::Cbor;
+    #[cfg(feature = "json")]
+    pub use cache_codec::Json;
+    #[cfg(feature = "msgpack")]
+    pub use cache_codec::MsgPack;
+    pub use cache_core::{
+        CallOptions, Engine, Error, ErrorKind, L2Backend, LoadContext, Loaded, Result,
+    };
+}
+
 /// The lower layers, for users who compose their own engine.
 pub mod core {
     pub use cache_core::*;
