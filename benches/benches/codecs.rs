@@ -12,8 +12,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use benches::{Record, Role, Samples, TargetKind};
+use cache_tiered::{Cbor, Codec, Json, MsgPack};
 use serde::{Deserialize, Serialize};
-use tiercache::{Cbor, Codec, Json, MsgPack};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

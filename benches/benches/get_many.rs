@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use benches::{sample_user, Latencies, Record, Role, User};
+use cache_tiered::{Cache, MsgPack};
 use redis::AsyncCommands;
-use tiercache::{Cache, MsgPack};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -258,7 +258,7 @@ fn main() -> Result<(), BoxError> {
     let records = rt.block_on(async move {
         let mut records = Vec::new();
         let day = Duration::from_secs(86_400);
-        let engine = tiercache::builder("benchgm").redis_url(&url).build().await?;
+        let engine = cache_tiered::builder("benchgm").redis_url(&url).build().await?;
         let cache = engine
             .cache::<User, MsgPack>("gm")
             .with_l1_ttl(day)
@@ -279,7 +279,7 @@ fn main() -> Result<(), BoxError> {
         let standalone_ops = l2_throughput(&cache, run).await?;
 
         if let Some(urls) = cluster_urls {
-            let engine = tiercache::builder("benchgm")
+            let engine = cache_tiered::builder("benchgm")
                 .cluster_urls(urls.clone())
                 .build()
                 .await?;

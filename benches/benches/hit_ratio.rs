@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use benches::{sample_user, Record, Role, TargetKind, User};
+use cache_tiered::{Cache, MsgPack};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Zipf};
-use tiercache::{Cache, MsgPack};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -83,7 +83,7 @@ fn main() -> Result<(), BoxError> {
             let budget = (entries as f64 * mean_weight) as u64;
             // tiercache
             let tier = rt.block_on(async {
-                let engine = tiercache::builder("benchhr")
+                let engine = cache_tiered::builder("benchhr")
                     .l1_capacity_bytes(budget)
                     .build()
                     .await?;

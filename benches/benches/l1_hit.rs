@@ -32,8 +32,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use benches::{sample_user, Record, Role, Samples, TargetKind, User};
+use cache_tiered::{Cache, MsgPack};
 use criterion::Criterion;
-use tiercache::{Cache, MsgPack};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -98,7 +98,7 @@ fn main() -> Result<(), BoxError> {
         .build()?;
     let day = Duration::from_secs(24 * 3600);
     let (cache, value): (Cache<User, MsgPack>, Arc<User>) = rt.block_on(async {
-        let engine = tiercache::builder("bench").memory_l2().build().await?;
+        let engine = cache_tiered::builder("bench").memory_l2().build().await?;
         let cache = engine
             .cache::<User, MsgPack>("l1")
             .with_l1_ttl(day)

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use benches::{sample_user, Record, Role, Samples, TargetKind, User};
-use tiercache::{Cache, MsgPack};
+use cache_tiered::{Cache, MsgPack};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Fut<'a> = Pin<Box<dyn Future<Output = bool> + 'a>>;
@@ -63,7 +63,7 @@ struct Subject {
 
 async fn tiercache_subject(url: &str) -> Result<Subject, BoxError> {
     let day = Duration::from_secs(86_400);
-    let engine = tiercache::builder("benchl1p")
+    let engine = cache_tiered::builder("benchl1p")
         .redis_url(url)
         .build()
         .await?;

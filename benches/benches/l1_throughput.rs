@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use benches::{sample_user, Record, Role, TargetKind, User};
+use cache_tiered::{Cache, MsgPack};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Zipf};
-use tiercache::{Cache, MsgPack};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -82,7 +82,7 @@ fn main() -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     let cache: Cache<User, MsgPack> = rt.block_on(async {
-        let engine = tiercache::builder("benchtp").build().await?;
+        let engine = cache_tiered::builder("benchtp").build().await?;
         let cache = engine
             .cache::<User, MsgPack>("tp")
             .with_l1_ttl(Duration::from_secs(86_400))

@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use benches::{sample_user, Latencies, Record, Role, TargetKind, User};
+use cache_tiered::{Cache, MsgPack};
 use redis::aio::MultiplexedConnection;
-use tiercache::{Cache, MsgPack};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -229,7 +229,7 @@ fn main() -> Result<(), BoxError> {
         .build()?;
     let records = rt.block_on(async move {
         let day = Duration::from_secs(24 * 3600);
-        let engine = tiercache::builder("bench").redis_url(&url).build().await?;
+        let engine = cache_tiered::builder("bench").redis_url(&url).build().await?;
         let cache: Cache<User, MsgPack> = engine
             .cache::<User, MsgPack>("l2")
             .with_l1_ttl(day)

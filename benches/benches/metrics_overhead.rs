@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use benches::{sample_user, Record, Role, Samples, TargetKind, User};
 use cache_metrics::MetricsObserver;
+use cache_tiered::{Cache, MsgPack};
 use criterion::Criterion;
-use tiercache::{Cache, MsgPack};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -77,7 +77,7 @@ async fn build_cache(
     observer: Option<MetricsObserver>,
 ) -> Result<Cache<User, MsgPack>, BoxError> {
     let day = Duration::from_secs(24 * 3600);
-    let mut b = tiercache::builder(prefix).memory_l2();
+    let mut b = cache_tiered::builder(prefix).memory_l2();
     if let Some(o) = observer {
         b = b.observer(Arc::new(o));
     }

@@ -30,7 +30,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use benches::{realtime_ns, sample_user, Latencies, Record, Role, TargetKind, User};
-use tiercache::{BusConfig, Cache, CacheEvent, CacheObserver, MsgPack, Observer};
+use cache_tiered::{BusConfig, Cache, CacheEvent, CacheObserver, MsgPack, Observer};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -95,8 +95,8 @@ async fn bench_cache(
     prefix: &str,
     window: Duration,
     observer: Arc<dyn Observer>,
-) -> Result<(tiercache::Engine, Cache<User, MsgPack>), BoxError> {
-    let engine = tiercache::builder(prefix)
+) -> Result<(cache_tiered::Engine, Cache<User, MsgPack>), BoxError> {
+    let engine = cache_tiered::builder(prefix)
         .redis_url(url)
         .bus_config(BusConfig::default().with_batch_window(window))
         .observer(observer)

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use benches::{sample_user, Latencies, Record, Role, TargetKind, User};
-use tiercache::{Cache, CallOptions, MsgPack};
+use cache_tiered::{Cache, CallOptions, MsgPack};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -43,7 +43,7 @@ struct Run {
 }
 
 async fn run(
-    engine: &tiercache::Engine,
+    engine: &cache_tiered::Engine,
     ns: &AtomicU64,
     subject: Subject,
     writes: usize,
@@ -115,10 +115,10 @@ fn main() -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     let records = rt.block_on(async move {
-        let mut b = tiercache::builder("bench-setbg");
+        let mut b = cache_tiered::builder("bench-setbg");
         b = match &url {
             Some(url) => b.redis_url(url),
-            None => b.remote(Arc::new(tiercache::MemoryStore::new())),
+            None => b.remote(Arc::new(cache_tiered::MemoryStore::new())),
         };
         let engine = b.build().await?;
         let ns = AtomicU64::new(0);

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use benches::{sample_user, Latencies, Record, Role, TargetKind, User};
-use tiercache::{Cache, MsgPack};
+use cache_tiered::{Cache, MsgPack};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -140,7 +140,7 @@ fn main() -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     let records = rt.block_on(async move {
-        let engine = tiercache::builder("benchstampede")
+        let engine = cache_tiered::builder("benchstampede")
             .redis_url(&url)
             .build()
             .await?;

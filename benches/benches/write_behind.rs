@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use benches::{sample_user, Record, Role, User};
-use tiercache::cache_writebehind::{Batch, WriteBehind};
-use tiercache::{Cache, MsgPack};
+use cache_tiered::cache_writebehind::{Batch, WriteBehind};
+use cache_tiered::{Cache, MsgPack};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -83,8 +83,8 @@ struct Run {
 }
 
 struct Setup {
-    engine: tiercache::Engine,
-    redis: Option<tiercache::RedisStore>,
+    engine: cache_tiered::Engine,
+    redis: Option<cache_tiered::RedisStore>,
     next_ns: AtomicU64,
 }
 
@@ -206,15 +206,15 @@ fn main() -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     let records = rt.block_on(async move {
-        let mut b = tiercache::builder("bench-wb");
+        let mut b = cache_tiered::builder("bench-wb");
         let redis = match &url {
             Some(url) => {
-                let store = tiercache::RedisStore::connect(tiercache::RedisConfig::builder().url(url).build()?).await?;
+                let store = cache_tiered::RedisStore::connect(cache_tiered::RedisConfig::builder().url(url).build()?).await?;
                 b = b.redis_url(url);
                 Some(store)
             }
             None => {
-                b = b.remote(Arc::new(tiercache::MemoryStore::new()));
+                b = b.remote(Arc::new(cache_tiered::MemoryStore::new()));
                 None
             }
         };

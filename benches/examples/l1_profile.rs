@@ -35,8 +35,12 @@ fn main() {
         }
         _ => {
             let cache = rt.block_on(async {
-                let e = tiercache::builder("p").memory_l2().build().await.unwrap();
-                let c: tiercache::Cache<String, tiercache::MsgPack> = e
+                let e = cache_tiered::builder("p")
+                    .memory_l2()
+                    .build()
+                    .await
+                    .unwrap();
+                let c: cache_tiered::Cache<String, cache_tiered::MsgPack> = e
                     .cache("u")
                     .with_l1_ttl(Duration::from_secs(86_400))
                     .with_l2_ttl(Duration::from_secs(86_400))

@@ -33,9 +33,9 @@ mod service;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use cache_tiered::cache_metrics::metrics_exporter_prometheus::PrometheusHandle;
+use cache_tiered::{MemoryBus, MemoryStore};
 use hyper::Method;
-use tiercache::cache_metrics::metrics_exporter_prometheus::PrometheusHandle;
-use tiercache::{MemoryBus, MemoryStore};
 
 use crate::args::{L2Choice, Parsed};
 use crate::compare::{Comparison, RunFigures};
@@ -118,7 +118,7 @@ fn redact(url: &str) -> String {
 /// Runs the demo; `Ok(false)` when requests failed.
 async fn run(args: args::Args) -> Result<bool, BoxError> {
     // The process-wide Prometheus recorder, installed before any cache is built.
-    let metrics = tiercache::cache_metrics::install_recorder_only()?;
+    let metrics = cache_tiered::cache_metrics::install_recorder_only()?;
 
     let (l2, l2_label) = match &args.l2 {
         L2Choice::Redis(url) => (

@@ -14,12 +14,12 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
-use tiercache::cache_metrics::metrics_exporter_prometheus::PrometheusHandle;
-use tiercache::cache_metrics::{L1GaugeTask, MetricsObserver};
-use tiercache::{
+use cache_tiered::cache_metrics::metrics_exporter_prometheus::PrometheusHandle;
+use cache_tiered::cache_metrics::{L1GaugeTask, MetricsObserver};
+use cache_tiered::{
     Cache, CacheEvent, CacheObserver, Engine, MemoryBus, MemoryStore, MsgPack, Observer, XFetch,
 };
+use serde::{Deserialize, Serialize};
 
 use crate::db::{Account, Db, Purpose};
 
@@ -104,8 +104,8 @@ impl CacheObserver for CountingCache {
 /// Delete the accounts cached in Redis by an earlier run (whose database was another one),
 /// before the instances start: through a short-lived engine without a bus, so that the
 /// instances never see a publisher come and go.
-pub async fn clear_redis(url: &str) -> Result<u64, tiercache::Error> {
-    let engine = tiercache::builder("demo")
+pub async fn clear_redis(url: &str) -> Result<u64, cache_tiered::Error> {
+    let engine = cache_tiered::builder("demo")
         .redis_url(url)
         .bus(false)
         .build()
@@ -166,7 +166,7 @@ impl Instance {
         l2_label: String,
         db: Arc<Db>,
         metrics: PrometheusHandle,
-    ) -> Result<Arc<Instance>, tiercache::Error> {
+    ) -> Result<Arc<Instance>, cache_tiered::Error> {
         let counts = Arc::new(EventCounts::default());
         let cache = match mode {
             Mode::CacheOn => Some(Instance::cache(name, l2, &counts).await?),
@@ -190,11 +190,11 @@ impl Instance {
         name: &'static str,
         l2: &L2Setup,
         counts: &Arc<EventCounts>,
-    ) -> Result<Cached, tiercache::Error> {
+    ) -> Result<Cached, cache_tiered::Error> {
         // One Prometheus recorder per process: the two instances share it, so each one's
         // series carry an `instance` label.
         let observer = MetricsObserver::new().with_label("instance", name);
-        let builder = tiercache::builder("demo")
+        let builder = cache_tiered::builder("demo")
             .l1_capacity_bytes(32 * 1024 * 1024)
             .observer(Arc::new(Counting {
                 metrics: observer.clone(),

@@ -15,7 +15,7 @@
 //!   cache off beside it and a chart of both (`target/demo/cache-off-vs-on.svg`).
 //!   `--redis-url URL` uses an existing Redis; other arguments go to the demo (`cargo xtask
 //!   demo --help`).
-//! - `examples` — every example in `crates/tiercache/examples` (the last step of `test`).
+//! - `examples` — every example in `crates/cache-tiered/examples` (the last step of `test`).
 //! - `bench` — starts its own Redis, runs the benchmarks side by side with the peers, prints one
 //!   table and writes `target/bench/report.json`, `target/bench/report.md` and
 //!   `target/bench/chart.svg`; `--compare old-report.json` prints the change per workload.
@@ -217,7 +217,7 @@ fn test(args: &[String]) -> Result<()> {
     let mut doc = cargo();
     doc.args(["test", "--workspace", "--doc", "--exclude", "demo"]);
     run(doc, "cargo test --doc")?;
-    // Doc examples behind a feature (e.g. `tiercache::blocking`) compile and run too: each
+    // Doc examples behind a feature (e.g. `cache_tiered::blocking`) compile and run too: each
     // package with feature-gated targets once more, with the union of their features.
     for g in targets::gated(&targets, &["test", "example"]) {
         let mut doc = cargo();
@@ -293,17 +293,17 @@ fn sim(args: &[String]) -> Result<()> {
     let targets = targets::workspace_targets()?;
     let simulation = targets
         .iter()
-        .find(|t| t.package == "tiercache" && t.is("test") && t.name == "simulation")
+        .find(|t| t.package == "cache-tiered" && t.is("test") && t.name == "simulation")
         .ok_or(
-            "sim: tiercache has no test target `simulation` (crates/tiercache/tests/simulation.rs)",
+            "sim: tiercache has no test target `simulation` (crates/cache-tiered/tests/simulation.rs)",
         )?;
     let mut c = cargo();
-    c.args(["test", "-p", "tiercache", "--test", "simulation"]);
+    c.args(["test", "-p", "cache-tiered", "--test", "simulation"]);
     if !simulation.required_features.is_empty() {
         c.args(["--features", &simulation.required_features.join(",")]);
     }
     c.args(["--", "--nocapture"]);
-    let mut what = String::from("cargo test -p tiercache --test simulation -- --nocapture");
+    let mut what = String::from("cargo test -p cache-tiered --test simulation -- --nocapture");
     if let Some(n) = &seeds {
         c.env("SIM_SEEDS", n);
         what.push_str(&format!(" (SIM_SEEDS={n})"));
@@ -321,7 +321,7 @@ fn sim(args: &[String]) -> Result<()> {
 fn run_examples() -> Result<()> {
     let mut examples: Vec<targets::Target> = targets::workspace_targets()?
         .into_iter()
-        .filter(|t| t.package == "tiercache" && t.is("example"))
+        .filter(|t| t.package == "cache-tiered" && t.is("example"))
         .collect();
     examples.sort_by(|a, b| a.name.cmp(&b.name));
     let server = start_redis()?;
@@ -341,7 +341,7 @@ fn run_examples() -> Result<()> {
     for example in examples {
         let name = &example.name;
         let mut c = cargo();
-        c.args(["run", "--quiet", "-p", "tiercache", "--example", name])
+        c.args(["run", "--quiet", "-p", "cache-tiered", "--example", name])
             .env("REDIS_URL", server.url());
         if !example.required_features.is_empty() {
             c.args(["--features", &example.required_features.join(",")]);
@@ -357,7 +357,7 @@ fn run_examples() -> Result<()> {
             // The same code, the backend switched by URL and feature alone.
             let mut memory = cargo();
             memory
-                .args(["run", "--quiet", "-p", "tiercache", "--example", name])
+                .args(["run", "--quiet", "-p", "cache-tiered", "--example", name])
                 .env("TIERCACHE_L2_URL", "memory://");
             run(memory, "example any_backend on memory://")?;
             if let Some(cluster) = &cluster {
@@ -372,7 +372,14 @@ fn run_examples() -> Result<()> {
                     .collect();
                 let mut on_cluster = cargo();
                 on_cluster
-                    .args(["run", "--quiet", "-p", "tiercache", "--features", "cluster"])
+                    .args([
+                        "run",
+                        "--quiet",
+                        "-p",
+                        "cache-tiered",
+                        "--features",
+                        "cluster",
+                    ])
                     .args(["--example", name])
                     .env(
                         "TIERCACHE_L2_URL",

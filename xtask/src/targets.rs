@@ -417,11 +417,11 @@ mod tests {
         {"kind":["test"],"crate_types":["bin"],"required-features":["tls"],"name":"tls","src_path":"/w/crates/cache-redis/tests/tls.rs","edition":"2021","doc":false,"doctest":false,"test":true}],
        "metadata":null,"publish":null},
       {"name":"tiercache","features":{},"targets":[
-        {"kind":["example"],"crate_types":["bin"],"required-features":["cluster"],"name":"cluster","src_path":"/w/crates/tiercache/examples/cluster.rs","test":false},
-        {"kind":["example"],"crate_types":["bin"],"name":"quickstart","src_path":"/w/crates/tiercache/examples/quickstart.rs","test":false},
-        {"kind":["test"],"crate_types":["bin"],"required-features":["cluster"],"name":"cluster_backend","src_path":"/w/crates/tiercache/tests/cluster_backend.rs","test":true},
-        {"kind":["test"],"crate_types":["bin"],"required-features":["redis","cluster"],"name":"both","src_path":"/w/crates/tiercache/tests/both.rs","test":true},
-        {"kind":["test"],"crate_types":["bin"],"name":"coherence","src_path":"/w/crates/tiercache/tests/coherence.rs","test":true}]},
+        {"kind":["example"],"crate_types":["bin"],"required-features":["cluster"],"name":"cluster","src_path":"/w/crates/cache-tiered/examples/cluster.rs","test":false},
+        {"kind":["example"],"crate_types":["bin"],"name":"quickstart","src_path":"/w/crates/cache-tiered/examples/quickstart.rs","test":false},
+        {"kind":["test"],"crate_types":["bin"],"required-features":["cluster"],"name":"cluster_backend","src_path":"/w/crates/cache-tiered/tests/cluster_backend.rs","test":true},
+        {"kind":["test"],"crate_types":["bin"],"required-features":["redis","cluster"],"name":"both","src_path":"/w/crates/cache-tiered/tests/both.rs","test":true},
+        {"kind":["test"],"crate_types":["bin"],"name":"coherence","src_path":"/w/crates/cache-tiered/tests/coherence.rs","test":true}]},
       {"name":"cache-testkit","features":{},"targets":[
         {"kind":["test"],"crate_types":["bin"],"name":"cluster","src_path":"/w/crates/cache-testkit/tests/cluster.rs","test":true}]},
       {"name":"benches","features":{"peers":[]},"targets":[
@@ -454,15 +454,15 @@ mod tests {
                 "/w/target/debug/deps/tls-22",
             ),
             artifact(
-                "/w/crates/tiercache/tests/cluster_backend.rs",
+                "/w/crates/cache-tiered/tests/cluster_backend.rs",
                 "/w/target/debug/deps/cluster_backend-33",
             ),
             artifact(
-                "/w/crates/tiercache/tests/both.rs",
+                "/w/crates/cache-tiered/tests/both.rs",
                 "/w/target/debug/deps/both-44",
             ),
             artifact(
-                "/w/crates/tiercache/tests/coherence.rs",
+                "/w/crates/cache-tiered/tests/coherence.rs",
                 "/w/target/debug/deps/coherence-55",
             ),
             artifact(
@@ -483,7 +483,7 @@ mod tests {
         }
     }
 
-    const ALL_RAN: &str = "   Compiling tiercache v0.1.0 (/w/crates/tiercache)
+    const ALL_RAN: &str = "   Compiling tiercache v0.1.0 (/w/crates/cache-tiered)
     Finished `test` profile [unoptimized + debuginfo] target(s) in 0.08s
      Running unittests src/lib.rs (target/debug/deps/cache_redis-00)
      Running tests/redis_store.rs (target/debug/deps/redis_store-11)

@@ -123,7 +123,10 @@ mod tests {
         assert_eq!(old.l1_ttl, Duration::from_millis(1500));
         assert_eq!(old.loader_soft_timeout, Some(Duration::from_millis(200)));
         let b = serde_json::to_value(BreakerConfig::default()).unwrap();
-        assert!(b.to_string().contains("ms\"") || b.to_string().contains("s\""), "{b}");
+        assert!(
+            b.to_string().contains("ms\"") || b.to_string().contains("s\""),
+            "{b}"
+        );
         assert!(serde_json::from_str::<CacheConfig>(r#"{"l1_ttl": "soon"}"#).is_err());
     }
 }

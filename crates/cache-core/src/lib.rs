@@ -10,7 +10,7 @@
 //! - [`Observer`]: hooks for metrics.
 //! - [`Engine`] and [`Cache`]: the engine shared by many typed caches, one per namespace.
 //!
-//! Most users depend on the `tiercache` facade crate, which wires these together.
+//! Most users depend on the facade crate, `cache-tiered`, which wires these together.
 #![warn(missing_docs)]
 
 pub mod backend;

@@ -1,6 +1,6 @@
 //! # cache-metrics
 //!
-//! Metrics for [tiercache](https://docs.rs/tiercache) through the [`metrics`] facade: a
+//! Metrics for [cache-tiered](https://docs.rs/cache-tiered) (tiercache) through the [`metrics`] facade: a
 //! [`MetricsObserver`] for the engine, L1 gauges, and (feature `prometheus`) a Prometheus
 //! exporter with the right histogram buckets.
 //!
@@ -17,12 +17,12 @@
 //! let handle = cache_metrics::install_recorder_only()?;
 //!
 //! // 2. Hand the observer to the engine; every typed cache registers its series once.
-//! let engine = tiercache::builder("app")
+//! let engine = cache_tiered::builder("app")
 //!     .memory_l2()
 //!     .observer(Arc::new(MetricsObserver::new()))
 //!     .build()
 //!     .await?;
-//! let users = engine.cache::<String, tiercache::MsgPack>("users").build()?;
+//! let users = engine.cache::<String, cache_tiered::MsgPack>("users").build()?;
 //!
 //! // 3. Optionally, poll the shared L1's size into gauges (stops when `_l1` is dropped).
 //! let _l1 = cache_metrics::spawn_l1_gauges(&engine, Duration::from_secs(5))?;

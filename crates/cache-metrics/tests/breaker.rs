@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cache_metrics::MetricsObserver;
+use cache_tiered::{BreakerConfig, MemoryStore, MsgPack};
 use common::{parse, value};
-use tiercache::{BreakerConfig, MemoryStore, MsgPack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_gauge_follows_the_l2_breaker() {
     let handle = cache_metrics::install_recorder_only().unwrap();
     let store = Arc::new(MemoryStore::new());
-    let engine = tiercache::builder("br")
+    let engine = cache_tiered::builder("br")
         .remote(store.clone())
         .breaker(Some(BreakerConfig::new(3, Duration::from_millis(100))))
         .observer(Arc::new(MetricsObserver::new().with_label("engine", "br")))

@@ -276,7 +276,7 @@ fn l1_gauges_push() {
 #[test]
 fn l1_gauges_need_a_runtime_and_a_positive_interval() {
     let store: Arc<dyn cache_core::L1Store> =
-        Arc::new(tiercache::QuickL1::with_capacity_bytes(1 << 20));
+        Arc::new(cache_tiered::QuickL1::with_capacity_bytes(1 << 20));
     let (obs, _handle) = observer();
     let err = obs
         .l1_gauges("x")
@@ -305,7 +305,7 @@ fn l1_gauge_task_ends_with_its_store() {
         .unwrap();
     rt.block_on(async {
         let store: Arc<dyn cache_core::L1Store> =
-            Arc::new(tiercache::QuickL1::with_capacity_bytes(4096));
+            Arc::new(cache_tiered::QuickL1::with_capacity_bytes(4096));
         let task = obs
             .l1_gauges("gone")
             .spawn(store.clone(), Duration::from_millis(5))

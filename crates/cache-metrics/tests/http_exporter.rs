@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_metrics::MetricsObserver;
+use cache_tiered::MsgPack;
 use common::{ops, parse};
-use tiercache::MsgPack;
 
 fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -70,7 +70,7 @@ async fn scrape_the_http_endpoint() {
     let other = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
     assert!(cache_metrics::install_prometheus(other).is_err());
 
-    let engine = tiercache::builder("web")
+    let engine = cache_tiered::builder("web")
         .memory_l2()
         .observer(Arc::new(MetricsObserver::new()))
         .build()

@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use cache_metrics::metrics_exporter_prometheus::PrometheusHandle;
 use cache_metrics::MetricsObserver;
+use cache_tiered::cache_writebehind::WriteBehind;
+use cache_tiered::core::{BusConfig, KeySpace, MemoryBus};
+use cache_tiered::{Cache, Engine, MemoryStore, MsgPack, RefreshPolicy};
 use common::{ops, parse, value, Series};
-use tiercache::cache_writebehind::WriteBehind;
-use tiercache::core::{BusConfig, KeySpace, MemoryBus};
-use tiercache::{Cache, Engine, MemoryStore, MsgPack, RefreshPolicy};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -43,7 +43,7 @@ fn setup() -> Setup {
 
 impl Setup {
     async fn engine(&self, store: &Arc<MemoryStore>) -> Engine {
-        tiercache::builder("s")
+        cache_tiered::builder("s")
             .remote(store.clone())
             .observer(Arc::new(self.obs.clone()))
             .build()
@@ -66,7 +66,7 @@ fn cache(engine: &Engine, name: &str) -> C {
 }
 
 async fn unobserved(store: &Arc<MemoryStore>) -> Engine {
-    tiercache::builder("s")
+    cache_tiered::builder("s")
         .remote(store.clone())
         .build()
         .await
@@ -466,8 +466,8 @@ async fn invalidations_sent_received_and_lost() {
     let store = Arc::new(MemoryStore::new());
     let bus = MemoryBus::new();
     let a_bus = bus.attach();
-    let build = |t: &Setup, h: Arc<tiercache::core::MemoryBusHandle>| {
-        tiercache::builder("s")
+    let build = |t: &Setup, h: Arc<cache_tiered::core::MemoryBusHandle>| {
+        cache_tiered::builder("s")
             .remote(store.clone())
             .bus_transport(h)
             // Short heartbeats: a lost batch is noticed within 100 ms even when nothing

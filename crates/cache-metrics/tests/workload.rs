@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cache_metrics::MetricsObserver;
+use cache_tiered::core::KeySpace;
+use cache_tiered::{Cache, MemoryStore, MsgPack};
 use common::{all_ops, ops, parse, value};
-use tiercache::core::KeySpace;
-use tiercache::{Cache, MemoryStore, MsgPack};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -35,7 +35,7 @@ async fn scripted_workload_gives_exact_counts() {
     assert!(cache_metrics::install_recorder_only().is_err());
 
     let store = Arc::new(MemoryStore::new());
-    let a = tiercache::builder("m")
+    let a = cache_tiered::builder("m")
         .remote(store.clone())
         .l1_capacity_bytes(1 << 20)
         .observer(Arc::new(MetricsObserver::new()))
@@ -43,7 +43,7 @@ async fn scripted_workload_gives_exact_counts() {
         .await
         .unwrap();
     // A second instance sharing the L2, not observed: it fills L2 for `a`'s L2 hits.
-    let b = tiercache::builder("m")
+    let b = cache_tiered::builder("m")
         .remote(store.clone())
         .build()
         .await

@@ -1,0 +1,126 @@
+//! A backend written outside the workspace plugs in through the public API alone: it
+//! implements `L2Backend`, brings its store with its bus, and engines built from it keep their
+//! L1 copies coherent like engines on Redis do.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cache_tiered::{
+    BusConfig, ErrorKind, L2Backend, L2Parts, L2Request, MemoryBus, MemoryStore, MsgPack,
+    RemoteStore,
+};
+
+type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// "Our team's store": a shared in-process store and bus, counting its connections.
+#[derive(Debug, Clone)]
+struct TeamBackend {
+    store: Arc<MemoryStore>,
+    bus: Arc<MemoryBus>,
+    connects: Arc<AtomicUsize>,
+}
+
+impl TeamBackend {
+    fn new() -> Self {
+        TeamBackend {
+            store: Arc::new(MemoryStore::new()),
+            bus: MemoryBus::new(),
+            connects: Arc::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl L2Backend for TeamBackend {
+    fn name(&self) -> &'static str {
+        "team"
+    }
+
+    async fn connect(&self, request: &L2Request) -> cache_tiered::Result<L2Parts> {
+        if request.tracking {
+            return Err(request.tracking_unsupported(self.name()));
+        }
+        self.connects.fetch_add(1, Ordering::SeqCst);
+        let store: Arc<dyn RemoteStore> = self.store.clone();
+        Ok(L2Parts::new(store).with_bus(self.bus.attach()))
+    }
+}
+
+async fn engine(backend: &TeamBackend) -> cache_tiered::Result<cache_tiered::Engine> {
+    cache_tiered::builder("team-app")
+        .l2(backend.clone())
+        .bus_config(BusConfig::default().with_heartbeat(Duration::from_millis(50)))
+        .build()
+        .await
+}
+
+async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_backend_brings_its_bus_through_the_public_api() -> TestResult {
+    let backend = TeamBackend::new();
+    let a = engine(&backend).await?;
+    let b = engine(&backend).await?;
+    assert_eq!(backend.connects.load(Ordering::SeqCst), 2);
+    assert!(a.bus_stats().is_some(), "the backend's bus is in use");
+    let ca = a.cache::<u64, MsgPack>("n").build()?;
+    let cb = b.cache::<u64, MsgPack>("n").build()?;
+    ca.set("k", 1).await?;
+    assert_eq!(
+        cb.get("k").await?.as_deref(),
+        Some(&1),
+        "B reads A's write from the store"
+    );
+    assert!(cb.get_local("k").is_some());
+    ca.set("k", 2).await?;
+    assert!(
+        eventually(|| cb.get_local("k").is_none()).await,
+        "A's write reached B's L1 through the backend's bus"
+    );
+    assert_eq!(cb.get("k").await?.as_deref(), Some(&2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_backend_without_tracking_refuses_a_request_for_it() -> TestResult {
+    let backend = TeamBackend::new();
+    let e = cache_tiered::builder("team-app")
+        .l2(backend)
+        .tracking(true)
+        .build()
+        .await
+        .err()
+        .map(|e| (e.kind(), e.to_string()));
+    let (kind, message) = e.expect("tracking on a backend without it must fail");
+    assert_eq!(kind, ErrorKind::InvalidConfig);
+    assert!(message.contains("team"), "{message}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bare_store_brings_no_bus_and_bus_false_says_so() -> TestResult {
+    let store: Arc<dyn RemoteStore> = Arc::new(MemoryStore::new());
+    let e = cache_tiered::builder("bare")
+        .remote(store.clone())
+        .build()
+        .await?;
+    assert!(e.bus_stats().is_none(), "remote() alone has no bus");
+    let e = cache_tiered::builder("bare")
+        .remote(store)
+        .bus(false)
+        .build()
+        .await?;
+    assert!(e.bus_stats().is_none());
+    Ok(())
+}
