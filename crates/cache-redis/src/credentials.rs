@@ -103,7 +103,7 @@ impl Credentials {
 /// }
 ///
 /// let config = RedisConfig::builder()
-///     .url("rediss://cache.example.com:6379/")
+///     .url("redis://cache.example.com:6379/")
 ///     .credentials_provider(FromEnv)
 ///     .build()?;
 /// assert!(config.credentials_provider.is_some());

@@ -136,7 +136,7 @@ pub(crate) fn parse_url(input: &str) -> Result<ParsedUrl> {
     if tls && !cfg!(feature = "tls") {
         return Err(Error::new(
             ErrorKind::InvalidConfig,
-            "rediss:// (TLS) needs the `tls` feature of cache-redis (or of tiercache), which is \
+            "rediss:// (TLS) needs the `tls` feature of cache-redis (or of cache-tiered), which is \
              not enabled; there is no plaintext fallback",
         ));
     }
