@@ -8,7 +8,7 @@ use std::time::Duration;
 /// changes nothing: both tiers are read and written, the TTLs and loader timeouts are the
 /// cache's.
 ///
-/// Contradictions are refused at the call with an [`ErrorKind::InvalidConfig`] error (see
+/// Contradictions are refused at the call with an [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) error (see
 /// [`CallOptions::check_read`], [`CallOptions::check_load`], [`CallOptions::check_write`]).
 ///
 /// A load is shared by every caller of its key in the engine: the options of the call that
@@ -220,13 +220,13 @@ impl<V> Loaded<V> {
     /// The previous value is still right (see [`LoadContext::previous`]): it is kept, with its
     /// TTLs renewed in both tiers; the loader produced no new value. Answering this when
     /// nothing was at hand ([`LoadContext::has_previous`] false) fails the load with an
-    /// [`ErrorKind::Loader`] error.
+    /// [`ErrorKind::Loader`](crate::ErrorKind::Loader) error.
     pub fn unchanged() -> Self {
         Self::of(Outcome::Unchanged)
     }
 
     /// Store this entry with its own TTLs (each `None` keeps the cache's). A zero TTL, or an
-    /// L1 TTL above the L2 TTL, fails the load with [`ErrorKind::InvalidConfig`].
+    /// L1 TTL above the L2 TTL, fails the load with [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig).
     pub fn with_ttls(mut self, l1: Option<Duration>, l2: Option<Duration>) -> Self {
         self.l1_ttl = l1;
         self.l2_ttl = l2;

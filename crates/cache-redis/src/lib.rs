@@ -17,7 +17,7 @@
 //!   ElastiCache IAM, Azure Entra ID). Mutual TLS: a client certificate and key on the config
 //!   (`tls_client_cert_file` / `tls_client_key_file`, feature `tls`).
 //!
-//! Features: `sentinel` adds [`SentinelStore`] and [`SentinelBus`]: the same store and bus
+//! Features: `sentinel` adds `SentinelStore` and `SentinelBus`: the same store and bus
 //! over the master of a Redis Sentinel group, following failovers (`docs/sentinel.md`).
 //! `tls` enables `rediss://` (rustls with the `ring` provider and the webpki root
 //! certificates). Without it a `rediss://` URL is an
