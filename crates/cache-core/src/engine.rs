@@ -227,6 +227,52 @@ impl Engine {
     pub fn l1_stats(&self) -> L1Stats {
         self.inner.l1.stats()
     }
+
+    /// Milliseconds since the Unix epoch, from the engine's clock.
+    #[inline]
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.inner.now_ms()
+    }
+
+    /// The invalidation bus, when the engine has one.
+    pub(crate) fn bus(&self) -> Option<&Arc<BusRuntime>> {
+        self.inner.bus.as_ref()
+    }
+
+    /// The queue of background L2 writes.
+    pub(crate) fn background(&self) -> &Background {
+        &self.inner.background
+    }
+
+    /// The queue of failed L2 writes and deletes waiting for replay, when auto-recovery is on.
+    pub(crate) fn recovery_queue(&self) -> Option<&Arc<RecoveryQueue>> {
+        self.inner.recovery.as_ref()
+    }
+
+    /// The source of random draws (early refresh).
+    pub(crate) fn random(&self) -> &dyn RandomSource {
+        self.inner.random.as_ref()
+    }
+
+    /// The engine's observer.
+    pub(crate) fn observer(&self) -> &Arc<dyn Observer> {
+        &self.inner.observer
+    }
+
+    /// Queue a failed L2 operation for replay; false when auto-recovery is off.
+    pub(crate) fn queue_recovery(
+        &self,
+        full_key: String,
+        op: crate::recovery::Replay,
+        announce: Option<(String, String)>,
+    ) -> bool {
+        self.inner.queue_recovery(full_key, op, announce)
+    }
+
+    /// A write or delete of `full_key` succeeded: nothing pending for it needs replaying.
+    pub(crate) fn recovered(&self, full_key: &str) {
+        self.inner.recovered(full_key);
+    }
 }
 
 /// Builds an [`Engine`].

@@ -105,7 +105,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl<V: Send + Sync + 'static> NsState<V> {
     pub(crate) fn new(ns: NamespaceId, engine: Engine, observer: Arc<dyn CacheObserver>) -> Self {
-        let reload = engine.inner.bus.as_ref().map_or(0, |b| b.reload_keys());
+        let reload = engine.bus().map_or(0, |b| b.reload_keys());
         NsState {
             recent: (reload > 0).then(|| Recent {
                 keys: Mutex::new(VecDeque::new()),
@@ -193,7 +193,7 @@ impl<V: Send + Sync + 'static> NsState<V> {
             // once the clock has moved past it (a clock that stands still, as a test's may,
             // is not waited for longer than 100 ms).
             for _ in 0..100 {
-                if engine.inner.now_ms() > flushed_at {
+                if engine.now_ms() > flushed_at {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -210,7 +210,7 @@ impl<V: Send + Sync + 'static> NsState<V> {
     /// Drop a key from L1, refusing any fill that began before.
     pub(crate) fn drop_key(&self, key: &str) {
         self.bump_epoch(key);
-        self.engine.inner.l1.remove(self.ns, key);
+        self.engine.l1().remove(self.ns, key);
     }
 
     /// Drop the namespace from L1 (a clear, or a possible loss of invalidations). When a
@@ -221,9 +221,9 @@ impl<V: Send + Sync + 'static> NsState<V> {
             e.fetch_add(1, Ordering::SeqCst);
         }
         self.flushed_at
-            .store(self.engine.inner.now_ms(), Ordering::SeqCst);
+            .store(self.engine.now_ms(), Ordering::SeqCst);
         if !self.keep_stale.load(Ordering::SeqCst) {
-            self.engine.inner.l1.clear_namespace(self.ns);
+            self.engine.l1().clear_namespace(self.ns);
         }
     }
 

@@ -246,7 +246,7 @@ where
                 _ => {}
             }
         }
-        if let Some(l2) = &self.engine.inner.l2 {
+        if let Some(l2) = self.engine.remote() {
             if !cas.is_empty() {
                 let (at, batch): (Vec<usize>, Vec<LeaseFill>) = cas.into_iter().unzip();
                 let start = self.observe.then(Instant::now);

@@ -134,18 +134,18 @@ where
     pub fn build(self) -> Result<Cache<V, C>> {
         self.config.validate()?;
         let keys = KeySpace::new(
-            &self.engine.inner.prefix,
+            self.engine.prefix(),
             &self.namespace,
             self.config.schema_version,
         )?
         .with_max_key_len(self.config.max_key_len);
-        let observer = self.engine.inner.observer.for_cache(&self.namespace);
+        let observer = self.engine.observer().for_cache(&self.namespace);
         let state = self
             .engine
             .namespace_state::<V>(&self.namespace, observer.clone())?;
         state.joined(keys.base(), self.config.fail_safe);
         let channel = format!("{}__inv", keys.base());
-        if let Some(bus) = &self.engine.inner.bus {
+        if let Some(bus) = self.engine.bus() {
             let target: Arc<dyn BusTarget> = state.clone();
             bus.register(channel.clone(), Arc::downgrade(&target));
         }

@@ -27,7 +27,7 @@ where
         l1: Option<Duration>,
         l2: Option<Duration>,
     ) -> Result<Prepared<V>> {
-        let now = self.engine.inner.now_ms();
+        let now = self.engine.now_ms();
         let base_l2 = match (&value, l2) {
             (_, Some(t)) => t,
             (None, None) => self.config.negative_ttl,
@@ -94,7 +94,7 @@ where
         L1Entry {
             value: value.map(|v| v as Arc<dyn std::any::Any + Send + Sync>),
             expires_at_ms: p.l1_expires_at_ms,
-            born_ms: self.engine.inner.now_ms(),
+            born_ms: self.engine.now_ms(),
             stale_until_ms: p.l1_stale_until_ms,
             refresh_at_ms: p.l1_refresh_at_ms,
             delta_us: p.delta_us,
@@ -110,9 +110,9 @@ where
         if self.epoch(key) != epoch {
             return false;
         }
-        self.engine.inner.l1.insert(self.ns, key, entry);
+        self.engine.l1().insert(self.ns, key, entry);
         if self.epoch(key) != epoch {
-            self.engine.inner.l1.remove(self.ns, key);
+            self.engine.l1().remove(self.ns, key);
             return false;
         }
         true

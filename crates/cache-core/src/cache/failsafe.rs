@@ -23,11 +23,11 @@ where
             return self.invalidate(key).await;
         }
         let full = inner.keys.full(key)?;
-        inner.engine.inner.background.settled(&full).await;
+        inner.engine.background().settled(&full).await;
         inner.observer.on_event(CacheEvent::Invalidate);
         inner.bump_epoch(key);
         inner.mark_expired(key);
-        let kept = match &inner.engine.inner.l2 {
+        let kept = match inner.engine.remote() {
             None => true,
             Some(l2) => self.expire_l2(l2.as_ref(), &full).await,
         };
@@ -61,7 +61,7 @@ where
         ) {
             return false;
         }
-        let now = inner.engine.inner.now_ms().max(1);
+        let now = inner.engine.now_ms().max(1);
         let restamped = match l2.get(full).await {
             Ok(Some(bytes)) => match Header::decode(&bytes) {
                 Ok((h, payload)) if h.expires_at_ms == 0 || h.expires_at_ms > now => {
@@ -118,10 +118,10 @@ where
 {
     /// Turn a live L1 entry of `key` into an expired one, kept as a fail-safe fallback.
     pub(super) fn mark_expired(&self, key: &str) {
-        let now = self.engine.inner.now_ms();
-        if let Some(entry) = self.engine.inner.l1.get(self.ns, key, now) {
+        let now = self.engine.now_ms();
+        if let Some(entry) = self.engine.l1().get(self.ns, key, now) {
             if entry.expires_at_ms > now {
-                self.engine.inner.l1.insert(
+                self.engine.l1().insert(
                     self.ns,
                     key,
                     L1Entry {
@@ -149,8 +149,8 @@ where
         if !self.config.fail_safe {
             return None;
         }
-        let now = self.engine.inner.now_ms();
-        let entry = self.engine.inner.l1.get(self.ns, key, now)?;
+        let now = self.engine.now_ms();
+        let entry = self.engine.l1().get(self.ns, key, now)?;
         let until = entry.stale_until_ms;
         Self::value_of(entry).map(|v| (v, until))
     }
@@ -175,7 +175,7 @@ where
         bump(&self.stats.stale_served);
         self.observer.on_event(CacheEvent::StaleServed);
         tracing::warn!(cache = %self.name, "serving a stale value (fail-safe)");
-        let now = self.engine.inner.now_ms();
+        let now = self.engine.now_ms();
         let until = now
             .saturating_add(self.config.fail_safe_backoff.as_millis() as u64)
             .min(stale_until);
@@ -188,7 +188,7 @@ where
                         .clone()
                         .map(|v| v as Arc<dyn std::any::Any + Send + Sync>),
                     expires_at_ms: until,
-                    born_ms: self.engine.inner.now_ms(),
+                    born_ms: self.engine.now_ms(),
                     stale_until_ms: stale_until,
                     refresh_at_ms: until,
                     delta_us: 0,

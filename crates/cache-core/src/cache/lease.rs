@@ -8,7 +8,7 @@ where
     C: Codec,
 {
     pub(super) fn lease_key(&self, full: &str) -> Option<String> {
-        lease_key(&self.engine.inner.prefix, full)
+        lease_key(self.engine.prefix(), full)
     }
 
     /// The fill lease key of `full` when this cache uses leases (what every write deletes).
@@ -50,7 +50,7 @@ where
     ) -> (Vec<(String, String, Fill)>, Vec<(String, Option<Arc<V>>)>) {
         let mut fills = Vec::with_capacity(keys.len());
         let mut delivered = Vec::new();
-        let Some(l2) = self.engine.inner.l2.as_ref().filter(|_| self.config.leases) else {
+        let Some(l2) = self.engine.remote().filter(|_| self.config.leases) else {
             fills.extend(keys.into_iter().map(|(k, f)| (k, f, Fill::Plain)));
             return (fills, delivered);
         };
@@ -148,7 +148,7 @@ where
 
     /// Give a lease back early (after a failed load), only if it is still ours.
     pub(super) async fn release_lease(&self, lease_key: &str, token: &[u8]) {
-        if let Some(l2) = &self.engine.inner.l2 {
+        if let Some(l2) = self.engine.remote() {
             // A compare-and-set of an empty marker that expires at once frees the lease
             // without touching another holder's.
             let _ = l2

@@ -153,9 +153,9 @@ where
                 stale: None,
             };
         }
-        let now = inner.engine.inner.now_ms();
+        let now = inner.engine.now_ms();
         let mut stale: Option<(Option<Arc<V>>, u64)> = None;
-        match inner.engine.inner.l1.get(inner.ns, key, now) {
+        match inner.engine.l1().get(inner.ns, key, now) {
             Some(entry) if entry.expires_at_ms > now && inner.is_fresh(&entry) => {
                 let (refresh_at, expires_at, delta_us) =
                     (entry.refresh_at_ms, entry.expires_at_ms, entry.delta_us);
@@ -307,7 +307,7 @@ where
         let inner = &self.inner;
         let remaining = Duration::from_millis(expires_at.saturating_sub(now));
         let delta = Duration::from_micros(u64::from(delta_us));
-        let draw = inner.engine.inner.random.draw();
+        let draw = inner.engine.random().draw();
         if !inner.policy.should_refresh(remaining, delta, draw) {
             return Ok(());
         }
@@ -623,7 +623,7 @@ where
         // `invalidate` that ran during the load or the write wins.
         let mut fresh = true;
         let mut stored = false;
-        match (&self.engine.inner.l2, bytes, fill) {
+        match (self.engine.remote(), bytes, fill) {
             (Some(l2), Some(bytes), Fill::Lease(lk, token)) => {
                 let start = self.observe.then(Instant::now);
                 match l2
@@ -712,8 +712,8 @@ where
     /// How long ago this instance stored `previous` in L1, when that is where it came from.
     pub(super) fn age(&self, key: &str, previous: &Option<Option<Arc<V>>>) -> Option<Duration> {
         let previous = previous.as_ref()?;
-        let now = self.engine.inner.now_ms();
-        let entry = self.engine.inner.l1.get(self.ns, key, now)?;
+        let now = self.engine.now_ms();
+        let entry = self.engine.l1().get(self.ns, key, now)?;
         let same = match (&entry.value, previous) {
             (None, None) => true,
             (Some(any), Some(v)) => any
@@ -735,7 +735,7 @@ where
     ) -> Result<(Prepared<V>, Option<Vec<u8>>)> {
         let prepared = self.prepare(value, delta, l1, l2)?;
         let mut bytes = prepared.bytes.clone();
-        if let (Some(l2), Some(b)) = (&self.engine.inner.l2, &bytes) {
+        if let (Some(l2), Some(b)) = (self.engine.remote(), &bytes) {
             if b.len() > l2.max_value_size() {
                 bump(&self.stats.oversize);
                 tracing::warn!(
@@ -755,13 +755,13 @@ where
         let Some(exp) = found.l2_expires_at_ms else {
             return false;
         };
-        let now = self.engine.inner.now_ms();
+        let now = self.engine.now_ms();
         let remaining = Duration::from_millis(exp.saturating_sub(now));
         let delta = Duration::from_micros(u64::from(found.delta_us));
         if remaining > self.policy.horizon(delta) {
             return false;
         }
         self.policy
-            .should_refresh(remaining, delta, self.engine.inner.random.draw())
+            .should_refresh(remaining, delta, self.engine.random().draw())
     }
 }

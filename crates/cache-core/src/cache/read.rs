@@ -12,8 +12,8 @@ where
     #[inline]
     pub fn get_local(&self, key: &str) -> Option<Option<Arc<V>>> {
         let inner = &*self.inner;
-        let now = inner.engine.inner.now_ms();
-        match inner.engine.inner.l1.get(inner.ns, key, now) {
+        let now = inner.engine.now_ms();
+        match inner.engine.l1().get(inner.ns, key, now) {
             Some(entry) if entry.expires_at_ms > now && inner.is_fresh(&entry) => {
                 inner.downcast(entry)
             }
@@ -147,7 +147,7 @@ where
             self.observer.on_event(CacheEvent::L2Miss { latency });
             return None;
         };
-        let now = self.engine.inner.now_ms();
+        let now = self.engine.now_ms();
         match self.decode(&bytes, now) {
             Ok(d) if d.stale => {
                 bump(&self.stats.l2_misses);
@@ -172,7 +172,7 @@ where
                             .clone()
                             .map(|v| v as Arc<dyn std::any::Any + Send + Sync>),
                         expires_at_ms: d.expires_at_ms,
-                        born_ms: self.engine.inner.now_ms(),
+                        born_ms: self.engine.now_ms(),
                         stale_until_ms: d.stale_until_ms,
                         refresh_at_ms: self.refresh_at(d.expires_at_ms, d.delta_us),
                         delta_us: d.delta_us,
@@ -211,7 +211,7 @@ where
         epoch: u64,
         fill_l1: bool,
     ) -> Result<Option<Found<V>>> {
-        let Some(l2) = self.engine.inner.l2.as_ref() else {
+        let Some(l2) = self.engine.remote() else {
             return Ok(None);
         };
         // Timed only for an observer that will hear of it (two clock reads per miss saved).
@@ -233,7 +233,7 @@ where
     /// One L2 round trip for many keys; aligned with `keys`. Errors as in [`Self::l2_read`].
     pub(super) async fn l2_read_many(&self, keys: Vec<String>) -> Result<Vec<Option<Found<V>>>> {
         let epochs: Vec<u64> = keys.iter().map(|k| self.epoch(k)).collect();
-        let Some(l2) = self.engine.inner.l2.as_ref() else {
+        let Some(l2) = self.engine.remote() else {
             return Ok(keys.iter().map(|_| None).collect());
         };
         let mut fulls = Vec::with_capacity(keys.len());

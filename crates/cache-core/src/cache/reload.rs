@@ -40,13 +40,13 @@ where
 {
     fn reload(self: Arc<Self>, keys: Vec<String>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            let now = self.engine.inner.now_ms();
+            let now = self.engine.now_ms();
             // A key read again since the flush is in L1 already.
             let keys: Vec<String> = keys
                 .into_iter()
                 .filter(|k| {
                     !matches!(
-                        self.engine.inner.l1.get(self.ns, k, now),
+                        self.engine.l1().get(self.ns, k, now),
                         Some(e) if e.expires_at_ms > now && self.is_fresh(&e)
                     )
                 })

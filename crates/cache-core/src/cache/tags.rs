@@ -19,7 +19,7 @@ where
     pub async fn invalidate_tag(&self, tag: &str) -> Result<u64> {
         crate::key::validate_key(tag, 256)?;
         let inner = &self.inner;
-        let Some(l2) = &inner.engine.inner.l2 else {
+        let Some(l2) = inner.engine.remote() else {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
                 "tags are kept in L2: this engine has none",
@@ -32,7 +32,7 @@ where
             inner.l2_failed(L2Op::Delete, e);
         })?;
         // Tagged writes of this instance that failed are not in the index set yet.
-        if let Some(queue) = &inner.engine.inner.recovery {
+        if let Some(queue) = inner.engine.recovery_queue() {
             for m in queue.tagged(&tag_key) {
                 if !members.contains(&m) {
                     members.push(m);
@@ -69,7 +69,7 @@ where
                         let announce = m
                             .strip_prefix(base)
                             .map(|k| (inner.channel.clone(), k.to_owned()));
-                        queued = inner.engine.inner.queue_recovery(
+                        queued = inner.engine.queue_recovery(
                             m.clone(),
                             Replay::delete(also, Vec::new(), Duration::ZERO),
                             announce,
@@ -87,7 +87,7 @@ where
         for k in &user_keys {
             inner.state.drop_key(k);
         }
-        if let Some(bus) = &inner.engine.inner.bus {
+        if let Some(bus) = inner.engine.bus() {
             if !user_keys.is_empty() {
                 inner.observer.on_event(CacheEvent::InvalidationsSent {
                     keys: user_keys.len() as u32,
@@ -106,9 +106,9 @@ where
 {
     /// The index set of `tag` and the set where `invalidate_tag` keeps the members it took.
     pub(super) fn tag_keys(&self, tag: &str) -> Result<(String, String)> {
-        let tag_key = crate::key::tag_key(&self.engine.inner.prefix, &self.name, tag);
+        let tag_key = crate::key::tag_key(self.engine.prefix(), &self.name, tag);
         let pending =
-            crate::key::tag_pending_key(&self.engine.inner.prefix, &tag_key).ok_or_else(|| {
+            crate::key::tag_pending_key(self.engine.prefix(), &tag_key).ok_or_else(|| {
                 Error::new(
                     ErrorKind::InvalidKey,
                     "a tag may not hold a '}' outside a hash tag",
@@ -127,12 +127,12 @@ where
         tags: &[String],
         ttl: Duration,
     ) -> bool {
-        let Some(l2) = &self.engine.inner.l2 else {
+        let Some(l2) = self.engine.remote() else {
             return true;
         };
         let tag_keys: Vec<String> = tags
             .iter()
-            .map(|t| crate::key::tag_key(&self.engine.inner.prefix, &self.name, t))
+            .map(|t| crate::key::tag_key(self.engine.prefix(), &self.name, t))
             .collect();
         let mut failed = None;
         for tag_key in &tag_keys {
@@ -148,7 +148,7 @@ where
         if let Err(e) = l2.delete(&[full.to_owned()]).await {
             self.l2_failed(L2Op::Delete, &e);
             if e.is_transient() {
-                self.engine.inner.queue_recovery(
+                self.engine.queue_recovery(
                     full.to_owned(),
                     Replay::delete(Vec::new(), tag_keys, ttl),
                     Some((self.channel.clone(), key.to_owned())),

@@ -108,14 +108,14 @@ where
         let prepared =
             inner.prepare(Some(value), Duration::ZERO, options.l1_ttl, options.l2_ttl)?;
         let write_l2 = !options.skip_l2_write;
-        if let (Some(l2), Some(bytes), true) = (&inner.engine.inner.l2, &prepared.bytes, write_l2) {
+        if let (Some(l2), Some(bytes), true) = (inner.engine.remote(), &prepared.bytes, write_l2) {
             check_value_size(&full, bytes.len(), l2.max_value_size())?;
         }
         // Writes of a key on this engine land in call order: after its background ones.
-        inner.engine.inner.background.settled(&full).await;
+        inner.engine.background().settled(&full).await;
         inner.observer.on_event(CacheEvent::Set);
         inner.bump_epoch(key);
-        if options.background_l2_write && inner.engine.inner.l2.is_some() {
+        if options.background_l2_write && inner.engine.remote().is_some() {
             let epoch = inner.epoch(key);
             inner.keep_in_l1(key, options, &prepared);
             let cache = self.clone();
@@ -128,7 +128,7 @@ where
                     .finish_background(&owned_key, &owned_full, prepared, &tags, epoch, keep)
                     .await;
             });
-            match inner.engine.inner.background.push(job) {
+            match inner.engine.background().push(job) {
                 Ok(()) => return Ok(()),
                 // The queue is full (or stopped): write in the foreground, as `set` does.
                 Err(job) => {
@@ -168,7 +168,7 @@ where
             inner.bump_epoch(key);
             if keep {
                 let entry = inner.entry_of(prepared.value.clone(), &prepared);
-                inner.engine.inner.l1.insert(inner.ns, key, entry);
+                inner.engine.l1().insert(inner.ns, key, entry);
             }
         } else {
             // Dropped or flushed meanwhile (an invalidation from another instance): what L1
@@ -189,13 +189,13 @@ where
         tags: &[String],
     ) -> Result<()> {
         let inner = &self.inner;
-        let (Some(l2), Some(bytes)) = (&inner.engine.inner.l2, prepared.bytes.clone()) else {
+        let (Some(l2), Some(bytes)) = (inner.engine.remote(), prepared.bytes.clone()) else {
             return Ok(());
         };
         let lease = inner.fill_lease_key(full);
         let tag_keys: Vec<String> = tags
             .iter()
-            .map(|t| crate::key::tag_key(&inner.engine.inner.prefix, &inner.name, t))
+            .map(|t| crate::key::tag_key(inner.engine.prefix(), &inner.name, t))
             .collect();
         // Remove the fill lease first: a load in flight elsewhere must not overwrite us. Both
         // in one round trip where the backend can.
@@ -215,7 +215,7 @@ where
         }
         match written {
             Ok(()) => {
-                inner.engine.inner.recovered(full);
+                inner.engine.recovered(full);
                 Ok(())
             }
             Err(e) => {
@@ -225,7 +225,7 @@ where
                 // The failed write is settled by a delete when L2 is back: another instance
                 // may write the key meanwhile, and only a delete is right in any order.
                 let queued = e.is_transient()
-                    && inner.engine.inner.queue_recovery(
+                    && inner.engine.queue_recovery(
                         full.to_owned(),
                         Replay::delete(lease.into_iter().collect(), tag_keys, prepared.l2_ttl),
                         Some((inner.channel.clone(), key.to_owned())),
@@ -245,21 +245,21 @@ where
     /// auto-recovery and counts as done.
     pub(super) async fn l2_remove(&self, key: &str, full: String) -> Result<()> {
         let inner = &self.inner;
-        let Some(l2) = &inner.engine.inner.l2 else {
+        let Some(l2) = inner.engine.remote() else {
             return Ok(());
         };
         let mut keys = vec![full];
         keys.extend(inner.fill_lease_key(&keys[0]));
         match l2.delete(&keys).await {
             Ok(()) => {
-                inner.engine.inner.recovered(&keys[0]);
+                inner.engine.recovered(&keys[0]);
                 Ok(())
             }
             Err(e) => {
                 inner.l2_failed(L2Op::Delete, &e);
                 let full = keys.remove(0);
                 let queued = e.is_transient()
-                    && inner.engine.inner.queue_recovery(
+                    && inner.engine.queue_recovery(
                         full,
                         Replay::delete(keys, Vec::new(), Duration::ZERO),
                         Some((inner.channel.clone(), key.to_owned())),
@@ -285,9 +285,9 @@ where
 
     pub(super) async fn invalidate_inner(&self, key: &str) -> Result<()> {
         let full = self.inner.keys.full(key)?;
-        self.inner.engine.inner.background.settled(&full).await;
+        self.inner.engine.background().settled(&full).await;
         self.inner.bump_epoch(key);
-        self.inner.engine.inner.l1.remove(self.inner.ns, key);
+        self.inner.engine.l1().remove(self.inner.ns, key);
         self.inner.observer.on_event(CacheEvent::Invalidate);
         let result = self.l2_remove(key, full).await;
         // A read on this instance while the delete was in flight may have found the old value
@@ -304,7 +304,7 @@ where
     /// Drop a key from this process' L1 only.
     pub fn invalidate_local(&self, key: &str) {
         self.inner.bump_epoch(key);
-        self.inner.engine.inner.l1.remove(self.inner.ns, key);
+        self.inner.engine.l1().remove(self.inner.ns, key);
     }
 
     /// Drop every entry of this namespace from this process' L1.
@@ -329,9 +329,9 @@ where
             .await;
         inner.flush_local();
         inner.announce_clear();
-        let deleted = match &inner.engine.inner.l2 {
+        let deleted = match inner.engine.remote() {
             Some(l2) => {
-                let leases = format!("{}:__lease:", inner.engine.inner.prefix);
+                let leases = format!("{}:__lease:", inner.engine.prefix());
                 let result = match l2.delete_prefix(&leases).await {
                     Ok(_) => l2.delete_prefix(inner.keys.base()).await,
                     Err(e) => Err(e),
@@ -366,16 +366,16 @@ where
     /// caught that, failing about one run in two.)
     pub(super) fn keep_in_l1(&self, key: &str, options: &CallOptions, prepared: &Prepared<V>) {
         if options.skip_l1_write {
-            self.engine.inner.l1.remove(self.ns, key);
+            self.engine.l1().remove(self.ns, key);
             return;
         }
         let entry = self.entry_of(prepared.value.clone(), prepared);
-        self.engine.inner.l1.insert(self.ns, key, entry);
+        self.engine.l1().insert(self.ns, key, entry);
     }
 
     /// Tell other instances that `key` changed (batched by the bus).
     pub(super) fn announce(&self, key: &str) {
-        if let Some(bus) = &self.engine.inner.bus {
+        if let Some(bus) = self.engine.bus() {
             bus.publish_keys(&self.channel, vec![key.to_owned()]);
             self.observer
                 .on_event(CacheEvent::InvalidationsSent { keys: 1 });
@@ -384,7 +384,7 @@ where
 
     /// Tell other instances to drop this whole namespace from their L1.
     pub(super) fn announce_clear(&self) {
-        if let Some(bus) = &self.engine.inner.bus {
+        if let Some(bus) = self.engine.bus() {
             bus.publish_clear(&self.channel);
             self.observer
                 .on_event(CacheEvent::InvalidationsSent { keys: 1 });
