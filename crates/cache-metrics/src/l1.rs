@@ -8,7 +8,7 @@ use cache_core::{Engine, Error, ErrorKind, L1Stats, L1Store, Result};
 use metrics::{Counter, Gauge, Label, Unit};
 
 use crate::names::{BYTES, CAPACITY_BYTES, ENGINE, ENTRIES, EVICTIONS_TOTAL};
-use crate::observer::Registrar;
+use crate::registrar::Registrar;
 
 /// The L1 series of one engine (label `engine`): `cache_entries`, `cache_bytes`,
 /// `cache_capacity_bytes` gauges and the `cache_evictions_total` counter, registered once.

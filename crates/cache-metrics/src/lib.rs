@@ -116,6 +116,7 @@ pub mod names;
 mod observer;
 #[cfg(feature = "prometheus")]
 mod prometheus;
+mod registrar;
 
 pub use l1::{record_l1, spawn_l1_gauges, L1GaugeTask, L1Gauges};
 pub use observer::{CacheMetrics, MetricsObserver};
