@@ -40,6 +40,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 mod cluster;
+mod cycles;
 mod package;
 mod report;
 mod targets;
@@ -195,6 +196,8 @@ fn test(args: &[String]) -> Result<()> {
         }
     }
     check_alert_rules()?;
+    // No module cycle in any library crate (see cycles.rs).
+    cycles::check()?;
     // The demo (axum, SQLite) stays out of the workspace test build (`targets::NO_TESTS`):
     // its unit tests (comparison math, SVG chart, options) run on their own below, and the
     // demo itself is compiled once there.

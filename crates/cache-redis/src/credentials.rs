@@ -20,7 +20,7 @@ use cache_core::Result;
 use futures::{Stream, StreamExt};
 use redis::{BasicAuth, ConnectionInfo, RedisError, RedisResult};
 
-use crate::errors::ErrorContext;
+use crate::errors::{ErrorContext, PROVIDER_FAILED};
 use crate::target::REDACTED;
 
 /// One user name and password, as a [`CredentialsProvider`] hands them out.
@@ -232,10 +232,6 @@ impl CredentialsProvider for SharedCredentialsProvider {
         self.0.refresh_interval()
     }
 }
-
-/// What the redis-rs error of a failed provider call starts with (recognised by
-/// [`ErrorContext::map`]).
-pub const PROVIDER_FAILED: &str = "the credentials provider failed";
 
 /// A [`SharedCredentialsProvider`] bound to one store: the user to fall back on, the bound on
 /// each call, and the error context that learns every password handed out (so it is

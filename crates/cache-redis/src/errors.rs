@@ -6,8 +6,11 @@ use std::time::Duration;
 use cache_core::{Error, ErrorKind};
 use redis::{RedisError, ServerErrorKind};
 
-use crate::credentials::PROVIDER_FAILED;
 use crate::target::REDACTED;
+
+/// What the redis-rs error of a failed credentials-provider call starts with (recognised by
+/// [`ErrorContext::map`]).
+pub const PROVIDER_FAILED: &str = "the credentials provider failed";
 
 /// What an error message may say about the connection (never a password): maps redis-rs
 /// errors to [`cache_core::Error`] with a clear message and scrubs every configured password

@@ -83,8 +83,9 @@ pub mod support {
     pub use crate::bus::{pump, Pumped};
     pub use crate::coalesce::{read as coalesced_read, Answer, Coalesced, Reads};
     pub use crate::config::{check_tls_files, duration_text};
-    pub use crate::credentials::{ProviderAuth, PROVIDER_FAILED};
+    pub use crate::credentials::ProviderAuth;
     pub use crate::errors::ErrorContext;
+    pub use crate::errors::PROVIDER_FAILED;
     pub use crate::store::{
         glob_escape, ttl_ms, MAX_TTL_MS, SET_IF_LEASE_LUA, TAG_ADD_LUA, TAG_TAKE_LUA,
     };
