@@ -535,3 +535,6 @@ impl EngineInner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -34,6 +34,8 @@ pub mod options;
 pub mod policy;
 pub mod recovery;
 pub mod remote;
+#[cfg(test)]
+mod testing;
 
 pub use backend::{L2Backend, L2Parts, L2Request, MemoryBackend};
 pub use breaker::{BreakerConfig, CircuitBreaker};

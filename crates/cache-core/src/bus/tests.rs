@@ -19,10 +19,10 @@ fn message_round_trip_and_garbage() -> Result<()> {
     Ok(())
 }
 
-use super::reconnect::support::{engine, Json};
 use crate::cache::Cache;
 use crate::clock::ManualClock;
 use crate::remote::MemoryStore;
+use crate::testing::{engine, Json};
 
 const MS: Duration = Duration::from_millis(1);
 

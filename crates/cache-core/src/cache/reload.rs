@@ -77,12 +77,12 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use crate::bus::reconnect::support::{engine, Json};
     use crate::bus::{MemoryBus, MemoryBusHandle, ReconnectPolicy};
     use crate::cache::Cache;
     use crate::clock::ManualClock;
     use crate::error::Result;
     use crate::remote::MemoryStore;
+    use crate::testing::{engine, Json};
     use crate::Engine;
 
     const MS: Duration = Duration::from_millis(1);
