@@ -30,7 +30,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::{drain, find_binary, free_port, Error, RedisServer, Result, ServerOptions};
+use crate::error::{Error, Result};
+use crate::process::{drain, find_binary, free_port};
+use crate::server::{RedisServer, ServerOptions};
 
 /// Default cluster node timeout of test clusters (`--cluster-node-timeout`): 2 s.
 pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(2);

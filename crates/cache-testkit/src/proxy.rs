@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// How often a pump thread wakes up to look at the mode and the reset flags; also the
 /// longest a [`FaultProxy::reset_all`] takes to reach a connection.

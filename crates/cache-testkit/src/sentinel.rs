@@ -29,7 +29,9 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::{find_binary, Error, RedisServer, Result, ServerOptions};
+use crate::error::{Error, Result};
+use crate::process::find_binary;
+use crate::server::{RedisServer, ServerOptions};
 
 /// The master name the sentinels monitor by default.
 pub const DEFAULT_MASTER_NAME: &str = "tiercache";
