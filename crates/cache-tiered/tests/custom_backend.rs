@@ -77,6 +77,8 @@ async fn a_user_backend_brings_its_bus_through_the_public_api() -> TestResult {
     let ca = a.cache::<u64, MsgPack>("n").build()?;
     let cb = b.cache::<u64, MsgPack>("n").build()?;
     ca.set("k", 1).await?;
+    // Let that write's own invalidation reach B first (it would drop the copy read below).
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         cb.get("k").await?.as_deref(),
         Some(&1),
