@@ -53,7 +53,7 @@ where
         let Some(lease) = inner.fill_lease_key(full) else {
             return false;
         };
-        let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)).into_bytes();
+        let token = super::lease::lease_token();
         if !matches!(
             l2.set_nx(&lease, token.clone(), inner.config.lease_ttl)
                 .await,

@@ -64,7 +64,7 @@ where
         if leased.is_empty() {
             return (fills, delivered);
         }
-        let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)).into_bytes();
+        let token = lease_token();
         let ttl = self.config.lease_ttl;
         let lease_keys: Vec<String> = leased.iter().map(|(_, _, lk)| lk.clone()).collect();
         let mut busy = Vec::new();
@@ -162,4 +162,9 @@ where
                 .await;
         }
     }
+}
+
+/// A fresh lease token: 128 random bits, hex.
+pub(super) fn lease_token() -> Vec<u8> {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)).into_bytes()
 }

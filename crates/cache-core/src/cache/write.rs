@@ -220,23 +220,14 @@ where
             }
             Err(e) => {
                 inner.l2_failed(L2Op::Set, &e);
-                // Only outages are worth replaying; a refusal (NOPERM, oversize) would
-                // be refused again and must reach the caller.
                 // The failed write is settled by a delete when L2 is back: another instance
                 // may write the key meanwhile, and only a delete is right in any order.
-                let queued = e.is_transient()
-                    && inner.engine.queue_recovery(
-                        full.to_owned(),
-                        Replay::delete(lease.into_iter().collect(), tag_keys, prepared.l2_ttl),
-                        Some((inner.channel.clone(), key.to_owned())),
-                    );
-                if queued {
-                    // Accepted: L1 holds the value; L2 drops the key when it is back.
-                    bump(&inner.stats.queued_for_recovery);
-                    Ok(())
-                } else {
-                    Err(e)
-                }
+                inner.queue_or_fail(
+                    e,
+                    key,
+                    full.to_owned(),
+                    Replay::delete(lease.into_iter().collect(), tag_keys, prepared.l2_ttl),
+                )
             }
         }
     }
@@ -258,18 +249,12 @@ where
             Err(e) => {
                 inner.l2_failed(L2Op::Delete, &e);
                 let full = keys.remove(0);
-                let queued = e.is_transient()
-                    && inner.engine.queue_recovery(
-                        full,
-                        Replay::delete(keys, Vec::new(), Duration::ZERO),
-                        Some((inner.channel.clone(), key.to_owned())),
-                    );
-                if queued {
-                    bump(&inner.stats.queued_for_recovery);
-                    Ok(())
-                } else {
-                    Err(e)
-                }
+                inner.queue_or_fail(
+                    e,
+                    key,
+                    full,
+                    Replay::delete(keys, Vec::new(), Duration::ZERO),
+                )
             }
         }
     }
@@ -371,6 +356,31 @@ where
         }
         let entry = self.entry_of(prepared.value.clone(), prepared);
         self.engine.l1().insert(self.ns, key, entry);
+    }
+
+    /// After a failed L2 write or delete of `key` (`full`): an outage is queued for replay
+    /// (`replay`, announced when done) and counts as done — L1 holds the right state, L2
+    /// settles when it is back; a refusal (NOPERM, oversize) would be refused again, so it
+    /// is returned, as it is when auto-recovery is off.
+    pub(super) fn queue_or_fail(
+        &self,
+        e: Error,
+        key: &str,
+        full: String,
+        replay: Replay,
+    ) -> Result<()> {
+        let queued = e.is_transient()
+            && self.engine.queue_recovery(
+                full,
+                replay,
+                Some((self.channel.clone(), key.to_owned())),
+            );
+        if queued {
+            bump(&self.stats.queued_for_recovery);
+            Ok(())
+        } else {
+            Err(e)
+        }
     }
 
     /// Tell other instances that `key` changed (batched by the bus).
