@@ -89,12 +89,6 @@ async fn run(
     })
 }
 
-/// The median of a few runs' figures, exact (of an even count, the upper middle one).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 fn main() -> Result<(), BoxError> {
     let filters = benches::filters();
     let args: Vec<String> = std::env::args().collect();
@@ -143,17 +137,17 @@ fn main() -> Result<(), BoxError> {
         );
         let mut records = Vec::new();
         for (subject, runs) in subjects.iter().zip(runs) {
-            let p50 = median(
+            let p50 = benches::median(
                 runs.iter()
                     .map(|r| r.latencies.percentile(50.0) / 1e3)
                     .collect(),
             );
-            let p99 = median(
+            let p99 = benches::median(
                 runs.iter()
                     .map(|r| r.latencies.percentile(99.0) / 1e3)
                     .collect(),
             );
-            let drain = median(runs.iter().map(|r| r.drain.as_secs_f64() * 1e3).collect());
+            let drain = benches::median(runs.iter().map(|r| r.drain.as_secs_f64() * 1e3).collect());
             eprintln!(
                 "{:<30} {:>10.1} {:>10.1} {:>10.1}",
                 subject.name(),

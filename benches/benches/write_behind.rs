@@ -182,11 +182,6 @@ async fn run(
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 fn main() -> Result<(), BoxError> {
     let filters = benches::filters();
     let args: Vec<String> = std::env::args().collect();
@@ -263,7 +258,7 @@ fn main() -> Result<(), BoxError> {
                 let flush: Vec<f64> = runs.iter().map(|r| r.flush.as_secs_f64() * 1e3).collect();
                 let total: Vec<f64> = runs.iter().map(|r| (r.accept + r.flush).as_secs_f64() * 1e3).collect();
                 let calls: Vec<f64> = runs.iter().map(|r| r.calls as f64).collect();
-                let (ops, flush, total, calls) = (median(ops), median(flush), median(total), median(calls));
+                let (ops, flush, total, calls) = (benches::median(ops), benches::median(flush), benches::median(total), benches::median(calls));
                 eprintln!(
                     "{:<22} {:>5} {:>14.0} {:>10.1} {:>10.1} {:>8.0}",
                     subject.name(), tasks, ops, flush, total, calls
