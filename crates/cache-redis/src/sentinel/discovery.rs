@@ -63,12 +63,13 @@ impl Sentinels {
         })
     }
 
-    /// Ask every sentinel at once (`SENTINEL MASTER name`, each bounded by the connect and
-    /// response timeouts) and take, among the answers that name a master not judged down,
-    /// the one with the highest configuration epoch (a sentinel that missed the latest
-    /// failover names the old master with an older epoch).
-    pub(super) async fn find_master(&self) -> Result<(String, u16)> {
-        self.lookups.fetch_add(1, Ordering::Relaxed);
+    /// `SENTINEL {sub} name` to every sentinel at once, each bounded by the connect and
+    /// response timeouts: each sentinel's endpoint with its answer, or why there is none
+    /// (passwords scrubbed).
+    async fn ask_all<T: redis::FromRedisValue>(
+        &self,
+        sub: &str,
+    ) -> Vec<(&str, std::result::Result<T, String>)> {
         let connect_timeout = self.config.redis.connect_timeout;
         let response_timeout = self.config.redis.response_timeout;
         let name = self.config.master_name.as_str();
@@ -82,20 +83,35 @@ impl Sentinels {
                     .get_multiplexed_async_connection_with_config(&config)
                     .await?;
                 redis::cmd("SENTINEL")
-                    .arg("MASTER")
+                    .arg(sub)
                     .arg(name)
-                    .query_async::<std::collections::HashMap<String, String>>(&mut conn)
+                    .query_async::<T>(&mut conn)
                     .await
             };
             let limit = connect_timeout + response_timeout;
             let answer = match tokio::time::timeout(limit, ask).await {
-                Ok(Ok(fields)) => judge(&fields),
+                Ok(Ok(answer)) => Ok(answer),
                 Ok(Err(e)) => Err(self.ctx.scrub(&e.to_string())),
                 Err(_) => Err(format!("no answer within {limit:?}")),
             };
             (node.endpoint.as_str(), answer)
         });
-        let answers = futures::future::join_all(asks).await;
+        futures::future::join_all(asks).await
+    }
+
+    /// Ask every sentinel at once (`SENTINEL MASTER name`, each bounded by the connect and
+    /// response timeouts) and take, among the answers that name a master not judged down,
+    /// the one with the highest configuration epoch (a sentinel that missed the latest
+    /// failover names the old master with an older epoch).
+    pub(super) async fn find_master(&self) -> Result<(String, u16)> {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        let name = self.config.master_name.as_str();
+        let answers: Vec<(&str, std::result::Result<_, String>)> = self
+            .ask_all::<std::collections::HashMap<String, String>>("MASTER")
+            .await
+            .into_iter()
+            .map(|(ep, a)| (ep, a.and_then(|fields| judge(&fields))))
+            .collect();
         let best = answers
             .iter()
             .filter_map(|(_, a)| a.as_ref().ok())
@@ -122,30 +138,14 @@ impl Sentinels {
     /// Ask every sentinel at once `SENTINEL REPLICAS name` and return the replicas that at
     /// least one of them judges usable (not down, link to the master up), each once.
     pub(super) async fn find_replicas(&self) -> Result<Vec<(String, u16)>> {
-        let connect_timeout = self.config.redis.connect_timeout;
-        let response_timeout = self.config.redis.response_timeout;
         let name = self.config.master_name.as_str();
-        let asks = self.nodes.iter().map(|node| async move {
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(connect_timeout))
-                .set_response_timeout(Some(response_timeout));
-            let ask = async {
-                let mut conn = node
-                    .client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?;
-                redis::cmd("SENTINEL")
-                    .arg("REPLICAS")
-                    .arg(name)
-                    .query_async::<Vec<std::collections::HashMap<String, String>>>(&mut conn)
-                    .await
-            };
-            tokio::time::timeout(connect_timeout + response_timeout, ask).await
-        });
         let mut out: Vec<(String, u16)> = Vec::new();
         let mut answered = false;
-        for answer in futures::future::join_all(asks).await {
-            let Ok(Ok(replicas)) = answer else {
+        for (_, answer) in self
+            .ask_all::<Vec<std::collections::HashMap<String, String>>>("REPLICAS")
+            .await
+        {
+            let Ok(replicas) = answer else {
                 continue;
             };
             answered = true;
