@@ -401,6 +401,13 @@ pub fn write_records(name: &str, records: &[Record]) -> std::io::Result<PathBuf>
     Ok(path)
 }
 
+/// The median of a few figures (e.g. one per timed run), upper middle for an even count; NaN
+/// without any.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -464,11 +471,4 @@ mod tests {
         assert_eq!(sample_user(7).id, 7);
         assert_ne!(sample_user(7).email, sample_user(8).email);
     }
-}
-
-/// The median of a few figures (e.g. one per timed run), upper middle for an even count; NaN
-/// without any.
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
