@@ -12,7 +12,6 @@ use tokio::time::Instant;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
 use crate::bus::BusTarget;
 use crate::codec::Codec;

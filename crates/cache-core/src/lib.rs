@@ -36,6 +36,7 @@ pub mod recovery;
 pub mod remote;
 #[cfg(test)]
 mod testing;
+mod waiters;
 
 pub use backend::{L2Backend, L2Parts, L2Request, MemoryBackend};
 pub use breaker::{BreakerConfig, CircuitBreaker};

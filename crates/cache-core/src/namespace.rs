@@ -14,8 +14,6 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use tokio::sync::watch;
-
 use crate::bus::BusTarget;
 use crate::engine::{Engine, NsEntry};
 use crate::error::{Error, ErrorKind, Result};
@@ -25,8 +23,7 @@ use crate::observer::{CacheEvent, CacheObserver};
 
 /// What one load produces, shared by every waiter.
 pub(crate) type Shared<V> = Result<Option<Arc<V>>>;
-/// A waiter's end of a load in flight.
-pub(crate) type Flight<V> = watch::Receiver<Option<Shared<V>>>;
+pub(crate) use crate::waiters::Flight;
 
 /// Invalidation epochs are striped by key hash.
 const EPOCH_STRIPES: usize = 64;

@@ -30,7 +30,7 @@ where
         let mut out: Vec<Option<Arc<V>>> = Vec::with_capacity(keys.len());
         // (index, flight, joined: not led by this call's first occurrence of the key)
         let mut waits: Vec<(usize, Flight<V>, bool)> = Vec::new();
-        let mut led: Vec<(String, watch::Sender<Option<Shared<V>>>)> = Vec::new();
+        let mut led: Vec<(String, Flight<V>)> = Vec::new();
         let mut stale: HashMap<String, (Option<Arc<V>>, u64)> = HashMap::new();
         {
             let mut map = self.inner.lock_inflight();
@@ -53,9 +53,9 @@ where
                         waits.push((i, rx.clone(), true));
                     }
                     None => {
-                        let (tx, rx) = watch::channel(None);
+                        let rx = Flight::new();
                         map.insert(k.to_owned(), rx.clone());
-                        led.push((k.to_owned(), tx));
+                        led.push((k.to_owned(), rx.clone()));
                         waits.push((i, rx, false));
                     }
                 }

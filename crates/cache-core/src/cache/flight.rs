@@ -11,7 +11,7 @@ where
     C: Codec,
 {
     pub(super) inner: Arc<CacheInner<V, C>>,
-    pub(super) flights: Vec<(String, watch::Sender<Option<Shared<V>>>)>,
+    pub(super) flights: Vec<(String, Flight<V>)>,
 }
 
 impl<V, C> FlightGuard<V, C>
@@ -24,7 +24,7 @@ where
     pub(super) fn publish_early(&self, key: &str, result: Shared<V>) {
         for (k, tx) in &self.flights {
             if k == key {
-                tx.send_replace(Some(result.clone()));
+                tx.publish(result.clone());
             }
         }
     }
@@ -34,25 +34,18 @@ where
         self.release(flights, result);
     }
 
-    fn release(
-        &self,
-        flights: Vec<(String, watch::Sender<Option<Shared<V>>>)>,
-        result: impl Fn(&str) -> Shared<V>,
-    ) {
+    fn release(&self, flights: Vec<(String, Flight<V>)>, result: impl Fn(&str) -> Shared<V>) {
         {
             let mut map = self.inner.lock_inflight();
             for (k, tx) in &flights {
-                if map
-                    .get(k)
-                    .is_some_and(|rx| rx.same_channel(&tx.subscribe()))
-                {
+                if map.get(k).is_some_and(|rx| rx.same(tx)) {
                     map.remove(k);
                 }
             }
         }
         for (k, tx) in flights {
             let r = result(&k);
-            tx.send_replace(Some(r));
+            tx.publish(r);
         }
     }
 }
@@ -79,14 +72,8 @@ where
     }
 }
 
-pub(super) async fn wait<V>(mut rx: Flight<V>) -> Shared<V> {
-    match rx.wait_for(|r| r.is_some()).await {
-        Ok(r) => match &*r {
-            Some(result) => result.clone(),
-            None => Err(Error::new(ErrorKind::Closed, "load ended without a result")),
-        },
-        Err(_) => Err(Error::new(ErrorKind::Closed, "load ended without a result")),
-    }
+pub(super) async fn wait<V: Send + Sync>(rx: Flight<V>) -> Shared<V> {
+    rx.wait().await
 }
 
 pub(super) fn spawn<F>(span: tracing::Span, fut: F) -> Result<()>

@@ -208,7 +208,8 @@ where
                     (rx.clone(), true)
                 }
                 None => {
-                    let (tx, rx) = watch::channel(None);
+                    let tx = Flight::new();
+                    let rx = tx.clone();
                     map.insert(key.to_owned(), rx.clone());
                     drop(map);
                     self.start_flight(
@@ -316,7 +317,8 @@ where
             return Ok(());
         }
         let full = inner.keys.full(key)?;
-        let (tx, rx) = watch::channel(None);
+        let tx = Flight::new();
+        let rx = tx.clone();
         map.insert(key.to_owned(), rx);
         drop(map);
         bump(&inner.stats.early_refreshes);
@@ -371,7 +373,8 @@ where
         if map.contains_key(key) {
             return Ok(false);
         }
-        let (tx, rx) = watch::channel(None);
+        let tx = Flight::new();
+        let rx = tx.clone();
         map.insert(key.to_owned(), rx);
         drop(map);
         self.start_flight(
@@ -393,7 +396,7 @@ where
     pub(super) fn start_flight<F, Fut, E>(
         &self,
         key: &str,
-        tx: watch::Sender<Option<Shared<V>>>,
+        tx: Flight<V>,
         full: String,
         options: CallOptions,
         loader: F,

@@ -1,0 +1,156 @@
+//! The result cell of a load in flight, shared by its leader and every waiter.
+//!
+//! A `tokio::sync::watch` channel served here before, but it spreads its waiters over several
+//! notify lists and wakes them list by list, so the first callers of a stampede could be woken
+//! last. This cell keeps one list and wakes it in arrival order: the callers that have waited
+//! longest get the value first.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+
+use crate::namespace::Shared;
+
+struct State<V> {
+    /// The latest result published (an early value first, then the final one).
+    result: Option<Shared<V>>,
+    /// Wakers of the waiters still pending, in arrival order (`None`: woken already).
+    wakers: Vec<Option<Waker>>,
+}
+
+/// One load's result cell. Clones share it: the leader publishes, waiters wait.
+pub(crate) struct Flight<V> {
+    cell: Arc<Mutex<State<V>>>,
+}
+
+impl<V> Clone for Flight<V> {
+    fn clone(&self) -> Self {
+        Flight {
+            cell: Arc::clone(&self.cell),
+        }
+    }
+}
+
+impl<V> Flight<V> {
+    /// An empty cell: waiters wait until the first [`Flight::publish`].
+    pub(crate) fn new() -> Self {
+        Flight {
+            cell: Arc::new(Mutex::new(State {
+                result: None,
+                wakers: Vec::new(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<V>> {
+        self.cell.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `other` is a clone of this cell.
+    pub(crate) fn same(&self, other: &Flight<V>) -> bool {
+        Arc::ptr_eq(&self.cell, &other.cell)
+    }
+
+    /// Set the result (replacing an earlier one) and wake every pending waiter, the longest
+    /// waiting first. Waiters arriving later read the result at once.
+    pub(crate) fn publish(&self, result: Shared<V>) {
+        let wakers = {
+            let mut state = self.lock();
+            state.result = Some(result);
+            std::mem::take(&mut state.wakers)
+        };
+        for waker in wakers.into_iter().flatten() {
+            waker.wake();
+        }
+    }
+
+    /// The first result published (or the latest, for a waiter arriving after several).
+    pub(crate) fn wait(self) -> impl Future<Output = Shared<V>> + Send
+    where
+        V: Send + Sync,
+    {
+        let mut slot: Option<usize> = None;
+        std::future::poll_fn(move |cx| {
+            let mut state = self.lock();
+            if let Some(result) = &state.result {
+                return Poll::Ready(result.clone());
+            }
+            match slot.and_then(|i| state.wakers.get_mut(i)) {
+                Some(Some(w)) if w.will_wake(cx.waker()) => {}
+                Some(w) => *w = Some(cx.waker().clone()),
+                None => {
+                    slot = Some(state.wakers.len());
+                    state.wakers.push(Some(cx.waker().clone()));
+                }
+            }
+            Poll::Pending
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn waiters_get_the_published_result_and_late_ones_get_it_at_once() {
+        let f: Flight<u32> = Flight::new();
+        let waiters: Vec<_> = (0..8).map(|_| tokio::spawn(f.clone().wait())).collect();
+        tokio::task::yield_now().await;
+        f.publish(Ok(Some(Arc::new(7))));
+        for w in waiters {
+            assert_eq!(
+                w.await.ok().and_then(|r| r.ok()).flatten().map(|v| *v),
+                Some(7)
+            );
+        }
+        let late = f.clone().wait().await;
+        assert_eq!(late.ok().flatten().map(|v| *v), Some(7));
+        assert!(f.same(&f.clone()));
+        assert!(!f.same(&Flight::new()));
+    }
+
+    #[test]
+    fn waiters_are_woken_in_arrival_order() {
+        // Three waiters polled in order 0, 1, 2 (one re-polled with the same waker) are woken
+        // 0, 1, 2.
+        struct Rec(usize, Arc<Mutex<Vec<usize>>>);
+        impl std::task::Wake for Rec {
+            fn wake(self: Arc<Self>) {
+                self.1
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(self.0);
+            }
+        }
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let f: Flight<u32> = Flight::new();
+        let mut futs: Vec<_> = (0..3).map(|_| Box::pin(f.clone().wait())).collect();
+        let wakers: Vec<Waker> = (0..3)
+            .map(|i| Waker::from(Arc::new(Rec(i, Arc::clone(&order)))))
+            .collect();
+        for (fut, w) in futs.iter_mut().zip(&wakers) {
+            let mut cx = std::task::Context::from_waker(w);
+            assert!(fut.as_mut().poll(&mut cx).is_pending());
+        }
+        let mut cx = std::task::Context::from_waker(&wakers[1]);
+        assert!(futs[1].as_mut().poll(&mut cx).is_pending());
+        f.publish(Err(crate::error::Error::new(
+            crate::error::ErrorKind::Closed,
+            "test",
+        )));
+        assert_eq!(
+            *order.lock().unwrap_or_else(|p| p.into_inner()),
+            vec![0, 1, 2]
+        );
+        let polled = AtomicUsize::new(0);
+        for fut in &mut futs {
+            let mut cx = std::task::Context::from_waker(Waker::noop());
+            if fut.as_mut().poll(&mut cx).is_ready() {
+                polled.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        assert_eq!(polled.load(Ordering::Relaxed), 3);
+    }
+}
