@@ -80,10 +80,18 @@ type Source = Arc<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// Cheap to clone (one load's error reaches every waiter of that load). Messages never
 /// contain passwords or tokens.
+///
+/// One pointer wide (its parts live behind one `Arc`), so a `Result<Option<Arc<V>>>` is two
+/// words: an L1 hit answered through [`crate::Cache::get`] moves and drops little.
 #[derive(Clone)]
 pub struct Error {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
     kind: ErrorKind,
-    message: Arc<str>,
+    message: Box<str>,
     source: Option<Source>,
 }
 
@@ -94,39 +102,41 @@ impl Error {
     /// A new error of `kind` with a human-readable message.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Error {
-            kind,
-            message: Arc::from(message.into()),
-            source: None,
+            inner: Arc::new(Inner {
+                kind,
+                message: message.into().into_boxed_str(),
+                source: None,
+            }),
         }
     }
 
     /// Attach the underlying cause.
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Arc::new(source));
+        Arc::make_mut(&mut self.inner).source = Some(Arc::new(source));
         self
     }
 
     /// Attach a boxed underlying cause.
     pub fn with_boxed_source(mut self, source: Box<dyn std::error::Error + Send + Sync>) -> Self {
-        self.source = Some(Arc::from(source));
+        Arc::make_mut(&mut self.inner).source = Some(Arc::from(source));
         self
     }
 
     /// The coarse kind of this error.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.inner.kind
     }
 
     /// The message, without the source chain.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.inner.message
     }
 
     /// True when trying again later may succeed (network trouble, timeouts, an open breaker,
     /// a failing loader); false for errors that will repeat (bad keys, bad config, oversize).
     pub fn is_transient(&self) -> bool {
         matches!(
-            self.kind,
+            self.inner.kind,
             ErrorKind::Connection
                 | ErrorKind::Timeout
                 | ErrorKind::Remote
@@ -148,8 +158,9 @@ impl Error {
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Error");
-        d.field("kind", &self.kind).field("message", &self.message);
-        if let Some(source) = &self.source {
+        d.field("kind", &self.inner.kind)
+            .field("message", &self.inner.message);
+        if let Some(source) = &self.inner.source {
             d.field("source", &format_args!("{source}"));
         }
         d.finish()
@@ -158,13 +169,13 @@ impl fmt::Debug for Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind, self.message)
+        write!(f, "{}: {}", self.inner.kind, self.inner.message)
     }
 }
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.source {
+        match &self.inner.source {
             Some(s) => Some(s.as_ref()),
             None => None,
         }
@@ -181,6 +192,25 @@ mod tests {
         assert!(Error::new(ErrorKind::Connection, "c").is_transient());
         assert!(!Error::new(ErrorKind::ValueTooLarge, "v").is_transient());
         assert!(!Error::new(ErrorKind::InvalidUrl, "u").is_transient());
+    }
+
+    #[test]
+    fn an_error_is_one_pointer_and_keeps_its_source() {
+        assert_eq!(std::mem::size_of::<Error>(), std::mem::size_of::<usize>());
+        assert_eq!(
+            std::mem::size_of::<Result<Option<Arc<String>>>>(),
+            2 * std::mem::size_of::<usize>()
+        );
+        let shared = Error::new(ErrorKind::Remote, "r");
+        let e = shared
+            .clone()
+            .with_source(std::io::Error::other("underlying"));
+        assert!(std::error::Error::source(&shared).is_none());
+        assert_eq!(
+            std::error::Error::source(&e).map(|s| s.to_string()),
+            Some("underlying".to_owned())
+        );
+        assert_eq!(e.kind(), ErrorKind::Remote);
     }
 
     #[test]
