@@ -4,6 +4,7 @@
 //! waiting, for `cool_down`. Then one call is let through (half-open): success closes the
 //! breaker, failure opens it for another cool-down.
 
+use crate::capabilities::Capabilities;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -280,6 +281,10 @@ impl BreakerStore {
 impl RemoteStore for BreakerStore {
     fn kind(&self) -> &'static str {
         self.inner.kind()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
     }
 
     fn max_value_size(&self) -> usize {

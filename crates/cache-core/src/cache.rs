@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::bus::BusTarget;
+use crate::capabilities::Capabilities;
 use crate::codec::Codec;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
@@ -340,6 +341,17 @@ where
 
     fn bump_epoch(&self, key: &str) {
         self.state.bump_epoch(key);
+    }
+
+    /// Refuse, before doing anything, a call the engine's L2 store cannot serve (no L2 at
+    /// all is left to the caller: each call says what it does without one).
+    fn need(&self, capability: Capabilities) -> Result<()> {
+        match self.engine.remote() {
+            Some(l2) if !l2.capabilities().contains(capability) => {
+                Err(crate::remote::unsupported(l2.kind(), capability))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Report an event unless the observer is a no-op (skips a virtual call on hits).

@@ -6,6 +6,7 @@
 //! [`crate::EngineBuilder::with_l2_layers`] replaces the whole stack. The first layer of a
 //! stack is the innermost (it sees the calls last, next to the store).
 
+use crate::capabilities::Capabilities;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -152,6 +153,10 @@ impl TimeoutStore {
 impl RemoteStore for TimeoutStore {
     fn kind(&self) -> &'static str {
         self.inner.kind()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
     }
 
     fn max_value_size(&self) -> usize {

@@ -18,6 +18,7 @@ mod background;
 pub mod breaker;
 pub mod bus;
 pub mod cache;
+pub mod capabilities;
 pub mod clock;
 pub mod codec;
 pub mod compress;
@@ -44,6 +45,7 @@ pub use bus::{
     BusConfig, BusEvent, BusStats, BusTransport, MemoryBus, MemoryBusHandle, ReconnectPolicy,
 };
 pub use cache::{Cache, CacheBuilder, CacheConfig, CacheStats};
+pub use capabilities::Capabilities;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{Codec, CodecId};
 pub use engine::{Engine, EngineBuilder, ShutdownReport};

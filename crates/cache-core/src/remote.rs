@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use async_trait::async_trait;
 
+use crate::capabilities::Capabilities;
 use crate::error::{Error, ErrorKind, Result};
 
 /// One entry of a batched write.
@@ -38,6 +39,14 @@ pub struct LeaseFill {
     pub ttl: Duration,
 }
 
+/// The refusal of a store asked for an ability it does not have.
+pub fn unsupported(kind: &str, needed: Capabilities) -> Error {
+    Error::new(
+        ErrorKind::InvalidConfig,
+        format!("the {kind} store does not support {needed}"),
+    )
+}
+
 /// The shared remote tier (Redis, Redis Cluster, or the in-memory store for tests).
 ///
 /// Every method is bounded in time by the implementation (a response timeout). Keys are full
@@ -49,6 +58,15 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
 
     /// The largest value `set` accepts, in bytes. Larger values are refused before sending.
     fn max_value_size(&self) -> usize;
+
+    /// The optional abilities this store has (fill leases, tags, prefix delete). A cache
+    /// checks them when it is built. The default is none: a store that implements
+    /// [`RemoteStore::set_nx`] and [`RemoteStore::set_if_lease`], the tag methods or
+    /// [`RemoteStore::delete_prefix`] says so here. A wrapping store (a layer) answers its
+    /// inner store's set.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+    }
 
     /// The value under `key`.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
@@ -80,26 +98,24 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
         self.set(key, value, ttl).await
     }
 
-    /// Store `value` under `key` only if `key` does not exist (lease acquisition).
-    async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool>;
+    /// Store `value` under `key` only if `key` does not exist (lease acquisition). Part of
+    /// [`Capabilities::LEASES`]; the default refuses.
+    async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool> {
+        let _ = (key, value, ttl);
+        Err(unsupported(self.kind(), Capabilities::LEASES))
+    }
 
     /// Delete every key starting with `prefix` (namespace clear); returns how many. The
     /// default refuses: a store must opt in.
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         let _ = prefix;
-        Err(Error::new(
-            ErrorKind::InvalidConfig,
-            format!("the {} store cannot delete by prefix", self.kind()),
-        ))
+        Err(unsupported(self.kind(), Capabilities::PREFIX_DELETE))
     }
 
     /// Add `member` to the tag index set `tag_key`, which lives at least `ttl` from now.
     async fn tag_add(&self, tag_key: &str, member: &str, ttl: Duration) -> Result<()> {
         let _ = (tag_key, member, ttl);
-        Err(Error::new(
-            ErrorKind::InvalidConfig,
-            format!("the {} store does not support tags", self.kind()),
-        ))
+        Err(unsupported(self.kind(), Capabilities::TAGS))
     }
 
     /// Atomically move the members of the tag index set `tag_key` into `pending_key` (same
@@ -108,24 +124,19 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
     /// lost reply or a failed delete loses none, the next call returns them again.
     async fn tag_take(&self, tag_key: &str, pending_key: &str) -> Result<Vec<String>> {
         let _ = (tag_key, pending_key);
-        Err(Error::new(
-            ErrorKind::InvalidConfig,
-            format!("the {} store does not support tags", self.kind()),
-        ))
+        Err(unsupported(self.kind(), Capabilities::TAGS))
     }
 
     /// Remove `members` (their deletes are done) from `pending_key`.
     async fn tag_done(&self, pending_key: &str, members: &[String]) -> Result<()> {
         let _ = (pending_key, members);
-        Err(Error::new(
-            ErrorKind::InvalidConfig,
-            format!("the {} store does not support tags", self.kind()),
-        ))
+        Err(unsupported(self.kind(), Capabilities::TAGS))
     }
 
     /// Compare-and-set fill: if `lease_key` still holds `token`, delete the lease and store
     /// `value` under `key` for `ttl`, atomically; otherwise store nothing. Returns whether it
-    /// stored. Both keys are in the same hash slot.
+    /// stored. Both keys are in the same hash slot. Part of [`Capabilities::LEASES`]; the
+    /// default refuses.
     async fn set_if_lease(
         &self,
         lease_key: &str,
@@ -133,7 +144,10 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
         key: &str,
         value: Vec<u8>,
         ttl: Duration,
-    ) -> Result<bool>;
+    ) -> Result<bool> {
+        let _ = (lease_key, token, key, value, ttl);
+        Err(unsupported(self.kind(), Capabilities::LEASES))
+    }
 
     /// [`RemoteStore::set_nx`] of `value` under each of `keys` (the leases of a batch load);
     /// whether each was stored, in order. The default sends the calls concurrently; a
@@ -279,6 +293,10 @@ impl MemoryStore {
 impl RemoteStore for MemoryStore {
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ALL
     }
 
     fn max_value_size(&self) -> usize {

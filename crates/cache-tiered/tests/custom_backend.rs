@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cache_tiered::{
-    BusConfig, ErrorKind, L2Backend, L2Parts, L2Request, MemoryBus, MemoryStore, MsgPack,
-    RemoteStore,
+    BusConfig, Capabilities, ErrorKind, L2Backend, L2Parts, L2Request, MemoryBus, MemoryStore,
+    MsgPack, RemoteEntry, RemoteStore,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -124,5 +124,125 @@ async fn a_bare_store_brings_no_bus_and_bus_false_says_so() -> TestResult {
         .build()
         .await?;
     assert!(e.bus_stats().is_none());
+    Ok(())
+}
+
+/// "A key-value store with nothing more": only the required methods, no capabilities.
+#[derive(Debug, Default)]
+struct PlainStore {
+    inner: MemoryStore,
+}
+
+#[async_trait]
+impl RemoteStore for PlainStore {
+    fn kind(&self) -> &'static str {
+        "plain"
+    }
+    fn max_value_size(&self) -> usize {
+        self.inner.max_value_size()
+    }
+    async fn get(&self, key: &str) -> cache_tiered::Result<Option<Vec<u8>>> {
+        self.inner.get(key).await
+    }
+    async fn get_many(&self, keys: &[String]) -> cache_tiered::Result<Vec<Option<Vec<u8>>>> {
+        self.inner.get_many(keys).await
+    }
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> cache_tiered::Result<()> {
+        self.inner.set(key, value, ttl).await
+    }
+    async fn set_many(&self, entries: Vec<RemoteEntry>) -> cache_tiered::Result<()> {
+        self.inner.set_many(entries).await
+    }
+    async fn delete(&self, keys: &[String]) -> cache_tiered::Result<()> {
+        self.inner.delete(keys).await
+    }
+}
+
+fn refused<T>(r: cache_tiered::Result<T>) -> String {
+    match r {
+        Ok(_) => panic!("expected an InvalidConfig error"),
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+            e.to_string()
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_store_without_capabilities_is_refused_at_build_and_its_calls_leave_nothing() -> TestResult
+{
+    let plain = Arc::new(PlainStore::default());
+    let store: Arc<dyn RemoteStore> = plain.clone();
+    let engine = cache_tiered::builder("plain").remote(store).build().await?;
+    assert_eq!(
+        engine.remote().map(|s| s.capabilities()),
+        Some(Capabilities::NONE)
+    );
+
+    // Leases are on by default: the build says what is missing and how to go on.
+    let m = refused(engine.cache::<u64, MsgPack>("n").build());
+    assert!(
+        m.contains("fill leases") && m.contains("with_leases(false)"),
+        "{m}"
+    );
+    // A declared need is checked at build too.
+    let m = refused(
+        engine
+            .cache::<u64, MsgPack>("n")
+            .with_leases(false)
+            .require(Capabilities::TAGS | Capabilities::PREFIX_DELETE)
+            .build(),
+    );
+    assert!(
+        m.contains("tags, prefix delete") && m.contains("plain"),
+        "{m}"
+    );
+
+    // Without leases the store serves plain reads, writes and loads.
+    let c = engine
+        .cache::<u64, MsgPack>("n")
+        .with_leases(false)
+        .build()?;
+    c.set("a", 1).await?;
+    assert_eq!(
+        *c.get_or_load("b", |_| async { Ok::<_, std::io::Error>(2) })
+            .await?,
+        2
+    );
+    c.invalidate_local("a");
+    assert_eq!(
+        c.get("a").await?.as_deref(),
+        Some(&1),
+        "read back from the store"
+    );
+
+    // Calls that need a missing ability are refused before they touch anything.
+    let keys_before = plain.inner.calls();
+    let m = refused(c.set_with_tags("t", 3, &["tag"]).await);
+    assert!(m.contains("tags"), "{m}");
+    refused(c.invalidate_tag("tag").await);
+    assert!(c.get_local("b").is_some());
+    let m = refused(c.clear_namespace().await);
+    assert!(m.contains("prefix delete"), "{m}");
+    assert!(
+        c.get_local("b").is_some(),
+        "a refused clear leaves L1 as it was"
+    );
+    assert_eq!(
+        plain.inner.calls(),
+        keys_before,
+        "no refused call reached the store"
+    );
+    assert_eq!(
+        c.get("t").await?,
+        None,
+        "a refused tagged set wrote nothing"
+    );
+
+    // The in-memory store has every ability.
+    let full = cache_tiered::builder("full").memory_l2().build().await?;
+    full.cache::<u64, MsgPack>("n")
+        .require(Capabilities::ALL)
+        .build()?;
     Ok(())
 }

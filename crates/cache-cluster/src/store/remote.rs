@@ -1,6 +1,7 @@
 //! The [`RemoteStore`] impl: single-key commands, slot-grouped batches, scripts and prefix
 //! delete, each bounded by `response_timeout`.
 
+use cache_core::Capabilities;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,6 +18,10 @@ use super::ClusterStore;
 impl RemoteStore for ClusterStore {
     fn kind(&self) -> &'static str {
         "cluster"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ALL
     }
 
     fn max_value_size(&self) -> usize {

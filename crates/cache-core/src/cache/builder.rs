@@ -8,6 +8,7 @@ pub struct CacheBuilder<V, C> {
     namespace: String,
     config: CacheConfig,
     policy: Arc<dyn RefreshPolicy>,
+    required: Capabilities,
     _types: PhantomData<fn() -> (V, C)>,
 }
 
@@ -31,8 +32,20 @@ where
             namespace,
             config,
             policy: Arc::new(NoRefresh),
+            required: Capabilities::NONE,
             _types: PhantomData,
         }
+    }
+
+    /// Declare the optional L2 abilities this cache's calls will use (e.g.
+    /// [`Capabilities::TAGS`] for `set_with_tags` / `invalidate_tag`,
+    /// [`Capabilities::PREFIX_DELETE`] for `clear_namespace`): [`CacheBuilder::build`] then
+    /// fails with [`ErrorKind::InvalidConfig`] when the engine's L2 store lacks one, instead of
+    /// the first such call. Fill leases need no declaration: with leases on (the default) the
+    /// build always checks that the store has them.
+    pub fn require(mut self, capabilities: Capabilities) -> Self {
+        self.required = self.required | capabilities;
+        self
     }
 
     /// Replace all settings at once (e.g. deserialized from a config file).
@@ -133,6 +146,7 @@ where
     /// Build the cache.
     pub fn build(self) -> Result<Cache<V, C>> {
         self.config.validate()?;
+        self.check_capabilities()?;
         let keys = KeySpace::new(
             self.engine.prefix(),
             &self.namespace,
@@ -166,6 +180,41 @@ where
             }),
         }
         .with_reload())
+    }
+}
+
+impl<V, C> CacheBuilder<V, C> {
+    /// The store must have what this cache will use: fill leases when they are on, and what
+    /// [`CacheBuilder::require`] declared.
+    fn check_capabilities(&self) -> Result<()> {
+        let ns = &self.namespace;
+        let Some(l2) = self.engine.remote() else {
+            if self.required.is_empty() {
+                return Ok(());
+            }
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "cache '{ns}' requires {} from L2, but the engine has no L2",
+                    self.required
+                ),
+            ));
+        };
+        let has = l2.capabilities();
+        let missing = has.missing(self.required);
+        if !missing.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("cache '{ns}' requires {missing}, which the {} store does not support (it has: {has})", l2.kind()),
+            ));
+        }
+        if self.config.leases && !has.contains(Capabilities::LEASES) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("the {} store does not support fill leases, which cache '{ns}' uses: build it with `with_leases(false)` (no cross-instance stampede protection) or use a store that has them", l2.kind()),
+            ));
+        }
+        Ok(())
     }
 }
 

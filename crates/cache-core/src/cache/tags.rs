@@ -106,6 +106,7 @@ where
 {
     /// The index set of `tag` and the set where `invalidate_tag` keeps the members it took.
     pub(super) fn tag_keys(&self, tag: &str) -> Result<(String, String)> {
+        self.need(Capabilities::TAGS)?;
         let tag_key = crate::key::tag_key(self.engine.prefix(), &self.name, tag);
         let pending =
             crate::key::tag_pending_key(self.engine.prefix(), &tag_key).ok_or_else(|| {

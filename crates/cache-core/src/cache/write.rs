@@ -306,6 +306,7 @@ where
     /// value after it; a load in another namespace then merely skips its L2 write once.
     pub async fn clear_namespace(&self) -> Result<u64> {
         let inner = &self.inner;
+        inner.need(Capabilities::PREFIX_DELETE)?;
         inner
             .engine
             .inner

@@ -2,6 +2,7 @@
 //! (asking the sentinels again in the background after an error a failover explains) and,
 //! with replica reads on, reading from a replica.
 
+use cache_core::Capabilities;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -404,6 +405,10 @@ impl Shared {
 impl RemoteStore for SentinelStore {
     fn kind(&self) -> &'static str {
         "redis-sentinel"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ALL
     }
 
     fn max_value_size(&self) -> usize {

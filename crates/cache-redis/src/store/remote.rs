@@ -1,6 +1,7 @@
 //! The [`RemoteStore`] implementation of [`RedisStore`]: one bounded command, pipeline or
 //! script per call, and how their answers are judged.
 
+use cache_core::Capabilities;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -117,6 +118,10 @@ fn is_noscript(answer: &Value) -> bool {
 impl RemoteStore for RedisStore {
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ALL
     }
 
     fn max_value_size(&self) -> usize {

@@ -67,6 +67,9 @@ impl RemoteStore for FaultStore {
     fn max_value_size(&self) -> usize {
         self.inner.max_value_size()
     }
+    fn capabilities(&self) -> cache_tiered::Capabilities {
+        self.inner.capabilities()
+    }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.gated("get", key, self.inner.get(key)).await
