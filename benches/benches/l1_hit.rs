@@ -1,7 +1,8 @@
 //! L1 hit: one key holding an `Arc` of a ~200-byte struct, read through tiercache's L1 and
 //! through the raw in-process caches a user could pick instead.
 //!
-//! Subjects (each returns an `Arc<User>` clone of the same value under the same key):
+//! Subjects (each returns an `Arc<User>` clone of the same value under the same key), for a
+//! ~200-byte value and again (tiercache's two reads and raw quick_cache) for a ~4 KB one:
 //!
 //! - `tiercache get_local`: `Cache::get_local(key)`, the synchronous L1 answer;
 //! - `tiercache get (.await, ready)`: `Cache::get(key)` polled once with a no-op waker, which
@@ -38,6 +39,10 @@ use criterion::Criterion;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const KEY: &str = "user:42";
+/// The key of the ~4 KB value.
+const BIG: &str = "user:big";
+const SMALL_VALUE: &str = "small";
+const LARGE_VALUE: &str = "4 KB";
 
 /// Poll a future once with a no-op waker: `Some` when it was ready.
 fn poll_once<F: Future>(f: F) -> Option<F::Output> {
@@ -72,6 +77,8 @@ struct Subject<'a> {
     label: &'static str,
     how: &'static str,
     batch: Batch<'a>,
+    /// Which value the subject reads: rows only compare subjects of one size.
+    size: &'static str,
     /// (iterations, elapsed) of every call criterion made, warm-up included.
     calls: Mutex<Vec<(u64, Duration)>>,
 }
@@ -79,6 +86,8 @@ struct Subject<'a> {
 const GET_LOCAL: &str = "l1_hit/get_local";
 const GET_AWAIT: &str = "l1_hit/get (.await, ready)";
 const GET_BLOCK_ON: &str = "l1_hit/get (futures block_on)";
+const GET_LOCAL_4K: &str = "l1_hit/get_local, 4 KB value";
+const GET_AWAIT_4K: &str = "l1_hit/get (.await, ready), 4 KB value";
 
 fn main() -> Result<(), BoxError> {
     let filters = benches::filters();
@@ -105,15 +114,23 @@ fn main() -> Result<(), BoxError> {
             .with_l2_ttl(day)
             .build()?;
         cache.set(KEY, sample_user(42)).await?;
+        cache.set(BIG, benches::large_user(43)).await?;
         let value = match cache.get_local(KEY) {
             Some(Some(v)) => v,
             _ => return Err::<_, BoxError>("the value is not in L1 after set".into()),
         };
         Ok((cache, value))
     })?;
+    let big = match cache.get_local(BIG) {
+        Some(Some(v)) => v,
+        _ => return Err("the 4 KB value is not in L1 after set".into()),
+    };
+    let big_bytes = rmp_serde::to_vec_named(&*big)?.len();
+    eprintln!("l1_hit: the large value is {big_bytes} bytes encoded");
 
     let qc: quick_cache::sync::Cache<String, Arc<User>> = quick_cache::sync::Cache::new(1024);
     qc.insert(KEY.to_owned(), Arc::clone(&value));
+    qc.insert(BIG.to_owned(), Arc::clone(&big));
     let moka: moka::sync::Cache<String, Arc<User>> = moka::sync::Cache::new(1024);
     moka.insert(KEY.to_owned(), Arc::clone(&value));
     moka.run_pending_tasks();
@@ -132,6 +149,7 @@ fn main() -> Result<(), BoxError> {
                     black_box(tc.get_local(black_box(KEY)));
                 })
             }),
+            size: SMALL_VALUE,
             calls: Mutex::default(),
         },
         Subject {
@@ -147,6 +165,7 @@ fn main() -> Result<(), BoxError> {
                     black_box(poll_once(tc.get(black_box(KEY))));
                 })
             }),
+            size: SMALL_VALUE,
             calls: Mutex::default(),
         },
         Subject {
@@ -161,6 +180,7 @@ fn main() -> Result<(), BoxError> {
                     let _ = black_box(futures::executor::block_on(tc.get(black_box(KEY))));
                 })
             }),
+            size: SMALL_VALUE,
             calls: Mutex::default(),
         },
         Subject {
@@ -175,6 +195,7 @@ fn main() -> Result<(), BoxError> {
                     black_box(qc.get(black_box(KEY)));
                 })
             }),
+            size: SMALL_VALUE,
             calls: Mutex::default(),
         },
         Subject {
@@ -189,6 +210,52 @@ fn main() -> Result<(), BoxError> {
                     black_box(moka.get(black_box(KEY)));
                 })
             }),
+            size: SMALL_VALUE,
+            calls: Mutex::default(),
+        },
+        Subject {
+            id: "tiercache/get_local_4k",
+            workload: GET_LOCAL_4K,
+            subject: "tiercache",
+            role: Role::Tiercache,
+            label: "tiercache",
+            how: "Cache::get_local(key) of the ~4 KB value",
+            batch: Box::new(move |n| {
+                timed(n, || {
+                    black_box(tc.get_local(black_box(BIG)));
+                })
+            }),
+            size: LARGE_VALUE,
+            calls: Mutex::default(),
+        },
+        Subject {
+            id: "tiercache/get_await_4k",
+            workload: GET_AWAIT_4K,
+            subject: "tiercache",
+            role: Role::Tiercache,
+            label: "tiercache",
+            how: "Cache::get(key) of the ~4 KB value, polled once with a no-op waker",
+            batch: Box::new(move |n| {
+                timed(n, || {
+                    black_box(poll_once(tc.get(black_box(BIG))));
+                })
+            }),
+            size: LARGE_VALUE,
+            calls: Mutex::default(),
+        },
+        Subject {
+            id: "quick_cache/get_4k",
+            workload: "l1_hit",
+            subject: "quick_cache",
+            role: Role::Peer,
+            label: "raw quick_cache",
+            how: "quick_cache::sync::Cache<String, Arc<User>>::get(&str) of the ~4 KB value",
+            batch: Box::new(|n| {
+                timed(n, || {
+                    black_box(qc.get(black_box(BIG)));
+                })
+            }),
+            size: LARGE_VALUE,
             calls: Mutex::default(),
         },
     ];
@@ -260,7 +327,9 @@ fn main() -> Result<(), BoxError> {
     // Everything must still be a hit.
     let still = matches!(cache.get_local(KEY), Some(Some(_)))
         && matches!(poll_once(cache.get(KEY)), Some(Ok(Some(_))))
+        && matches!(cache.get_local(BIG), Some(Some(_)))
         && qc.get(KEY).is_some()
+        && qc.get(BIG).is_some()
         && moka.get(KEY).is_some();
     if !still {
         return Err("a subject stopped hitting during the bench".into());
@@ -269,7 +338,7 @@ fn main() -> Result<(), BoxError> {
     let mut records = Vec::new();
     for row in subjects.iter().filter(|s| s.role == Role::Tiercache) {
         for (i, s) in subjects.iter().enumerate() {
-            if s.role == Role::Tiercache && s.workload != row.workload {
+            if (s.role == Role::Tiercache && s.workload != row.workload) || s.size != row.size {
                 continue;
             }
             let ns = interleaved[i].percentile(50.0);

@@ -40,6 +40,15 @@ pub struct User {
     pub tags: Vec<String>,
 }
 
+/// A ~4 KB value (MessagePack-encoded; the same type as [`sample_user`], with 100 more tags),
+/// for the rows that compare a larger struct.
+pub fn large_user(id: u64) -> User {
+    let mut u = sample_user(id);
+    u.tags
+        .extend((0..100).map(|i| format!("interest-{i:03}-analytical-engine-notes")));
+    u
+}
+
 /// The value every bench stores (`id` distinguishes keys where several are needed).
 pub fn sample_user(id: u64) -> User {
     User {
