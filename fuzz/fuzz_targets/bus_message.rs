@@ -1,9 +1,9 @@
-//! `cache_core::bus::Message::decode` (what arrives on an invalidation channel, from anyone
+//! `cache_core::Message::decode` (what arrives on an invalidation channel, from anyone
 //! allowed to publish there): never a panic, errors of kind `Decode`, and whatever decodes
 //! encodes back to exactly the input.
 #![no_main]
 
-use cache_core::bus::Message;
+use cache_core::Message;
 use cache_core::ErrorKind;
 use libfuzzer_sys::fuzz_target;
 

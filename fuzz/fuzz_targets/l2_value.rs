@@ -3,7 +3,7 @@
 //! `serde_json::Value` and into a small struct. Never a panic; errors of kind `Decode`.
 #![no_main]
 
-use cache_core::header::Header;
+use cache_core::Header;
 use cache_core::ErrorKind;
 use libfuzzer_sys::fuzz_target;
 use tiercache_fuzz::Small;
@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let plain;
     let payload = if header.is_compressed() {
-        match cache_core::compress::decompress(payload, MAX_VALUE_SIZE) {
+        match cache_core::support::decompress(payload, MAX_VALUE_SIZE) {
             Ok(bytes) => {
                 assert!(bytes.len() <= MAX_VALUE_SIZE);
                 plain = bytes;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cache_core::bus::{BusEvent, BusTransport};
+use cache_core::{BusEvent, BusTransport};
 use cache_core::{Error, ErrorKind, Result};
 use cache_redis::support::{pump, ErrorContext, ProviderAuth, Pumped};
 use redis::cluster_async::ClusterConnection;

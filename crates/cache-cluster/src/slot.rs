@@ -1,6 +1,6 @@
 //! Redis Cluster hash slots: CRC16 (XMODEM) of the key, or of its hash tag, modulo 16384.
 
-use cache_core::key::hash_tag;
+use cache_core::support::hash_tag;
 
 /// How many hash slots a Redis Cluster has.
 pub const SLOT_COUNT: u16 = 16384;

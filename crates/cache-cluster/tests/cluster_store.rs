@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use cache_cluster::{slot, ClusterBus, ClusterConfig, ClusterStore};
-use cache_core::bus::{BusEvent, BusTransport};
+use cache_core::{BusEvent, BusTransport};
 use cache_core::{ErrorKind, LeaseFill, RemoteEntry, RemoteStore};
 use cache_testkit::{shared_cluster, ClusterOptions};
 use proptest::prelude::*;
@@ -95,7 +95,7 @@ async fn leases_and_compare_and_set_fill() -> TestResult {
     let s = store().await?;
     let ttl = Duration::from_secs(30);
     for key in ["lease:plain", "lease:{user:7}:profile"] {
-        let lease = cache_core::key::lease_key("lease", key).expect("a lease key");
+        let lease = cache_core::support::lease_key("lease", key).expect("a lease key");
         assert_eq!(slot(lease.as_bytes()), slot(key.as_bytes()), "{lease}");
         assert!(s.set_nx(&lease, b"tok".to_vec(), ttl).await?);
         assert!(!s.set_nx(&lease, b"other".to_vec(), ttl).await?);
@@ -117,7 +117,7 @@ async fn leases_and_compare_and_set_fill() -> TestResult {
         cluster.cli(m.port, &["SCRIPT", "FLUSH"])?;
     }
     let key = "lease:{after-flush}";
-    let lease = cache_core::key::lease_key("lease", key).expect("a lease key");
+    let lease = cache_core::support::lease_key("lease", key).expect("a lease key");
     assert!(s.set_nx(&lease, b"t".to_vec(), ttl).await?);
     assert!(
         s.set_if_lease(&lease, b"t", key, b"w".to_vec(), ttl)
@@ -127,7 +127,7 @@ async fn leases_and_compare_and_set_fill() -> TestResult {
     s.tag_add("lease:__tags:n:red", "lease:n:1", ttl).await?;
     s.tag_add("lease:__tags:n:red", "lease:n:2", ttl).await?;
     let tag = "lease:__tags:n:red";
-    let pending = cache_core::key::tag_pending_key("lease", tag).expect("a pending key");
+    let pending = cache_core::support::tag_pending_key("lease", tag).expect("a pending key");
     let mut members = s.tag_take(tag, &pending).await?;
     members.sort();
     assert_eq!(
@@ -213,7 +213,7 @@ async fn lease_batches_answer_per_key_with_one_request_per_primary() -> TestResu
     let ks = keys("lb", 30);
     let leases: Vec<String> = ks
         .iter()
-        .map(|k| cache_core::key::lease_key("lb", k).expect("a lease key"))
+        .map(|k| cache_core::support::lease_key("lb", k).expect("a lease key"))
         .collect();
     // Another loader holds every third lease.
     for i in (0..30).step_by(3) {
@@ -515,7 +515,7 @@ async fn a_migrating_slot_is_served_key_by_key() -> TestResult {
     cluster.migrate_keys(&m1, &[a.as_bytes()])?;
     let read = s.get_many(&[a.to_owned(), b.to_owned()]).await;
     // A value key with its absent lease key: a multi-key `DEL` would answer `TRYAGAIN`.
-    let lease = cache_core::key::lease_key("mig", b).expect("a lease key");
+    let lease = cache_core::support::lease_key("mig", b).expect("a lease key");
     let deleted = s.delete(&[b.to_owned(), lease]).await;
     let written = s
         .set_many(
@@ -550,7 +550,7 @@ async fn a_migrating_slot_is_served_key_by_key() -> TestResult {
     // source: the lease script answers `TRYAGAIN` until the value key moves, 300 ms later
     // (longer than redis-rs's own retries wait).
     let key = "{m2}:v";
-    let lease = cache_core::key::lease_key("mig", key).expect("a lease key");
+    let lease = cache_core::support::lease_key("mig", key).expect("a lease key");
     s.set(key, b"old".to_vec(), ttl).await?;
     let slot2 = slot(key.as_bytes());
     let m2 = cluster.begin_slot_migration(slot2, other_primary(slot2)?)?;

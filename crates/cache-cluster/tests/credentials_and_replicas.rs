@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cache_cluster::{ClusterBus, ClusterConfig, ClusterStore, Credentials, CredentialsProvider};
-use cache_core::bus::{BusEvent, BusTransport};
 use cache_core::RemoteStore;
+use cache_core::{BusEvent, BusTransport};
 use cache_testkit::{shared_cluster, RedisCluster};
 use tokio::sync::mpsc;
 

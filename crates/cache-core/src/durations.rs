@@ -2,7 +2,7 @@
 //! (`"500ms"`, `"30s"`, `"2m"`); read from that text or from a number of milliseconds (what
 //! earlier versions wrote), so older config files still load.
 
-/// A [`std::time::Duration`] field: `#[serde(with = "cache_core::durations::duration_text")]`.
+/// A [`std::time::Duration`] field: `#[serde(with = "cache_core::support::duration_text")]`.
 pub mod duration_text {
     use std::fmt;
     use std::time::Duration;

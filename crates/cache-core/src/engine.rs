@@ -382,7 +382,7 @@ impl EngineBuilder {
         self
     }
 
-    /// Add `layer` on top of the L2 layer stack (outermost; see [`crate::layer`]). The
+    /// Add `layer` on top of the L2 layer stack (outermost; see [`L2Layer`](crate::L2Layer)). The
     /// default stack is a [`crate::layer::BreakerLayer`] when breakers are on.
     pub fn with_l2_layer(mut self, layer: Arc<dyn L2Layer>) -> Self {
         self.extra_layers.push(layer);

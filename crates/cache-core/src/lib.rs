@@ -10,48 +10,53 @@
 //! - [`Observer`]: hooks for metrics.
 //! - [`Engine`] and [`Cache`]: the engine shared by many typed caches, one per namespace.
 //!
+//! Every public item is at the crate root (the modules are private, so moving a file breaks
+//! no one); helpers for backend and plug-in authors are in [`support`].
+//!
 //! Most users depend on the facade crate, `cache-tiered`, which wires these together.
 #![warn(missing_docs)]
 
-pub mod backend;
+mod backend;
 mod background;
-pub mod breaker;
-pub mod bus;
-pub mod cache;
-pub mod capabilities;
-pub mod clock;
-pub mod codec;
-pub mod compress;
-pub mod durations;
-pub mod engine;
-pub mod error;
-pub mod header;
-pub mod key;
-pub mod l1;
-pub mod layer;
+mod breaker;
+mod bus;
+mod cache;
+mod capabilities;
+mod clock;
+mod codec;
+mod compress;
+mod durations;
+mod engine;
+mod error;
+mod header;
+mod key;
+mod l1;
+mod layer;
 mod namespace;
-pub mod observer;
-pub mod options;
-pub mod policy;
-pub mod recovery;
-pub mod remote;
+mod observer;
+mod options;
+mod policy;
+mod recovery;
+mod remote;
+pub mod support;
 #[cfg(test)]
 mod testing;
 mod waiters;
 
 pub use backend::{L2Backend, L2Parts, L2Request, MemoryBackend};
-pub use breaker::{BreakerConfig, CircuitBreaker};
+pub use breaker::{BreakerBus, BreakerConfig, BreakerStore, CircuitBreaker};
 pub use bus::{
-    BusConfig, BusEvent, BusStats, BusTransport, MemoryBus, MemoryBusHandle, ReconnectPolicy,
+    BusConfig, BusEvent, BusStats, BusTransport, MemoryBus, MemoryBusHandle, Message,
+    ReconnectPolicy,
 };
-pub use cache::{Cache, CacheBuilder, CacheConfig, CacheStats};
+pub use cache::{Cache, CacheBuilder, CacheConfig, CacheStats, L1_ENTRY_OVERHEAD};
 pub use capabilities::Capabilities;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{Codec, CodecId};
 pub use engine::{Engine, EngineBuilder, ShutdownReport};
 pub use error::{Error, ErrorKind, Result};
 pub use header::{Header, HeaderError};
-pub use key::KeySpace;
+pub use key::{KeySpace, DEFAULT_MAX_KEY_LEN, MAX_NAME_LEN};
 pub use l1::{L1Entry, L1Stats, L1Store, NamespaceId};
 pub use layer::{BreakerLayer, L2Layer, LayerContext, TimeoutLayer};
 pub use observer::{CacheEvent, CacheObserver, L2Op, NoopObserver, Observer, Tier};

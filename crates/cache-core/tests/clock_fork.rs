@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use cache_core::clock::system_now_ms;
+use cache_core::support::system_now_ms;
 
 #[test]
 fn a_forked_child_gets_its_own_clock_thread() {

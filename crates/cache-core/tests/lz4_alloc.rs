@@ -31,7 +31,7 @@ fn a_small_value_claiming_a_large_size_allocates_nothing_large() {
     let mut bomb = ((16u32 << 20) - 1).to_le_bytes().to_vec();
     bomb.push(0);
     LARGEST.store(0, Ordering::SeqCst);
-    let r = cache_core::compress::decompress(&bomb, 16 << 20);
+    let r = cache_core::support::decompress(&bomb, 16 << 20);
     let largest = LARGEST.load(Ordering::SeqCst);
     assert!(r.is_err());
     assert!(

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cache_core::bus::{BusEvent, BusTransport};
+use cache_core::{BusEvent, BusTransport};
 use cache_core::{Error, ErrorKind, Result};
 use futures::StreamExt;
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushKind, Value};

@@ -336,7 +336,7 @@ impl RedisConfigBuilder {
 
 /// Serde helpers for durations as text with a unit (`"500ms"`), read from text or a number
 /// of milliseconds: `#[serde(with = "cache_redis::support::duration_text")]`.
-pub use cache_core::durations::duration_text;
+pub use cache_core::support::duration_text;
 
 #[cfg(test)]
 mod tests {

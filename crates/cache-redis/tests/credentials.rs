@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use cache_core::bus::{BusEvent, BusTransport};
+use cache_core::{BusEvent, BusTransport};
 use cache_core::{Error, ErrorKind, RemoteStore};
 use cache_redis::{
     credentials_fn, Credentials, CredentialsProvider, RedisBus, RedisConfig, RedisStore,

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use cache_core::bus::{BusEvent, BusTransport};
+use cache_core::{BusEvent, BusTransport};
 use cache_core::{ErrorKind, RemoteStore};
 use cache_redis::{RedisBus, RedisConfig, RedisStore};
 use cache_testkit::{RedisServer, ServerOptions, TestCerts};

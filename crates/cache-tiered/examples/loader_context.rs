@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cache_tiered::core::header::Header;
+use cache_tiered::core::Header;
 use cache_tiered::{Cache, CallOptions, LoadContext, Loaded, MsgPack};
 use serde::{Deserialize, Serialize};
 

@@ -42,7 +42,6 @@
 
 use std::sync::Arc;
 
-pub use cache_core::policy::{NoRefresh, RandomSource, RefreshPolicy, SeededRandom};
 pub use cache_core::{
     BreakerConfig, BreakerLayer, BusConfig, BusStats, BusTransport, CacheBuilder, CacheConfig,
     CacheEvent, CacheObserver, CacheStats, CallOptions, Capabilities, Clock, Codec, CodecId,
@@ -51,6 +50,7 @@ pub use cache_core::{
     MemoryBusHandle, MemoryStore, NoopObserver, Observer, ReconnectPolicy, RecoveryStats,
     RemoteEntry, RemoteStore, Result, ShutdownReport, SystemClock, TimeoutLayer,
 };
+pub use cache_core::{NoRefresh, RandomSource, RefreshPolicy, SeededRandom};
 pub use cache_l1::QuickL1;
 
 #[cfg(feature = "blocking")]

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cache_testkit::{ClusterOptions, RedisCluster};
-use cache_tiered::core::breaker::{BreakerConfig, BreakerStore, CircuitBreaker};
-use cache_tiered::core::key::DEFAULT_MAX_KEY_LEN;
+use cache_tiered::core::DEFAULT_MAX_KEY_LEN;
+use cache_tiered::core::{BreakerConfig, BreakerStore, CircuitBreaker};
 use cache_tiered::{
     BusConfig, Cache, ClusterConfig, ClusterStore, Engine, ErrorKind, MsgPack, RemoteStore,
 };

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cache_tiered::core::bus::Message;
+use cache_tiered::core::Message;
 use cache_tiered::{
     BusConfig, BusTransport, Cache, Engine, Error, ErrorKind, MemoryBus, MemoryStore, MsgPack,
     RemoteEntry, RemoteStore,
@@ -529,7 +529,7 @@ async fn a_replayed_set_removes_the_fill_lease() -> TestResult {
     let (store, bus) = (FaultStore::new(), MemoryBus::new());
     let a = cache(&instance(&store, &bus, "c5b").await);
     let full = a.full_key("k")?;
-    let lease = cache_tiered::core::key::lease_key("c5b", &full).unwrap();
+    let lease = cache_tiered::core::support::lease_key("c5b", &full).unwrap();
     // Another instance's fill holds the lease.
     assert!(
         store
@@ -588,7 +588,7 @@ async fn a_read_error_while_waiting_for_a_lease_writes_nothing() -> TestResult {
     let (store, bus) = (FaultStore::new(), MemoryBus::new());
     let a = cache(&instance(&store, &bus, "c6b").await);
     let full = a.full_key("k")?;
-    let lease = cache_tiered::core::key::lease_key("c6b", &full).unwrap();
+    let lease = cache_tiered::core::support::lease_key("c6b", &full).unwrap();
     assert!(
         store
             .inner

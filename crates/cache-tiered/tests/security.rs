@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cache_testkit::{FaultProxy, RedisServer, ServerOptions};
-use cache_tiered::core::key::DEFAULT_MAX_KEY_LEN;
+use cache_tiered::core::DEFAULT_MAX_KEY_LEN;
 use cache_tiered::{
     BusConfig, Cache, Engine, ErrorKind, MsgPack, RedisConfig, RedisStore, RemoteStore,
 };
@@ -446,7 +446,7 @@ async fn tenant_acl_user_is_confined_to_its_prefix() -> TestResult {
 /// (it counts only transient errors), so the error is never hidden behind `CircuitOpen`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_authorisation_error_does_not_open_the_breaker() -> TestResult {
-    use cache_tiered::core::breaker::{BreakerConfig, BreakerStore, CircuitBreaker};
+    use cache_tiered::core::{BreakerConfig, BreakerStore, CircuitBreaker};
     capture();
     let server = ServerOptions::new()
         .acl_user(&format!("{TENANT} on >{SENTINEL} {RULES_MINIMAL} -get"))

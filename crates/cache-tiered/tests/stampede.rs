@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use cache_tiered::core::header::Header;
+use cache_tiered::core::Header;
 use cache_tiered::{
     Cache, Engine, ManualClock, MemoryStore, MsgPack, RedisConfig, RedisStore, RefreshAhead,
     RemoteEntry, RemoteStore, XFetch,

@@ -45,7 +45,7 @@ pub struct WriteBehindConfig {
     pub max_batch: usize,
     /// A queued write waits at most this long for its batch to fill before it is written
     /// anyway (default 50 ms).
-    #[serde(with = "cache_core::durations::duration_text")]
+    #[serde(with = "cache_core::support::duration_text")]
     pub max_age: Duration,
     /// Bound of the queue (default 10 000). In memory mode: distinct keys waiting (a write to
     /// a key already waiting replaces its value and needs no room), plus the one batch being
@@ -56,20 +56,20 @@ pub struct WriteBehindConfig {
     pub policy: QueuePolicy,
     /// First retry delay after the batch writer fails (default 10 ms); each further failure
     /// doubles it, up to `retry_max`, with jitter. Failed batches are retried forever.
-    #[serde(with = "cache_core::durations::duration_text")]
+    #[serde(with = "cache_core::support::duration_text")]
     pub retry_min: Duration,
     /// Longest retry delay (default 5 s).
-    #[serde(with = "cache_core::durations::duration_text")]
+    #[serde(with = "cache_core::support::duration_text")]
     pub retry_max: Duration,
     /// Durable mode: how long the flusher lease lives without renewal, and how long an entry
     /// delivered to another instance must have been idle before this instance takes it over
     /// with `XAUTOCLAIM` (default 30 s). Takeover after a crash takes about this long.
-    #[serde(with = "cache_core::durations::duration_text")]
+    #[serde(with = "cache_core::support::duration_text")]
     pub claim_idle: Duration,
     /// Durable mode: how often the flusher looks for entries added by other instances, and
     /// how often a standby instance tries to take the flusher lease (default 100 ms; the lease
     /// is tried at most every second).
-    #[serde(with = "cache_core::durations::duration_text")]
+    #[serde(with = "cache_core::support::duration_text")]
     pub poll_interval: Duration,
 }
 

@@ -15,7 +15,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use cache_core::policy::RefreshPolicy;
+//! use cache_core::RefreshPolicy;
 //! use cache_xfetch::XFetch;
 //!
 //! let x = XFetch::new(1.0);
@@ -28,7 +28,7 @@
 
 use std::time::Duration;
 
-use cache_core::policy::RefreshPolicy;
+use cache_core::RefreshPolicy;
 
 /// The largest value of `-ln(draw)` for draws of 53-bit precision (`-ln(2^-53)` ≈ 36.7).
 const MAX_NEG_LN: f64 = 36.8;
@@ -90,7 +90,7 @@ impl RefreshPolicy for XFetch {
 ///
 /// ```
 /// use std::time::Duration;
-/// use cache_core::policy::RefreshPolicy;
+/// use cache_core::RefreshPolicy;
 /// use cache_xfetch::RefreshAhead;
 ///
 /// // Entries live 60 s; refresh them after 45 s (75 % of their TTL).

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cache_core::remote::check_value_size;
+use cache_core::support::check_value_size;
 use cache_core::Result;
 #[cfg(doc)]
 use cache_core::{ErrorKind, RemoteStore};

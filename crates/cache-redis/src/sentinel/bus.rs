@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use cache_core::bus::{BusEvent, BusTransport};
+use cache_core::{BusEvent, BusTransport};
 use cache_core::{Error, ErrorKind, Result};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;

@@ -5,7 +5,7 @@ use cache_core::Capabilities;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cache_core::remote::check_value_size;
+use cache_core::support::check_value_size;
 use cache_core::{Error, ErrorKind, LeaseFill, RemoteEntry, RemoteStore, Result};
 use redis::Value;
 

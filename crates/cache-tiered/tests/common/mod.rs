@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cache_tiered::core::header::Header;
+use cache_tiered::core::Header;
 use cache_tiered::{Cache, Engine, ErrorKind, Json, MsgPack, RemoteStore};
 use serde::{Deserialize, Serialize};
 
@@ -618,7 +618,7 @@ pub async fn ttl_jitter_spreads_expiry(b: &dyn Backend) -> TestResult {
         expiries.insert(h.expires_at_ms / 1000);
     }
     assert!(expiries.len() > 10, "expiries not spread: {expiries:?}");
-    let now_s = cache_tiered::core::clock::precise_now_ms() / 1000;
+    let now_s = cache_tiered::core::support::precise_now_ms() / 1000;
     for s in &expiries {
         assert!(
             *s >= now_s + 790 && *s <= now_s + 1001,

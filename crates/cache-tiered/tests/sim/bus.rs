@@ -7,8 +7,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use cache_tiered::core::bus::Message;
 use cache_tiered::core::BusEvent;
+use cache_tiered::core::Message;
 use cache_tiered::{BusTransport, Error, ErrorKind, MemoryBusHandle, Result};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
