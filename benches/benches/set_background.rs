@@ -159,7 +159,12 @@ fn main() -> Result<(), BoxError> {
                 Record::result(
                     "set_background",
                     subject.name(),
-                    Role::Tiercache,
+                    // The awaited set is the row's reference; the background one is judged.
+                    if matches!(subject, Subject::Awaited) {
+                        Role::Peer
+                    } else {
+                        Role::Tiercache
+                    },
                     subject.name(),
                     "p50_us",
                 )
