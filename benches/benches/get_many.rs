@@ -258,7 +258,7 @@ fn main() -> Result<(), BoxError> {
     let records = rt.block_on(async move {
         let mut records = Vec::new();
         let day = Duration::from_secs(86_400);
-        let engine = cache_tiered::builder("benchgm").redis_url(&url).build().await?;
+        let engine = cache_tiered::builder("benchgm").with_redis_url(&url).build().await?;
         let cache = engine
             .cache::<User, MsgPack>("gm")
             .with_l1_ttl(day)
@@ -280,7 +280,7 @@ fn main() -> Result<(), BoxError> {
 
         if let Some(urls) = cluster_urls {
             let engine = cache_tiered::builder("benchgm")
-                .cluster_urls(urls.clone())
+                .with_cluster_urls(urls.clone())
                 .build()
                 .await?;
             let ccache = engine

@@ -84,7 +84,7 @@ fn main() -> Result<(), BoxError> {
             // tiercache
             let tier = rt.block_on(async {
                 let engine = cache_tiered::builder("benchhr")
-                    .l1_capacity_bytes(budget)
+                    .with_l1_capacity_bytes(budget)
                     .build()
                     .await?;
                 let cache: Cache<User, MsgPack> = engine

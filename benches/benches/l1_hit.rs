@@ -107,7 +107,10 @@ fn main() -> Result<(), BoxError> {
         .build()?;
     let day = Duration::from_secs(24 * 3600);
     let (cache, value): (Cache<User, MsgPack>, Arc<User>) = rt.block_on(async {
-        let engine = cache_tiered::builder("bench").memory_l2().build().await?;
+        let engine = cache_tiered::builder("bench")
+            .with_memory_l2()
+            .build()
+            .await?;
         let cache = engine
             .cache::<User, MsgPack>("l1")
             .with_l1_ttl(day)

@@ -64,7 +64,7 @@ struct Subject {
 async fn tiercache_subject(url: &str) -> Result<Subject, BoxError> {
     let day = Duration::from_secs(86_400);
     let engine = cache_tiered::builder("benchl1p")
-        .redis_url(url)
+        .with_redis_url(url)
         .build()
         .await?;
     let cache: Cache<User, MsgPack> = engine

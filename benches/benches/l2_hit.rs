@@ -229,7 +229,7 @@ fn main() -> Result<(), BoxError> {
         .build()?;
     let records = rt.block_on(async move {
         let day = Duration::from_secs(24 * 3600);
-        let engine = cache_tiered::builder("bench").redis_url(&url).build().await?;
+        let engine = cache_tiered::builder("bench").with_redis_url(&url).build().await?;
         let cache: Cache<User, MsgPack> = engine
             .cache::<User, MsgPack>("l2")
             .with_l1_ttl(day)

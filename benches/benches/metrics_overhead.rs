@@ -77,9 +77,9 @@ async fn build_cache(
     observer: Option<MetricsObserver>,
 ) -> Result<Cache<User, MsgPack>, BoxError> {
     let day = Duration::from_secs(24 * 3600);
-    let mut b = cache_tiered::builder(prefix).memory_l2();
+    let mut b = cache_tiered::builder(prefix).with_memory_l2();
     if let Some(o) = observer {
-        b = b.observer(Arc::new(o));
+        b = b.with_observer(Arc::new(o));
     }
     let engine = b.build().await?;
     let cache = engine

@@ -97,9 +97,9 @@ async fn bench_cache(
     observer: Arc<dyn Observer>,
 ) -> Result<(cache_tiered::Engine, Cache<User, MsgPack>), BoxError> {
     let engine = cache_tiered::builder(prefix)
-        .redis_url(url)
-        .bus_config(BusConfig::default().with_batch_window(window))
-        .observer(observer)
+        .with_redis_url(url)
+        .with_bus_config(BusConfig::default().with_batch_window(window))
+        .with_observer(observer)
         .build()
         .await?;
     let day = Duration::from_secs(86_400);

@@ -111,8 +111,8 @@ fn main() -> Result<(), BoxError> {
     let records = rt.block_on(async move {
         let mut b = cache_tiered::builder("bench-setbg");
         b = match &url {
-            Some(url) => b.redis_url(url),
-            None => b.remote(Arc::new(cache_tiered::MemoryStore::new())),
+            Some(url) => b.with_redis_url(url),
+            None => b.with_remote(Arc::new(cache_tiered::MemoryStore::new())),
         };
         let engine = b.build().await?;
         let ns = AtomicU64::new(0);

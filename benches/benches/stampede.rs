@@ -141,7 +141,7 @@ fn main() -> Result<(), BoxError> {
         .build()?;
     let records = rt.block_on(async move {
         let engine = cache_tiered::builder("benchstampede")
-            .redis_url(&url)
+            .with_redis_url(&url)
             .build()
             .await?;
         let cache: Cache<User, MsgPack> = engine

@@ -204,12 +204,12 @@ fn main() -> Result<(), BoxError> {
         let mut b = cache_tiered::builder("bench-wb");
         let redis = match &url {
             Some(url) => {
-                let store = cache_tiered::RedisStore::connect(cache_tiered::RedisConfig::builder().url(url).build()?).await?;
-                b = b.redis_url(url);
+                let store = cache_tiered::RedisStore::connect(cache_tiered::RedisConfig::builder().with_url(url).build()?).await?;
+                b = b.with_redis_url(url);
                 Some(store)
             }
             None => {
-                b = b.remote(Arc::new(cache_tiered::MemoryStore::new()));
+                b = b.with_remote(Arc::new(cache_tiered::MemoryStore::new()));
                 None
             }
         };

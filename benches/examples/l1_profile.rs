@@ -36,7 +36,7 @@ fn main() {
         _ => {
             let cache = rt.block_on(async {
                 let e = cache_tiered::builder("p")
-                    .memory_l2()
+                    .with_memory_l2()
                     .build()
                     .await
                     .unwrap();

@@ -106,8 +106,8 @@ impl CacheObserver for CountingCache {
 /// instances never see a publisher come and go.
 pub async fn clear_redis(url: &str) -> Result<u64, cache_tiered::Error> {
     let engine = cache_tiered::builder("demo")
-        .redis_url(url)
-        .bus(false)
+        .with_redis_url(url)
+        .with_bus(false)
         .build()
         .await?;
     engine
@@ -195,17 +195,17 @@ impl Instance {
         // series carry an `instance` label.
         let observer = MetricsObserver::new().with_label("instance", name);
         let builder = cache_tiered::builder("demo")
-            .l1_capacity_bytes(32 * 1024 * 1024)
-            .observer(Arc::new(Counting {
+            .with_l1_capacity_bytes(32 * 1024 * 1024)
+            .with_observer(Arc::new(Counting {
                 metrics: observer.clone(),
                 counts: counts.clone(),
             }));
         let builder = match l2 {
             // The invalidation bus (Redis pub/sub) is on by default with Redis.
-            L2Setup::Redis(url) => builder.redis_url(url.clone()),
-            L2Setup::Embedded { store, bus } => {
-                builder.remote(store.clone()).bus_transport(bus.attach())
-            }
+            L2Setup::Redis(url) => builder.with_redis_url(url.clone()),
+            L2Setup::Embedded { store, bus } => builder
+                .with_remote(store.clone())
+                .with_bus_transport(bus.attach()),
         };
         let engine = builder.build().await?;
         let accounts = engine

@@ -1,4 +1,4 @@
-//! [`ClusterConfig`] as an [`L2Backend`]: `cache_tiered::builder(..).l2(config)` connects it and
+//! [`ClusterConfig`] as an [`L2Backend`]: `cache_tiered::builder(..).with_l2(config)` connects it and
 //! takes its cluster-wide pub/sub bus.
 
 use std::sync::Arc;

@@ -66,11 +66,11 @@ pub const DEFAULT_RETRY_MAX_DELAY: Duration = Duration::from_millis(100);
 /// use cache_cluster::ClusterConfig;
 ///
 /// let config = ClusterConfig::builder()
-///     .url("redis://10.0.0.1:7000")
-///     .url("redis://10.0.0.2:7000")
-///     .username("app")
-///     .password("s3cret")
-///     .response_timeout(Duration::from_millis(200))
+///     .with_url("redis://10.0.0.1:7000")
+///     .with_url("redis://10.0.0.2:7000")
+///     .with_username("app")
+///     .with_password("s3cret")
+///     .with_response_timeout(Duration::from_millis(200))
 ///     .build()?;
 /// assert!(!format!("{config:?}").contains("s3cret"));
 ///
@@ -323,13 +323,13 @@ impl fmt::Debug for ClusterConfigBuilder {
 
 impl ClusterConfigBuilder {
     /// Add one seed node URL.
-    pub fn url(mut self, url: impl Into<String>) -> Self {
+    pub fn with_url(mut self, url: impl Into<String>) -> Self {
         self.config.urls.push(url.into());
         self
     }
 
     /// Add seed node URLs.
-    pub fn urls<I, S>(mut self, urls: I) -> Self
+    pub fn with_urls<I, S>(mut self, urls: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -339,43 +339,43 @@ impl ClusterConfigBuilder {
     }
 
     /// The ACL user (overrides the URLs').
-    pub fn username(mut self, username: impl Into<String>) -> Self {
+    pub fn with_username(mut self, username: impl Into<String>) -> Self {
         self.config.username = Some(username.into());
         self
     }
 
     /// The password (overrides the URLs').
-    pub fn password(mut self, password: impl Into<String>) -> Self {
+    pub fn with_password(mut self, password: impl Into<String>) -> Self {
         self.config.password = Some(password.into());
         self
     }
 
     /// Bound on connecting to one node (default 1 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
         self
     }
 
     /// Bound on every operation, retries included (default 500 ms).
-    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
         self.config.response_timeout = timeout;
         self
     }
 
     /// Largest value accepted, in bytes (default 16 MiB).
-    pub fn max_value_size(mut self, bytes: usize) -> Self {
+    pub fn with_max_value_size(mut self, bytes: usize) -> Self {
         self.config.max_value_size = bytes;
         self
     }
 
     /// Retries of one request after a redirect or a transient cluster error (default 5).
-    pub fn retries(mut self, retries: u32) -> Self {
+    pub fn with_retries(mut self, retries: u32) -> Self {
         self.config.retries = retries;
         self
     }
 
     /// Smallest and largest wait before a waiting retry (default 10 ms and 100 ms).
-    pub fn retry_delay(mut self, min_delay: Duration, max_delay: Duration) -> Self {
+    pub fn with_retry_delay(mut self, min_delay: Duration, max_delay: Duration) -> Self {
         self.config.retry_min_delay = min_delay;
         self.config.retry_max_delay = max_delay;
         self
@@ -383,14 +383,14 @@ impl ClusterConfigBuilder {
 
     /// For `rediss://`: trust the CA certificate(s) in this PEM file instead of the built-in
     /// roots.
-    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+    pub fn with_tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.config.tls_ca_file = Some(path.into());
         self
     }
 
     /// For `rediss://` nodes that require a client certificate (mutual TLS): the PEM files
     /// of the certificate (chain) and of its private key.
-    pub fn tls_client_cert(
+    pub fn with_tls_client_cert(
         mut self,
         cert_file: impl Into<PathBuf>,
         key_file: impl Into<PathBuf>,
@@ -403,13 +403,16 @@ impl ClusterConfigBuilder {
     /// Rotating credentials: `provider` is asked for the user and password at every
     /// (re)connect of every node connection. Replaces a fixed password (setting both is an
     /// error).
-    pub fn credentials_provider(mut self, provider: impl CredentialsProvider + 'static) -> Self {
+    pub fn with_credentials_provider(
+        mut self,
+        provider: impl CredentialsProvider + 'static,
+    ) -> Self {
         self.config.credentials_provider = Some(SharedCredentialsProvider::new(provider));
         self
     }
 
     /// Read from replicas (default off); reads may then be stale (see [`ClusterConfig`]).
-    pub fn replica_reads(mut self, on: bool) -> Self {
+    pub fn with_replica_reads(mut self, on: bool) -> Self {
         self.config.replica_reads = on;
         self
     }
@@ -440,43 +443,34 @@ mod tests {
             "no seed URL"
         );
         let ok = ClusterConfig::builder()
-            .url("redis://127.0.0.1:7000")
-            .url("redis://127.0.0.1:7001/0")
+            .with_url("redis://127.0.0.1:7000")
+            .with_url("redis://127.0.0.1:7001/0")
             .build()?;
         assert_eq!(ok.urls.len(), 2);
         let seeds = ok.resolve()?;
         assert_eq!(seeds.endpoint, "cluster 127.0.0.1:7000,127.0.0.1:7001");
         assert_eq!(seeds.user, "default");
         assert_eq!(
-            kind(ClusterConfig::builder().url("http://x").build()),
+            kind(ClusterConfig::builder().with_url("http://x").build()),
             Some(ErrorKind::InvalidUrl)
         );
         assert_eq!(
             kind(
                 ClusterConfig::builder()
-                    .url("redis+unix:///tmp/r.sock")
+                    .with_url("redis+unix:///tmp/r.sock")
                     .build()
             ),
             Some(ErrorKind::InvalidConfig)
         );
         assert_eq!(
-            kind(ClusterConfig::builder().url("redis://h:1/3").build()),
+            kind(ClusterConfig::builder().with_url("redis://h:1/3").build()),
             Some(ErrorKind::InvalidConfig)
         );
         assert_eq!(
             kind(
                 ClusterConfig::builder()
-                    .url("redis://h:1")
-                    .response_timeout(Duration::ZERO)
-                    .build()
-            ),
-            Some(ErrorKind::InvalidConfig)
-        );
-        assert_eq!(
-            kind(
-                ClusterConfig::builder()
-                    .url("redis://a:pw1@h:1")
-                    .url("redis://a:pw2@h:2")
+                    .with_url("redis://h:1")
+                    .with_response_timeout(Duration::ZERO)
                     .build()
             ),
             Some(ErrorKind::InvalidConfig)
@@ -484,8 +478,8 @@ mod tests {
         assert_eq!(
             kind(
                 ClusterConfig::builder()
-                    .url("redis://h:1")
-                    .tls_ca_file("/ca.pem")
+                    .with_url("redis://a:pw1@h:1")
+                    .with_url("redis://a:pw2@h:2")
                     .build()
             ),
             Some(ErrorKind::InvalidConfig)
@@ -493,8 +487,17 @@ mod tests {
         assert_eq!(
             kind(
                 ClusterConfig::builder()
-                    .url("redis://h:1")
-                    .username("bob")
+                    .with_url("redis://h:1")
+                    .with_tls_ca_file("/ca.pem")
+                    .build()
+            ),
+            Some(ErrorKind::InvalidConfig)
+        );
+        assert_eq!(
+            kind(
+                ClusterConfig::builder()
+                    .with_url("redis://h:1")
+                    .with_username("bob")
                     .build()
             ),
             Some(ErrorKind::InvalidConfig)
@@ -505,13 +508,13 @@ mod tests {
     #[test]
     fn credentials_and_redaction() -> Result<()> {
         let c = ClusterConfig::builder()
-            .url("redis://u:url-secret@h:1")
-            .url("redis://u:url-secret@h:2")
-            .password("field-secret")
+            .with_url("redis://u:url-secret@h:1")
+            .with_url("redis://u:url-secret@h:2")
+            .with_password("field-secret")
             .build()?;
         let shown = format!(
             "{c:?} {:?}",
-            ClusterConfig::builder().password("field-secret")
+            ClusterConfig::builder().with_password("field-secret")
         );
         assert!(!shown.contains("url-secret"), "{shown}");
         assert!(!shown.contains("field-secret"), "{shown}");
@@ -522,7 +525,7 @@ mod tests {
         assert!(seeds.secrets.contains(&"field-secret".to_owned()));
         // A bad URL's message never echoes its password.
         let err = ClusterConfig::builder()
-            .url("redis://u:hunter2@h:99999")
+            .with_url("redis://u:hunter2@h:99999")
             .build()
             .err()
             .map(|e| e.to_string())

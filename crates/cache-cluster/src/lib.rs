@@ -25,9 +25,9 @@
 //!
 //! # async fn demo() -> cache_core::Result<()> {
 //! let config = ClusterConfig::builder()
-//!     .urls(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])
-//!     .password("s3cret")
-//!     .response_timeout(Duration::from_millis(200))
+//!     .with_urls(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])
+//!     .with_password("s3cret")
+//!     .with_response_timeout(Duration::from_millis(200))
 //!     .build()?;
 //! let store = ClusterStore::connect(config).await?;
 //! store.set("app:{user:42}:profile", b"v".to_vec(), Duration::from_secs(30)).await?;

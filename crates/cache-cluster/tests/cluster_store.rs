@@ -15,8 +15,8 @@ type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 async fn store() -> Result<ClusterStore, Box<dyn std::error::Error + Send + Sync>> {
     let cluster = shared_cluster()?;
     let config = ClusterConfig::builder()
-        .urls(cluster.urls().into_iter().take(2))
-        .response_timeout(Duration::from_millis(500))
+        .with_urls(cluster.urls().into_iter().take(2))
+        .with_response_timeout(Duration::from_millis(500))
         .build()?;
     Ok(ClusterStore::connect(config).await?)
 }
@@ -80,8 +80,8 @@ async fn basics_across_slots() -> TestResult {
     // Oversized values are refused before sending.
     let small = ClusterStore::connect(
         ClusterConfig::builder()
-            .urls(shared_cluster()?.urls())
-            .max_value_size(10)
+            .with_urls(shared_cluster()?.urls())
+            .with_max_value_size(10)
             .build()?,
     )
     .await?;
@@ -202,8 +202,8 @@ async fn lease_batches_answer_per_key_with_one_request_per_primary() -> TestResu
     let cluster = ClusterOptions::new().replicas_per_master(0).start()?;
     let s = ClusterStore::connect(
         ClusterConfig::builder()
-            .urls(cluster.urls())
-            .response_timeout(Duration::from_millis(500))
+            .with_urls(cluster.urls())
+            .with_response_timeout(Duration::from_millis(500))
             .build()?,
     )
     .await?;
@@ -329,8 +329,8 @@ async fn errors_name_the_cluster_not_the_password() -> TestResult {
         .requirepass("hunter2")
         .start()?;
     let good = ClusterConfig::builder()
-        .urls(cluster.urls())
-        .password("hunter2")
+        .with_urls(cluster.urls())
+        .with_password("hunter2")
         .build()?;
     let s = ClusterStore::connect(good).await?;
     s.set("auth:k", b"v".to_vec(), Duration::from_secs(5))
@@ -339,21 +339,21 @@ async fn errors_name_the_cluster_not_the_password() -> TestResult {
     assert!(!format!("{s:?}").contains("hunter2"));
 
     let url = cluster.urls()[0].replace("redis://", "redis://:wrong-secret@");
-    let bad = ClusterConfig::builder().url(url).build()?;
+    let bad = ClusterConfig::builder().with_url(url).build()?;
     let err = ClusterStore::connect(bad).await.expect_err("refused");
     assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
     assert!(!err.to_string().contains("wrong-secret"), "{err}");
     assert!(err.to_string().contains("cluster 127.0.0.1:"), "{err}");
 
-    let none = ClusterConfig::builder().urls(cluster.urls()).build()?;
+    let none = ClusterConfig::builder().with_urls(cluster.urls()).build()?;
     let err = ClusterStore::connect(none).await.expect_err("refused");
     assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
 
     // Nothing listening: a connection error (or a timeout), quickly.
     let port = cache_testkit::free_port()?;
     let nowhere = ClusterConfig::builder()
-        .url(format!("redis://127.0.0.1:{port}"))
-        .connect_timeout(Duration::from_millis(500))
+        .with_url(format!("redis://127.0.0.1:{port}"))
+        .with_connect_timeout(Duration::from_millis(500))
         .build()?;
     let started = std::time::Instant::now();
     let err = ClusterStore::connect(nowhere)
@@ -490,8 +490,8 @@ async fn a_migrating_slot_is_served_key_by_key() -> TestResult {
     let cluster = std::sync::Arc::new(ClusterOptions::new().replicas_per_master(0).start()?);
     let s = ClusterStore::connect(
         ClusterConfig::builder()
-            .urls(cluster.urls())
-            .response_timeout(Duration::from_secs(1))
+            .with_urls(cluster.urls())
+            .with_response_timeout(Duration::from_secs(1))
             .build()?,
     )
     .await?;

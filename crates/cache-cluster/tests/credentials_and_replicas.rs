@@ -126,9 +126,9 @@ async fn store_and_bus_reconnect_with_the_rotated_password() -> TestResult {
     let provider = Arc::new(Rotating::default());
     provider.generation.store(1, Ordering::Relaxed);
     let config = ClusterConfig::builder()
-        .urls(cluster.urls())
-        .response_timeout(Duration::from_secs(1))
-        .credentials_provider(provider.clone())
+        .with_urls(cluster.urls())
+        .with_response_timeout(Duration::from_secs(1))
+        .with_credentials_provider(provider.clone())
         .build()?;
     let store = ClusterStore::connect(config.clone()).await?;
     let publisher = ClusterStore::connect(config.clone()).await?;
@@ -225,7 +225,7 @@ async fn replica_reads_are_served_by_replicas_and_off_by_default() -> TestResult
 
     let urls = cluster.urls();
     let primary_store =
-        ClusterStore::connect(ClusterConfig::builder().urls(urls.clone()).build()?).await?;
+        ClusterStore::connect(ClusterConfig::builder().with_urls(urls.clone()).build()?).await?;
     assert!(!ClusterConfig::default().replica_reads, "off by default");
     for k in &ks {
         primary_store
@@ -265,8 +265,8 @@ async fn replica_reads_are_served_by_replicas_and_off_by_default() -> TestResult
     }
     let replica_store = ClusterStore::connect(
         ClusterConfig::builder()
-            .urls(urls)
-            .replica_reads(true)
+            .with_urls(urls)
+            .with_replica_reads(true)
             .build()?,
     )
     .await?;

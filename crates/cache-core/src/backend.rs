@@ -1,6 +1,6 @@
 //! One contract for every L2: a backend connects and brings its store together with the
 //! transports that keep other instances' L1 coherent ([`L2Parts`]). The facade takes any
-//! backend the same way (`cache_tiered::Builder::l2`), whether it ships in this workspace
+//! backend the same way (`cache_tiered::Builder::with_l2`), whether it ships in this workspace
 //! (Redis, Redis Cluster, Sentinel, the in-memory one) or is written by a user.
 
 use std::fmt;

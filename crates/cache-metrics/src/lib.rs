@@ -18,8 +18,8 @@
 //!
 //! // 2. Hand the observer to the engine; every typed cache registers its series once.
 //! let engine = cache_tiered::builder("app")
-//!     .memory_l2()
-//!     .observer(Arc::new(MetricsObserver::new()))
+//!     .with_memory_l2()
+//!     .with_observer(Arc::new(MetricsObserver::new()))
 //!     .build()
 //!     .await?;
 //! let users = engine.cache::<String, cache_tiered::MsgPack>("users").build()?;

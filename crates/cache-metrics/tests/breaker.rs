@@ -16,9 +16,9 @@ async fn breaker_gauge_follows_the_l2_breaker() {
     let handle = cache_metrics::install_recorder_only().unwrap();
     let store = Arc::new(MemoryStore::new());
     let engine = cache_tiered::builder("br")
-        .remote(store.clone())
-        .breaker(Some(BreakerConfig::new(3, Duration::from_millis(100))))
-        .observer(Arc::new(MetricsObserver::new().with_label("engine", "br")))
+        .with_remote(store.clone())
+        .with_breaker(Some(BreakerConfig::new(3, Duration::from_millis(100))))
+        .with_observer(Arc::new(MetricsObserver::new().with_label("engine", "br")))
         .build()
         .await
         .unwrap();

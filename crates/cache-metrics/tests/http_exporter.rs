@@ -71,8 +71,8 @@ async fn scrape_the_http_endpoint() {
     assert!(cache_metrics::install_prometheus(other).is_err());
 
     let engine = cache_tiered::builder("web")
-        .memory_l2()
-        .observer(Arc::new(MetricsObserver::new()))
+        .with_memory_l2()
+        .with_observer(Arc::new(MetricsObserver::new()))
         .build()
         .await
         .unwrap();

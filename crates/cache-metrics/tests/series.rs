@@ -44,8 +44,8 @@ fn setup() -> Setup {
 impl Setup {
     async fn engine(&self, store: &Arc<MemoryStore>) -> Engine {
         cache_tiered::builder("s")
-            .remote(store.clone())
-            .observer(Arc::new(self.obs.clone()))
+            .with_remote(store.clone())
+            .with_observer(Arc::new(self.obs.clone()))
             .build()
             .await
             .unwrap()
@@ -67,7 +67,7 @@ fn cache(engine: &Engine, name: &str) -> C {
 
 async fn unobserved(store: &Arc<MemoryStore>) -> Engine {
     cache_tiered::builder("s")
-        .remote(store.clone())
+        .with_remote(store.clone())
         .build()
         .await
         .unwrap()
@@ -468,12 +468,12 @@ async fn invalidations_sent_received_and_lost() {
     let a_bus = bus.attach();
     let build = |t: &Setup, h: Arc<cache_tiered::core::MemoryBusHandle>| {
         cache_tiered::builder("s")
-            .remote(store.clone())
-            .bus_transport(h)
+            .with_remote(store.clone())
+            .with_bus_transport(h)
             // Short heartbeats: a lost batch is noticed within 100 ms even when nothing
             // follows it.
-            .bus_config(BusConfig::default().with_heartbeat(Duration::from_millis(100)))
-            .observer(Arc::new(t.obs.clone()))
+            .with_bus_config(BusConfig::default().with_heartbeat(Duration::from_millis(100)))
+            .with_observer(Arc::new(t.obs.clone()))
             .build()
     };
     let a = build(&a_t, a_bus.clone()).await.unwrap();

@@ -36,15 +36,15 @@ async fn scripted_workload_gives_exact_counts() {
 
     let store = Arc::new(MemoryStore::new());
     let a = cache_tiered::builder("m")
-        .remote(store.clone())
-        .l1_capacity_bytes(1 << 20)
-        .observer(Arc::new(MetricsObserver::new()))
+        .with_remote(store.clone())
+        .with_l1_capacity_bytes(1 << 20)
+        .with_observer(Arc::new(MetricsObserver::new()))
         .build()
         .await
         .unwrap();
     // A second instance sharing the L2, not observed: it fills L2 for `a`'s L2 hits.
     let b = cache_tiered::builder("m")
-        .remote(store.clone())
+        .with_remote(store.clone())
         .build()
         .await
         .unwrap();

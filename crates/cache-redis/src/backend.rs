@@ -1,4 +1,4 @@
-//! The configs as [`L2Backend`]s: `cache_tiered::builder(..).l2(config)` connects them and takes
+//! The configs as [`L2Backend`]s: `cache_tiered::builder(..).with_l2(config)` connects them and takes
 //! their bus (pub/sub on the same server) and, when asked, client tracking.
 
 use std::sync::Arc;

@@ -66,10 +66,10 @@ pub const DEFAULT_RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
 /// use cache_redis::RedisConfig;
 ///
 /// let config = RedisConfig::builder()
-///     .url("redis://cache.internal:6379/2")
-///     .username("app")
-///     .password("s3cret")
-///     .response_timeout(Duration::from_millis(200))
+///     .with_url("redis://cache.internal:6379/2")
+///     .with_username("app")
+///     .with_password("s3cret")
+///     .with_response_timeout(Duration::from_millis(200))
 ///     .build()?;
 /// assert!(!format!("{config:?}").contains("s3cret"));
 ///
@@ -119,7 +119,7 @@ pub struct RedisConfig {
     pub tls_client_key_file: Option<PathBuf>,
     /// Rotating credentials: asked for the user and password at every (re)connect of every
     /// connection, instead of a fixed `password` (setting both is an error). Not serialized;
-    /// set it in code ([`RedisConfigBuilder::credentials_provider`]).
+    /// set it in code ([`RedisConfigBuilder::with_credentials_provider`]).
     #[serde(skip)]
     pub credentials_provider: Option<SharedCredentialsProvider>,
 }
@@ -252,49 +252,49 @@ impl fmt::Debug for RedisConfigBuilder {
 
 impl RedisConfigBuilder {
     /// The server URL (default `redis://127.0.0.1:6379/`).
-    pub fn url(mut self, url: impl Into<String>) -> Self {
+    pub fn with_url(mut self, url: impl Into<String>) -> Self {
         self.config.url = url.into();
         self
     }
 
     /// The ACL user (overrides the URL's).
-    pub fn username(mut self, username: impl Into<String>) -> Self {
+    pub fn with_username(mut self, username: impl Into<String>) -> Self {
         self.config.username = Some(username.into());
         self
     }
 
     /// The password (overrides the URL's).
-    pub fn password(mut self, password: impl Into<String>) -> Self {
+    pub fn with_password(mut self, password: impl Into<String>) -> Self {
         self.config.password = Some(password.into());
         self
     }
 
     /// Bound on establishing a connection (default 1 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
         self
     }
 
     /// Bound on every operation (default 500 ms).
-    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
         self.config.response_timeout = timeout;
         self
     }
 
     /// Largest value accepted, in bytes (default 16 MiB).
-    pub fn max_value_size(mut self, bytes: usize) -> Self {
+    pub fn with_max_value_size(mut self, bytes: usize) -> Self {
         self.config.max_value_size = bytes;
         self
     }
 
     /// Retries per reconnect round (default 2).
-    pub fn reconnect_retries(mut self, retries: usize) -> Self {
+    pub fn with_reconnect_retries(mut self, retries: usize) -> Self {
         self.config.reconnect_retries = retries;
         self
     }
 
     /// First and largest delay between reconnect attempts (default 50 ms and 1 s).
-    pub fn reconnect_backoff(mut self, min_delay: Duration, max_delay: Duration) -> Self {
+    pub fn with_reconnect_backoff(mut self, min_delay: Duration, max_delay: Duration) -> Self {
         self.config.reconnect_min_delay = min_delay;
         self.config.reconnect_max_delay = max_delay;
         self
@@ -302,14 +302,14 @@ impl RedisConfigBuilder {
 
     /// For `rediss://`: trust the CA certificate(s) in this PEM file instead of the built-in
     /// roots.
-    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+    pub fn with_tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.config.tls_ca_file = Some(path.into());
         self
     }
 
     /// For `rediss://` servers that require a client certificate (mutual TLS): the PEM files
     /// of the certificate (chain) and of its private key.
-    pub fn tls_client_cert(
+    pub fn with_tls_client_cert(
         mut self,
         cert_file: impl Into<PathBuf>,
         key_file: impl Into<PathBuf>,
@@ -322,7 +322,10 @@ impl RedisConfigBuilder {
     /// Rotating credentials: `provider` is asked for the user and password at every
     /// (re)connect of every connection (see [`CredentialsProvider`]). Replaces a fixed
     /// password (setting both is an error).
-    pub fn credentials_provider(mut self, provider: impl CredentialsProvider + 'static) -> Self {
+    pub fn with_credentials_provider(
+        mut self,
+        provider: impl CredentialsProvider + 'static,
+    ) -> Self {
         self.config.credentials_provider = Some(SharedCredentialsProvider::new(provider));
         self
     }
@@ -354,29 +357,29 @@ mod tests {
 
     #[test]
     fn builder_validates() {
-        let err = RedisConfig::builder().url("http://x").build().err();
+        let err = RedisConfig::builder().with_url("http://x").build().err();
         assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::InvalidUrl));
         let err = RedisConfig::builder()
-            .response_timeout(Duration::ZERO)
+            .with_response_timeout(Duration::ZERO)
             .build()
             .err();
         assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::InvalidConfig));
-        let err = RedisConfig::builder().max_value_size(0).build().err();
+        let err = RedisConfig::builder().with_max_value_size(0).build().err();
         assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::InvalidConfig));
         let err = RedisConfig::builder()
-            .url("redis://h/")
-            .tls_ca_file("/ca.pem")
-            .build()
-            .err();
-        assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::InvalidConfig));
-        let err = RedisConfig::builder()
-            .reconnect_backoff(Duration::from_secs(2), Duration::from_secs(1))
+            .with_url("redis://h/")
+            .with_tls_ca_file("/ca.pem")
             .build()
             .err();
         assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::InvalidConfig));
         let err = RedisConfig::builder()
-            .url("redis://h/")
-            .tls_client_cert("/c.pem", "/k.pem")
+            .with_reconnect_backoff(Duration::from_secs(2), Duration::from_secs(1))
+            .build()
+            .err();
+        assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::InvalidConfig));
+        let err = RedisConfig::builder()
+            .with_url("redis://h/")
+            .with_tls_client_cert("/c.pem", "/k.pem")
             .build()
             .err();
         assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::InvalidConfig));
@@ -392,8 +395,8 @@ mod tests {
         let provider = || credentials_fn(|| async { Ok(Credentials::new("tok")) });
         // A user without a password is fine with a provider (it gives the password).
         let c = RedisConfig::builder()
-            .url("redis://app@h:1/")
-            .credentials_provider(provider())
+            .with_url("redis://app@h:1/")
+            .with_credentials_provider(provider())
             .build()?;
         assert_eq!(c.resolve()?.user, "app");
         assert!(format!("{c:?}").contains("<credentials provider>"));
@@ -401,11 +404,11 @@ mod tests {
         // A fixed password as well is ambiguous.
         for c in [
             RedisConfig::builder()
-                .password("pw")
-                .credentials_provider(provider()),
+                .with_password("pw")
+                .with_credentials_provider(provider()),
             RedisConfig::builder()
-                .url("redis://:pw@h/")
-                .credentials_provider(provider()),
+                .with_url("redis://:pw@h/")
+                .with_credentials_provider(provider()),
         ] {
             let err = c.build().err();
             assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::InvalidConfig));
@@ -416,12 +419,12 @@ mod tests {
     #[test]
     fn debug_redacts_both_passwords() -> Result<()> {
         let c = RedisConfig::builder()
-            .url("redis://u:url-secret@h:1/")
-            .password("field-secret")
+            .with_url("redis://u:url-secret@h:1/")
+            .with_password("field-secret")
             .build()?;
         let shown = format!(
             "{c:?} {:?}",
-            RedisConfig::builder().password("field-secret")
+            RedisConfig::builder().with_password("field-secret")
         );
         assert!(!shown.contains("url-secret"), "{shown}");
         assert!(!shown.contains("field-secret"), "{shown}");

@@ -103,8 +103,8 @@ impl Credentials {
 /// }
 ///
 /// let config = RedisConfig::builder()
-///     .url("redis://cache.example.com:6379/")
-///     .credentials_provider(FromEnv)
+///     .with_url("redis://cache.example.com:6379/")
+///     .with_credentials_provider(FromEnv)
 ///     .build()?;
 /// assert!(config.credentials_provider.is_some());
 /// # Ok::<(), cache_core::Error>(())
@@ -164,8 +164,8 @@ impl<F> fmt::Debug for CredentialsFn<F> {
 /// use cache_redis::{credentials_fn, Credentials, RedisConfig};
 ///
 /// let config = RedisConfig::builder()
-///     .url("redis://127.0.0.1:6379/")
-///     .credentials_provider(credentials_fn(|| async {
+///     .with_url("redis://127.0.0.1:6379/")
+///     .with_credentials_provider(credentials_fn(|| async {
 ///         Ok(Credentials::with_user("app", "fetched-token"))
 ///     }))
 ///     .build()?;

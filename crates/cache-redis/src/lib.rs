@@ -31,9 +31,9 @@
 //!
 //! # async fn demo() -> cache_core::Result<()> {
 //! let config = RedisConfig::builder()
-//!     .url("redis://127.0.0.1:6379/0")
-//!     .password("s3cret")
-//!     .response_timeout(Duration::from_millis(200))
+//!     .with_url("redis://127.0.0.1:6379/0")
+//!     .with_password("s3cret")
+//!     .with_response_timeout(Duration::from_millis(200))
 //!     .build()?;
 //! let store = RedisStore::connect(config).await?;
 //! store.set("app:k", b"v".to_vec(), Duration::from_secs(30)).await?;

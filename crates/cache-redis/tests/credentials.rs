@@ -137,9 +137,9 @@ fn server() -> Result<RedisServer, cache_testkit::Error> {
 
 fn config(server: &RedisServer, provider: &Arc<Rotating>) -> RedisConfig {
     RedisConfig::builder()
-        .url(server.url())
-        .response_timeout(Duration::from_secs(1))
-        .credentials_provider(provider.clone())
+        .with_url(server.url())
+        .with_response_timeout(Duration::from_secs(1))
+        .with_credentials_provider(provider.clone())
         .build()
         .expect("valid config")
 }
@@ -388,8 +388,8 @@ async fn a_wrong_password_from_the_provider_is_auth() -> TestResult {
     capture();
     let server = server()?;
     let config = RedisConfig::builder()
-        .url(server.url())
-        .credentials_provider(credentials_fn(|| async {
+        .with_url(server.url())
+        .with_credentials_provider(credentials_fn(|| async {
             Ok(Credentials::with_user(USER, password(99)))
         }))
         .build()?;
@@ -404,8 +404,8 @@ async fn a_provider_without_a_user_name_uses_the_configured_one() -> TestResult 
     capture();
     let server = server()?;
     let config = RedisConfig::builder()
-        .url(format!("redis://{USER}@127.0.0.1:{}/", server.port()))
-        .credentials_provider(credentials_fn(|| async {
+        .with_url(format!("redis://{USER}@127.0.0.1:{}/", server.port()))
+        .with_credentials_provider(credentials_fn(|| async {
             Ok(Credentials::new(password(1)))
         }))
         .build()?;
@@ -445,7 +445,7 @@ async fn no_password_from_the_provider_is_ever_printed() -> TestResult {
         format!("{:?}", RedisTracking::new(&store, "app")?),
         format!(
             "{:?}",
-            RedisConfig::builder().credentials_provider(provider.clone())
+            RedisConfig::builder().with_credentials_provider(provider.clone())
         ),
     ];
     // Refused rotations, a failing provider, a dead server.

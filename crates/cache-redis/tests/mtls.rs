@@ -28,8 +28,8 @@ async fn a_client_without_a_certificate_is_refused_with_a_typed_error() -> TestR
     let certs = TestCerts::generate()?;
     let server = mtls_server(&certs)?;
     let config = RedisConfig::builder()
-        .url(url(&server))
-        .tls_ca_file(&certs.ca_cert)
+        .with_url(url(&server))
+        .with_tls_ca_file(&certs.ca_cert)
         .build()?;
     let err = RedisStore::connect(config).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
@@ -46,9 +46,9 @@ async fn a_client_certificate_from_another_ca_is_refused() -> TestResult {
     let other = TestCerts::generate()?;
     let server = mtls_server(&certs)?;
     let config = RedisConfig::builder()
-        .url(url(&server))
-        .tls_ca_file(&certs.ca_cert)
-        .tls_client_cert(&other.client_cert, &other.client_key)
+        .with_url(url(&server))
+        .with_tls_ca_file(&certs.ca_cert)
+        .with_tls_client_cert(&other.client_cert, &other.client_key)
         .build()?;
     let err = RedisStore::connect(config).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
@@ -60,9 +60,9 @@ async fn a_client_with_a_certificate_reads_writes_and_subscribes() -> TestResult
     let certs = TestCerts::generate()?;
     let server = mtls_server(&certs)?;
     let config = RedisConfig::builder()
-        .url(url(&server))
-        .tls_ca_file(&certs.ca_cert)
-        .tls_client_cert(&certs.client_cert, &certs.client_key)
+        .with_url(url(&server))
+        .with_tls_ca_file(&certs.ca_cert)
+        .with_tls_client_cert(&certs.client_cert, &certs.client_key)
         .build()?;
     let store = RedisStore::connect(config.clone()).await?;
     store
@@ -101,9 +101,9 @@ async fn the_private_key_is_never_shown() -> TestResult {
     let certs = TestCerts::generate()?;
     let server = mtls_server(&certs)?;
     let config = RedisConfig::builder()
-        .url(url(&server))
-        .tls_ca_file(&certs.ca_cert)
-        .tls_client_cert(&certs.client_cert, &certs.client_key)
+        .with_url(url(&server))
+        .with_tls_ca_file(&certs.ca_cert)
+        .with_tls_client_cert(&certs.client_cert, &certs.client_key)
         .build()?;
     let store = RedisStore::connect(config.clone()).await?;
     let key_pem = std::fs::read_to_string(&certs.client_key)?;
@@ -129,16 +129,16 @@ async fn the_private_key_is_never_shown() -> TestResult {
 async fn an_unreadable_client_key_is_a_config_error() -> TestResult {
     let certs = TestCerts::generate()?;
     let config = RedisConfig::builder()
-        .url("rediss://localhost:1/")
-        .tls_client_cert(&certs.client_cert, "/nonexistent/client.key")
+        .with_url("rediss://localhost:1/")
+        .with_tls_client_cert(&certs.client_cert, "/nonexistent/client.key")
         .build()?;
     let err = RedisStore::connect(config).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{err}");
     assert!(err.message().contains("tls_client_key_file"), "{err}");
     // A certificate file where the key should be: refused as a config error, not a panic.
     let config = RedisConfig::builder()
-        .url("rediss://localhost:1/")
-        .tls_client_cert(&certs.client_cert, &certs.client_cert)
+        .with_url("rediss://localhost:1/")
+        .with_tls_client_cert(&certs.client_cert, &certs.client_cert)
         .build()?;
     let err = RedisStore::connect(config).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{err}");

@@ -24,7 +24,7 @@ fn unique(name: &str) -> String {
 }
 
 async fn connect(server: &RedisServer) -> cache_core::Result<RedisStore> {
-    RedisStore::connect(RedisConfig::builder().url(server.url()).build()?).await
+    RedisStore::connect(RedisConfig::builder().with_url(server.url()).build()?).await
 }
 
 async fn shared_store() -> Result<RedisStore, Box<dyn std::error::Error>> {
@@ -334,8 +334,8 @@ async fn lease_batches_answer_per_key_in_one_round_trip() -> TestResult {
 async fn oversized_values_are_refused_before_sending() -> TestResult {
     let server = RedisServer::start()?;
     let config = RedisConfig::builder()
-        .url(server.url())
-        .max_value_size(1024)
+        .with_url(server.url())
+        .with_max_value_size(1024)
         .build()?;
     let store = RedisStore::connect(config).await?;
     assert_eq!(store.max_value_size(), 1024);
@@ -421,7 +421,7 @@ async fn invalid_urls_are_typed_and_say_what_is_wrong() {
         assert!(err.message().contains(needle), "{url}: {err}");
         assert!(!err.is_transient());
         // The builder reports the same.
-        let err = RedisConfig::builder().url(*url).build().unwrap_err();
+        let err = RedisConfig::builder().with_url(*url).build().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidUrl, "{url}: {err}");
     }
 }
@@ -444,11 +444,11 @@ async fn wrong_password_is_auth_and_never_shown() -> TestResult {
     let server = ServerOptions::new().requirepass(right).start()?;
     for config in [
         RedisConfig::builder()
-            .url(server.url())
-            .password(wrong)
+            .with_url(server.url())
+            .with_password(wrong)
             .build()?,
         RedisConfig::builder()
-            .url(format!("redis://:{wrong}@127.0.0.1:{}/", server.port()))
+            .with_url(format!("redis://:{wrong}@127.0.0.1:{}/", server.port()))
             .build()?,
     ] {
         let err = RedisStore::connect(config.clone()).await.unwrap_err();
@@ -472,8 +472,8 @@ async fn wrong_password_is_auth_and_never_shown() -> TestResult {
     // The right one works.
     let store = RedisStore::connect(
         RedisConfig::builder()
-            .url(server.url())
-            .password(right)
+            .with_url(server.url())
+            .with_password(right)
             .build()?,
     )
     .await?;
@@ -492,9 +492,9 @@ async fn acl_users_authenticate_by_name() -> TestResult {
         .start()?;
     let err = RedisStore::connect(
         RedisConfig::builder()
-            .url(server.url())
-            .username("alice")
-            .password("not-alices-pw")
+            .with_url(server.url())
+            .with_username("alice")
+            .with_password("not-alices-pw")
             .build()?,
     )
     .await
@@ -505,7 +505,7 @@ async fn acl_users_authenticate_by_name() -> TestResult {
 
     // Credentials in the URL, percent-encoded.
     let url = format!("redis://alice:alice-pw-91b2@127.0.0.1:{}/", server.port());
-    let store = RedisStore::connect(RedisConfig::builder().url(&url).build()?).await?;
+    let store = RedisStore::connect(RedisConfig::builder().with_url(&url).build()?).await?;
     store
         .set("app:k", b"v".to_vec(), Duration::from_secs(5))
         .await?;
@@ -523,8 +523,8 @@ async fn acl_users_authenticate_by_name() -> TestResult {
 async fn unreachable_port_is_a_connection_error_right_away() -> TestResult {
     let port = free_port()?;
     let config = RedisConfig::builder()
-        .url(format!("redis://127.0.0.1:{port}/"))
-        .connect_timeout(Duration::from_secs(10))
+        .with_url(format!("redis://127.0.0.1:{port}/"))
+        .with_connect_timeout(Duration::from_secs(10))
         .build()?;
     let started = Instant::now();
     let err = RedisStore::connect(config).await.unwrap_err();
@@ -548,8 +548,8 @@ async fn connecting_to_a_hung_server_times_out() -> TestResult {
     let server = RedisServer::start()?;
     server.stop()?;
     let config = RedisConfig::builder()
-        .url(server.url())
-        .connect_timeout(Duration::from_millis(300))
+        .with_url(server.url())
+        .with_connect_timeout(Duration::from_millis(300))
         .build()?;
     let started = Instant::now();
     let err = RedisStore::connect(config).await.unwrap_err();
@@ -567,11 +567,11 @@ async fn debug_never_shows_passwords() -> TestResult {
         .requirepass("dbg-secret-3e8d")
         .start()?;
     let config = RedisConfig::builder()
-        .url(format!(
+        .with_url(format!(
             "redis://:dbg-secret-3e8d@127.0.0.1:{}/0",
             server.port()
         ))
-        .password("dbg-secret-3e8d")
+        .with_password("dbg-secret-3e8d")
         .build()?;
     let store = RedisStore::connect(config.clone()).await?;
     let shown = format!("{config:?} {store:?} {:#?} {:#?}", config, store);
@@ -586,8 +586,8 @@ async fn a_stopped_server_times_out_within_the_response_timeout() -> TestResult 
     let server = RedisServer::start()?;
     let response_timeout = Duration::from_millis(300);
     let config = RedisConfig::builder()
-        .url(server.url())
-        .response_timeout(response_timeout)
+        .with_url(server.url())
+        .with_response_timeout(response_timeout)
         .build()?;
     let store = RedisStore::connect(config).await?;
     store
@@ -639,8 +639,8 @@ async fn a_stopped_server_times_out_within_the_response_timeout() -> TestResult 
 async fn reconnects_by_itself_after_kill_and_restart() -> TestResult {
     let server = RedisServer::start()?;
     let config = RedisConfig::builder()
-        .url(server.url())
-        .response_timeout(Duration::from_millis(300))
+        .with_url(server.url())
+        .with_response_timeout(Duration::from_millis(300))
         .build()?;
     let store = RedisStore::connect(config).await?;
     store
@@ -705,7 +705,7 @@ async fn database_number_from_the_url_is_selected() -> TestResult {
     let server = RedisServer::start()?;
     let store = RedisStore::connect(
         RedisConfig::builder()
-            .url(format!("redis://127.0.0.1:{}/3", server.port()))
+            .with_url(format!("redis://127.0.0.1:{}/3", server.port()))
             .build()?,
     )
     .await?;
@@ -730,7 +730,7 @@ async fn unix_socket_urls_work() -> TestResult {
     for scheme in ["redis+unix", "unix"] {
         let store = RedisStore::connect(
             RedisConfig::builder()
-                .url(format!("{scheme}://{}?db=1", socket.display()))
+                .with_url(format!("{scheme}://{}?db=1", socket.display()))
                 .build()?,
         )
         .await?;

@@ -15,15 +15,15 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn config(group: &RedisSentinel, replica_reads: bool) -> SentinelConfig {
     SentinelConfig::builder()
-        .sentinels(group.sentinel_urls())
-        .master_name(group.master_name())
-        .redis(
+        .with_sentinels(group.sentinel_urls())
+        .with_master_name(group.master_name())
+        .with_redis(
             RedisConfig::builder()
-                .response_timeout(Duration::from_secs(1))
+                .with_response_timeout(Duration::from_secs(1))
                 .build()
                 .unwrap(),
         )
-        .replica_reads(replica_reads)
+        .with_replica_reads(replica_reads)
         .build()
         .unwrap()
 }

@@ -17,8 +17,8 @@ async fn rediss_with_a_trusted_ca_works() -> TestResult {
     let tls_port = server.tls_port().unwrap();
     for host in ["localhost", "127.0.0.1"] {
         let config = RedisConfig::builder()
-            .url(format!("rediss://{host}:{tls_port}/"))
-            .tls_ca_file(&certs.ca_cert)
+            .with_url(format!("rediss://{host}:{tls_port}/"))
+            .with_tls_ca_file(&certs.ca_cert)
             .build()?;
         let store = RedisStore::connect(config).await?;
         store
@@ -34,7 +34,7 @@ async fn rediss_refuses_an_untrusted_certificate() -> TestResult {
     let certs = TestCerts::generate()?;
     let server = ServerOptions::new().tls(&certs)?.start()?;
     let config = RedisConfig::builder()
-        .url(format!(
+        .with_url(format!(
             "rediss://localhost:{}/",
             server.tls_port().unwrap()
         ))
@@ -50,9 +50,9 @@ async fn rediss_to_a_plaintext_port_never_falls_back() -> TestResult {
     let certs = TestCerts::generate()?;
     let server = ServerOptions::new().tls(&certs)?.start()?;
     let config = RedisConfig::builder()
-        .url(format!("rediss://localhost:{}/", server.port()))
-        .tls_ca_file(&certs.ca_cert)
-        .connect_timeout(Duration::from_millis(500))
+        .with_url(format!("rediss://localhost:{}/", server.port()))
+        .with_tls_ca_file(&certs.ca_cert)
+        .with_connect_timeout(Duration::from_millis(500))
         .build()?;
     let err = RedisStore::connect(config).await.unwrap_err();
     assert!(
@@ -65,8 +65,8 @@ async fn rediss_to_a_plaintext_port_never_falls_back() -> TestResult {
 #[tokio::test]
 async fn an_unreadable_ca_file_is_a_config_error() -> TestResult {
     let config = RedisConfig::builder()
-        .url("rediss://localhost:1/")
-        .tls_ca_file("/nonexistent/ca.pem")
+        .with_url("rediss://localhost:1/")
+        .with_tls_ca_file("/nonexistent/ca.pem")
         .build()?;
     let err = RedisStore::connect(config).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{err}");
@@ -80,11 +80,11 @@ async fn rediss_refuses_a_certificate_from_another_ca() -> TestResult {
     let other = TestCerts::generate()?;
     let server = ServerOptions::new().tls(&certs)?.start()?;
     let config = RedisConfig::builder()
-        .url(format!(
+        .with_url(format!(
             "rediss://localhost:{}/",
             server.tls_port().unwrap()
         ))
-        .tls_ca_file(&other.ca_cert)
+        .with_tls_ca_file(&other.ca_cert)
         .build()?;
     let err = RedisStore::connect(config).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
@@ -101,8 +101,8 @@ async fn rediss_refuses_a_certificate_for_another_host_name() -> TestResult {
     let tls_port = server.tls_port().unwrap();
     for host in ["localhost", "127.0.0.1"] {
         let config = RedisConfig::builder()
-            .url(format!("rediss://{host}:{tls_port}/"))
-            .tls_ca_file(&certs.ca_cert)
+            .with_url(format!("rediss://{host}:{tls_port}/"))
+            .with_tls_ca_file(&certs.ca_cert)
             .build()?;
         let err = RedisStore::connect(config).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Connection, "{host}: {err}");
@@ -162,11 +162,11 @@ async fn rediss_sends_nothing_but_a_tls_handshake() -> TestResult {
             ),
         ] {
             let mut builder = RedisConfig::builder()
-                .url(url)
-                .tls_ca_file(&certs.ca_cert)
-                .connect_timeout(Duration::from_millis(500));
+                .with_url(url)
+                .with_tls_ca_file(&certs.ca_cert)
+                .with_connect_timeout(Duration::from_millis(500));
             if let Some(p) = password {
-                builder = builder.password(p);
+                builder = builder.with_password(p);
             }
             let err = RedisStore::connect(builder.build()?).await.unwrap_err();
             assert!(

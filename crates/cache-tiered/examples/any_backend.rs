@@ -33,7 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // Everything below is independent of the backend.
     let engine = cache_tiered::builder("any-backend")
-        .l2_from_env()
+        .with_l2_from_env()
         .build()
         .await?;
     let orders: Cache<Order, MsgPack> = engine

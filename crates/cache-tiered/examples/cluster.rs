@@ -22,7 +22,7 @@ struct Session {
 
 async fn instance(seeds: &[String]) -> cache_tiered::Result<Cache<Session, MsgPack>> {
     let engine = cache_tiered::builder("example-cluster")
-        .cluster_urls(seeds.iter().cloned())
+        .with_cluster_urls(seeds.iter().cloned())
         .build()
         .await?;
     engine

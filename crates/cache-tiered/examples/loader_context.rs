@@ -85,10 +85,10 @@ async fn settle(cache: &Cache<Page, MsgPack>) {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let builder = cache_tiered::builder("loader-context").l1_capacity_bytes(16 * 1024 * 1024);
+    let builder = cache_tiered::builder("loader-context").with_l1_capacity_bytes(16 * 1024 * 1024);
     let builder = match std::env::var("REDIS_URL") {
-        Ok(url) => builder.redis_url(url),
-        Err(_) => builder.memory_l2(),
+        Ok(url) => builder.with_redis_url(url),
+        Err(_) => builder.with_memory_l2(),
     };
     let engine = builder.build().await?;
     let pages: Cache<Page, MsgPack> = engine

@@ -18,12 +18,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prometheus = cache_metrics::install_recorder_only()?;
 
     // 2. The observer goes to the engine; the label tells this service's series apart.
-    let builder = cache_tiered::builder("example-metrics").observer(Arc::new(
+    let builder = cache_tiered::builder("example-metrics").with_observer(Arc::new(
         MetricsObserver::new().with_label("service", "catalog"),
     ));
     let builder = match std::env::var("REDIS_URL") {
-        Ok(url) => builder.redis_url(url),
-        Err(_) => builder.memory_l2(),
+        Ok(url) => builder.with_redis_url(url),
+        Err(_) => builder.with_memory_l2(),
     };
     let engine = builder.build().await?;
     let prices: Cache<u64, MsgPack> = engine

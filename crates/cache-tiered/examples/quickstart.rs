@@ -34,10 +34,10 @@ async fn load_product(id: String, queries: Arc<AtomicU64>) -> Result<Product, st
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let builder = cache_tiered::builder("quickstart").l1_capacity_bytes(16 * 1024 * 1024);
+    let builder = cache_tiered::builder("quickstart").with_l1_capacity_bytes(16 * 1024 * 1024);
     let builder = match std::env::var("REDIS_URL") {
-        Ok(url) => builder.redis_url(url),
-        Err(_) => builder.memory_l2(),
+        Ok(url) => builder.with_redis_url(url),
+        Err(_) => builder.with_memory_l2(),
     };
     let engine = builder.build().await?;
     let products: Cache<Product, MsgPack> = engine

@@ -51,9 +51,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let engine = cache_tiered::builder("example-raw")
-        .redis_url(url.clone())
+        .with_redis_url(url.clone())
         // Writes by any client under the prefix drop our L1 copies (RESP3 client tracking).
-        .tracking(true)
+        .with_tracking(true)
         .build()
         .await?;
     let profiles: Cache<Profile, Json> = engine

@@ -32,8 +32,8 @@ type Table = Arc<Mutex<HashMap<String, Counter>>>;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let builder = cache_tiered::builder("example-writebehind");
     let builder = match std::env::var("REDIS_URL") {
-        Ok(url) => builder.redis_url(url),
-        Err(_) => builder.memory_l2(),
+        Ok(url) => builder.with_redis_url(url),
+        Err(_) => builder.with_memory_l2(),
     };
     let engine = builder.build().await?;
     let counters: Cache<Counter, MsgPack> = engine

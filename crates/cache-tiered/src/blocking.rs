@@ -15,7 +15,7 @@
 //! use cache_tiered::MsgPack;
 //!
 //! # fn main() -> cache_tiered::Result<()> {
-//! let engine = BlockingEngine::build(cache_tiered::builder("app").redis_url("redis://127.0.0.1:6379/"))?;
+//! let engine = BlockingEngine::build(cache_tiered::builder("app").with_redis_url("redis://127.0.0.1:6379/"))?;
 //! let users = engine.cache::<String, MsgPack>("users", |b| b.build())?;
 //! let name = users.get_or_load("42", |id| Ok::<_, std::io::Error>(format!("user {id}")))?;
 //! users.set("42", "renamed".to_owned())?;

@@ -14,8 +14,8 @@
 //!
 //! # async fn run() -> cache_tiered::Result<()> {
 //! let engine = cache_tiered::builder("myapp")
-//!     .redis_url("redis://127.0.0.1:6379/")
-//!     .l1_capacity_bytes(64 * 1024 * 1024)
+//!     .with_redis_url("redis://127.0.0.1:6379/")
+//!     .with_l1_capacity_bytes(64 * 1024 * 1024)
 //!     .build()
 //!     .await?;
 //! let users: Cache<User> = engine
@@ -34,7 +34,7 @@
 //! ```
 //!
 //! Features: `redis` (default) for standalone Redis, `cluster` for Redis Cluster
-//! (`Builder::cluster`), `sentinel` for Redis Sentinel (`Builder::sentinel`),
+//! (`Builder::with_cluster`), `sentinel` for Redis Sentinel (`Builder::with_sentinel`),
 //! `json`/`msgpack`/`cbor` codecs (default all), `lz4` compression, `tls` for `rediss://`,
 //! `metrics` / `prometheus` (`cache_tiered::cache_metrics`), `write-behind`
 //! (`cache_tiered::cache_writebehind`).
@@ -194,7 +194,7 @@ impl std::fmt::Debug for Builder {
 
 impl Builder {
     /// The L1 memory budget in bytes, shared by every typed cache (default 128 MiB).
-    pub fn l1_capacity_bytes(mut self, bytes: u64) -> Self {
+    pub fn with_l1_capacity_bytes(mut self, bytes: u64) -> Self {
         self.l1_capacity_bytes = bytes;
         self
     }
@@ -206,17 +206,17 @@ impl Builder {
     /// and the compiled-in features choose. [`Builder::build`] reports a malformed URL
     /// ([`ErrorKind::InvalidUrl`]) or a scheme whose feature is not compiled in
     /// ([`ErrorKind::InvalidConfig`], naming the feature). The bus follows the backend (as
-    /// with the typed methods). For explicit settings use [`Builder::redis`],
-    /// `Builder::cluster` or `Builder::sentinel`.
-    pub fn l2_url(mut self, url: impl Into<String>) -> Self {
+    /// with the typed methods). For explicit settings use [`Builder::with_redis`],
+    /// `Builder::with_cluster` or `Builder::with_sentinel`.
+    pub fn with_l2_url(mut self, url: impl Into<String>) -> Self {
         self.l2 = L2::Url(url.into());
         self
     }
 
-    /// [`Builder::l2_url`] with the URL in the environment variable [`L2_URL_ENV`]
+    /// [`Builder::with_l2_url`] with the URL in the environment variable [`L2_URL_ENV`]
     /// (`TIERCACHE_L2_URL`), read by [`Builder::build`]: unset is an
     /// [`ErrorKind::InvalidConfig`] error (never a silent in-process L2).
-    pub fn l2_from_env(mut self) -> Self {
+    pub fn with_l2_from_env(mut self) -> Self {
         self.l2 = L2::Env;
         self
     }
@@ -224,70 +224,70 @@ impl Builder {
     /// Standalone Redis at `url` (`redis://[user:password@]host:port/db`, `rediss://` with
     /// the `tls` feature) with default timeouts.
     #[cfg(feature = "redis")]
-    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+    pub fn with_redis_url(mut self, url: impl Into<String>) -> Self {
         self.l2 = L2::RedisUrl(url.into());
         self
     }
 
     /// Standalone Redis with explicit settings.
     #[cfg(feature = "redis")]
-    pub fn redis(self, config: RedisConfig) -> Self {
-        self.l2(config)
+    pub fn with_redis(self, config: RedisConfig) -> Self {
+        self.with_l2(config)
     }
 
     /// Redis Cluster with explicit settings (feature `cluster`); the invalidation bus, when
     /// on, is [`ClusterBus`] (cluster-wide pub/sub).
     #[cfg(feature = "cluster")]
-    pub fn cluster(self, config: ClusterConfig) -> Self {
-        self.l2(config)
+    pub fn with_cluster(self, config: ClusterConfig) -> Self {
+        self.with_l2(config)
     }
 
     /// Redis Cluster reached through these seed nodes (`redis://host:port`, any one reachable
     /// node is enough) with default timeouts (feature `cluster`).
     #[cfg(feature = "cluster")]
-    pub fn cluster_urls<I, S>(self, urls: I) -> Self
+    pub fn with_cluster_urls<I, S>(self, urls: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.l2(ClusterConfig::from_urls(urls))
+        self.with_l2(ClusterConfig::from_urls(urls))
     }
 
     /// The master of a Redis Sentinel group, followed through failovers (feature `sentinel`);
     /// the invalidation bus, when on, is [`SentinelBus`] (pub/sub on the master in use,
     /// resubscribed after a failover, with L1 flushed for the loss).
     #[cfg(feature = "sentinel")]
-    pub fn sentinel(self, config: SentinelConfig) -> Self {
-        self.l2(config)
+    pub fn with_sentinel(self, config: SentinelConfig) -> Self {
+        self.with_l2(config)
     }
 
     /// The in-process L2 ([`MemoryStore`]): for tests and for running without Redis. It is
     /// not shared between processes.
-    pub fn memory_l2(mut self) -> Self {
+    pub fn with_memory_l2(mut self) -> Self {
         self.l2 = L2::Memory;
         self
     }
 
     /// Any backend: its config connects at [`Builder::build`] and brings its store with its
-    /// invalidation bus (and tracking, when [`Builder::tracking`] asks for it). The
+    /// invalidation bus (and tracking, when [`Builder::with_tracking`] asks for it). The
     /// workspace's configs are backends (`RedisConfig`, `ClusterConfig`, `SentinelConfig`,
     /// [`MemoryBackend`]); a backend of your own implements [`L2Backend`] the same way.
-    pub fn l2(mut self, backend: impl L2Backend) -> Self {
+    pub fn with_l2(mut self, backend: impl L2Backend) -> Self {
         self.l2 = L2::Backend(Box::new(backend));
         self
     }
 
-    /// Any remote store, without a bus of its own: unless [`Builder::bus_transport`] gives
+    /// Any remote store, without a bus of its own: unless [`Builder::with_bus_transport`] gives
     /// one, writes on this engine do not reach other instances' L1 (`build` logs a warning;
-    /// [`Builder::bus`]`(false)` says it is meant). To bring a store with its bus, implement
-    /// [`L2Backend`] and use [`Builder::l2`].
-    pub fn remote(mut self, store: Arc<dyn RemoteStore>) -> Self {
+    /// [`Builder::with_bus`]`(false)` says it is meant). To bring a store with its bus, implement
+    /// [`L2Backend`] and use [`Builder::with_l2`].
+    pub fn with_remote(mut self, store: Arc<dyn RemoteStore>) -> Self {
         self.l2 = L2::Store(store);
         self
     }
 
     /// Report through this observer (e.g. `cache-metrics`).
-    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observer = Some(observer);
         self
     }
@@ -295,19 +295,19 @@ impl Builder {
     /// Turn the invalidation bus off (`false`) or back on (`true`, the default): with Redis as
     /// L2, `set`/`invalidate` are published on Redis pub/sub and other instances drop their L1
     /// copies; losses are detected and answered with an L1 flush.
-    pub fn bus(mut self, on: bool) -> Self {
+    pub fn with_bus(mut self, on: bool) -> Self {
         self.bus = if on { BusChoice::Auto } else { BusChoice::Off };
         self
     }
 
     /// Use this bus transport (e.g. a [`MemoryBus`] handle for several engines in one process).
-    pub fn bus_transport(mut self, transport: Arc<dyn BusTransport>) -> Self {
+    pub fn with_bus_transport(mut self, transport: Arc<dyn BusTransport>) -> Self {
         self.bus = BusChoice::Transport(transport);
         self
     }
 
     /// Bus timing: batching window, heartbeat interval.
-    pub fn bus_config(mut self, config: BusConfig) -> Self {
+    pub fn with_bus_config(mut self, config: BusConfig) -> Self {
         self.bus_config = config;
         self
     }
@@ -315,41 +315,41 @@ impl Builder {
     /// Redis client tracking (RESP3 `CLIENT TRACKING ON BCAST PREFIX {prefix}:`): writes by
     /// any client, e.g. a service in another language or `redis-cli`, drop L1 copies. Off by
     /// default; see `docs/coherence.md` for the trade-offs.
-    pub fn tracking(mut self, on: bool) -> Self {
+    pub fn with_tracking(mut self, on: bool) -> Self {
         self.tracking = on;
         self
     }
 
     /// Circuit breakers on L2 and the bus publisher (default on: 5 consecutive failures open
     /// it for 500 ms); `None` turns them off.
-    pub fn breaker(mut self, config: Option<BreakerConfig>) -> Self {
+    pub fn with_breaker(mut self, config: Option<BreakerConfig>) -> Self {
         self.breaker = config;
         self
     }
 
     /// Auto-recovery of failed L2 writes/deletes: queue capacity in keys (default 10,000; 0
     /// turns it off) and replay interval (default 250 ms).
-    pub fn recovery(mut self, capacity: usize, interval: std::time::Duration) -> Self {
+    pub fn with_recovery(mut self, capacity: usize, interval: std::time::Duration) -> Self {
         self.recovery = (capacity, interval);
         self
     }
 
     /// Add an L2 layer on top of the stack (see `cache_tiered::core::layer`): e.g. a
     /// [`TimeoutLayer`], or a layer of your own that records or logs every store call.
-    pub fn l2_layer(mut self, layer: Arc<dyn L2Layer>) -> Self {
+    pub fn with_l2_layer(mut self, layer: Arc<dyn L2Layer>) -> Self {
         self.extra_layers.push(layer);
         self
     }
 
     /// Replace the default L2 layer stack (a [`BreakerLayer`] when breakers are on), first
     /// innermost.
-    pub fn l2_layers(mut self, layers: Vec<Arc<dyn L2Layer>>) -> Self {
+    pub fn with_l2_layers(mut self, layers: Vec<Arc<dyn L2Layer>>) -> Self {
         self.layers = Some(layers);
         self
     }
 
     /// Read time from this clock (tests).
-    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
         self
     }
@@ -387,7 +387,7 @@ impl Builder {
             }
             #[cfg(feature = "redis")]
             L2::RedisUrl(url) => {
-                let config = RedisConfig::builder().url(url).build()?;
+                let config = RedisConfig::builder().with_url(url).build()?;
                 Some(config.connect(&request).await?)
             }
             L2::Backend(backend) => Some(backend.connect(&request).await?),

@@ -1,4 +1,4 @@
-//! Choosing the L2 by URL ([`crate::Builder::l2_url`]): the scheme names the backend, the
+//! Choosing the L2 by URL ([`crate::Builder::with_l2_url`]): the scheme names the backend, the
 //! backend's feature compiles it in.
 //!
 //! | scheme | backend | feature |
@@ -18,7 +18,7 @@
 use crate::L2;
 use cache_core::{Error, ErrorKind, Result};
 
-/// The environment variable [`crate::Builder::l2_from_env`] reads.
+/// The environment variable [`crate::Builder::with_l2_from_env`] reads.
 pub const L2_URL_ENV: &str = "TIERCACHE_L2_URL";
 
 /// What a URL names, before any feature is consulted.
@@ -187,11 +187,11 @@ pub(crate) fn l2_of(url: &str) -> Result<L2> {
             master,
             data,
         } => {
-            let redis = cache_redis::RedisConfig::builder().url(data).build()?;
+            let redis = cache_redis::RedisConfig::builder().with_url(data).build()?;
             let config = cache_redis::SentinelConfig::builder()
-                .sentinels(sentinels)
-                .master_name(master)
-                .redis(redis)
+                .with_sentinels(sentinels)
+                .with_master_name(master)
+                .with_redis(redis)
                 .build()?;
             Ok(L2::Backend(Box::new(config)))
         }

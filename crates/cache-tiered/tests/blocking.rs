@@ -109,15 +109,16 @@ fn exercise(engine: &BlockingEngine) -> TestResult {
 
 #[test]
 fn every_operation_from_plain_threads_in_memory() -> TestResult {
-    let engine =
-        BlockingEngine::build(cache_tiered::builder("bm").remote(Arc::new(MemoryStore::new())))?;
+    let engine = BlockingEngine::build(
+        cache_tiered::builder("bm").with_remote(Arc::new(MemoryStore::new())),
+    )?;
     exercise(&engine)
 }
 
 #[test]
 fn every_operation_from_plain_threads_on_redis() -> TestResult {
     let server = cache_testkit::shared_redis()?;
-    let engine = BlockingEngine::build(cache_tiered::builder("br").redis_url(server.url()))?;
+    let engine = BlockingEngine::build(cache_tiered::builder("br").with_redis_url(server.url()))?;
     exercise(&engine)
 }
 
@@ -126,8 +127,9 @@ fn every_operation_from_plain_threads_on_redis() -> TestResult {
 /// the engine there does not panic either.
 #[test]
 fn called_inside_an_async_runtime_is_a_clear_error() -> TestResult {
-    let engine =
-        BlockingEngine::build(cache_tiered::builder("ba").remote(Arc::new(MemoryStore::new())))?;
+    let engine = BlockingEngine::build(
+        cache_tiered::builder("ba").with_remote(Arc::new(MemoryStore::new())),
+    )?;
     let c = strings(&engine)?;
     c.set("k", "v".to_owned())?;
     let rt = tokio::runtime::Builder::new_current_thread()

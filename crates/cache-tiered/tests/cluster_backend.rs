@@ -21,9 +21,9 @@ const NODE_TIMEOUT: Duration = cache_testkit::cluster::DEFAULT_NODE_TIMEOUT;
 
 fn config(urls: Vec<String>, response_timeout: Duration) -> ClusterConfig {
     ClusterConfig::builder()
-        .urls(urls)
-        .max_value_size(MAX_VALUE)
-        .response_timeout(response_timeout)
+        .with_urls(urls)
+        .with_max_value_size(MAX_VALUE)
+        .with_response_timeout(response_timeout)
         .build()
         .expect("valid config")
 }
@@ -64,7 +64,7 @@ async fn batches_cost_one_request_per_primary() -> TestResult {
     let p = common::unique_prefix("batch-rt");
     let writer = common::users(
         &cache_tiered::builder(p.as_str())
-            .remote(Arc::new(
+            .with_remote(Arc::new(
                 connect(urls.clone(), Duration::from_millis(500)).await,
             ))
             .build()
@@ -76,7 +76,7 @@ async fn batches_cost_one_request_per_primary() -> TestResult {
     let store = connect(urls, Duration::from_millis(500)).await;
     let reader = common::users(
         &cache_tiered::builder(p.as_str())
-            .remote(Arc::new(store.clone()))
+            .with_remote(Arc::new(store.clone()))
             .build()
             .await?,
     )?;
@@ -142,8 +142,8 @@ async fn invalidations_reach_other_engines_over_cluster_pubsub() -> TestResult {
         let p = p.clone();
         async move {
             cache_tiered::builder(p)
-                .cluster(config(urls, Duration::from_millis(500)))
-                .bus_config(BusConfig::default().with_heartbeat(Duration::from_millis(200)))
+                .with_cluster(config(urls, Duration::from_millis(500)))
+                .with_bus_config(BusConfig::default().with_heartbeat(Duration::from_millis(200)))
                 .build()
                 .await
         }
@@ -319,7 +319,7 @@ async fn manual_failover_under_load_surfaces_no_redirect() -> TestResult {
     let urls = cluster.urls();
     let store = connect(urls.clone(), Duration::from_millis(500)).await;
     let engine = cache_tiered::builder("failover")
-        .cluster(config(urls, Duration::from_millis(500)))
+        .with_cluster(config(urls, Duration::from_millis(500)))
         .build()
         .await?;
     let cache = common::users(&engine)?;
@@ -390,7 +390,7 @@ async fn killed_primary_callers_keep_values_and_l2_recovers() -> TestResult {
     let urls = cluster.urls();
     let store = connect(urls.clone(), Duration::from_millis(500)).await;
     let engine = cache_tiered::builder("kill")
-        .cluster(config(urls, Duration::from_millis(500)))
+        .with_cluster(config(urls, Duration::from_millis(500)))
         .build()
         .await?;
     let cache = common::users(&engine)?;
@@ -599,7 +599,7 @@ async fn resharding_under_load_leaves_no_stale_value() -> TestResult {
     let mut caches = Vec::new();
     for _ in 0..2 {
         let engine = cache_tiered::builder("reshard")
-            .cluster(config(urls.clone(), timeout))
+            .with_cluster(config(urls.clone(), timeout))
             .build()
             .await?;
         caches.push(
@@ -792,7 +792,7 @@ async fn resharding_under_load_leaves_no_stale_value() -> TestResult {
     Ok(())
 }
 
-/// The cluster URL scheme (`Builder::l2_url`) reaches the cluster through its seed nodes, with
+/// The cluster URL scheme (`Builder::with_l2_url`) reaches the cluster through its seed nodes, with
 /// the cluster bus: the same application code as on standalone Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_url_scheme_reaches_the_cluster() -> TestResult {
@@ -808,10 +808,10 @@ async fn the_cluster_url_scheme_reaches_the_cluster() -> TestResult {
     let url = format!("redis+cluster://{}", hosts.join(","));
     let p = common::unique_prefix("cluster-url");
     let a = cache_tiered::builder(p.clone())
-        .l2_url(url.clone())
+        .with_l2_url(url.clone())
         .build()
         .await?;
-    let b = cache_tiered::builder(p).l2_url(url).build().await?;
+    let b = cache_tiered::builder(p).with_l2_url(url).build().await?;
     assert_eq!(a.remote().map(|s| s.kind()), Some("cluster"));
     let ca = a.cache::<u64, MsgPack>("n").build()?;
     let cb = b.cache::<u64, MsgPack>("n").build()?;

@@ -69,18 +69,18 @@ fn acl_logs(cluster: &RedisCluster) -> String {
 
 fn tenant_config(cluster: &RedisCluster) -> ClusterConfig {
     ClusterConfig::builder()
-        .urls(cluster.urls())
-        .username(TENANT)
-        .password(PASSWORD)
-        .response_timeout(Duration::from_secs(2))
+        .with_urls(cluster.urls())
+        .with_username(TENANT)
+        .with_password(PASSWORD)
+        .with_response_timeout(Duration::from_secs(2))
         .build()
         .expect("valid config")
 }
 
 async fn tenant_engine(cluster: &RedisCluster) -> Result<Engine, cache_tiered::Error> {
     cache_tiered::builder(TENANT)
-        .cluster(tenant_config(cluster))
-        .bus_config(BusConfig::default().with_heartbeat(Duration::from_millis(200)))
+        .with_cluster(tenant_config(cluster))
+        .with_bus_config(BusConfig::default().with_heartbeat(Duration::from_millis(200)))
         .build()
         .await
 }

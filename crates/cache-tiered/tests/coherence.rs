@@ -19,8 +19,8 @@ const BOUND: Duration = Duration::from_secs(2);
 
 async fn redis_engine(prefix: &str) -> Result<Engine, Box<dyn std::error::Error + Send + Sync>> {
     Ok(cache_tiered::builder(prefix)
-        .redis_url(shared_redis()?.url())
-        .bus_config(BusConfig::default().with_heartbeat(Duration::from_millis(200)))
+        .with_redis_url(shared_redis()?.url())
+        .with_bus_config(BusConfig::default().with_heartbeat(Duration::from_millis(200)))
         .build()
         .await?)
 }
@@ -52,7 +52,10 @@ async fn coherence_child() -> TestResult {
         return Ok(());
     };
     let prefix = std::env::var("COHERENCE_CHILD_PREFIX")?;
-    let engine = cache_tiered::builder(prefix).redis_url(url).build().await?;
+    let engine = cache_tiered::builder(prefix)
+        .with_redis_url(url)
+        .build()
+        .await?;
     let c = cache(&engine)?;
     c.get("k").await?;
     assert_eq!(c.get_local("k"), Some(Some(Arc::new(1))));
@@ -183,8 +186,8 @@ async fn killed_subscription_is_noticed_and_nothing_stale_is_served() -> TestRes
     let prefix = "kill";
     let build = || async {
         cache_tiered::builder(prefix)
-            .redis_url(server.url())
-            .bus_config(BusConfig::default().with_heartbeat(Duration::from_millis(200)))
+            .with_redis_url(server.url())
+            .with_bus_config(BusConfig::default().with_heartbeat(Duration::from_millis(200)))
             .build()
             .await
     };
@@ -248,15 +251,15 @@ async fn a_lost_message_is_detected_by_sequence_or_heartbeat() -> TestResult {
     let a_transport = bus.attach();
     let config = BusConfig::default().with_heartbeat(Duration::from_millis(50));
     let ea = cache_tiered::builder("lost")
-        .remote(store.clone())
-        .bus_transport(a_transport.clone())
-        .bus_config(config)
+        .with_remote(store.clone())
+        .with_bus_transport(a_transport.clone())
+        .with_bus_config(config)
         .build()
         .await?;
     let eb = cache_tiered::builder("lost")
-        .remote(store.clone())
-        .bus_transport(bus.attach())
-        .bus_config(config)
+        .with_remote(store.clone())
+        .with_bus_transport(bus.attach())
+        .with_bus_config(config)
         .build()
         .await?;
     let a = cache(&ea)?;
@@ -285,8 +288,8 @@ async fn tracking_drops_l1_on_a_write_from_redis_cli() -> TestResult {
     let server = shared_redis()?;
     let prefix = format!("trk{}", std::process::id());
     let engine = cache_tiered::builder(&prefix)
-        .redis_url(server.url())
-        .tracking(true)
+        .with_redis_url(server.url())
+        .with_tracking(true)
         .build()
         .await?;
     let c: Cache<String, cache_tiered::Json> = engine
@@ -371,13 +374,13 @@ async fn an_invalidation_goes_out_after_l2_dropped_the_key() -> TestResult {
     let store = Arc::new(MemoryStore::new());
     let bus = MemoryBus::new();
     let ea = cache_tiered::builder("order")
-        .remote(store.clone())
-        .bus_transport(bus.attach())
+        .with_remote(store.clone())
+        .with_bus_transport(bus.attach())
         .build()
         .await?;
     let eb = cache_tiered::builder("order")
-        .remote(store.clone())
-        .bus_transport(bus.attach())
+        .with_remote(store.clone())
+        .with_bus_transport(bus.attach())
         .build()
         .await?;
     let a = cache(&ea)?;
@@ -417,8 +420,8 @@ async fn policy_engine(
     policy: ReconnectPolicy,
 ) -> Result<Engine, cache_tiered::Error> {
     cache_tiered::builder(prefix)
-        .redis_url(server.url())
-        .bus_config(
+        .with_redis_url(server.url())
+        .with_bus_config(
             BusConfig::default()
                 .with_heartbeat(Duration::from_millis(200))
                 .with_on_loss(policy),

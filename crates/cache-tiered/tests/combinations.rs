@@ -211,11 +211,11 @@ async fn instance_with(
     heartbeat: Duration,
 ) -> Engine {
     cache_tiered::builder(prefix)
-        .remote(store.clone())
-        .bus_transport(transport)
-        .bus_config(BusConfig::default().with_heartbeat(heartbeat))
-        .breaker(None)
-        .recovery(1000, Duration::from_millis(20))
+        .with_remote(store.clone())
+        .with_bus_transport(transport)
+        .with_bus_config(BusConfig::default().with_heartbeat(heartbeat))
+        .with_breaker(None)
+        .with_recovery(1000, Duration::from_millis(20))
         .build()
         .await
         .unwrap()
@@ -232,9 +232,9 @@ fn cache(e: &Engine) -> Cache<String, MsgPack> {
 /// What L2 holds for `key`, decoded through a fresh engine with no L1 copy.
 async fn l2_value(store: &Arc<FaultStore>, prefix: &str, key: &str) -> Option<String> {
     let e = cache_tiered::builder(prefix)
-        .remote(store.clone())
-        .bus(false)
-        .breaker(None)
+        .with_remote(store.clone())
+        .with_bus(false)
+        .with_breaker(None)
         .build()
         .await
         .unwrap();
@@ -489,10 +489,10 @@ async fn replays_of_two_instances_leave_no_older_value() -> TestResult {
     let (store, bus) = (FaultStore::new(), MemoryBus::new());
     let engine = |interval: u64| {
         cache_tiered::builder("c5c")
-            .remote(store.clone())
-            .bus_transport(bus.attach())
-            .breaker(None)
-            .recovery(1000, Duration::from_millis(interval))
+            .with_remote(store.clone())
+            .with_bus_transport(bus.attach())
+            .with_breaker(None)
+            .with_recovery(1000, Duration::from_millis(interval))
             .build()
     };
     // The first writer settles late, the second early.
@@ -783,14 +783,14 @@ async fn the_publish_queue_is_bounded() -> TestResult {
         go: Notify::new(),
     });
     let b_engine = cache_tiered::builder("s2")
-        .remote(store.clone())
-        .bus_transport(stalled.clone())
-        .bus_config(
+        .with_remote(store.clone())
+        .with_bus_transport(stalled.clone())
+        .with_bus_config(
             BusConfig::default()
                 .with_heartbeat(Duration::from_secs(3600))
                 .with_max_queued_keys(100),
         )
-        .breaker(None)
+        .with_breaker(None)
         .build()
         .await?;
     let b = cache(&b_engine);
@@ -819,9 +819,9 @@ async fn a_zero_heartbeat_is_a_config_error() -> TestResult {
     let (store, bus) = (FaultStore::new(), MemoryBus::new());
     let config = BusConfig::default().with_heartbeat(Duration::ZERO);
     let r = cache_tiered::builder("s3")
-        .remote(store)
-        .bus_transport(bus.attach())
-        .bus_config(config)
+        .with_remote(store)
+        .with_bus_transport(bus.attach())
+        .with_bus_config(config)
         .build()
         .await;
     assert_eq!(r.unwrap_err().kind(), ErrorKind::InvalidConfig);
@@ -883,8 +883,8 @@ impl BusTransport for LateTracking {
 async fn l1_filled_before_tracking_came_up_is_flushed() -> TestResult {
     let store = FaultStore::new();
     let writer = cache_tiered::builder("s5")
-        .remote(store.clone())
-        .bus(false)
+        .with_remote(store.clone())
+        .with_bus(false)
         .build()
         .await?;
     let writer = cache(&writer);

@@ -51,8 +51,8 @@ impl L2Backend for TeamBackend {
 
 async fn engine(backend: &TeamBackend) -> cache_tiered::Result<cache_tiered::Engine> {
     cache_tiered::builder("team-app")
-        .l2(backend.clone())
-        .bus_config(BusConfig::default().with_heartbeat(Duration::from_millis(50)))
+        .with_l2(backend.clone())
+        .with_bus_config(BusConfig::default().with_heartbeat(Duration::from_millis(50)))
         .build()
         .await
 }
@@ -98,8 +98,8 @@ async fn a_user_backend_brings_its_bus_through_the_public_api() -> TestResult {
 async fn a_backend_without_tracking_refuses_a_request_for_it() -> TestResult {
     let backend = TeamBackend::new();
     let e = cache_tiered::builder("team-app")
-        .l2(backend)
-        .tracking(true)
+        .with_l2(backend)
+        .with_tracking(true)
         .build()
         .await
         .err()
@@ -114,13 +114,13 @@ async fn a_backend_without_tracking_refuses_a_request_for_it() -> TestResult {
 async fn a_bare_store_brings_no_bus_and_bus_false_says_so() -> TestResult {
     let store: Arc<dyn RemoteStore> = Arc::new(MemoryStore::new());
     let e = cache_tiered::builder("bare")
-        .remote(store.clone())
+        .with_remote(store.clone())
         .build()
         .await?;
     assert!(e.bus_stats().is_none(), "remote() alone has no bus");
     let e = cache_tiered::builder("bare")
-        .remote(store)
-        .bus(false)
+        .with_remote(store)
+        .with_bus(false)
         .build()
         .await?;
     assert!(e.bus_stats().is_none());
@@ -173,7 +173,10 @@ async fn a_store_without_capabilities_is_refused_at_build_and_its_calls_leave_no
 {
     let plain = Arc::new(PlainStore::default());
     let store: Arc<dyn RemoteStore> = plain.clone();
-    let engine = cache_tiered::builder("plain").remote(store).build().await?;
+    let engine = cache_tiered::builder("plain")
+        .with_remote(store)
+        .build()
+        .await?;
     assert_eq!(
         engine.remote().map(|s| s.capabilities()),
         Some(Capabilities::NONE)
@@ -240,7 +243,10 @@ async fn a_store_without_capabilities_is_refused_at_build_and_its_calls_leave_no
     );
 
     // The in-memory store has every ability.
-    let full = cache_tiered::builder("full").memory_l2().build().await?;
+    let full = cache_tiered::builder("full")
+        .with_memory_l2()
+        .build()
+        .await?;
     full.cache::<u64, MsgPack>("n")
         .require(Capabilities::ALL)
         .build()?;

@@ -105,9 +105,9 @@ async fn a_users_layer_sees_every_call_and_the_default_breaker_stays() -> TestRe
     let store = Arc::new(MemoryStore::new());
     let calls = Arc::new(AtomicU64::new(0));
     let engine = cache_tiered::builder("layers")
-        .remote(store.clone())
-        .bus(false)
-        .l2_layer(Arc::new(Counting {
+        .with_remote(store.clone())
+        .with_bus(false)
+        .with_l2_layer(Arc::new(Counting {
             calls: calls.clone(),
         }))
         .build()
@@ -135,9 +135,9 @@ async fn a_timeout_layer_bounds_a_slow_store() -> TestResult {
     let store = Arc::new(MemoryStore::new());
     store.set_latency(Duration::from_millis(300));
     let engine = cache_tiered::builder("layers-timeout")
-        .remote(store.clone())
-        .bus(false)
-        .l2_layer(Arc::new(TimeoutLayer::new(Duration::from_millis(20))?))
+        .with_remote(store.clone())
+        .with_bus(false)
+        .with_l2_layer(Arc::new(TimeoutLayer::new(Duration::from_millis(20))?))
         .build()
         .await?;
     let c = engine.cache::<u64, MsgPack>("n").build()?;
@@ -156,9 +156,9 @@ async fn a_timeout_layer_bounds_a_slow_store() -> TestResult {
 async fn replacing_the_stack_removes_the_default_breaker() -> TestResult {
     let store = Arc::new(MemoryStore::new());
     let engine = cache_tiered::builder("layers-none")
-        .remote(store.clone())
-        .bus(false)
-        .l2_layers(Vec::new())
+        .with_remote(store.clone())
+        .with_bus(false)
+        .with_l2_layers(Vec::new())
         .build()
         .await?;
     let c = engine.cache::<u64, MsgPack>("n").build()?;

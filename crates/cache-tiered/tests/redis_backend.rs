@@ -18,9 +18,9 @@ const MAX_VALUE: usize = 1024 * 1024;
 
 async fn connect(url: &str) -> Arc<dyn RemoteStore> {
     let config = RedisConfig::builder()
-        .url(url)
-        .max_value_size(MAX_VALUE)
-        .response_timeout(Duration::from_millis(300))
+        .with_url(url)
+        .with_max_value_size(MAX_VALUE)
+        .with_response_timeout(Duration::from_millis(300))
         .build()
         .expect("valid config");
     Arc::new(RedisStore::connect(config).await.expect("redis reachable"))

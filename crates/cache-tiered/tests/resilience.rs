@@ -19,8 +19,8 @@ fn value_for(key: &str) -> String {
 
 async fn memory_engine(clock: Arc<ManualClock>) -> Result<Engine, cache_tiered::Error> {
     cache_tiered::builder("rs")
-        .remote(Arc::new(MemoryStore::new()))
-        .clock(clock)
+        .with_remote(Arc::new(MemoryStore::new()))
+        .with_clock(clock)
         .build()
         .await
 }
@@ -179,14 +179,14 @@ async fn redis_engine(
     prefix: &str,
 ) -> Result<Engine, Box<dyn std::error::Error + Send + Sync>> {
     let config = RedisConfig::builder()
-        .url(server.url())
-        .response_timeout(Duration::from_millis(200))
-        .connect_timeout(Duration::from_millis(500))
-        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .with_url(server.url())
+        .with_response_timeout(Duration::from_millis(200))
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
         .build()?;
     Ok(cache_tiered::builder(prefix)
-        .redis(config)
-        .bus_config(BusConfig::default().with_heartbeat(Duration::from_millis(200)))
+        .with_redis(config)
+        .with_bus_config(BusConfig::default().with_heartbeat(Duration::from_millis(200)))
         .build()
         .await?)
 }

@@ -183,19 +183,19 @@ fn adversarial_tags() -> Vec<String> {
 
 fn tenant_config(server: &RedisServer, user: &str) -> RedisConfig {
     RedisConfig::builder()
-        .url(server.url())
-        .username(user)
-        .password(SENTINEL)
-        .response_timeout(Duration::from_secs(2))
+        .with_url(server.url())
+        .with_username(user)
+        .with_password(SENTINEL)
+        .with_response_timeout(Duration::from_secs(2))
         .build()
         .expect("valid config")
 }
 
 async fn tenant_engine(config: RedisConfig, tracking: bool) -> Result<Engine, cache_tiered::Error> {
     cache_tiered::builder(TENANT)
-        .redis(config)
-        .tracking(tracking)
-        .bus_config(BusConfig::default().with_heartbeat(Duration::from_millis(200)))
+        .with_redis(config)
+        .with_tracking(tracking)
+        .with_bus_config(BusConfig::default().with_heartbeat(Duration::from_millis(200)))
         .build()
         .await
 }
@@ -408,8 +408,8 @@ async fn tenant_acl_user_is_confined_to_its_prefix() -> TestResult {
     server.cli(&["SET", "tenantB:ns:secret", "b"])?;
     // The same user with another tenant's prefix: every L2 call is refused, typed Auth.
     let other = cache_tiered::builder("tenantB")
-        .redis(tenant_config(&server, TENANT))
-        .bus(false)
+        .with_redis(tenant_config(&server, TENANT))
+        .with_bus(false)
         .build()
         .await?;
     let c = strings(&other, "ns")?;
@@ -503,10 +503,10 @@ async fn the_password_is_never_printed() -> TestResult {
     // Configs and builders: the password as a field and inside URLs.
     let by_field = tenant_config(&server, TENANT);
     let by_url = RedisConfig::builder()
-        .url(format!("redis://{TENANT}:{SENTINEL}@127.0.0.1:{port}/"))
+        .with_url(format!("redis://{TENANT}:{SENTINEL}@127.0.0.1:{port}/"))
         .build()?;
     let default_user = RedisConfig::builder()
-        .url(format!("redis://:{SENTINEL}@127.0.0.1:{port}/0"))
+        .with_url(format!("redis://:{SENTINEL}@127.0.0.1:{port}/0"))
         .build()?;
     for c in [&by_field, &by_url, &default_user] {
         shown.push(format!("{c:?}"));
@@ -516,21 +516,21 @@ async fn the_password_is_never_printed() -> TestResult {
     shown.push(format!(
         "{:?}",
         RedisConfig::builder()
-            .url(format!("redis://u:{SENTINEL}@127.0.0.1:{port}/"))
-            .password(SENTINEL)
+            .with_url(format!("redis://u:{SENTINEL}@127.0.0.1:{port}/"))
+            .with_password(SENTINEL)
     ));
     let builder = cache_tiered::builder(TENANT)
-        .redis(by_url.clone())
-        .tracking(true);
+        .with_redis(by_url.clone())
+        .with_tracking(true);
     shown.push(format!("{builder:?}"));
-    let url_builder =
-        cache_tiered::builder(TENANT).redis_url(format!("redis://:{SENTINEL}@127.0.0.1:{port}/"));
+    let url_builder = cache_tiered::builder(TENANT)
+        .with_redis_url(format!("redis://:{SENTINEL}@127.0.0.1:{port}/"));
     shown.push(format!("{url_builder:?}"));
 
     // Connecting: engines with the bus and tracking, a bare store and its parts.
     let e1 = builder.build().await?;
     let e2 = cache_tiered::builder(TENANT)
-        .redis(by_field.clone())
+        .with_redis(by_field.clone())
         .build()
         .await?;
     let e3 = url_builder.build().await?;
@@ -572,17 +572,17 @@ async fn the_password_is_never_printed() -> TestResult {
     let wrong = format!("{SENTINEL}-wrong");
     let attempts = [
         RedisConfig::builder()
-            .url(server.url())
-            .username(TENANT)
-            .password(&wrong)
+            .with_url(server.url())
+            .with_username(TENANT)
+            .with_password(&wrong)
             .build()?,
         RedisConfig::builder()
-            .url(format!("redis://{TENANT}:{wrong}@127.0.0.1:{port}/"))
+            .with_url(format!("redis://{TENANT}:{wrong}@127.0.0.1:{port}/"))
             .build()?,
         RedisConfig::builder()
-            .url(format!("redis://:{wrong}@127.0.0.1:{port}/"))
+            .with_url(format!("redis://:{wrong}@127.0.0.1:{port}/"))
             .build()?,
-        RedisConfig::builder().url(server.url()).build()?,
+        RedisConfig::builder().with_url(server.url()).build()?,
     ];
     for config in attempts {
         shown.push(format!("{config:?}"));
@@ -590,7 +590,7 @@ async fn the_password_is_never_printed() -> TestResult {
         assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
         shown.push(render_error(&err));
         let err = cache_tiered::builder(TENANT)
-            .redis(config)
+            .with_redis(config)
             .build()
             .await
             .unwrap_err();
@@ -685,14 +685,14 @@ async fn the_password_from_a_credentials_provider_is_never_printed() -> TestResu
         })
     };
     let config = RedisConfig::builder()
-        .url(server.url())
-        .credentials_provider(provider)
-        .response_timeout(Duration::from_secs(1))
+        .with_url(server.url())
+        .with_credentials_provider(provider)
+        .with_response_timeout(Duration::from_secs(1))
         .build()?;
     let mut shown = vec![format!("{config:?} {config:#?}")];
     let builder = cache_tiered::builder(TENANT)
-        .redis(config.clone())
-        .tracking(true);
+        .with_redis(config.clone())
+        .with_tracking(true);
     shown.push(format!("{builder:?}"));
     let e1 = builder.build().await?;
     let e2 = tenant_engine(config.clone(), false).await?;
@@ -746,7 +746,7 @@ async fn the_password_from_a_credentials_provider_is_never_printed() -> TestResu
         }
     }
     if let Err(e) = cache_tiered::builder(TENANT)
-        .redis(config.clone())
+        .with_redis(config.clone())
         .build()
         .await
     {
@@ -779,11 +779,11 @@ async fn connection_resets_every_100ms_never_give_a_wrong_value() -> TestResult 
     let server = RedisServer::start()?;
     let proxy = Arc::new(FaultProxy::start(server.addr())?);
     // The defaults: 500 ms response timeout, reconnect rounds of 1 + 2 attempts, 50 ms..1 s.
-    let config = RedisConfig::builder().url(proxy.url()).build()?;
+    let config = RedisConfig::builder().with_url(proxy.url()).build()?;
     let retries = config.reconnect_retries as u64;
     let engine = cache_tiered::builder("resets")
-        .redis(config)
-        .bus_config(BusConfig::default().with_heartbeat(Duration::from_millis(200)))
+        .with_redis(config)
+        .with_bus_config(BusConfig::default().with_heartbeat(Duration::from_millis(200)))
         .build()
         .await?;
     let cache = engine
@@ -907,14 +907,14 @@ async fn small_reads_never_stall_behind_16_mib_writes() -> TestResult {
     let server = RedisServer::start()?;
     // A long response timeout, so a stall shows as latency instead of hiding as an error.
     let config = RedisConfig::builder()
-        .url(server.url())
-        .max_value_size(17 * MIB)
-        .response_timeout(Duration::from_secs(10))
+        .with_url(server.url())
+        .with_max_value_size(17 * MIB)
+        .with_response_timeout(Duration::from_secs(10))
         .build()?;
     let engine = cache_tiered::builder("big")
-        .redis(config)
-        .bus(false)
-        .l1_capacity_bytes(256 * MIB as u64)
+        .with_redis(config)
+        .with_bus(false)
+        .with_l1_capacity_bytes(256 * MIB as u64)
         .build()
         .await?;
     let big = strings(&engine, "big")?;

@@ -26,12 +26,12 @@ const FAILOVER_MARGIN: Duration = Duration::from_secs(5);
 
 fn config(group: &RedisSentinel, response_timeout: Duration) -> SentinelConfig {
     SentinelConfig::builder()
-        .sentinels(group.sentinel_urls())
-        .master_name(group.master_name())
-        .redis(
+        .with_sentinels(group.sentinel_urls())
+        .with_master_name(group.master_name())
+        .with_redis(
             RedisConfig::builder()
-                .max_value_size(MAX_VALUE)
-                .response_timeout(response_timeout)
+                .with_max_value_size(MAX_VALUE)
+                .with_response_timeout(response_timeout)
                 .build()
                 .expect("valid redis config"),
         )
@@ -107,9 +107,9 @@ async fn no_usable_master_is_a_clear_connection_error() -> TestResult {
     assert!(err.message().contains("no-such-master"), "{err}");
     let port = cache_testkit::free_port()?;
     let nobody = SentinelConfig::builder()
-        .sentinel(format!("redis://127.0.0.1:{port}"))
-        .sentinel_credentials(None, "hunter2")
-        .master_name(group.master_name())
+        .with_sentinel(format!("redis://127.0.0.1:{port}"))
+        .with_sentinel_credentials(None, "hunter2")
+        .with_master_name(group.master_name())
         .build()?;
     let err = SentinelStore::connect(nobody)
         .await
@@ -128,7 +128,7 @@ async fn invalidations_reach_other_engines_over_the_masters_pubsub() -> TestResu
     let mut caches = Vec::new();
     for _ in 0..2 {
         let engine = cache_tiered::builder(p.as_str())
-            .sentinel(config(group, Duration::from_millis(500)))
+            .with_sentinel(config(group, Duration::from_millis(500)))
             .build()
             .await?;
         caches.push((common::users(&engine)?, engine));
@@ -192,7 +192,7 @@ async fn sigkill_of_the_master_under_load() -> TestResult {
     let mut engines = Vec::new();
     for _ in 0..2 {
         let engine = cache_tiered::builder(p.as_str())
-            .sentinel(config(&group, response_timeout))
+            .with_sentinel(config(&group, response_timeout))
             .build()
             .await?;
         engines.push(engine);
@@ -411,7 +411,7 @@ async fn sigkill_of_the_master_under_load() -> TestResult {
     Ok(())
 }
 
-/// The sentinel URL scheme (`Builder::l2_url`) reaches the master the sentinels name, with
+/// The sentinel URL scheme (`Builder::with_l2_url`) reaches the master the sentinels name, with
 /// its bus: the same application code as on standalone Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sentinel_url_scheme_reaches_the_master() -> TestResult {
@@ -429,10 +429,10 @@ async fn the_sentinel_url_scheme_reaches_the_master() -> TestResult {
     );
     let p = common::unique_prefix("sentinel-url");
     let a = cache_tiered::builder(p.clone())
-        .l2_url(url.clone())
+        .with_l2_url(url.clone())
         .build()
         .await?;
-    let b = cache_tiered::builder(p).l2_url(url).build().await?;
+    let b = cache_tiered::builder(p).with_l2_url(url).build().await?;
     assert_eq!(a.remote().map(|s| s.kind()), Some("redis-sentinel"));
     let ca = a.cache::<u64, cache_tiered::MsgPack>("n").build()?;
     let cb = b.cache::<u64, cache_tiered::MsgPack>("n").build()?;

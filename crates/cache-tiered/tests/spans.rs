@@ -35,7 +35,7 @@ fn run(raw_keys: bool) -> String {
         .unwrap();
     rt.block_on(async {
         let engine = cache_tiered::builder("spans")
-            .remote(Arc::new(MemoryStore::new()))
+            .with_remote(Arc::new(MemoryStore::new()))
             .build()
             .await
             .unwrap();

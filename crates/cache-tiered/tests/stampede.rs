@@ -114,10 +114,13 @@ fn stale_set_race_over_10_000_interleavings() -> TestResult {
                 rng: Mutex::new(fastrand::Rng::with_seed(shard)),
             });
             let a = cache_tiered::builder("race")
-                .remote(store.clone())
+                .with_remote(store.clone())
                 .build()
                 .await?;
-            let b = cache_tiered::builder("race").remote(store).build().await?;
+            let b = cache_tiered::builder("race")
+                .with_remote(store)
+                .build()
+                .await?;
             let ca = a.cache::<u64, MsgPack>("v").with_jitter(0.0).build()?;
             let cb = b.cache::<u64, MsgPack>("v").with_jitter(0.0).build()?;
             caches.push((ca, cb));
@@ -195,10 +198,13 @@ fn without_leases_the_race_is_real() -> TestResult {
             rng: Mutex::new(fastrand::Rng::with_seed(1)),
         });
         let a = cache_tiered::builder("race")
-            .remote(store.clone())
+            .with_remote(store.clone())
             .build()
             .await?;
-        let b = cache_tiered::builder("race").remote(store).build().await?;
+        let b = cache_tiered::builder("race")
+            .with_remote(store)
+            .build()
+            .await?;
         let reader = a.cache::<u64, MsgPack>("v").with_leases(false).build()?;
         let writer = b.cache::<u64, MsgPack>("v").with_leases(false).build()?;
         let mut stale = 0;
@@ -246,9 +252,9 @@ fn without_leases_the_race_is_real() -> TestResult {
 }
 
 async fn redis_engine(url: &str) -> Result<Engine, cache_tiered::Error> {
-    let store = RedisStore::connect(RedisConfig::builder().url(url).build()?).await?;
+    let store = RedisStore::connect(RedisConfig::builder().with_url(url).build()?).await?;
     cache_tiered::builder("steady")
-        .remote(Arc::new(store))
+        .with_remote(Arc::new(store))
         .build()
         .await
 }
@@ -330,8 +336,8 @@ async fn refresh_ahead_reloads_once_after_its_fraction_of_the_ttl() -> TestResul
     const TTL: Duration = Duration::from_secs(60);
     let clock = Arc::new(ManualClock::new(1_000_000));
     let engine = cache_tiered::builder("ahead")
-        .remote(Arc::new(MemoryStore::new()))
-        .clock(clock.clone())
+        .with_remote(Arc::new(MemoryStore::new()))
+        .with_clock(clock.clone())
         .build()
         .await?;
     let c: Cache<u64, MsgPack> = engine

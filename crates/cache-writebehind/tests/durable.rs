@@ -25,7 +25,7 @@ use common::{cache, engine, unique_prefix, Source, TestResult};
 const CLAIM_IDLE: Duration = Duration::from_millis(500);
 
 async fn store(url: &str) -> Result<RedisStore, cache_core::Error> {
-    RedisStore::connect(RedisConfig::builder().url(url).build()?).await
+    RedisStore::connect(RedisConfig::builder().with_url(url).build()?).await
 }
 
 /// A durable write-behind for `prefix` on the Redis at `url`.
@@ -496,8 +496,8 @@ impl SlowRedis {
         // The write-behind's own Redis connection goes through the proxy.
         let wb_store = RedisStore::connect(
             RedisConfig::builder()
-                .url(proxy.url())
-                .response_timeout(RESPONSE_TIMEOUT)
+                .with_url(proxy.url())
+                .with_response_timeout(RESPONSE_TIMEOUT)
                 .build()?,
         )
         .await?;
@@ -683,9 +683,9 @@ async fn the_documented_acl_rules_run_the_durable_queue() -> TestResult {
     let _ = server.cli(&["ACL", "SETUSER", "tenantA", "+client|setinfo"]);
     let tenant = || {
         RedisConfig::builder()
-            .url(server.url())
-            .username("tenantA")
-            .password(PASSWORD)
+            .with_url(server.url())
+            .with_username("tenantA")
+            .with_password(PASSWORD)
             .build()
     };
     let source = Source::default();
@@ -792,9 +792,9 @@ async fn a_refused_command_ends_flush_with_an_auth_error() -> TestResult {
         .acl_user(&format!("tenantA on >{PASSWORD} {CACHE_RULES} {rules}"))
         .start()?;
     let config = RedisConfig::builder()
-        .url(server.url())
-        .username("tenantA")
-        .password(PASSWORD)
+        .with_url(server.url())
+        .with_username("tenantA")
+        .with_password(PASSWORD)
         .build()?;
     let (engine, _l2) = engine("tenantA")?;
     let wb = WriteBehind::builder(cache(&engine)?, |_batch: Batch<u64>| async {

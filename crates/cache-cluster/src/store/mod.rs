@@ -70,8 +70,8 @@ pub(crate) use tls::TlsFiles;
 ///
 /// # async fn demo() -> cache_core::Result<()> {
 /// let config = ClusterConfig::builder()
-///     .url("redis://127.0.0.1:7000")
-///     .url("redis://127.0.0.1:7001")
+///     .with_url("redis://127.0.0.1:7000")
+///     .with_url("redis://127.0.0.1:7001")
 ///     .build()?;
 /// let store = ClusterStore::connect(config).await?;
 /// store.set("app:{user:42}:profile", b"bytes".to_vec(), Duration::from_secs(60)).await?;

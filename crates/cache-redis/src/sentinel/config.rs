@@ -37,13 +37,13 @@ pub const DEFAULT_REDISCOVER_INTERVAL: Duration = Duration::from_millis(100);
 /// use cache_redis::{RedisConfig, SentinelConfig};
 ///
 /// let config = SentinelConfig::builder()
-///     .sentinels(["redis://10.0.0.1:26379", "redis://10.0.0.2:26379", "redis://10.0.0.3"])
-///     .master_name("cache")
-///     .redis(
+///     .with_sentinels(["redis://10.0.0.1:26379", "redis://10.0.0.2:26379", "redis://10.0.0.3"])
+///     .with_master_name("cache")
+///     .with_redis(
 ///         RedisConfig::builder()
-///             .url("redis://any-host/2") // database 2 on whichever node is master
-///             .password("s3cret")
-///             .response_timeout(Duration::from_millis(200))
+///             .with_url("redis://any-host/2") // database 2 on whichever node is master
+///             .with_password("s3cret")
+///             .with_response_timeout(Duration::from_millis(200))
 ///             .build()?,
 ///     )
 ///     .build()?;
@@ -248,7 +248,7 @@ impl fmt::Debug for SentinelConfigBuilder {
 
 impl SentinelConfigBuilder {
     /// The sentinel URLs (replacing any given before).
-    pub fn sentinels<I, S>(mut self, urls: I) -> Self
+    pub fn with_sentinels<I, S>(mut self, urls: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -258,19 +258,19 @@ impl SentinelConfigBuilder {
     }
 
     /// One more sentinel URL.
-    pub fn sentinel(mut self, url: impl Into<String>) -> Self {
+    pub fn with_sentinel(mut self, url: impl Into<String>) -> Self {
         self.config.sentinels.push(url.into());
         self
     }
 
     /// The name the sentinels monitor the master by (default `mymaster`).
-    pub fn master_name(mut self, name: impl Into<String>) -> Self {
+    pub fn with_master_name(mut self, name: impl Into<String>) -> Self {
         self.config.master_name = name.into();
         self
     }
 
     /// Credentials for the sentinels (override the URLs').
-    pub fn sentinel_credentials(
+    pub fn with_sentinel_credentials(
         mut self,
         username: Option<&str>,
         password: impl Into<String>,
@@ -281,20 +281,20 @@ impl SentinelConfigBuilder {
     }
 
     /// The data connection settings (credentials, database, TLS, timeouts, limits).
-    pub fn redis(mut self, config: RedisConfig) -> Self {
+    pub fn with_redis(mut self, config: RedisConfig) -> Self {
         self.config.redis = config;
         self
     }
 
     /// Pause between questions to the sentinels during a failover (default 100 ms).
-    pub fn rediscover_interval(mut self, interval: Duration) -> Self {
+    pub fn with_rediscover_interval(mut self, interval: Duration) -> Self {
         self.config.rediscover_interval = interval;
         self
     }
 
     /// Serve `get` / `get_many` from a replica (default off); reads may then be stale (see
     /// [`SentinelConfig::replica_reads`]).
-    pub fn replica_reads(mut self, on: bool) -> Self {
+    pub fn with_replica_reads(mut self, on: bool) -> Self {
         self.config.replica_reads = on;
         self
     }
@@ -349,7 +349,7 @@ mod tests {
     fn the_master_replaces_host_and_port_only() -> Result<()> {
         let mut c = SentinelConfig::new(["redis://s1"], "m");
         c.redis = RedisConfig::builder()
-            .url("redis://app:pw@placeholder:1/3")
+            .with_url("redis://app:pw@placeholder:1/3")
             .build()?;
         assert_eq!(
             c.master_config("10.0.0.7", 6380)?.url,
@@ -365,13 +365,17 @@ mod tests {
     #[test]
     fn debug_hides_every_password() -> Result<()> {
         let c = SentinelConfig::builder()
-            .sentinels(["redis://:url-secret@s1:26379"])
-            .sentinel_credentials(None, "field-secret")
-            .redis(RedisConfig::builder().password("data-secret").build()?)
+            .with_sentinels(["redis://:url-secret@s1:26379"])
+            .with_sentinel_credentials(None, "field-secret")
+            .with_redis(
+                RedisConfig::builder()
+                    .with_password("data-secret")
+                    .build()?,
+            )
             .build()?;
         let shown = format!(
             "{c:?} {:?}",
-            SentinelConfig::builder().sentinel_credentials(None, "x-secret")
+            SentinelConfig::builder().with_sentinel_credentials(None, "x-secret")
         );
         for secret in ["url-secret", "field-secret", "data-secret", "x-secret"] {
             assert!(!shown.contains(secret), "{shown}");

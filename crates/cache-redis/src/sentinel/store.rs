@@ -56,8 +56,8 @@ const REPLICA_SEARCH_EVERY: Duration = Duration::from_secs(1);
 ///
 /// # async fn demo() -> cache_core::Result<()> {
 /// let config = SentinelConfig::builder()
-///     .sentinels(["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"])
-///     .master_name("cache")
+///     .with_sentinels(["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"])
+///     .with_master_name("cache")
 ///     .build()?;
 /// let store = SentinelStore::connect(config).await?;
 /// store.set("app:k", b"v".to_vec(), Duration::from_secs(30)).await?;

@@ -79,7 +79,7 @@ pub fn glob_escape(text: &str) -> String {
 /// use cache_redis::{RedisConfig, RedisStore};
 ///
 /// # async fn demo() -> cache_core::Result<()> {
-/// let config = RedisConfig::builder().url("redis://127.0.0.1:6379/").build()?;
+/// let config = RedisConfig::builder().with_url("redis://127.0.0.1:6379/").build()?;
 /// let store = RedisStore::connect(config).await?;
 /// store.set("app:user:42", b"bytes".to_vec(), Duration::from_secs(60)).await?;
 /// assert_eq!(store.get("app:user:42").await?, Some(b"bytes".to_vec()));

@@ -52,8 +52,8 @@ pub fn unique_prefix(test: &str) -> String {
 
 pub async fn engine(b: &dyn Backend, prefix: &str) -> Result<Engine, cache_tiered::Error> {
     cache_tiered::builder(prefix)
-        .l1_capacity_bytes(8 * 1024 * 1024)
-        .remote(b.store().await)
+        .with_l1_capacity_bytes(8 * 1024 * 1024)
+        .with_remote(b.store().await)
         .build()
         .await
 }
@@ -1210,24 +1210,24 @@ pub async fn keep_serves_through_a_short_bus_loss(b: &dyn Backend) -> TestResult
     let bus = cache_tiered::MemoryBus::new();
     let config = |policy| cache_tiered::BusConfig::default().with_on_loss(policy);
     let bad = cache_tiered::builder(&p)
-        .remote(b.store().await)
-        .bus_transport(bus.attach())
-        .bus_config(config(ReconnectPolicy::keep(Duration::ZERO)))
+        .with_remote(b.store().await)
+        .with_bus_transport(bus.attach())
+        .with_bus_config(config(ReconnectPolicy::keep(Duration::ZERO)))
         .build()
         .await;
     assert_eq!(bad.err().map(|e| e.kind()), Some(ErrorKind::InvalidConfig));
     let writer = cache_tiered::builder(&p)
-        .l1_capacity_bytes(8 * 1024 * 1024)
-        .remote(b.store().await)
-        .bus_transport(bus.attach())
+        .with_l1_capacity_bytes(8 * 1024 * 1024)
+        .with_remote(b.store().await)
+        .with_bus_transport(bus.attach())
         .build()
         .await?;
     let keeper_bus = bus.attach();
     let keeper = cache_tiered::builder(&p)
-        .l1_capacity_bytes(8 * 1024 * 1024)
-        .remote(b.store().await)
-        .bus_transport(keeper_bus.clone())
-        .bus_config(config(ReconnectPolicy::keep(Duration::from_secs(60))))
+        .with_l1_capacity_bytes(8 * 1024 * 1024)
+        .with_remote(b.store().await)
+        .with_bus_transport(keeper_bus.clone())
+        .with_bus_config(config(ReconnectPolicy::keep(Duration::from_secs(60))))
         .build()
         .await?;
     let (w, k) = (users(&writer)?, users(&keeper)?);

@@ -725,33 +725,33 @@ impl World {
             bus_config = bus_config.with_batch_window(Duration::from_millis(5));
         }
         let mut b = cache_tiered::builder(self.prefix.clone())
-            .l1_capacity_bytes(256 * 1024)
-            .bus_config(bus_config)
-            .breaker(cfg.breaker.then(|| BreakerConfig::new(3, t.cool_down)))
-            .recovery(10_000, t.recovery)
-            .observer(Arc::new(TraceObserver {
+            .with_l1_capacity_bytes(256 * 1024)
+            .with_bus_config(bus_config)
+            .with_breaker(cfg.breaker.then(|| BreakerConfig::new(3, t.cool_down)))
+            .with_recovery(10_000, t.recovery)
+            .with_observer(Arc::new(TraceObserver {
                 node: slot,
                 trace: self.ctx.trace.clone(),
             }));
         b = match &self.backend {
             Backend::Memory { store, bus, clock } => b
-                .remote(Arc::new(FaultStore::new(
+                .with_remote(Arc::new(FaultStore::new(
                     store.clone(),
                     self.ctx.faults.clone(),
                     slot,
                 )))
-                .bus_transport(Arc::new(FaultBus::new(
+                .with_bus_transport(Arc::new(FaultBus::new(
                     bus.attach(),
                     self.ctx.faults.clone(),
                     slot,
                 )))
-                .clock(clock.clone()),
-            Backend::Redis { proxies } => b.redis(
+                .with_clock(clock.clone()),
+            Backend::Redis { proxies } => b.with_redis(
                 RedisConfig::builder()
-                    .url(proxies[slot].url())
-                    .response_timeout(Duration::from_millis(250))
-                    .connect_timeout(Duration::from_millis(500))
-                    .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+                    .with_url(proxies[slot].url())
+                    .with_response_timeout(Duration::from_millis(250))
+                    .with_connect_timeout(Duration::from_millis(500))
+                    .with_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
                     .build()
                     .map_err(|e| format!("redis config: {e}"))?,
             ),
