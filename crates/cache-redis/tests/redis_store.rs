@@ -430,7 +430,7 @@ async fn invalid_urls_are_typed_and_say_what_is_wrong() {
 #[tokio::test]
 async fn rediss_without_the_tls_feature_is_refused_not_downgraded() {
     let err = RedisConfig::builder()
-        .url("rediss://127.0.0.1:6380/")
+        .with_url("rediss://127.0.0.1:6380/")
         .build()
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidConfig);
