@@ -21,9 +21,7 @@ use crate::key::validate_name;
 use crate::l1::{L1Entry, NamespaceId};
 use crate::observer::{CacheEvent, CacheObserver};
 
-/// What one load produces, shared by every waiter.
-pub(crate) type Shared<V> = Result<Option<Arc<V>>>;
-pub(crate) use crate::waiters::Flight;
+pub(crate) use crate::waiters::{Flight, Shared};
 
 /// Invalidation epochs are striped by key hash.
 const EPOCH_STRIPES: usize = 64;

@@ -9,7 +9,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
-use crate::namespace::Shared;
+use crate::error::Result;
+
+/// What one load produces, shared by every waiter.
+pub(crate) type Shared<V> = Result<Option<Arc<V>>>;
 
 struct State<V> {
     /// The latest result published (an early value first, then the final one).
