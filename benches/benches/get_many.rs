@@ -238,8 +238,8 @@ fn main() -> Result<(), BoxError> {
         Ok(u) if !u.is_empty() => Some(u.split(',').map(str::to_owned).collect()),
         _ => match cache_testkit::RedisCluster::start_with(
             cache_testkit::ClusterOptions::new()
-                .masters(3)
-                .replicas_per_master(0),
+                .with_masters(3)
+                .with_replicas_per_master(0),
         ) {
             Ok(c) => {
                 let urls = c.urls();

@@ -199,7 +199,7 @@ async fn batches_cost_one_request_per_primary() -> TestResult {
 async fn lease_batches_answer_per_key_with_one_request_per_primary() -> TestResult {
     // A private cluster (3 primaries, no replicas): its nodes have never run the lease
     // script, and no other test flushes their script caches meanwhile.
-    let cluster = ClusterOptions::new().replicas_per_master(0).start()?;
+    let cluster = ClusterOptions::new().with_replicas_per_master(0).start()?;
     let s = ClusterStore::connect(
         ClusterConfig::builder()
             .with_urls(cluster.urls())
@@ -325,8 +325,8 @@ async fn lease_batches_answer_per_key_with_one_request_per_primary() -> TestResu
 async fn errors_name_the_cluster_not_the_password() -> TestResult {
     // A cluster with a password (3 primaries, no replicas: quicker to start).
     let cluster = ClusterOptions::new()
-        .replicas_per_master(0)
-        .requirepass("hunter2")
+        .with_replicas_per_master(0)
+        .with_requirepass("hunter2")
         .start()?;
     let good = ClusterConfig::builder()
         .with_urls(cluster.urls())
@@ -487,7 +487,7 @@ proptest! {
 /// meet again, within the response timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migrating_slot_is_served_key_by_key() -> TestResult {
-    let cluster = std::sync::Arc::new(ClusterOptions::new().replicas_per_master(0).start()?);
+    let cluster = std::sync::Arc::new(ClusterOptions::new().with_replicas_per_master(0).start()?);
     let s = ClusterStore::connect(
         ClusterConfig::builder()
             .with_urls(cluster.urls())

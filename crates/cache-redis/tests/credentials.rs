@@ -131,7 +131,7 @@ impl Rotating {
 
 fn server() -> Result<RedisServer, cache_testkit::Error> {
     ServerOptions::new()
-        .acl_user(&format!("{USER} on >{} ~* &* +@all", password(1)))
+        .with_acl_user(&format!("{USER} on >{} ~* &* +@all", password(1)))
         .start()
 }
 

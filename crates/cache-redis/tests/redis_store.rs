@@ -441,7 +441,7 @@ async fn rediss_without_the_tls_feature_is_refused_not_downgraded() {
 async fn wrong_password_is_auth_and_never_shown() -> TestResult {
     let right = "right-pw-7f3a91";
     let wrong = "wrong-pw-c0ffee";
-    let server = ServerOptions::new().requirepass(right).start()?;
+    let server = ServerOptions::new().with_requirepass(right).start()?;
     for config in [
         RedisConfig::builder()
             .with_url(server.url())
@@ -488,7 +488,7 @@ async fn wrong_password_is_auth_and_never_shown() -> TestResult {
 #[tokio::test]
 async fn acl_users_authenticate_by_name() -> TestResult {
     let server = ServerOptions::new()
-        .acl_user("alice on >alice-pw-91b2 ~app:* +@all")
+        .with_acl_user("alice on >alice-pw-91b2 ~app:* +@all")
         .start()?;
     let err = RedisStore::connect(
         RedisConfig::builder()
@@ -564,7 +564,7 @@ async fn connecting_to_a_hung_server_times_out() -> TestResult {
 #[tokio::test]
 async fn debug_never_shows_passwords() -> TestResult {
     let server = ServerOptions::new()
-        .requirepass("dbg-secret-3e8d")
+        .with_requirepass("dbg-secret-3e8d")
         .start()?;
     let config = RedisConfig::builder()
         .with_url(format!(
@@ -722,10 +722,10 @@ async fn unix_socket_urls_work() -> TestResult {
     let dir = tempfile::tempdir()?;
     let socket = dir.path().join("redis.sock");
     let server = ServerOptions::new()
-        .arg("--unixsocket")
-        .arg(socket.to_string_lossy())
-        .arg("--unixsocketperm")
-        .arg("700")
+        .with_arg("--unixsocket")
+        .with_arg(socket.to_string_lossy())
+        .with_arg("--unixsocketperm")
+        .with_arg("700")
         .start()?;
     for scheme in ["redis+unix", "unix"] {
         let store = RedisStore::connect(

@@ -13,7 +13,7 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 #[tokio::test]
 async fn rediss_with_a_trusted_ca_works() -> TestResult {
     let certs = TestCerts::generate()?;
-    let server = ServerOptions::new().tls(&certs)?.start()?;
+    let server = ServerOptions::new().with_tls(&certs)?.start()?;
     let tls_port = server.tls_port().unwrap();
     for host in ["localhost", "127.0.0.1"] {
         let config = RedisConfig::builder()
@@ -32,7 +32,7 @@ async fn rediss_with_a_trusted_ca_works() -> TestResult {
 #[tokio::test]
 async fn rediss_refuses_an_untrusted_certificate() -> TestResult {
     let certs = TestCerts::generate()?;
-    let server = ServerOptions::new().tls(&certs)?.start()?;
+    let server = ServerOptions::new().with_tls(&certs)?.start()?;
     let config = RedisConfig::builder()
         .with_url(format!(
             "rediss://localhost:{}/",
@@ -48,7 +48,7 @@ async fn rediss_refuses_an_untrusted_certificate() -> TestResult {
 #[tokio::test]
 async fn rediss_to_a_plaintext_port_never_falls_back() -> TestResult {
     let certs = TestCerts::generate()?;
-    let server = ServerOptions::new().tls(&certs)?.start()?;
+    let server = ServerOptions::new().with_tls(&certs)?.start()?;
     let config = RedisConfig::builder()
         .with_url(format!("rediss://localhost:{}/", server.port()))
         .with_tls_ca_file(&certs.ca_cert)
@@ -78,7 +78,7 @@ async fn an_unreadable_ca_file_is_a_config_error() -> TestResult {
 async fn rediss_refuses_a_certificate_from_another_ca() -> TestResult {
     let certs = TestCerts::generate()?;
     let other = TestCerts::generate()?;
-    let server = ServerOptions::new().tls(&certs)?.start()?;
+    let server = ServerOptions::new().with_tls(&certs)?.start()?;
     let config = RedisConfig::builder()
         .with_url(format!(
             "rediss://localhost:{}/",
@@ -97,7 +97,7 @@ async fn rediss_refuses_a_certificate_for_another_host_name() -> TestResult {
     // Signed by the trusted CA, subject CN=localhost, but valid (subjectAltName) only for
     // another name: rustls checks the SAN and never falls back to the CN.
     let certs = TestCerts::generate_with_san("DNS:elsewhere.invalid")?;
-    let server = ServerOptions::new().tls(&certs)?.start()?;
+    let server = ServerOptions::new().with_tls(&certs)?.start()?;
     let tls_port = server.tls_port().unwrap();
     for host in ["localhost", "127.0.0.1"] {
         let config = RedisConfig::builder()

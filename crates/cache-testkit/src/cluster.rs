@@ -142,39 +142,39 @@ impl ClusterOptions {
     }
 
     /// How many primaries (at least 3, what `redis-cli --cluster create` needs).
-    pub fn masters(mut self, masters: usize) -> Self {
+    pub fn with_masters(mut self, masters: usize) -> Self {
         self.masters = masters;
         self
     }
 
     /// How many replicas per primary.
-    pub fn replicas_per_master(mut self, replicas: usize) -> Self {
+    pub fn with_replicas_per_master(mut self, replicas: usize) -> Self {
         self.replicas = replicas;
         self
     }
 
     /// `--cluster-node-timeout` (default 2 s): how long a node may be unreachable before
     /// it is considered failing and its replica takes over.
-    pub fn node_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_node_timeout(mut self, timeout: Duration) -> Self {
         self.node_timeout = timeout;
         self
     }
 
     /// Require `password` (`--requirepass`, and `--masterauth` for replication); the
     /// cluster's own queries and `redis-cli` authenticate with it.
-    pub fn requirepass(mut self, password: impl Into<String>) -> Self {
+    pub fn with_requirepass(mut self, password: impl Into<String>) -> Self {
         self.password = Some(password.into());
         self
     }
 
     /// Append one raw `redis-server` argument to every node.
-    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+    pub fn with_arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
         self
     }
 
     /// How long to wait for the cluster to become healthy (default 30 s).
-    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;
         self
     }
@@ -706,7 +706,7 @@ fn start_node(binary: &Path, options: &ClusterOptions) -> Result<RedisServer> {
         if bus_port == port {
             return Ok(None);
         }
-        let mut server_options = ServerOptions::new().args([
+        let mut server_options = ServerOptions::new().with_args([
             "--cluster-enabled".to_owned(),
             "yes".to_owned(),
             "--cluster-node-timeout".to_owned(),
@@ -721,10 +721,10 @@ fn start_node(binary: &Path, options: &ClusterOptions) -> Result<RedisServer> {
         ]);
         if let Some(password) = &options.password {
             server_options = server_options
-                .requirepass(password.clone())
-                .args(["--masterauth".to_owned(), password.clone()]);
+                .with_requirepass(password.clone())
+                .with_args(["--masterauth".to_owned(), password.clone()]);
         }
-        Ok(Some(server_options.args(options.args.iter().cloned())))
+        Ok(Some(server_options.with_args(options.args.iter().cloned())))
     })
 }
 
@@ -852,13 +852,13 @@ mod tests {
 
     #[test]
     fn options_debug_hides_the_password() {
-        let o = ClusterOptions::new().requirepass("hunter2");
+        let o = ClusterOptions::new().with_requirepass("hunter2");
         assert!(!format!("{o:?}").contains("hunter2"));
     }
 
     #[test]
     fn too_few_masters_is_an_error() {
-        let e = ClusterOptions::new().masters(2).start().err();
+        let e = ClusterOptions::new().with_masters(2).start().err();
         assert!(e.is_some());
     }
 }

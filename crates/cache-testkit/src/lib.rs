@@ -33,7 +33,7 @@
 //! let server = RedisServer::start()?;
 //! assert_eq!(server.cli(&["SET", "k", "v"])?.trim(), "OK");
 //!
-//! let locked = ServerOptions::new().requirepass("s3cret").start()?;
+//! let locked = ServerOptions::new().with_requirepass("s3cret").start()?;
 //! println!("{}", locked.url()); // redis://127.0.0.1:PORT/ (no password in it)
 //! # Ok(())
 //! # }

@@ -2,7 +2,7 @@
 //! (`redis-server FILE --sentinel`), all on free `127.0.0.1` ports, killed with the test
 //! process.
 //!
-//! The sentinels judge the master down after [`SentinelOptions::down_after`] (default 1 s)
+//! The sentinels judge the master down after [`SentinelOptions::with_down_after`] (default 1 s)
 //! and fail over to a replica; [`RedisSentinel::kill_master`] (`SIGKILL`) and
 //! [`RedisSentinel::wait_failover`] drive and observe that. Every sentinel announces
 //! `127.0.0.1`, so the addresses they hand out are reachable from the test.
@@ -79,31 +79,31 @@ impl SentinelOptions {
     }
 
     /// The name the sentinels monitor the master by.
-    pub fn master_name(mut self, name: impl Into<String>) -> Self {
+    pub fn with_master_name(mut self, name: impl Into<String>) -> Self {
         self.master_name = name.into();
         self
     }
 
     /// Replicas of the master (default 1; at least 1, or there is nothing to fail over to).
-    pub fn replicas(mut self, replicas: usize) -> Self {
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
         self.replicas = replicas;
         self
     }
 
     /// Sentinels (default 3; the quorum is a majority of them).
-    pub fn sentinels(mut self, sentinels: usize) -> Self {
+    pub fn with_sentinels(mut self, sentinels: usize) -> Self {
         self.sentinels = sentinels;
         self
     }
 
     /// `down-after-milliseconds` (default 1 s).
-    pub fn down_after(mut self, down_after: Duration) -> Self {
+    pub fn with_down_after(mut self, down_after: Duration) -> Self {
         self.down_after = down_after;
         self
     }
 
     /// `failover-timeout` (default 3 s).
-    pub fn failover_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_failover_timeout(mut self, timeout: Duration) -> Self {
         self.failover_timeout = timeout;
         self
     }
@@ -167,13 +167,13 @@ impl RedisSentinel {
             .map_err(|e| Error::new(format!("cannot create a temp dir for sentinels: {e}")))?;
         // Replicas sync at once (the default waits 5 s for more replicas to join).
         let fast_sync = ["--repl-diskless-sync-delay", "0"];
-        let master = ServerOptions::new().args(fast_sync).start()?;
+        let master = ServerOptions::new().with_args(fast_sync).start()?;
         let master_port = master.port();
         let mut nodes = vec![master];
         for _ in 0..options.replicas {
             let replica = ServerOptions::new()
-                .args(fast_sync)
-                .args([
+                .with_args(fast_sync)
+                .with_args([
                     "--replicaof".to_owned(),
                     "127.0.0.1".to_owned(),
                     master_port.to_string(),
@@ -416,9 +416,9 @@ fn start_sentinel(
             .map_err(|e| Error::new(format!("cannot write {}: {e}", path.display())))?;
         Ok(Some(
             ServerOptions::new()
-                .config_file(path)
-                .arg("--sentinel")
-                .ready_line(SENTINEL_READY_LINE),
+                .with_config_file(path)
+                .with_arg("--sentinel")
+                .with_ready_line(SENTINEL_READY_LINE),
         ))
     })
 }
@@ -466,7 +466,7 @@ mod tests {
 
     #[test]
     fn a_group_needs_a_replica() {
-        let err = SentinelOptions::new().replicas(0).start().err();
+        let err = SentinelOptions::new().with_replicas(0).start().err();
         assert!(err.is_some());
     }
 }

@@ -51,13 +51,13 @@ impl ServerOptions {
     }
 
     /// Append one raw `redis-server` argument (`"--maxmemory"`, `"10mb"`, ...).
-    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+    pub fn with_arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
         self
     }
 
     /// Append raw `redis-server` arguments.
-    pub fn args<I, S>(mut self, args: I) -> Self
+    pub fn with_args<I, S>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -68,7 +68,7 @@ impl ServerOptions {
 
     /// Require `password` for the `default` user (`--requirepass`). [`RedisServer::cli`]
     /// then authenticates with it.
-    pub fn requirepass(mut self, password: impl Into<String>) -> Self {
+    pub fn with_requirepass(mut self, password: impl Into<String>) -> Self {
         let password = password.into();
         self.args.push("--requirepass".to_owned());
         self.args.push(password.clone());
@@ -81,7 +81,7 @@ impl ServerOptions {
     /// Add an ACL user from a rule line, as in `redis.conf`'s `user` directive, for example
     /// `"alice on >s3cret ~* &* +@all"`. The line is split on whitespace (each word becomes
     /// one argument), so passwords in it cannot contain spaces.
-    pub fn acl_user(mut self, rule: &str) -> Self {
+    pub fn with_acl_user(mut self, rule: &str) -> Self {
         self.args.push("--user".to_owned());
         self.args.extend(rule.split_whitespace().map(str::to_owned));
         self
@@ -89,14 +89,14 @@ impl ServerOptions {
 
     /// The credentials [`RedisServer::cli`] uses (`--user` / `--pass`); `user = None` means
     /// the `default` user.
-    pub fn cli_auth(mut self, user: Option<&str>, password: impl Into<String>) -> Self {
+    pub fn with_cli_auth(mut self, user: Option<&str>, password: impl Into<String>) -> Self {
         self.cli_auth = Some((user.map(str::to_owned), password.into()));
         self
     }
 
     /// How long to wait for the server to answer `PING` (default
     /// [`DEFAULT_STARTUP_TIMEOUT`]).
-    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = Some(timeout);
         self
     }
@@ -104,7 +104,7 @@ impl ServerOptions {
     /// Also serve TLS on another free port (see [`RedisServer::tls_port`]) with `certs`; the
     /// plain port stays open (readiness checks and [`RedisServer::cli`] use it). Clients are
     /// not asked for certificates.
-    pub fn tls(mut self, certs: &TestCerts) -> Result<Self> {
+    pub fn with_tls(mut self, certs: &TestCerts) -> Result<Self> {
         let port = free_port()?;
         self.tls_port = Some(port);
         let path = |p: &Path| p.to_string_lossy().into_owned();
@@ -123,12 +123,12 @@ impl ServerOptions {
         Ok(self)
     }
 
-    /// Like [`ServerOptions::tls`], but the TLS port requires a client certificate signed by
+    /// Like [`ServerOptions::with_tls`], but the TLS port requires a client certificate signed by
     /// the CA of `certs` (`tls-auth-clients yes`, mutual TLS): a client without one is refused
     /// during the handshake. [`TestCerts::client_cert`] / [`TestCerts::client_key`] are
     /// accepted.
     pub fn tls_requiring_client_certs(self, certs: &TestCerts) -> Result<Self> {
-        let mut options = self.tls(certs)?;
+        let mut options = self.with_tls(certs)?;
         if let Some(last) = options.args.last_mut() {
             "yes".clone_into(last);
         }
@@ -137,14 +137,14 @@ impl ServerOptions {
 
     /// Read this config file first (`redis-server FILE ...`: Redis takes a config file only
     /// as its first argument). Sentinels need one: they rewrite it with what they learn.
-    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
+    pub fn with_config_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.config_file = Some(path.into());
         self
     }
 
     /// The log line that tells the server is up (default "Ready to accept connections"; a
     /// sentinel logs "+monitor master" instead). Only a new one counts, as for the default.
-    pub fn ready_line(mut self, line: impl Into<String>) -> Self {
+    pub fn with_ready_line(mut self, line: impl Into<String>) -> Self {
         self.ready_line = Some(line.into());
         self
     }
@@ -246,7 +246,7 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    /// The TLS port, when started with [`ServerOptions::tls`].
+    /// The TLS port, when started with [`ServerOptions::with_tls`].
     pub fn tls_port(&self) -> Option<u16> {
         self.options.tls_port
     }
@@ -535,7 +535,7 @@ mod tests {
 
     #[test]
     fn options_debug_hides_arguments() {
-        let options = ServerOptions::new().requirepass("hunter2");
+        let options = ServerOptions::new().with_requirepass("hunter2");
         assert!(!format!("{options:?}").contains("hunter2"));
     }
 }

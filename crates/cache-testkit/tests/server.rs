@@ -111,7 +111,7 @@ fn restart_a_stopped_server() -> Result<()> {
 
 #[test]
 fn requirepass_server_refuses_anonymous_clients() -> Result<()> {
-    let server = ServerOptions::new().requirepass("s3cret-pw").start()?;
+    let server = ServerOptions::new().with_requirepass("s3cret-pw").start()?;
     let reply = raw(&server, "GET k", Duration::from_secs(5)).unwrap();
     assert!(reply.starts_with("-NOAUTH"), "{reply}");
     // cli() authenticates with the configured password.
@@ -123,8 +123,8 @@ fn requirepass_server_refuses_anonymous_clients() -> Result<()> {
 #[test]
 fn acl_user_lines_are_applied() -> Result<()> {
     let server = ServerOptions::new()
-        .acl_user("alice on >alice-pw ~* &* +@all")
-        .cli_auth(Some("alice"), "alice-pw")
+        .with_acl_user("alice on >alice-pw ~* &* +@all")
+        .with_cli_auth(Some("alice"), "alice-pw")
         .start()?;
     assert_eq!(server.cli(&["ACL", "WHOAMI"])?.trim(), "alice");
     Ok(())
@@ -133,8 +133,8 @@ fn acl_user_lines_are_applied() -> Result<()> {
 #[test]
 fn bad_arguments_fail_with_the_log() {
     let err = ServerOptions::new()
-        .arg("--no-such-option")
-        .arg("1")
+        .with_arg("--no-such-option")
+        .with_arg("1")
         .start()
         .unwrap_err();
     assert!(err.to_string().contains("exited during startup"), "{err}");
@@ -152,7 +152,7 @@ fn shared_server_is_one_per_binary() -> Result<()> {
 #[test]
 fn tls_port_serves_tls() -> Result<()> {
     let certs = cache_testkit::TestCerts::generate()?;
-    let server = ServerOptions::new().tls(&certs)?.start()?;
+    let server = ServerOptions::new().with_tls(&certs)?.start()?;
     let tls_port = server.tls_port().unwrap();
     assert_ne!(tls_port, server.port());
     // The plain port still answers; the TLS one speaks TLS (redis-cli --tls with our CA).

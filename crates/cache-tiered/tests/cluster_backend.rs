@@ -588,7 +588,7 @@ async fn resharding_under_load_leaves_no_stale_value() -> TestResult {
     let cluster = Arc::new(
         blocking(|| {
             cache_testkit::ClusterOptions::new()
-                .replicas_per_master(0)
+                .with_replicas_per_master(0)
                 .start()
         })
         .await?,

@@ -377,7 +377,7 @@ async fn every_operation(server: &RedisServer, user: &str, ns: &str) -> TestResu
 async fn tenant_acl_user_runs_every_operation() -> TestResult {
     capture();
     let server = ServerOptions::new()
-        .acl_user(&format!("{TENANT} on >{SENTINEL} {RULES_SIMPLE}"))
+        .with_acl_user(&format!("{TENANT} on >{SENTINEL} {RULES_SIMPLE}"))
         .start()?;
     every_operation(&server, TENANT, "ops").await?;
     let denied = acl_log(&server);
@@ -389,7 +389,7 @@ async fn tenant_acl_user_runs_every_operation() -> TestResult {
 async fn minimal_acl_rule_set_runs_every_operation() -> TestResult {
     capture();
     let server = ServerOptions::new()
-        .acl_user(&format!("{TENANT} on >{SENTINEL} {RULES_MINIMAL}"))
+        .with_acl_user(&format!("{TENANT} on >{SENTINEL} {RULES_MINIMAL}"))
         .start()?;
     // Redis 7.2+ only; an error on older servers is expected.
     let _ = server.cli(&["ACL", "SETUSER", TENANT, "+client|setinfo"]);
@@ -403,7 +403,7 @@ async fn minimal_acl_rule_set_runs_every_operation() -> TestResult {
 async fn tenant_acl_user_is_confined_to_its_prefix() -> TestResult {
     capture();
     let server = ServerOptions::new()
-        .acl_user(&format!("{TENANT} on >{SENTINEL} {RULES_SIMPLE}"))
+        .with_acl_user(&format!("{TENANT} on >{SENTINEL} {RULES_SIMPLE}"))
         .start()?;
     server.cli(&["SET", "tenantB:ns:secret", "b"])?;
     // The same user with another tenant's prefix: every L2 call is refused, typed Auth.
@@ -449,7 +449,7 @@ async fn an_authorisation_error_does_not_open_the_breaker() -> TestResult {
     use cache_tiered::core::{BreakerConfig, BreakerStore, CircuitBreaker};
     capture();
     let server = ServerOptions::new()
-        .acl_user(&format!("{TENANT} on >{SENTINEL} {RULES_MINIMAL} -get"))
+        .with_acl_user(&format!("{TENANT} on >{SENTINEL} {RULES_MINIMAL} -get"))
         .start()?;
     let store = RedisStore::connect(tenant_config(&server, TENANT)).await?;
     let breaker = Arc::new(CircuitBreaker::new(
@@ -494,8 +494,8 @@ fn render_error(e: &(dyn std::error::Error + 'static)) -> String {
 async fn the_password_is_never_printed() -> TestResult {
     capture();
     let server = ServerOptions::new()
-        .requirepass(SENTINEL)
-        .acl_user(&format!("{TENANT} on >{SENTINEL} {RULES_SIMPLE}"))
+        .with_requirepass(SENTINEL)
+        .with_acl_user(&format!("{TENANT} on >{SENTINEL} {RULES_SIMPLE}"))
         .start()?;
     let port = server.port();
     let mut shown: Vec<String> = Vec::new();
@@ -662,8 +662,8 @@ async fn the_password_from_a_credentials_provider_is_never_printed() -> TestResu
     capture();
     let token = |generation: u32| format!("{SENTINEL}-token-{generation}");
     let server = ServerOptions::new()
-        .requirepass(SENTINEL)
-        .acl_user(&format!("{TENANT} on >{} {RULES_SIMPLE}", token(1)))
+        .with_requirepass(SENTINEL)
+        .with_acl_user(&format!("{TENANT} on >{} {RULES_SIMPLE}", token(1)))
         .start()?;
     let generation = Arc::new(AtomicU64::new(1));
     let failing = Arc::new(AtomicBool::new(false));

@@ -677,7 +677,7 @@ const CACHE_RULES: &str = "resetkeys ~tenantA:* resetchannels &tenantA:* -@all \
 async fn the_documented_acl_rules_run_the_durable_queue() -> TestResult {
     const PASSWORD: &str = "wb-acl-pa55";
     let server = cache_testkit::ServerOptions::new()
-        .acl_user(&format!("tenantA on >{PASSWORD} {CACHE_RULES} {WB_RULES}"))
+        .with_acl_user(&format!("tenantA on >{PASSWORD} {CACHE_RULES} {WB_RULES}"))
         .start()?;
     // Redis 7.2+ only (redis-rs announces itself); an error on older servers is expected.
     let _ = server.cli(&["ACL", "SETUSER", "tenantA", "+client|setinfo"]);
@@ -789,7 +789,7 @@ async fn a_refused_command_ends_flush_with_an_auth_error() -> TestResult {
     const PASSWORD: &str = "wb-refused-pa55";
     let rules = WB_RULES.replace("+xreadgroup ", "");
     let server = cache_testkit::ServerOptions::new()
-        .acl_user(&format!("tenantA on >{PASSWORD} {CACHE_RULES} {rules}"))
+        .with_acl_user(&format!("tenantA on >{PASSWORD} {CACHE_RULES} {rules}"))
         .start()?;
     let config = RedisConfig::builder()
         .with_url(server.url())
