@@ -59,9 +59,10 @@ fn main() -> ExitCode {
         Some("cluster") => cluster::cluster(&args[1..]),
         Some("package") => package::package(),
         Some("features") => package::features(),
+        Some("cycles") => cycles::check(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|sim|demo|examples|bench|redis|cluster|package|features>\n\
+                "usage: cargo xtask <test|sim|demo|examples|bench|redis|cluster|package|features|cycles>\n\
                  \n  test [--quick]   fmt, clippy, all tests (own Redis servers), examples;\
                  \n                   tests with required-features run with them, and the\
                  \n                   run fails if any test target was skipped\
@@ -79,7 +80,9 @@ fn main() -> ExitCode {
                  \n  package          cargo package (verified) of every publishable crate, in\
                  \n                   dependency order (the last step of test)\
                  \n  features         each library with no default features and with each\
-                 \n                   feature alone (cargo check, -D warnings)"
+                 \n                   feature alone (cargo check, -D warnings)\
+                 \n  cycles           no module of a library crate imports its way back to\
+                 \n                   itself (also a step of test)"
             );
             Err("no command".into())
         }
