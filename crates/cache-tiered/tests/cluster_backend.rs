@@ -158,7 +158,11 @@ async fn invalidations_reach_other_engines_over_cluster_pubsub() -> TestResult {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(cb.get("k").await?.as_deref(), Some(&1));
     assert!(cb.get_local("k").is_some());
-    assert_eq!(b.bus_stats().map(|s| s.losses), Some(0), "no loss so far");
+    // Deliveries are counted from here: the first set's message may have reached B already.
+    // A bus loss B detects (seen once before this point in a loaded CI run, 2 cores shared by
+    // 37 tests) flushes its L1; the count below still proves that this write's message arrived.
+    let received_before = b.bus_stats().map(|s| s.received_keys).unwrap_or(0);
+    let losses_before = b.bus_stats().map(|s| s.losses).unwrap_or(0);
     ca.set("k", 2).await?;
     let started = Instant::now();
     while cb.get_local("k").is_some() {
@@ -172,10 +176,18 @@ async fn invalidations_reach_other_engines_over_cluster_pubsub() -> TestResult {
         "invalidation over cluster pub/sub took {:?}",
         started.elapsed()
     );
+    let stats = b.bus_stats();
     assert!(
-        b.bus_stats().map(|s| s.received_keys).unwrap_or(0) >= 1,
-        "dropped by the invalidation message"
+        stats.as_ref().map(|s| s.received_keys).unwrap_or(0) > received_before,
+        "A's invalidation message reached B"
     );
+    let losses = stats.map(|s| s.losses).unwrap_or(0);
+    if losses != losses_before {
+        eprintln!(
+            "B detected {} bus loss(es) during the test",
+            losses - losses_before
+        );
+    }
     assert_eq!(cb.get("k").await?.as_deref(), Some(&2));
     Ok(())
 }
