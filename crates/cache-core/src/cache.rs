@@ -47,7 +47,7 @@ pub use builder::CacheBuilder;
 use config::check_ttls;
 pub use config::CacheConfig;
 use entry::Prepared;
-use flight::{spawn, wait, FlightGuard};
+use flight::{spawn, FlightGuard};
 use span::SpanKind;
 
 /// Bytes charged per L1 entry on top of its encoded size (key, bookkeeping, allocator).

@@ -72,10 +72,6 @@ where
     }
 }
 
-pub(super) async fn wait<V: Send + Sync>(rx: Flight<V>) -> Shared<V> {
-    rx.wait().await
-}
-
 pub(super) fn spawn<F>(span: tracing::Span, fut: F) -> Result<()>
 where
     F: Future<Output = ()> + Send + 'static,

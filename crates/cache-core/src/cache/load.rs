@@ -208,13 +208,12 @@ where
                     (rx.clone(), true)
                 }
                 None => {
-                    let tx = Flight::new();
-                    let rx = tx.clone();
+                    let rx = Flight::new();
                     map.insert(key.to_owned(), rx.clone());
                     drop(map);
                     self.start_flight(
                         key,
-                        tx,
+                        rx.clone(),
                         full,
                         *options,
                         loader,
@@ -254,7 +253,7 @@ where
         };
         let config = &self.inner.config;
         let started = Instant::now();
-        let mut pending = std::pin::pin!(wait(rx));
+        let mut pending = std::pin::pin!(rx.wait());
         if let (Some(soft), Some(value)) = (options.soft_timeout(config), &stale) {
             match tokio::time::timeout(soft, pending.as_mut()).await {
                 Ok(r) => return served(r),
@@ -318,8 +317,7 @@ where
         }
         let full = inner.keys.full(key)?;
         let tx = Flight::new();
-        let rx = tx.clone();
-        map.insert(key.to_owned(), rx);
+        map.insert(key.to_owned(), tx.clone());
         drop(map);
         bump(&inner.stats.early_refreshes);
         inner.observer.on_event(CacheEvent::EarlyRefresh);
@@ -374,8 +372,7 @@ where
             return Ok(false);
         }
         let tx = Flight::new();
-        let rx = tx.clone();
-        map.insert(key.to_owned(), rx);
+        map.insert(key.to_owned(), tx.clone());
         drop(map);
         self.start_flight(
             key,
