@@ -132,6 +132,27 @@ pub fn precise_now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The engine's time source: the default clock read inline (one atomic load on the hot
+/// path, no dynamic call), or a clock injected with [`crate::EngineBuilder::with_clock`].
+#[derive(Clone)]
+pub(crate) enum ClockSource {
+    /// [`SystemClock`], read without a trait object.
+    System,
+    /// An injected clock (tests, simulations).
+    Injected(std::sync::Arc<dyn Clock>),
+}
+
+impl ClockSource {
+    /// Milliseconds since the unix epoch.
+    #[inline]
+    pub(crate) fn now_ms(&self) -> u64 {
+        match self {
+            ClockSource::System => system_now_ms(),
+            ClockSource::Injected(c) => c.now_ms(),
+        }
+    }
+}
+
 /// A clock moved by hand, for deterministic tests.
 #[derive(Debug)]
 pub struct ManualClock {

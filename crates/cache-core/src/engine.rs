@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex, Weak};
 use crate::background::Background;
 use crate::breaker::{BreakerBus, BreakerConfig, CircuitBreaker};
 use crate::bus::{BusConfig, BusRuntime, BusStats, BusTransport};
-use crate::clock::{Clock, SystemClock};
-use crate::error::{Error, ErrorKind, Result};
+use crate::clock::{Clock, ClockSource};
+use crate::error::Result;
 use crate::key::validate_name;
-use crate::l1::{L1Stats, L1Store, NamespaceId};
+use crate::l1::{L1Stats, L1Store, L1Tier, NamespaceId, QuickL1};
 use crate::layer::{BreakerLayer, L2Layer, LayerContext};
 use crate::observer::{NoopObserver, Observer};
 use crate::policy::{RandomSource, ThreadRandom};
@@ -37,12 +37,9 @@ pub struct ShutdownReport {
 /// What every typed cache of an engine shares.
 pub(crate) struct EngineInner {
     pub(crate) prefix: String,
-    pub(crate) l1: Arc<dyn L1Store>,
+    pub(crate) l1: L1Tier,
     pub(crate) l2: Option<Arc<dyn RemoteStore>>,
-    pub(crate) clock: Arc<dyn Clock>,
-    /// False when a clock was injected: the hot path then calls it instead of reading the
-    /// system clock inline.
-    pub(crate) system_clock: bool,
+    pub(crate) clock: ClockSource,
     pub(crate) observer: Arc<dyn Observer>,
     pub(crate) random: Arc<dyn RandomSource>,
     pub(crate) bus: Option<Arc<BusRuntime>>,
@@ -68,10 +65,9 @@ pub(crate) struct NsEntry {
 /// ```
 /// # use std::sync::Arc;
 /// # use cache_core::{Engine, MemoryStore};
-/// # fn l1() -> Arc<dyn cache_core::L1Store> { unimplemented!() }
 /// # fn demo() -> cache_core::Result<()> {
 /// let engine = Engine::builder("app")
-///     .with_l1(l1())
+///     .with_l1_capacity_bytes(64 << 20)
 ///     .with_l2(Arc::new(MemoryStore::new()))
 ///     .build()?;
 /// # Ok(()) }
@@ -161,9 +157,9 @@ impl Engine {
         EngineBuilder {
             prefix: prefix.into(),
             l1: None,
+            l1_capacity_bytes: cache_l1::DEFAULT_CAPACITY_BYTES,
             l2: None,
-            clock: Arc::new(SystemClock),
-            system_clock: true,
+            clock: ClockSource::System,
             observer: Arc::new(NoopObserver),
             random: Arc::new(ThreadRandom),
             bus: None,
@@ -188,8 +184,15 @@ impl Engine {
         self.inner.l2.as_ref()
     }
 
-    /// The shared L1 store.
-    pub fn l1(&self) -> &Arc<dyn L1Store> {
+    /// The shared L1 store, as a trait object (for gauges and inspection; the engine itself
+    /// calls the default store directly).
+    pub fn l1_store(&self) -> Arc<dyn L1Store> {
+        self.inner.l1.store()
+    }
+
+    /// The shared L1 tier.
+    #[inline]
+    pub(crate) fn l1(&self) -> &L1Tier {
         &self.inner.l1
     }
 
@@ -278,10 +281,10 @@ impl Engine {
 /// Builds an [`Engine`].
 pub struct EngineBuilder {
     prefix: String,
-    l1: Option<Arc<dyn L1Store>>,
+    l1: Option<L1Tier>,
+    l1_capacity_bytes: u64,
     l2: Option<Arc<dyn RemoteStore>>,
-    clock: Arc<dyn Clock>,
-    system_clock: bool,
+    clock: ClockSource,
     observer: Arc<dyn Observer>,
     random: Arc<dyn RandomSource>,
     bus: Option<Arc<dyn BusTransport>>,
@@ -306,9 +309,25 @@ impl fmt::Debug for EngineBuilder {
 }
 
 impl EngineBuilder {
-    /// The in-process tier (required).
-    pub fn with_l1(mut self, l1: Arc<dyn L1Store>) -> Self {
-        self.l1 = Some(l1);
+    /// The in-process tier: a [`QuickL1`] (shared with other engines when the same `Arc` is
+    /// passed to each). Without one the engine makes its own of
+    /// [`EngineBuilder::with_l1_capacity_bytes`] (default 128 MiB).
+    pub fn with_l1(mut self, l1: Arc<QuickL1>) -> Self {
+        self.l1 = Some(L1Tier::Quick(l1));
+        self
+    }
+
+    /// The byte budget of the L1 store the engine makes when none was given with
+    /// [`EngineBuilder::with_l1`] (default 128 MiB).
+    pub fn with_l1_capacity_bytes(mut self, bytes: u64) -> Self {
+        self.l1_capacity_bytes = bytes;
+        self
+    }
+
+    /// Any other in-process store (a wrapper for tests or instrumentation): every L1 hit then
+    /// pays a dynamic call, which the default [`QuickL1`] does not.
+    pub fn with_custom_l1(mut self, l1: Arc<dyn L1Store>) -> Self {
+        self.l1 = Some(L1Tier::Custom(l1));
         self
     }
 
@@ -320,8 +339,7 @@ impl EngineBuilder {
 
     /// The clock (tests inject a [`crate::ManualClock`]).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self.system_clock = false;
+        self.clock = ClockSource::Injected(clock);
         self
     }
 
@@ -401,12 +419,11 @@ impl EngineBuilder {
     /// Build the engine.
     pub fn build(self) -> Result<Engine> {
         validate_name("prefix", &self.prefix)?;
-        let l1 = self.l1.ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidConfig,
-                "an L1 store is required (with_l1)",
-            )
-        })?;
+        let l1 = self.l1.unwrap_or_else(|| {
+            L1Tier::Quick(Arc::new(QuickL1::with_capacity_bytes(
+                self.l1_capacity_bytes,
+            )))
+        });
         let mut layers: Vec<Arc<dyn L2Layer>> = match self.layers {
             Some(layers) => layers,
             None => self
@@ -454,7 +471,6 @@ impl EngineBuilder {
                 l1,
                 l2,
                 clock: self.clock,
-                system_clock: self.system_clock,
                 observer: self.observer,
                 random: self.random,
                 bus,
@@ -528,11 +544,7 @@ impl EngineInner {
     /// Now, in unix ms: the clock thread's reading inline, or the injected clock.
     #[inline]
     pub(crate) fn now_ms(&self) -> u64 {
-        if self.system_clock {
-            crate::clock::system_now_ms()
-        } else {
-            self.clock.now_ms()
-        }
+        self.clock.now_ms()
     }
 }
 

@@ -3,7 +3,8 @@
 //! The contracts and the tiered engine of tiercache, a two-tier cache (in-process L1,
 //! Redis L2) in front of a slow source of truth.
 //!
-//! - [`L1Store`]: the synchronous in-process tier (implemented by `cache-l1`).
+//! - [`QuickL1`]: the synchronous in-process tier (from `cache-l1`), held by its concrete
+//!   type; [`L1Store`] for any other store (tests, instrumentation).
 //! - [`RemoteStore`]: the async remote tier, bytes in / bytes out (`cache-redis`, and the
 //!   in-memory [`MemoryStore`] for tests and running without Redis).
 //! - [`Codec`]: typed values to bytes (`cache-codec`).
@@ -57,7 +58,7 @@ pub use engine::{Engine, EngineBuilder, ShutdownReport};
 pub use error::{Error, ErrorKind, Result};
 pub use header::{Header, HeaderError};
 pub use key::{KeySpace, DEFAULT_MAX_KEY_LEN, MAX_NAME_LEN};
-pub use l1::{L1Entry, L1Stats, L1Store, NamespaceId};
+pub use l1::{L1Entry, L1Stats, L1Store, NamespaceId, QuickL1};
 pub use layer::{BreakerLayer, L2Layer, LayerContext, TimeoutLayer};
 pub use observer::{CacheEvent, CacheObserver, L2Op, NoopObserver, Observer, Tier};
 pub use options::{CallOptions, LoadContext, Loaded};

@@ -65,7 +65,7 @@ pub(crate) fn engine(
 ) -> Result<(Engine, Arc<MemoryBusHandle>)> {
     let handle = bus.attach();
     let engine = Engine::builder("rc")
-        .with_l1(Arc::new(MapL1::default()))
+        .with_custom_l1(Arc::new(MapL1::default()))
         .with_l2(store.clone())
         .with_clock(clock.clone())
         .with_bus(handle.clone())

@@ -5,9 +5,12 @@
 //! size + per-entry overhead), per-entry expiry kept beside the value (quick_cache has none),
 //! and counters.
 //!
+//! The engine of `cache-core` holds a [`QuickL1`] by its concrete type, so an L1 hit makes
+//! no dynamic call; the [`L1Store`] trait remains for stores that wrap or replace it (tests,
+//! instrumentation), whose hits do.
+//!
 //! ```
-//! use cache_core::L1Store;
-//! use cache_l1::QuickL1;
+//! use cache_l1::{L1Store, QuickL1};
 //!
 //! let l1 = QuickL1::with_capacity_bytes(64 * 1024 * 1024);
 //! assert_eq!(l1.stats().entries, 0);
@@ -17,7 +20,9 @@
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cache_core::{L1Entry, L1Stats, L1Store, NamespaceId};
+mod contract;
+
+pub use contract::{L1Entry, L1Stats, L1Store, NamespaceId};
 use quick_cache::sync::Cache;
 use quick_cache::{Equivalent, Lifecycle, Weighter};
 
@@ -185,14 +190,14 @@ impl L1Store for QuickL1 {
 
     fn stats(&self) -> L1Stats {
         let expired = self.expired.load(Ordering::Relaxed);
-        let mut s = L1Stats::default();
-        s.hits = self.cache.hits().saturating_sub(expired);
-        s.misses = self.cache.misses() + expired;
-        s.evictions = self.evictions.load(Ordering::Relaxed);
-        s.entries = self.cache.len() as u64;
-        s.bytes = self.cache.weight();
-        s.capacity_bytes = self.capacity;
-        s
+        L1Stats {
+            hits: self.cache.hits().saturating_sub(expired),
+            misses: self.cache.misses() + expired,
+            evictions: self.evictions.load(Ordering::Relaxed),
+            entries: self.cache.len() as u64,
+            bytes: self.cache.weight(),
+            capacity_bytes: self.capacity,
+        }
     }
 }
 

@@ -112,7 +112,7 @@ pub fn record_l1(engine: &str, stats: &L1Stats) {
 /// Update the L1 gauges of `engine` (label `engine` = its prefix) every `every` through the
 /// global recorder. See [`L1Gauges::spawn`].
 pub fn spawn_l1_gauges(engine: &Engine, every: Duration) -> Result<L1GaugeTask> {
-    L1Gauges::new(engine.prefix()).spawn(Arc::clone(engine.l1()), every)
+    L1Gauges::new(engine.prefix()).spawn(engine.l1_store(), every)
 }
 
 /// The task updating L1 gauges; dropping it stops the task.

@@ -117,7 +117,7 @@ impl MetricsObserver {
         every: std::time::Duration,
     ) -> Result<L1GaugeTask> {
         self.l1_gauges(engine.prefix())
-            .spawn(Arc::clone(engine.l1()), every)
+            .spawn(engine.l1_store(), every)
     }
 }
 

@@ -839,3 +839,34 @@ async fn a_dropped_read_does_not_wedge_the_others() -> TestResult {
     assert_eq!(store.get(&key).await?, Some(b"v".to_vec()));
     Ok(())
 }
+
+/// Writes of one key through one store keep their call order (100 writes made in order by one
+/// task, all in flight at once on the shared connection, end with the last), and 200
+/// concurrent writers each find their own value. Guards any future batching of writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sets_land_and_keep_their_order() -> TestResult {
+    let store = shared_store().await?;
+    let prefix = unique("cw");
+    let ttl = Duration::from_secs(60);
+    let writes = (0..200).map(|i| {
+        let (store, key) = (store.clone(), format!("{prefix}:{i}"));
+        tokio::spawn(async move { store.set(&key, format!("v{i}").into_bytes(), ttl).await })
+    });
+    for write in futures::future::join_all(writes).await {
+        write??;
+    }
+    for i in 0..200 {
+        assert_eq!(
+            store.get(&format!("{prefix}:{i}")).await?,
+            Some(format!("v{i}").into_bytes()),
+            "key {i}"
+        );
+    }
+    let key = format!("{prefix}:order");
+    let ordered = (0..100).map(|n| store.set(&key, n.to_string().into_bytes(), ttl));
+    for r in futures::future::join_all(ordered).await {
+        r?;
+    }
+    assert_eq!(store.get(&key).await?, Some(b"99".to_vec()));
+    Ok(())
+}

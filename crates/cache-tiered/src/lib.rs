@@ -370,8 +370,8 @@ impl Builder {
             },
             other => other,
         };
-        let l1: Arc<dyn L1Store> = Arc::new(QuickL1::with_capacity_bytes(self.l1_capacity_bytes));
-        let mut b = Engine::builder(self.prefix.clone()).with_l1(l1);
+        let mut b =
+            Engine::builder(self.prefix.clone()).with_l1_capacity_bytes(self.l1_capacity_bytes);
         let request = L2Request::new(self.prefix.clone()).with_tracking(self.tracking);
         let parts: Option<L2Parts> = match self.l2 {
             L2::None | L2::Url(_) | L2::Env => None,

@@ -1055,7 +1055,7 @@ async fn an_invalidation_between_the_epoch_check_and_the_insert_wins() -> TestRe
         delay: Duration::from_millis(300),
     });
     let a_engine = Engine::builder("c-slow-insert")
-        .with_l1(l1.clone())
+        .with_custom_l1(l1.clone())
         .with_l2(store.clone())
         .with_bus(bus.attach())
         .with_bus_config(BusConfig::default().with_heartbeat(Duration::from_millis(50)))

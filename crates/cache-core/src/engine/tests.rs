@@ -14,7 +14,7 @@ use crate::Engine;
 
 fn engine(store: &Arc<MemoryStore>, bus: Option<&Arc<MemoryBus>>) -> Result<Engine> {
     let mut b = Engine::builder("et")
-        .with_l1(Arc::new(MapL1::default()))
+        .with_custom_l1(Arc::new(MapL1::default()))
         .with_l2(store.clone());
     if let Some(bus) = bus {
         b = b.with_bus(bus.attach());
@@ -80,7 +80,7 @@ async fn a_full_background_queue_writes_in_the_foreground() -> Result<()> {
     let store = Arc::new(MemoryStore::new());
     store.set_latency(Duration::from_millis(5));
     let e = Engine::builder("et-full")
-        .with_l1(Arc::new(MapL1::default()))
+        .with_custom_l1(Arc::new(MapL1::default()))
         .with_l2(store.clone())
         .with_background_writes(1)
         .build()?;
@@ -98,7 +98,7 @@ async fn a_full_background_queue_writes_in_the_foreground() -> Result<()> {
     e.shutdown(Duration::from_secs(5)).await;
     let fresh = cache(
         &Engine::builder("et-full")
-            .with_l1(Arc::new(MapL1::default()))
+            .with_custom_l1(Arc::new(MapL1::default()))
             .with_l2(store.clone())
             .build()?,
     )?;
@@ -126,7 +126,7 @@ async fn the_default_stack_has_a_breaker_an_empty_one_has_none() -> Result<()> {
     for (layers, breaker) in [(None, true), (Some(Vec::new()), false)] {
         let store = Arc::new(MemoryStore::new());
         let mut b = Engine::builder("et-layers")
-            .with_l1(Arc::new(MapL1::default()))
+            .with_custom_l1(Arc::new(MapL1::default()))
             .with_l2(store.clone());
         if let Some(layers) = layers {
             b = b.with_l2_layers(layers);
@@ -148,7 +148,7 @@ async fn a_timeout_layer_on_top_bounds_every_call() -> Result<()> {
     store.set_latency(Duration::from_millis(200));
     let layer: Arc<dyn L2Layer> = Arc::new(TimeoutLayer::new(Duration::from_millis(10))?);
     let e = Engine::builder("et-timeout")
-        .with_l1(Arc::new(MapL1::default()))
+        .with_custom_l1(Arc::new(MapL1::default()))
         .with_l2(store.clone())
         .with_l2_layer(layer)
         .build()?;
