@@ -14,16 +14,50 @@ use redis::cluster_read_routing::{
     ClusterTopology, ReadCandidates, ReadRoutingStrategy, ReadRoutingStrategyFactory,
 };
 
+/// How many read queues a store keeps (one per primary, up to this many; primaries beyond
+/// share them).
+pub(crate) const READ_QUEUES: usize = 16;
+
 /// The latest topology redis-rs reported (shared by every strategy instance of a client).
 #[derive(Debug, Default)]
 pub(crate) struct TopologyCache {
     current: RwLock<Option<ClusterTopology>>,
+    /// The read queue of each slot: its primary's position among the primaries, modulo
+    /// [`READ_QUEUES`] (empty until the topology is known: every slot then uses queue 0).
+    queues: RwLock<Vec<u8>>,
 }
 
 impl TopologyCache {
     fn set(&self, topology: ClusterTopology) {
-        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
-        *current = Some(topology);
+        let mut primaries: Vec<NodeAddress> = Vec::new();
+        let queues: Vec<u8> = (0..crate::slot::SLOT_COUNT)
+            .map(|slot| match topology.shard_for_slot(slot) {
+                Some(shard) => {
+                    let primary = shard.primary();
+                    let at = match primaries.iter().position(|p| p == primary) {
+                        Some(at) => at,
+                        None => {
+                            primaries.push(primary.clone());
+                            primaries.len() - 1
+                        }
+                    };
+                    (at % READ_QUEUES) as u8
+                }
+                None => 0,
+            })
+            .collect();
+        {
+            let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+            *current = Some(topology);
+        }
+        *self.queues.write().unwrap_or_else(|p| p.into_inner()) = queues;
+    }
+
+    /// The read queue of `slot` (see [`READ_QUEUES`]).
+    #[inline]
+    pub(crate) fn read_queue(&self, slot: u16) -> usize {
+        let queues = self.queues.read().unwrap_or_else(|p| p.into_inner());
+        queues.get(usize::from(slot)).map_or(0, |q| usize::from(*q))
     }
 
     /// The primary serving `slot`, when known.

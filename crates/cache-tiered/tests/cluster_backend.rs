@@ -486,7 +486,46 @@ async fn stopped_primary_costs_at_most_the_response_timeout() -> TestResult {
         move || Ok(c.master_for_slot(slot)?.port)
     })
     .await?;
+    // Keys whose primary is not the frozen one.
+    let healthy: Vec<String> = blocking({
+        let c = cluster.clone();
+        move || {
+            let mut found = Vec::new();
+            for i in 0..1_000 {
+                let k = format!("healthy:{i}");
+                if c.master_for_slot(cache_cluster::slot(k.as_bytes()))?.port != victim {
+                    found.push(k);
+                }
+                if found.len() == 5 {
+                    break;
+                }
+            }
+            Ok(found)
+        }
+    })
+    .await?;
     cluster.stop(victim)?;
+    // A read stuck on the frozen primary does not hold back reads of the other primaries:
+    // each primary has its own read queue. Failed before (one queue per store): the healthy
+    // reads waited behind the stuck one until its response timeout (~300 ms).
+    let stuck = {
+        let store = store.clone();
+        tokio::spawn(async move { store.get("stop:0").await })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    for k in &healthy {
+        let t = Instant::now();
+        store.get(k).await?;
+        assert!(
+            t.elapsed() < Duration::from_millis(150),
+            "a read of {k} (healthy primary) took {:?} behind a read stuck on the frozen one",
+            t.elapsed()
+        );
+    }
+    assert!(
+        stuck.await?.is_err(),
+        "the read of the frozen primary failed"
+    );
     let slowest = Arc::new(Mutex::new(Vec::<(Duration, &'static str)>::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Seen::default());

@@ -25,7 +25,7 @@ use cache_core::Result;
 #[cfg(doc)]
 use cache_core::{ErrorKind, RemoteStore};
 use cache_redis::support::{
-    ErrorContext, ProviderAuth, Reads, SET_IF_LEASE_LUA, TAG_ADD_LUA, TAG_TAKE_LUA,
+    ErrorContext, ProviderAuth, SET_IF_LEASE_LUA, TAG_ADD_LUA, TAG_TAKE_LUA,
 };
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -87,8 +87,8 @@ pub struct ClusterStore {
 }
 
 pub(crate) struct Inner {
-    /// Single-key reads in flight and queued (coalesced, see `get`).
-    reads: Reads,
+    /// Single-key reads in flight and queued, per primary (coalesced, see `get`).
+    reads: coalesce::ReadQueues,
     pub(crate) config: ClusterConfig,
     pub(crate) seeds: Seeds,
     pub(crate) ctx: Arc<ErrorContext>,
@@ -180,7 +180,7 @@ impl ClusterStore {
         Ok(ClusterStore {
             conn,
             inner: Arc::new(Inner {
-                reads: Reads::default(),
+                reads: coalesce::ReadQueues::default(),
                 lease_script: LuaScript::new(SET_IF_LEASE_LUA),
                 tag_add_script: LuaScript::new(TAG_ADD_LUA),
                 tag_take_script: LuaScript::new(TAG_TAKE_LUA),

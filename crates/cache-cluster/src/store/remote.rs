@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cache_core::{Error, ErrorKind, LeaseFill, RemoteEntry, RemoteStore, Result};
-use cache_redis::support::{coalesced_read, glob_escape, ttl_ms};
+use cache_redis::support::{glob_escape, ttl_ms};
 use futures::future::join_all;
 use redis::{RedisError, RedisResult, Value};
 
@@ -28,12 +28,12 @@ impl RemoteStore for ClusterStore {
         self.inner.config.max_value_size
     }
 
-    /// A `GET`, coalesced with this store's other single-key reads: sent at once when no read
-    /// is in flight, else queued and sent with the others as one slot-grouped batch (one
-    /// pipeline per primary, see [`RemoteStore::get_many`]) when the read in flight is
+    /// A `GET`, coalesced with the other single-key reads of this store for the same primary:
+    /// sent at once when no read to that primary is in flight, else queued and sent with the
+    /// others as one batch (see [`RemoteStore::get_many`]) when the read in flight is
     /// answered. Bounded by `response_timeout` from the call, queue time included.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        coalesced_read(self, key).await
+        self.coalesced_get(key).await
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
