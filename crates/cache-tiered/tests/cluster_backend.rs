@@ -517,7 +517,7 @@ async fn stopped_primary_costs_at_most_the_response_timeout() -> TestResult {
         let t = Instant::now();
         store.get(k).await?;
         assert!(
-            t.elapsed() < Duration::from_millis(150),
+            t.elapsed() < Duration::from_millis(200),
             "a read of {k} (healthy primary) took {:?} behind a read stuck on the frozen one",
             t.elapsed()
         );
