@@ -28,6 +28,7 @@ use crate::options::{CallOptions, LoadContext, Loaded, Outcome, DEFAULT_OPTIONS}
 use crate::policy::{NoRefresh, RefreshPolicy};
 use crate::recovery::Replay;
 use crate::remote::{check_value_size, LeaseFill, RemoteEntry};
+use crate::waiters::Wakers;
 
 mod batch;
 mod builder;

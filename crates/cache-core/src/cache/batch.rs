@@ -72,11 +72,13 @@ where
             let kept = stale.clone();
             spawn(span, async move {
                 let results = inner.fill_many(keys, loader, kept).await;
-                guard.finish(|k| {
-                    results.get(k).cloned().unwrap_or_else(|| {
-                        Err(Error::new(ErrorKind::Closed, "batch load lost a key"))
+                guard
+                    .finish(|k| {
+                        results.get(k).cloned().unwrap_or_else(|| {
+                            Err(Error::new(ErrorKind::Closed, "batch load lost a key"))
+                        })
                     })
-                });
+                    .await;
             })?;
         }
         let results = futures::future::join_all(waits.into_iter().map(|(i, rx, joined)| {

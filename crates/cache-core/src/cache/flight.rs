@@ -29,20 +29,30 @@ where
         }
     }
 
-    pub(super) fn finish(mut self, result: impl Fn(&str) -> Shared<V>) {
+    /// Settle every waiter with `result`, waking them in arrival order, a chunk at a time
+    /// (see [`Wakers`]).
+    pub(super) async fn finish(mut self, result: impl Fn(&str) -> Shared<V>) {
         let flights = std::mem::take(&mut self.flights);
-        self.release(flights, result);
+        self.leave(&flights);
+        let mut wakers = Wakers::new(Vec::new());
+        for (k, tx) in flights {
+            wakers.extend(tx.publish_quietly(result(&k)));
+        }
+        wakers.wake_in_chunks().await;
+    }
+
+    /// Take the keys out of the in-flight map (a key that a newer load took over stays).
+    fn leave(&self, flights: &[(String, Flight<V>)]) {
+        let mut map = self.inner.lock_inflight();
+        for (k, tx) in flights {
+            if map.get(k).is_some_and(|rx| rx.same(tx)) {
+                map.remove(k);
+            }
+        }
     }
 
     fn release(&self, flights: Vec<(String, Flight<V>)>, result: impl Fn(&str) -> Shared<V>) {
-        {
-            let mut map = self.inner.lock_inflight();
-            for (k, tx) in &flights {
-                if map.get(k).is_some_and(|rx| rx.same(tx)) {
-                    map.remove(k);
-                }
-            }
-        }
+        self.leave(&flights);
         for (k, tx) in flights {
             let r = result(&k);
             tx.publish(r);

@@ -417,7 +417,7 @@ where
             let result = inner
                 .fill_one(key, full, options, loader, refresh, stale, &guard)
                 .await;
-            guard.finish(|_| result.clone());
+            guard.finish(|_| result.clone()).await;
         })
     }
 }
