@@ -33,30 +33,30 @@ where
     /// (see [`Wakers`]).
     pub(super) async fn finish(mut self, result: impl Fn(&str) -> Shared<V>) {
         let flights = std::mem::take(&mut self.flights);
-        self.leave(&flights);
+        self.release(flights, result).wake_in_chunks().await;
+    }
+
+    /// Take the keys out of the in-flight map (a key that a newer load took over stays), set
+    /// each one's result, and hand back its waiters to wake (dropped, [`Wakers`] wakes them
+    /// all at once).
+    fn release(
+        &self,
+        flights: Vec<(String, Flight<V>)>,
+        result: impl Fn(&str) -> Shared<V>,
+    ) -> Wakers {
+        {
+            let mut map = self.inner.lock_inflight();
+            for (k, tx) in &flights {
+                if map.get(k).is_some_and(|rx| rx.same(tx)) {
+                    map.remove(k);
+                }
+            }
+        }
         let mut wakers = Wakers::new(Vec::new());
         for (k, tx) in flights {
             wakers.extend(tx.publish_quietly(result(&k)));
         }
-        wakers.wake_in_chunks().await;
-    }
-
-    /// Take the keys out of the in-flight map (a key that a newer load took over stays).
-    fn leave(&self, flights: &[(String, Flight<V>)]) {
-        let mut map = self.inner.lock_inflight();
-        for (k, tx) in flights {
-            if map.get(k).is_some_and(|rx| rx.same(tx)) {
-                map.remove(k);
-            }
-        }
-    }
-
-    fn release(&self, flights: Vec<(String, Flight<V>)>, result: impl Fn(&str) -> Shared<V>) {
-        self.leave(&flights);
-        for (k, tx) in flights {
-            let r = result(&k);
-            tx.publish(r);
-        }
+        wakers
     }
 }
 
@@ -78,7 +78,8 @@ where
                 "the load was abandoned (runtime shutting down)",
             )
         };
-        self.release(flights, |_| Err(err.clone()));
+        // Dropped here: every waiter is woken at once (no task to yield from).
+        drop(self.release(flights, |_| Err(err.clone())));
     }
 }
 
