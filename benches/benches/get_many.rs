@@ -11,15 +11,12 @@
 //! Latency: the subjects run interleaved, one call each per round in rotating order, every
 //! call timed; p50/p99 over the rounds.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use benches::{sample_user, Latencies, Record, Role, User};
+use benches::{sample_user, BoxError, Latencies, Record, Role, User};
 use cache_tiered::{Cache, MsgPack};
 use redis::AsyncCommands;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const KEYS: usize = 100;
 
@@ -95,64 +92,46 @@ async fn latency<C: redis::aio::ConnectionLike + Clone + Send>(
 
 /// ops/s of 16 tasks doing L2 hits through `cache` (L1 dropped before each read).
 async fn l2_throughput(cache: &Cache<User, MsgPack>, run: Duration) -> Result<f64, BoxError> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut hs = Vec::new();
-    for t in 0..16 {
-        let (stop, count, cache) = (Arc::clone(&stop), Arc::clone(&count), cache.clone());
-        hs.push(tokio::spawn(async move {
+    let (counts, elapsed) = benches::run_tasks(16, run, |t, stop| {
+        let cache = cache.clone();
+        async move {
             let k = format!("tp:{t}");
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 cache.invalidate_local(&k);
                 if cache.get(&k).await?.is_none() {
-                    return Err::<(), BoxError>("miss".into());
+                    return Err("miss".into());
                 }
                 n += 1;
             }
-            count.fetch_add(n, Ordering::Relaxed);
-            Ok(())
-        }));
-    }
-    tokio::time::sleep(run).await;
-    stop.store(true, Ordering::Relaxed);
-    for h in hs {
-        h.await??;
-    }
-    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+            Ok(n)
+        }
+    })
+    .await?;
+    Ok(counts.iter().sum::<u64>() as f64 / elapsed.as_secs_f64())
 }
 
 async fn raw_cluster_throughput(
     con: &redis::cluster_async::ClusterConnection,
     run: Duration,
 ) -> Result<f64, BoxError> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut hs = Vec::new();
-    for t in 0..16 {
-        let (stop, count, mut con) = (Arc::clone(&stop), Arc::clone(&count), con.clone());
-        hs.push(tokio::spawn(async move {
+    let (counts, elapsed) = benches::run_tasks(16, run, |t, stop| {
+        let mut con = con.clone();
+        async move {
             let k = format!("bench:raw:tp:{t}");
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let v: Option<Vec<u8>> = con.get(&k).await?;
                 if decode_all(vec![v])? != 1 {
-                    return Err::<(), BoxError>("miss".into());
+                    return Err("miss".into());
                 }
                 n += 1;
             }
-            count.fetch_add(n, Ordering::Relaxed);
-            Ok(())
-        }));
-    }
-    tokio::time::sleep(run).await;
-    stop.store(true, Ordering::Relaxed);
-    for h in hs {
-        h.await??;
-    }
-    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+            Ok(n)
+        }
+    })
+    .await?;
+    Ok(counts.iter().sum::<u64>() as f64 / elapsed.as_secs_f64())
 }
 
 async fn fill<C: redis::aio::ConnectionLike + Send>(

@@ -24,15 +24,12 @@
 //! `redis-benchmark -t get -d <raw value size> -c <tasks> -n <N> -q` runs as a subprocess
 //! after each task count (same server, same value size; no decoding: the server's ceiling).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use benches::{sample_user, Latencies, Record, Role, TargetKind, User};
+use benches::{sample_user, BoxError, Latencies, Record, Role, TargetKind, User};
 use cache_tiered::{Cache, MsgPack};
 use redis::aio::MultiplexedConnection;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const MAX_TASKS: usize = 256;
 
@@ -121,16 +118,10 @@ async fn throughput(
     tasks: usize,
     run: Duration,
 ) -> Result<(u64, Duration), BoxError> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
     let hits_before = cache.stats().l2_hits;
-    let start = Instant::now();
-    let mut handles = Vec::with_capacity(tasks);
-    for t in 0..tasks {
-        let (stop, count) = (Arc::clone(&stop), Arc::clone(&count));
-        let cache = cache.clone();
-        let mut con = con.clone();
-        handles.push(tokio::spawn(async move {
+    let (counts, elapsed) = benches::run_tasks(tasks, run, |t, stop| {
+        let (cache, mut con) = (cache.clone(), con.clone());
+        async move {
             let (ck, rk) = (cache_key(t), raw_key(t));
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -140,17 +131,11 @@ async fn throughput(
                 };
                 n += 1;
             }
-            count.fetch_add(n, Ordering::Relaxed);
-            Ok::<_, BoxError>(())
-        }));
-    }
-    tokio::time::sleep(run).await;
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        h.await??;
-    }
-    let elapsed = start.elapsed();
-    let ops = count.load(Ordering::Relaxed);
+            Ok(n)
+        }
+    })
+    .await?;
+    let ops = counts.iter().sum::<u64>();
     if who == Who::Cache {
         let hits = cache.stats().l2_hits - hits_before;
         if hits != ops {

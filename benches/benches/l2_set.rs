@@ -14,15 +14,12 @@
 //! elapsed time. At the end every task's key is read back through each subject's own path
 //! and must hold the last value written (a lost or reordered write fails the bench).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use benches::{sample_user, Record, Role, User};
+use benches::{sample_user, BoxError, Record, Role, User};
 use cache_tiered::{Cache, MsgPack};
 use redis::aio::MultiplexedConnection;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const TTL: Duration = Duration::from_secs(3600);
 
@@ -47,24 +44,18 @@ fn value(task: usize, n: u64) -> User {
     u
 }
 
-/// Every task writes its own key until told to stop; returns (writes, elapsed, last value
-/// written per task).
+/// Every task writes its own key until told to stop; returns each task's number of writes
+/// (the last value it wrote) and the elapsed time.
 async fn throughput(
     who: Who,
     cache: &Cache<User, MsgPack>,
     con: &MultiplexedConnection,
     tasks: usize,
     run: Duration,
-) -> Result<(u64, Duration, Vec<u64>), BoxError> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut handles = Vec::with_capacity(tasks);
-    for t in 0..tasks {
-        let (stop, count) = (Arc::clone(&stop), Arc::clone(&count));
-        let cache = cache.clone();
-        let mut con = con.clone();
-        handles.push(tokio::spawn(async move {
+) -> Result<(Vec<u64>, Duration), BoxError> {
+    benches::run_tasks(tasks, run, |t, stop| {
+        let (cache, mut con) = (cache.clone(), con.clone());
+        async move {
             let (ck, rk) = (cache_key(t), raw_key(t));
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -84,17 +75,10 @@ async fn throughput(
                     }
                 }
             }
-            count.fetch_add(n, Ordering::Relaxed);
-            Ok::<_, BoxError>(n)
-        }));
-    }
-    tokio::time::sleep(run).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut last = Vec::with_capacity(tasks);
-    for h in handles {
-        last.push(h.await??);
-    }
-    Ok((count.load(Ordering::Relaxed), start.elapsed(), last))
+            Ok(n)
+        }
+    })
+    .await
 }
 
 /// Each task's key holds the last value it wrote (read from L2 for the cache).
@@ -173,10 +157,10 @@ fn main() -> Result<(), BoxError> {
                 .cycle()
                 .take(4 * abba_reps as usize)
             {
-                let (ops, elapsed, last) = throughput(*who, &cache, &con, tasks, slice).await?;
+                let (last, elapsed) = throughput(*who, &cache, &con, tasks, slice).await?;
                 check(*who, &cache, &mut con, &last).await?;
                 let t = &mut totals[usize::from(*who == Who::Raw)];
-                t.0 += ops;
+                t.0 += last.iter().sum::<u64>();
                 t.1 += elapsed;
             }
             for (i, (subject, role, label, how)) in [

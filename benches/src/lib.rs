@@ -417,6 +417,39 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// An error from a bench task.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Set when a throughput slice is over; the tasks of [`run_tasks`] loop until it is.
+pub type Stop = std::sync::Arc<std::sync::atomic::AtomicBool>;
+
+/// A throughput slice: spawns `tasks` tasks made by `task(t, stop)` (each loops until `stop`
+/// is set and returns how many operations it did), lets them run for `run`, sets `stop`, and
+/// returns each task's count (in task order) and the time from the first spawn to the last
+/// join. The first task error is returned.
+pub async fn run_tasks<F, Fut>(
+    tasks: usize,
+    run: Duration,
+    task: F,
+) -> Result<(Vec<u64>, Duration), BoxError>
+where
+    F: Fn(usize, Stop) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, BoxError>> + Send + 'static,
+{
+    let stop = Stop::default();
+    let start = std::time::Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| tokio::spawn(task(t, std::sync::Arc::clone(&stop))))
+        .collect();
+    tokio::time::sleep(run).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut counts = Vec::with_capacity(tasks);
+    for h in handles {
+        counts.push(h.await??);
+    }
+    Ok((counts, start.elapsed()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
