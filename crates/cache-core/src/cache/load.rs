@@ -619,6 +619,45 @@ where
                 return Err(e);
             }
         };
+        if let (Some(l2), Some(bytes), Fill::Lease(lk, token), true) =
+            (self.engine.remote(), &bytes, &fill, tags.is_empty())
+        {
+            // The usual fill. L1 first (unless a `set`, `invalidate` or clear ran during the
+            // load: the epoch), then the waiters get the value, while the compare-and-set
+            // against the lease is in flight: they do not wait a round trip for a write
+            // whose outcome does not change what they get. If the write is refused (another
+            // instance's write or invalidation took the lease; its bus message evicts the
+            // entry too), the entry leaves L1 again.
+            let epoch_held = self.epoch(&key) == epoch;
+            let inserted = epoch_held && !options.skip_l1_write && {
+                let entry = self.entry_of(prepared.value.clone(), &prepared);
+                self.insert_if(&key, epoch, entry)
+            };
+            let wakers = guard.publish_quietly(&key, Ok(prepared.value.clone()));
+            let start = self.observe.then(Instant::now);
+            let (written, ()) = tokio::join!(
+                l2.set_if_lease(lk, token, &full, bytes.clone(), prepared.l2_ttl),
+                wakers.wake_in_chunks()
+            );
+            let refused = match written {
+                Ok(stored) => {
+                    self.l2_written(start, 1);
+                    !stored
+                }
+                Err(e) => {
+                    self.l2_failed(L2Op::Set, &e);
+                    false
+                }
+            };
+            if refused && inserted && self.epoch(&key) == epoch {
+                self.engine.l1().remove(self.ns, &key);
+            }
+            if refused || !epoch_held || (!inserted && !options.skip_l1_write) {
+                bump(&self.stats.stale_fills_refused);
+                tracing::debug!(cache = %self.name, "key changed during the load; the loaded value is returned but not cached");
+            }
+            return Ok(prepared.value);
+        }
         // Checked again right before filling L1 (no await in between): a `set` or
         // `invalidate` that ran during the load or the write wins.
         let mut fresh = true;
