@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cache_cluster::{slot, ClusterBus, ClusterConfig, ClusterStore};
 use cache_core::{BusEvent, BusTransport};
-use cache_core::{ErrorKind, LeaseFill, RemoteEntry, RemoteStore};
+use cache_core::{ErrorKind, LeaseFill, LeaseRead, RemoteEntry, RemoteStore};
 use cache_testkit::{shared_cluster, ClusterOptions};
 use proptest::prelude::*;
 
@@ -621,5 +621,74 @@ async fn concurrent_sets_land() -> TestResult {
     }
     // No order is promised for writes of one key in flight at once here (redis-rs routes each
     // cluster command as its own future: a run of 100 ended with write 20, not 99).
+    Ok(())
+}
+
+/// `get_or_lease` on the cluster (key and lease in one slot, by hash tag): a value is read and
+/// no lease taken; a miss takes the lease; a second caller finds it busy. 100 concurrent first
+/// steps on one missing key give the lease to exactly one; on 100 distinct missing keys, spread
+/// over the primaries, each takes its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_or_lease_reads_or_takes_the_lease() -> TestResult {
+    let s = store().await?;
+    let ttl = Duration::from_secs(60);
+    let nonce = std::process::id();
+    let pair = |name: &str| {
+        let tag = format!("{{gol:{nonce}:{name}}}");
+        (format!("{tag}:v"), format!("{tag}:__lease"))
+    };
+    let (key, lease) = pair("hit");
+    s.set(&key, b"v".to_vec(), ttl).await?;
+    assert_eq!(
+        s.get_or_lease(&key, &lease, b"t1", ttl).await?,
+        LeaseRead::Value(b"v".to_vec())
+    );
+    assert_eq!(s.get(&lease).await?, None, "a hit took the lease");
+    let (key, lease) = pair("miss");
+    s.delete(&[key.clone(), lease.clone()]).await?;
+    assert_eq!(
+        s.get_or_lease(&key, &lease, b"t1", ttl).await?,
+        LeaseRead::Leased
+    );
+    assert_eq!(s.get(&lease).await?, Some(b"t1".to_vec()));
+    assert_eq!(
+        s.get_or_lease(&key, &lease, b"t2", ttl).await?,
+        LeaseRead::Busy
+    );
+    let err = s
+        .get_or_lease("gol-a", "gol-b", b"t", ttl)
+        .await
+        .expect_err("keys of two slots");
+    assert_eq!(err.kind(), ErrorKind::InvalidKey);
+
+    let (key, lease) = pair("race");
+    s.delete(&[key.clone(), lease.clone()]).await?;
+    let calls = (0..100).map(|i| {
+        let (s, k, l) = (s.clone(), key.clone(), lease.clone());
+        tokio::spawn(async move {
+            s.get_or_lease(&k, &l, format!("t{i}").as_bytes(), ttl)
+                .await
+        })
+    });
+    let mut leased = 0;
+    for answer in futures::future::join_all(calls).await {
+        match answer?? {
+            LeaseRead::Leased => leased += 1,
+            LeaseRead::Busy => {}
+            other => panic!("a missing key answered {other:?}"),
+        }
+    }
+    assert_eq!(leased, 1, "one lease for one key");
+    let pairs: Vec<(String, String)> = (0..100).map(|i| pair(&format!("own:{i}"))).collect();
+    for (k, l) in &pairs {
+        s.delete(&[k.clone(), l.clone()]).await?;
+    }
+    let calls = pairs.into_iter().map(|(k, l)| {
+        let s = s.clone();
+        tokio::spawn(async move { s.get_or_lease(&k, &l, b"t", ttl).await })
+    });
+    for answer in futures::future::join_all(calls).await {
+        assert_eq!(answer??, LeaseRead::Leased);
+    }
     Ok(())
 }

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use crate::bus::{BusEvent, BusTransport};
 use crate::error::{Error, ErrorKind, Result};
 use crate::observer::{CacheEvent, Observer};
-use crate::remote::{LeaseFill, RemoteEntry, RemoteStore};
+use crate::remote::{LeaseFill, LeaseRead, RemoteEntry, RemoteStore};
 
 /// Breaker settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -347,6 +347,18 @@ impl RemoteStore for BreakerStore {
 
     async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool> {
         self.breaker.call(self.inner.set_nx(key, value, ttl)).await
+    }
+
+    async fn get_or_lease(
+        &self,
+        key: &str,
+        lease_key: &str,
+        token: &[u8],
+        ttl: Duration,
+    ) -> Result<LeaseRead> {
+        self.breaker
+            .call(self.inner.get_or_lease(key, lease_key, token, ttl))
+            .await
     }
 
     async fn set_if_lease(

@@ -27,7 +27,7 @@ use crate::observer::{CacheEvent, CacheObserver, L2Op};
 use crate::options::{CallOptions, LoadContext, Loaded, Outcome, DEFAULT_OPTIONS};
 use crate::policy::{NoRefresh, RefreshPolicy};
 use crate::recovery::Replay;
-use crate::remote::{check_value_size, LeaseFill, RemoteEntry};
+use crate::remote::{check_value_size, LeaseFill, LeaseRead, RemoteEntry};
 use crate::waiters::Wakers;
 
 mod batch;
@@ -147,6 +147,8 @@ struct CacheInner<V, C> {
     /// False when the observer is a no-op.
     observe: bool,
     stats: Counters,
+    /// How often loads found nothing in L2 lately (how their first step reads).
+    misses: lease::MissShare,
     /// Shared with every other handle of this namespace: epochs, flush mark, loads in flight.
     state: Arc<NsState<V>>,
     policy: Arc<dyn RefreshPolicy>,

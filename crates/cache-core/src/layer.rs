@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use crate::breaker::{BreakerConfig, BreakerStore, CircuitBreaker};
 use crate::error::{Error, ErrorKind, Result};
 use crate::observer::Observer;
-use crate::remote::{LeaseFill, RemoteEntry, RemoteStore};
+use crate::remote::{LeaseFill, LeaseRead, RemoteEntry, RemoteStore};
 
 /// What a layer may use when it wraps a store.
 #[derive(Clone)]
@@ -196,6 +196,17 @@ impl RemoteStore for TimeoutStore {
 
     async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool> {
         self.bounded(self.inner.set_nx(key, value, ttl)).await
+    }
+
+    async fn get_or_lease(
+        &self,
+        key: &str,
+        lease_key: &str,
+        token: &[u8],
+        ttl: Duration,
+    ) -> Result<LeaseRead> {
+        self.bounded(self.inner.get_or_lease(key, lease_key, token, ttl))
+            .await
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {

@@ -64,4 +64,4 @@ pub use observer::{CacheEvent, CacheObserver, L2Op, NoopObserver, Observer, Tier
 pub use options::{CallOptions, LoadContext, Loaded};
 pub use policy::{NoRefresh, RandomSource, RefreshPolicy, SeededRandom, ThreadRandom};
 pub use recovery::RecoveryStats;
-pub use remote::{LeaseFill, MemoryStore, RemoteEntry, RemoteStore};
+pub use remote::{LeaseFill, LeaseRead, MemoryStore, RemoteEntry, RemoteStore};

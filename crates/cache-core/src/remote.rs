@@ -39,6 +39,17 @@ pub struct LeaseFill {
     pub ttl: Duration,
 }
 
+/// What [`RemoteStore::get_or_lease`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseRead {
+    /// The key holds these bytes; no lease was asked for.
+    Value(Vec<u8>),
+    /// The key held nothing and the lease is now the caller's (its token stored).
+    Leased,
+    /// The key held nothing and someone else holds the lease.
+    Busy,
+}
+
 /// The refusal of a store asked for an ability it does not have.
 pub fn unsupported(kind: &str, needed: Capabilities) -> Error {
     Error::new(
@@ -147,6 +158,29 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
     ) -> Result<bool> {
         let _ = (lease_key, token, key, value, ttl);
         Err(unsupported(self.kind(), Capabilities::LEASES))
+    }
+
+    /// Read `key`; if it holds nothing, take its fill lease: [`RemoteStore::set_nx`] of
+    /// `token` under `lease_key` (same hash slot) for `ttl`. What a load does first. The
+    /// default makes the two calls one after the other; the Redis stores do both in one round
+    /// trip (a script) when the read would go out alone, and read through their batched
+    /// `GET`s otherwise. An error means the lease may or may not have been taken (it then
+    /// expires after `ttl`). Part of [`Capabilities::LEASES`].
+    async fn get_or_lease(
+        &self,
+        key: &str,
+        lease_key: &str,
+        token: &[u8],
+        ttl: Duration,
+    ) -> Result<LeaseRead> {
+        if let Some(bytes) = self.get(key).await? {
+            return Ok(LeaseRead::Value(bytes));
+        }
+        Ok(if self.set_nx(lease_key, token.to_vec(), ttl).await? {
+            LeaseRead::Leased
+        } else {
+            LeaseRead::Busy
+        })
     }
 
     /// [`RemoteStore::set_nx`] of `value` under each of `keys` (the leases of a batch load);

@@ -17,7 +17,7 @@ use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use cache_core::{Error, ErrorKind, Result};
+use cache_core::{Error, ErrorKind, LeaseRead, Result};
 use tokio::sync::oneshot;
 
 /// A store whose single-key reads are coalesced: its queue, and the two ways it reads.
@@ -107,13 +107,64 @@ impl<S: Coalesced> Drop for Handover<S> {
 /// Read `key` through `store`'s queue: at once when a slot is free, else with the reads
 /// queued meanwhile, as one batch.
 pub async fn read<S: Coalesced>(store: &S, key: &str) -> Answer {
+    match read_or_alone(store, key, || store.read_one(key)).await {
+        Read::Alone(answer) | Read::Batched(answer) => answer,
+    }
+}
+
+/// How a read of [`read_or_alone`] went out.
+pub enum Read<T> {
+    /// A slot was free: the read went out alone, as the caller's own command.
+    Alone(Result<T>),
+    /// Queued: the `GET` answer from a batch.
+    Batched(Answer),
+}
+
+/// Read `key` through `store`'s queue, but when a slot is free (the read would go out alone
+/// as a plain `GET`) send `alone` instead: a command that does more for this one key in the
+/// same round trip (read, or take the fill lease on a miss). Queued, the read gets its `GET`
+/// answer from the batch and the caller does the rest.
+pub async fn read_or_alone<S, T, Fut>(store: &S, key: &str, alone: impl FnOnce() -> Fut) -> Read<T>
+where
+    S: Coalesced,
+    Fut: Future<Output = Result<T>>,
+{
     let rx = match join(store, key) {
         Turn::Wait(rx) => rx,
         Turn::Lead(_handover) => {
             // `_handover` hands the queue over when dropped: answered, failed or cancelled.
-            return store.read_one(key).await;
+            return Read::Alone(alone().await);
         }
     };
+    Read::Batched(wait(store, rx).await)
+}
+
+/// [`RemoteStore::get_or_lease`](cache_core::RemoteStore::get_or_lease) through the queue:
+/// `script` (the read, or the lease on a miss, in one round trip) when the read goes out
+/// alone; queued, the batched `GET`, then `set_nx` on a miss.
+pub async fn read_or_lease<S, A, L>(
+    store: &S,
+    key: &str,
+    script: impl FnOnce() -> A,
+    set_nx: impl FnOnce() -> L,
+) -> Result<LeaseRead>
+where
+    S: Coalesced,
+    A: Future<Output = Result<LeaseRead>>,
+    L: Future<Output = Result<bool>>,
+{
+    match read_or_alone(store, key, script).await {
+        Read::Alone(read) => read,
+        Read::Batched(answer) => match answer? {
+            Some(bytes) => Ok(LeaseRead::Value(bytes)),
+            None if set_nx().await? => Ok(LeaseRead::Leased),
+            None => Ok(LeaseRead::Busy),
+        },
+    }
+}
+
+/// A queued reader's wait for its batch, bounded by the store's response timeout.
+async fn wait<S: Coalesced>(store: &S, rx: oneshot::Receiver<Answer>) -> Answer {
     let limit = store.response_timeout();
     match tokio::time::timeout(limit, rx).await {
         Ok(Ok(answer)) => answer,

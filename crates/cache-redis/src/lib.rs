@@ -81,13 +81,16 @@ pub use redis;
 /// with password scrubbing, redaction, duration serde, the Lua scripts and TTL clamping). Not meant for applications.
 pub mod support {
     pub use crate::bus::{pump, Pumped};
-    pub use crate::coalesce::{read as coalesced_read, Answer, Coalesced, Reads};
+    pub use crate::coalesce::{
+        read as coalesced_read, read_or_lease as coalesced_read_or_lease, Answer, Coalesced, Reads,
+    };
     pub use crate::config::{check_tls_files, duration_text};
     pub use crate::credentials::ProviderAuth;
     pub use crate::errors::ErrorContext;
     pub use crate::errors::PROVIDER_FAILED;
     pub use crate::store::{
-        glob_escape, ttl_ms, MAX_TTL_MS, SET_IF_LEASE_LUA, TAG_ADD_LUA, TAG_TAKE_LUA,
+        glob_escape, lease_read, ttl_ms, GET_OR_LEASE_LUA, MAX_TTL_MS, SET_IF_LEASE_LUA,
+        TAG_ADD_LUA, TAG_TAKE_LUA,
     };
     pub use crate::target::{redact_url, resolve, resolve_with, Target, REDACTED};
     /// TLS files (feature `tls`).

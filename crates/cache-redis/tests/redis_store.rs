@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cache_core::{ErrorKind, LeaseFill, RemoteEntry, RemoteStore};
+use cache_core::{ErrorKind, LeaseFill, LeaseRead, RemoteEntry, RemoteStore};
 use cache_redis::{redis, RedisConfig, RedisStore};
 use cache_testkit::{free_port, shared_redis, RedisServer, ServerOptions};
 
@@ -862,5 +862,65 @@ async fn concurrent_sets_land() -> TestResult {
     }
     // No order is promised for writes of one key in flight at once (a run of 100 such writes
     // once ended with write 89, not 99): a caller that needs order awaits each write.
+    Ok(())
+}
+
+/// `get_or_lease`, a load's first step: a value is read and no lease taken; a miss takes the
+/// lease (the token, with its TTL); a second caller finds it busy. 100 concurrent first steps
+/// on one missing key (one goes out alone as the script, the rest are batched, then `SET NX`)
+/// give the lease to exactly one; on 100 distinct missing keys each takes its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_or_lease_reads_or_takes_the_lease() -> TestResult {
+    let store = shared_store().await?;
+    let prefix = unique("gol");
+    let ttl = Duration::from_secs(60);
+    let pair = |name: &str| {
+        (
+            format!("{prefix}:{name}"),
+            format!("{prefix}:__lease:{name}"),
+        )
+    };
+    let (key, lease) = pair("hit");
+    store.set(&key, b"v".to_vec(), ttl).await?;
+    let got = store.get_or_lease(&key, &lease, b"t1", ttl).await?;
+    assert_eq!(got, LeaseRead::Value(b"v".to_vec()));
+    assert_eq!(store.get(&lease).await?, None, "a hit took the lease");
+    let (key, lease) = pair("miss");
+    let got = store.get_or_lease(&key, &lease, b"t1", ttl).await?;
+    assert_eq!(got, LeaseRead::Leased);
+    assert_eq!(store.get(&lease).await?, Some(b"t1".to_vec()));
+    let mut conn = store.connection();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&lease)
+        .query_async(&mut conn)
+        .await?;
+    assert!(pttl > 0 && pttl <= 60_000, "pttl {pttl}");
+    let got = store.get_or_lease(&key, &lease, b"t2", ttl).await?;
+    assert_eq!(got, LeaseRead::Busy);
+
+    let (key, lease) = pair("race");
+    let calls = (0..100).map(|i| {
+        let (s, k, l) = (store.clone(), key.clone(), lease.clone());
+        tokio::spawn(async move {
+            s.get_or_lease(&k, &l, format!("t{i}").as_bytes(), ttl)
+                .await
+        })
+    });
+    let mut leased = 0;
+    for answer in futures::future::join_all(calls).await {
+        match answer?? {
+            LeaseRead::Leased => leased += 1,
+            LeaseRead::Busy => {}
+            other => panic!("a missing key answered {other:?}"),
+        }
+    }
+    assert_eq!(leased, 1, "one lease for one key");
+    let calls = (0..100).map(|i| {
+        let (s, (k, l)) = (store.clone(), pair(&format!("own:{i}")));
+        tokio::spawn(async move { s.get_or_lease(&k, &l, b"t", ttl).await })
+    });
+    for answer in futures::future::join_all(calls).await {
+        assert_eq!(answer??, LeaseRead::Leased);
+    }
     Ok(())
 }

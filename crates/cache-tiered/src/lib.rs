@@ -46,9 +46,9 @@ pub use cache_core::{
     BreakerConfig, BreakerLayer, BusConfig, BusStats, BusTransport, CacheBuilder, CacheConfig,
     CacheEvent, CacheObserver, CacheStats, CallOptions, Capabilities, Clock, Codec, CodecId,
     Engine, EngineBuilder, Error, ErrorKind, L1Stats, L1Store, L2Backend, L2Layer, L2Parts,
-    L2Request, LayerContext, LoadContext, Loaded, ManualClock, MemoryBackend, MemoryBus,
-    MemoryBusHandle, MemoryStore, NoopObserver, Observer, ReconnectPolicy, RecoveryStats,
-    RemoteEntry, RemoteStore, Result, ShutdownReport, SystemClock, TimeoutLayer,
+    L2Request, LayerContext, LeaseFill, LeaseRead, LoadContext, Loaded, ManualClock, MemoryBackend,
+    MemoryBus, MemoryBusHandle, MemoryStore, NoopObserver, Observer, ReconnectPolicy,
+    RecoveryStats, RemoteEntry, RemoteStore, Result, ShutdownReport, SystemClock, TimeoutLayer,
 };
 pub use cache_core::{NoRefresh, RandomSource, RefreshPolicy, SeededRandom};
 pub use cache_l1::QuickL1;

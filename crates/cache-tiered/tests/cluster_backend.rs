@@ -58,6 +58,44 @@ async fn shared() -> Result<Shared, cache_testkit::Error> {
 
 behaviour_suite!(shared);
 
+/// A cold load's first step reads L2 and takes the fill lease in one request (the
+/// `get_or_lease` script): two requests in all with the compare-and-set fill, where a `GET`
+/// and a `SET NX` made three. An L2 hit through `get_or_load` is one request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_load_costs_two_requests() -> TestResult {
+    let urls = shared_cluster()?.urls();
+    let p = common::unique_prefix("cold-rt");
+    let store = connect(urls, Duration::from_millis(500)).await;
+    let users = common::users(
+        &cache_tiered::builder(p.as_str())
+            .with_remote(Arc::new(store.clone()))
+            .build()
+            .await?,
+    )?;
+    let load = |i: u64| move |_| async move { Ok::<_, std::io::Error>(common::user(i)) };
+    // The first loads on each primary may load the scripts there (`SCRIPT LOAD`).
+    for i in 0..30u64 {
+        users.get_or_load(&format!("warm{i}"), load(i)).await?;
+    }
+    let mut costs = Vec::new();
+    for i in 0..5u64 {
+        let before = store.requests_sent();
+        users.get_or_load(&format!("cold{i}"), load(i)).await?;
+        costs.push(store.requests_sent() - before);
+    }
+    assert_eq!(costs, vec![2; 5], "requests per cold load");
+    users.invalidate_local("cold0");
+    let before = store.requests_sent();
+    let hit = users
+        .get_or_load("cold0", |_| async {
+            Err::<common::User, _>(std::io::Error::other("the loader ran on an L2 hit"))
+        })
+        .await?;
+    assert_eq!(hit.id, 0);
+    assert_eq!(store.requests_sent() - before, 1, "requests per L2 hit");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_cost_one_request_per_primary() -> TestResult {
     let urls = shared_cluster()?.urls();

@@ -5,9 +5,13 @@
 
 use std::time::Duration;
 
-use cache_core::{RemoteStore, Result};
-use cache_redis::support::{coalesced_read, Answer, Coalesced, Reads};
+use cache_core::{LeaseRead, RemoteStore, Result};
+use cache_redis::support::{
+    coalesced_read, coalesced_read_or_lease, lease_read, ttl_ms, Answer, Coalesced, Reads,
+};
+use redis::Value;
 
+use super::script::same_slot;
 use super::ClusterStore;
 use crate::slot::slot;
 use crate::topology::READ_QUEUES;
@@ -37,6 +41,43 @@ impl ClusterStore {
             queue,
         };
         coalesced_read(&queued, key).await
+    }
+}
+
+impl ClusterStore {
+    /// [`RemoteStore::get_or_lease`] through the queue of the key's primary: the script when
+    /// the read goes out alone, else the batched read and `SET NX` on a miss.
+    pub(super) async fn coalesced_get_or_lease(
+        &self,
+        key: &str,
+        lease_key: &str,
+        token: &[u8],
+        ttl: Duration,
+    ) -> Result<LeaseRead> {
+        same_slot(key, lease_key)?;
+        let queue = self.inner.topology.read_queue(slot(key.as_bytes()));
+        let queued = Queued {
+            store: self.clone(),
+            queue,
+        };
+        let script = || async {
+            let op = "EVALSHA (get_or_lease)";
+            let ttl = ttl_ms(ttl).to_string();
+            let args: [&[u8]; 2] = [token, ttl.as_bytes()];
+            let answer: Value = self
+                .eval(
+                    op,
+                    &self.inner.get_or_lease_script,
+                    &[key, lease_key],
+                    &args,
+                )
+                .await?;
+            lease_read(answer, op, &self.inner.ctx.endpoint)
+        };
+        coalesced_read_or_lease(&queued, key, script, || {
+            self.set_nx(lease_key, token.to_vec(), ttl)
+        })
+        .await
     }
 }
 

@@ -25,7 +25,7 @@ use cache_core::Result;
 #[cfg(doc)]
 use cache_core::{ErrorKind, RemoteStore};
 use cache_redis::support::{
-    ErrorContext, ProviderAuth, SET_IF_LEASE_LUA, TAG_ADD_LUA, TAG_TAKE_LUA,
+    ErrorContext, ProviderAuth, GET_OR_LEASE_LUA, SET_IF_LEASE_LUA, TAG_ADD_LUA, TAG_TAKE_LUA,
 };
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -95,6 +95,7 @@ pub(crate) struct Inner {
     pub(crate) topology: Arc<TopologyCache>,
     requests: AtomicU64,
     lease_script: LuaScript,
+    get_or_lease_script: LuaScript,
     tag_add_script: LuaScript,
     tag_take_script: LuaScript,
     /// The TLS files (`tls_ca_file`, client certificate and key), read once.
@@ -182,6 +183,7 @@ impl ClusterStore {
             inner: Arc::new(Inner {
                 reads: coalesce::ReadQueues::default(),
                 lease_script: LuaScript::new(SET_IF_LEASE_LUA),
+                get_or_lease_script: LuaScript::new(GET_OR_LEASE_LUA),
                 tag_add_script: LuaScript::new(TAG_ADD_LUA),
                 tag_take_script: LuaScript::new(TAG_TAKE_LUA),
                 config,

@@ -5,7 +5,7 @@ use cache_core::Capabilities;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cache_core::{Error, ErrorKind, LeaseFill, RemoteEntry, RemoteStore, Result};
+use cache_core::{Error, ErrorKind, LeaseFill, LeaseRead, RemoteEntry, RemoteStore, Result};
 use cache_redis::support::{glob_escape, ttl_ms};
 use futures::future::join_all;
 use redis::{RedisError, RedisResult, Value};
@@ -205,6 +205,19 @@ impl RemoteStore for ClusterStore {
             total += result?;
         }
         Ok(total)
+    }
+
+    /// Through the read queue of the key's primary: one script call when the read goes out
+    /// alone, else the batched read and `SET NX` on a miss. Both keys in one slot.
+    async fn get_or_lease(
+        &self,
+        key: &str,
+        lease_key: &str,
+        token: &[u8],
+        ttl: Duration,
+    ) -> Result<LeaseRead> {
+        self.coalesced_get_or_lease(key, lease_key, token, ttl)
+            .await
     }
 
     async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool> {

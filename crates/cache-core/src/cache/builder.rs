@@ -175,6 +175,7 @@ where
                 observe: !observer.is_noop(),
                 observer,
                 stats: Counters::default(),
+                misses: lease::MissShare::new(),
                 policy: self.policy,
                 _codec: PhantomData,
             }),

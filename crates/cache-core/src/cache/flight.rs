@@ -29,19 +29,6 @@ where
         }
     }
 
-    /// Give the waiters of `key` their result now and hand back their wakers, for the leader
-    /// to wake (in chunks) while it finishes its work; the key stays in flight until
-    /// [`FlightGuard::finish`], and callers joining meanwhile get the result at once.
-    pub(super) fn publish_quietly(&self, key: &str, result: Shared<V>) -> Wakers {
-        let mut wakers = Wakers::new(Vec::new());
-        for (k, tx) in &self.flights {
-            if k == key {
-                wakers.extend(tx.publish_quietly(result.clone()));
-            }
-        }
-        wakers
-    }
-
     /// Settle every waiter with `result`, waking them in arrival order, a chunk at a time
     /// (see [`Wakers`]).
     pub(super) async fn finish(mut self, result: impl Fn(&str) -> Shared<V>) {

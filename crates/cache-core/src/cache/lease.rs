@@ -1,5 +1,7 @@
 //! Fill leases across instances: take, wait for the holder, give back.
 
+use std::sync::atomic::AtomicU32;
+
 use super::*;
 
 impl<V, C> CacheInner<V, C>
@@ -26,14 +28,74 @@ where
         epoch: u64,
     ) -> std::result::Result<Fill, Option<Arc<V>>> {
         let epochs = HashMap::from([(key.to_owned(), epoch)]);
-        let (mut fills, mut delivered) = self
+        let (fills, delivered) = self
             .take_leases(vec![(key.to_owned(), full.to_owned())], &epochs, have_value)
             .await;
-        if let Some((_, value)) = delivered.pop() {
-            return Err(value);
+        one_fill(fills, delivered)
+    }
+
+    /// The first step of a load that will take the fill lease `lease_key`: read L2 and, on a
+    /// miss, take the lease, in one step ([`RemoteStore::get_or_lease`]: one round trip when
+    /// the read goes out alone). What the read found (as [`Self::l2_read`]) and, on a miss,
+    /// the lease: ours, or another instance's to wait for (with [`Self::await_lease`]).
+    pub(super) async fn l2_read_or_lease(
+        &self,
+        key: &str,
+        full: &str,
+        lease_key: String,
+        epoch: u64,
+        fill_l1: bool,
+    ) -> Result<(Option<Found<V>>, Option<Leasing>)> {
+        let Some(l2) = self.engine.remote() else {
+            return Ok((None, None));
+        };
+        let token = lease_token();
+        let start = self.observe.then(Instant::now);
+        let read = l2
+            .get_or_lease(full, &lease_key, &token, self.config.lease_ttl)
+            .await;
+        let latency = start.map_or(Duration::ZERO, |s| s.elapsed());
+        // A read that must not fill L1 passes an epoch that never matches.
+        let epoch = if fill_l1 { epoch } else { u64::MAX };
+        match read {
+            Ok(LeaseRead::Value(bytes)) => {
+                Ok((self.accept_l2(key, Some(bytes), latency, epoch), None))
+            }
+            Ok(LeaseRead::Leased) => {
+                self.accept_l2(key, None, latency, epoch);
+                self.observer.on_event(CacheEvent::LeaseAcquired);
+                Ok((None, Some(Leasing::Taken(lease_key, token))))
+            }
+            Ok(LeaseRead::Busy) => {
+                self.accept_l2(key, None, latency, epoch);
+                Ok((None, Some(Leasing::Busy(lease_key, token))))
+            }
+            Err(e) => {
+                self.l2_failed(L2Op::Get, &e);
+                Err(e)
+            }
         }
-        // One key in, one fill out; never an unconditional write if that ever failed.
-        Ok(fills.pop().map_or(Fill::LocalOnly, |(_, _, fill)| fill))
+    }
+
+    /// The fill of a load whose first step found the lease: ours, or another instance's,
+    /// waited for as [`Self::take_lease`] does (`Err(found)`: its value arrived).
+    pub(super) async fn await_lease(
+        &self,
+        key: &str,
+        full: &str,
+        leasing: Leasing,
+        have_value: bool,
+        epoch: u64,
+    ) -> std::result::Result<Fill, Option<Arc<V>>> {
+        match leasing {
+            Leasing::Taken(lease_key, token) => Ok(Fill::Lease(lease_key, token)),
+            Leasing::Busy(lease_key, token) => {
+                let epochs = HashMap::from([(key.to_owned(), epoch)]);
+                let busy = vec![(key.to_owned(), full.to_owned(), lease_key)];
+                let (fills, delivered) = self.await_holders(busy, token, &epochs, have_value).await;
+                one_fill(fills, delivered)
+            }
+        }
     }
 
     /// Take the fill leases of one or many keys: one batched `SET NX`; keys whose lease
@@ -49,7 +111,7 @@ where
         have_value: bool,
     ) -> (Vec<(String, String, Fill)>, Vec<(String, Option<Arc<V>>)>) {
         let mut fills = Vec::with_capacity(keys.len());
-        let mut delivered = Vec::new();
+        let delivered = Vec::new();
         let Some(l2) = self.engine.remote().filter(|_| self.config.leases) else {
             fills.extend(keys.into_iter().map(|(k, f)| (k, f, Fill::Plain)));
             return (fills, delivered);
@@ -85,6 +147,30 @@ where
                 return (fills, delivered);
             }
         }
+        let (more, delivered) = self.await_holders(busy, token, epochs, have_value).await;
+        fills.extend(more);
+        (fills, delivered)
+    }
+
+    /// Keys whose lease (`token` was refused) another instance holds: skipped when the
+    /// caller has a value at hand (`have_value`), else polled (one batched read per round)
+    /// for up to `lease_wait`, then taken over, or loaded without writing. Returns their
+    /// fills, and the values the holders delivered meanwhile.
+    #[allow(clippy::type_complexity)]
+    pub(super) async fn await_holders(
+        &self,
+        mut busy: Vec<(String, String, String)>,
+        token: Vec<u8>,
+        epochs: &HashMap<String, u64>,
+        have_value: bool,
+    ) -> (Vec<(String, String, Fill)>, Vec<(String, Option<Arc<V>>)>) {
+        let mut fills = Vec::with_capacity(busy.len());
+        let mut delivered = Vec::new();
+        let Some(l2) = self.engine.remote() else {
+            fills.extend(busy.into_iter().map(|(k, f, _)| (k, f, Fill::LocalOnly)));
+            return (fills, delivered);
+        };
+        let ttl = self.config.lease_ttl;
         if have_value {
             fills.extend(busy.into_iter().map(|(k, f, _)| (k, f, Fill::Skip)));
             return (fills, delivered);
@@ -164,7 +250,85 @@ where
     }
 }
 
+/// How often a load's first step has found nothing in L2 lately, to choose how it reads:
+/// [`RemoteStore::get_or_lease`] (a script: one round trip fewer on a miss, a few
+/// microseconds more on a hit) while misses are common, a plain (batched) `GET` while hits
+/// are. An average over the last ~16 first steps, in 1/1024ths.
+pub(super) struct MissShare(AtomicU32);
+
+impl MissShare {
+    /// A quarter: misses at least this common make the script worth its cost on hits.
+    const THRESHOLD: u32 = 256;
+
+    /// Starts at one half: the first loads take the lease in their first step.
+    pub(super) fn new() -> Self {
+        MissShare(AtomicU32::new(512))
+    }
+
+    /// Whether misses are common enough to read with [`RemoteStore::get_or_lease`].
+    pub(super) fn likely(&self) -> bool {
+        self.0.load(Ordering::Relaxed) >= Self::THRESHOLD
+    }
+
+    /// Count one first step. Racing updates may lose one: it is an estimate.
+    pub(super) fn note(&self, missed: bool) {
+        let old = self.0.load(Ordering::Relaxed);
+        let new = old - old / 16 + if missed { 64 } else { 0 };
+        self.0.store(new, Ordering::Relaxed);
+    }
+}
+
+/// The lease a load's first step found on an L2 miss (see
+/// [`CacheInner::l2_read_or_lease`]): `(lease key, token)`.
+pub(super) enum Leasing {
+    /// Taken: the lease holds our token.
+    Taken(String, Vec<u8>),
+    /// Another instance holds it; our token, for a takeover.
+    Busy(String, Vec<u8>),
+}
+
+/// The fill of a one-key lease step: the holder's delivered value (`Err`), else the key's
+/// fill; never an unconditional write if that ever failed.
+fn one_fill<V>(
+    mut fills: Vec<(String, String, Fill)>,
+    mut delivered: Vec<(String, Option<Arc<V>>)>,
+) -> std::result::Result<Fill, Option<Arc<V>>> {
+    if let Some((_, value)) = delivered.pop() {
+        return Err(value);
+    }
+    Ok(fills.pop().map_or(Fill::LocalOnly, |(_, _, fill)| fill))
+}
+
 /// A fresh lease token: 128 random bits, hex.
 pub(super) fn lease_token() -> Vec<u8> {
     format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)).into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MissShare;
+
+    #[test]
+    fn the_script_is_chosen_while_misses_are_common() {
+        let share = MissShare::new();
+        assert!(
+            share.likely(),
+            "the first loads take the lease in their first step"
+        );
+        for _ in 0..11 {
+            share.note(false);
+        }
+        assert!(!share.likely(), "after a run of hits, a plain GET");
+        for _ in 0..4 {
+            share.note(true);
+        }
+        assert!(share.likely(), "a few misses bring the script back");
+        // One miss in eight stays below the threshold; one in three stays above.
+        for (every, likely) in [(8, false), (3, true)] {
+            for i in 0..400 {
+                share.note(i % every == 0);
+            }
+            assert_eq!(share.likely(), likely, "one miss in {every}");
+        }
+    }
 }

@@ -496,14 +496,37 @@ where
             .clone()
             .or_else(|| stale.as_ref().map(|(v, _)| v.clone()));
         let held_age = self.age(&key, &held);
-        let read = if options.skip_l2_read {
-            Ok(None)
-        } else {
-            self.l2_read(&key, &full, epoch, !options.skip_l1_write)
+        // A load that will take the fill lease (not a refresh, which has a value at hand)
+        // reads L2 and takes the lease on a miss in one step, while misses are common.
+        let lease_first = (refresh.is_none()
+            && !options.skip_l2_read
+            && !options.skip_l2_write
+            && self.misses.likely())
+        .then(|| self.fill_lease_key(&full))
+        .flatten();
+        let mut leasing = None;
+        let read = match lease_first {
+            _ if options.skip_l2_read => Ok(None),
+            Some(lease_key) => self
+                .l2_read_or_lease(&key, &full, lease_key, epoch, !options.skip_l1_write)
                 .await
+                .map(|(found, lease)| {
+                    leasing = lease;
+                    found
+                }),
+            None => {
+                self.l2_read(&key, &full, epoch, !options.skip_l1_write)
+                    .await
+            }
         };
         let (l2_found, l2_down) = match read {
-            Ok(found) => (found, false),
+            Ok(found) => {
+                if !options.skip_l2_read {
+                    self.misses
+                        .note(found.as_ref().is_none_or(|found| found.stale));
+                }
+                (found, false)
+            }
             Err(e) => (None, unreachable(&e)),
         };
         let l2_found = match l2_found {
@@ -542,7 +565,14 @@ where
         let fill = if l2_down || options.skip_l2_write {
             Fill::LocalOnly
         } else {
-            match self.take_lease(&key, &full, current.is_some(), epoch).await {
+            let settled = match leasing {
+                Some(leasing) => {
+                    self.await_lease(&key, &full, leasing, current.is_some(), epoch)
+                        .await
+                }
+                None => self.take_lease(&key, &full, current.is_some(), epoch).await,
+            };
+            match settled {
                 Ok(fill) => fill,
                 Err(found) => return Ok(found),
             }
@@ -619,45 +649,6 @@ where
                 return Err(e);
             }
         };
-        if let (Some(l2), Some(bytes), Fill::Lease(lk, token), true) =
-            (self.engine.remote(), &bytes, &fill, tags.is_empty())
-        {
-            // The usual fill. L1 first (unless a `set`, `invalidate` or clear ran during the
-            // load: the epoch), then the waiters get the value, while the compare-and-set
-            // against the lease is in flight: they do not wait a round trip for a write
-            // whose outcome does not change what they get. If the write is refused (another
-            // instance's write or invalidation took the lease; its bus message evicts the
-            // entry too), the entry leaves L1 again.
-            let epoch_held = self.epoch(&key) == epoch;
-            let inserted = epoch_held && !options.skip_l1_write && {
-                let entry = self.entry_of(prepared.value.clone(), &prepared);
-                self.insert_if(&key, epoch, entry)
-            };
-            let wakers = guard.publish_quietly(&key, Ok(prepared.value.clone()));
-            let start = self.observe.then(Instant::now);
-            let (written, ()) = tokio::join!(
-                l2.set_if_lease(lk, token, &full, bytes.clone(), prepared.l2_ttl),
-                wakers.wake_in_chunks()
-            );
-            let refused = match written {
-                Ok(stored) => {
-                    self.l2_written(start, 1);
-                    !stored
-                }
-                Err(e) => {
-                    self.l2_failed(L2Op::Set, &e);
-                    false
-                }
-            };
-            if refused && inserted && self.epoch(&key) == epoch {
-                self.engine.l1().remove(self.ns, &key);
-            }
-            if refused || !epoch_held || (!inserted && !options.skip_l1_write) {
-                bump(&self.stats.stale_fills_refused);
-                tracing::debug!(cache = %self.name, "key changed during the load; the loaded value is returned but not cached");
-            }
-            return Ok(prepared.value);
-        }
         // Checked again right before filling L1 (no await in between): a `set` or
         // `invalidate` that ran during the load or the write wins.
         let mut fresh = true;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use cache_core::{Error, ErrorKind, LeaseFill, RemoteEntry, RemoteStore, Result};
+use cache_core::{Error, ErrorKind, LeaseFill, LeaseRead, RemoteEntry, RemoteStore, Result};
 use tokio::sync::watch;
 
 use super::discovery::Sentinels;
@@ -450,6 +450,18 @@ impl RemoteStore for SentinelStore {
 
     async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool> {
         self.call(|s| async move { s.set_nx(key, value, ttl).await })
+            .await
+    }
+
+    /// On the master (it may take the lease), whatever the replica reads setting.
+    async fn get_or_lease(
+        &self,
+        key: &str,
+        lease_key: &str,
+        token: &[u8],
+        ttl: Duration,
+    ) -> Result<LeaseRead> {
+        self.call(|s| async move { s.get_or_lease(key, lease_key, token, ttl).await })
             .await
     }
 

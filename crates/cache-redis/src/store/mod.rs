@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use cache_core::{Error, ErrorKind, RemoteStore, Result};
+use cache_core::{Error, ErrorKind, LeaseRead, RemoteStore, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, RedisResult, Value};
 
@@ -30,6 +30,33 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 ";
+
+/// The first step of a load, [`RemoteStore::get_or_lease`]: the value, else the fill lease.
+/// `KEYS = [key, lease_key]`, `ARGV = [token, ttl_ms]`; answers the value's bytes, or `1`
+/// (lease taken) or `0` (lease held by someone else).
+pub const GET_OR_LEASE_LUA: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then
+  return v
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0
+";
+
+/// Read an answer of [`GET_OR_LEASE_LUA`], sent as `op` to `endpoint` (for the error).
+pub fn lease_read(answer: redis::Value, op: &str, endpoint: &str) -> Result<LeaseRead> {
+    match answer {
+        redis::Value::BulkString(bytes) => Ok(LeaseRead::Value(bytes)),
+        redis::Value::Int(1) => Ok(LeaseRead::Leased),
+        redis::Value::Int(0) => Ok(LeaseRead::Busy),
+        _ => Err(Error::new(
+            ErrorKind::Remote,
+            format!("Redis at {endpoint} answered {op} with an unexpected value"),
+        )),
+    }
+}
 
 /// Longest TTL sent to Redis, in milliseconds (about 2 230 years): longer ones are capped so
 /// `now + ttl` cannot overflow on the server ("invalid expire time").
@@ -111,6 +138,7 @@ struct Inner {
     /// The config's credentials provider, bound to this store (`None`: fixed credentials).
     auth: Option<ProviderAuth>,
     lease_script: redis::Script,
+    get_or_lease_script: redis::Script,
     tag_add_script: redis::Script,
     tag_take_script: redis::Script,
 }
@@ -290,6 +318,7 @@ impl RedisStore {
                 ctx,
                 auth,
                 lease_script: redis::Script::new(SET_IF_LEASE_LUA),
+                get_or_lease_script: redis::Script::new(GET_OR_LEASE_LUA),
                 tag_add_script: redis::Script::new(TAG_ADD_LUA),
                 tag_take_script: redis::Script::new(TAG_TAKE_LUA),
             }),

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cache_core::support::check_value_size;
-use cache_core::{Error, ErrorKind, LeaseFill, RemoteEntry, RemoteStore, Result};
+use cache_core::{Error, ErrorKind, LeaseFill, LeaseRead, RemoteEntry, RemoteStore, Result};
 use redis::Value;
 
-use super::{glob_escape, ttl_ms, RedisStore};
+use super::{glob_escape, lease_read, ttl_ms, RedisStore};
 use crate::coalesce;
 
 impl RedisStore {
@@ -330,6 +330,37 @@ impl RemoteStore for RedisStore {
             })
             .await?;
         Ok(stored == 1)
+    }
+
+    /// One script call (`GET`, else `SET NX` of the lease) when the read goes out alone;
+    /// else the batched `GET`, then `SET NX` on a miss.
+    async fn get_or_lease(
+        &self,
+        key: &str,
+        lease_key: &str,
+        token: &[u8],
+        ttl: Duration,
+    ) -> Result<LeaseRead> {
+        let script = || async {
+            let op = "EVALSHA (get_or_lease)";
+            let mut conn = self.conn();
+            let mut invocation = self.inner.get_or_lease_script.prepare_invoke();
+            invocation
+                .key(key)
+                .key(lease_key)
+                .arg(token)
+                .arg(ttl_ms(ttl));
+            let answer = self
+                .run(op, async move {
+                    invocation.invoke_async::<Value>(&mut conn).await
+                })
+                .await?;
+            lease_read(answer, op, &self.inner.ctx.endpoint)
+        };
+        coalesce::read_or_lease(self, key, script, || {
+            self.set_nx(lease_key, token.to_vec(), ttl)
+        })
+        .await
     }
 
     /// One pipeline (one round trip) of `SET key value NX PX ttl`, one per key.

@@ -76,20 +76,21 @@ fn counting_loader(
 pub async fn full_miss_loads_once_and_fills_both(b: &dyn Backend) -> TestResult {
     let p = unique_prefix("full-miss");
     let a = users(&engine(b, &p).await?)?;
+    let other = users(&engine(b, &p).await?)?;
     let calls = Arc::new(AtomicU64::new(0));
     let v = a.get_or_load("7", counting_loader(calls.clone())).await?;
     assert_eq!(*v, user(7));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // The load returns once both tiers are filled: a second engine (own L1) reads it from L2
+    // at once.
+    assert_eq!(other.get("7").await?.as_deref(), Some(&user(7)));
+    assert_eq!(other.stats().l2_hits, 1);
     // L1 now answers without L2 or loader.
     assert_eq!(a.get_local("7"), Some(Some(Arc::new(user(7)))));
     let v = a.get_or_load("7", counting_loader(calls.clone())).await?;
     assert_eq!(*v, user(7));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(a.stats().l2_hits, 0);
-    // L2 holds it too: a second engine (own L1) reads it from L2.
-    let other = users(&engine(b, &p).await?)?;
-    assert_eq!(other.get("7").await?.as_deref(), Some(&user(7)));
-    assert_eq!(other.stats().l2_hits, 1);
     Ok(())
 }
 
