@@ -1,7 +1,8 @@
 //! `get_many` of 100 keys (all L1 misses, all L2 hits) against 100 sequential `GET`s, on the
 //! standalone Redis at `REDIS_URL` and on a throwaway 3-master Redis Cluster started here
 //! with `cache_testkit::RedisCluster` (or the one in `CLUSTER_URLS`, comma-separated); and
-//! the L2 hit throughput (16 tasks, L1 dropped before each read) on the cluster vs standalone.
+//! the L2 hit throughput (16 and 64 tasks, L1 dropped before each read) on the cluster vs
+//! standalone; target at 64 tasks: ≥ 1.0× raw redis-rs cluster `GET` + decode.
 //!
 //! - `tiercache get_many`: `Cache::clear_local()` (untimed), then `get_many(&keys).await`
 //!   timed: one L2 round trip (`MGET` standalone; per-slot requests on the cluster);
@@ -14,7 +15,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use benches::{sample_user, BoxError, Latencies, Record, Role, User};
+use benches::{sample_user, BoxError, Latencies, Record, Role, TargetKind, User};
 use cache_tiered::{Cache, MsgPack};
 use redis::AsyncCommands;
 
@@ -90,9 +91,18 @@ async fn latency<C: redis::aio::ConnectionLike + Clone + Send>(
     Ok(per)
 }
 
-/// ops/s of 16 tasks doing L2 hits through `cache` (L1 dropped before each read).
-async fn l2_throughput(cache: &Cache<User, MsgPack>, run: Duration) -> Result<f64, BoxError> {
-    let (counts, elapsed) = benches::run_tasks(16, run, |t, stop| {
+/// Reader counts of the throughput rows; the cluster's target (≥ 1.0× raw) is judged at 64,
+/// as the standalone one is (`l2_hit`).
+const TASKS: [usize; 2] = [16, 64];
+
+/// ops/s of `tasks` tasks doing L2 hits through `cache` (L1 dropped before each read), each
+/// on its own key.
+async fn l2_throughput(
+    cache: &Cache<User, MsgPack>,
+    run: Duration,
+    tasks: usize,
+) -> Result<f64, BoxError> {
+    let (counts, elapsed) = benches::run_tasks(tasks, run, |t, stop| {
         let cache = cache.clone();
         async move {
             let k = format!("tp:{t}");
@@ -114,8 +124,9 @@ async fn l2_throughput(cache: &Cache<User, MsgPack>, run: Duration) -> Result<f6
 async fn raw_cluster_throughput(
     con: &redis::cluster_async::ClusterConnection,
     run: Duration,
+    tasks: usize,
 ) -> Result<f64, BoxError> {
-    let (counts, elapsed) = benches::run_tasks(16, run, |t, stop| {
+    let (counts, elapsed) = benches::run_tasks(tasks, run, |t, stop| {
         let mut con = con.clone();
         async move {
             let k = format!("bench:raw:tp:{t}");
@@ -149,7 +160,7 @@ async fn fill<C: redis::aio::ConnectionLike + Send>(
             .await?;
         cache.set(&cache_keys[i], u).await?;
     }
-    for t in 0..16 {
+    for t in 0..TASKS[1] as u64 {
         let u = sample_user(t);
         cache.set(&format!("tp:{t}"), u.clone()).await?;
         let () = redis::cmd("SET")
@@ -255,7 +266,6 @@ fn main() -> Result<(), BoxError> {
         };
         let lat = latency(&mut s, rounds).await?;
         push_latency(&mut records, "get_many 100 keys (standalone)", &lat, rounds, "standalone");
-        let standalone_ops = l2_throughput(&cache, run).await?;
 
         if let Some(urls) = cluster_urls {
             let engine = cache_tiered::builder("benchgm")
@@ -279,30 +289,41 @@ fn main() -> Result<(), BoxError> {
             };
             let lat = latency(&mut s, rounds).await?;
             push_latency(&mut records, "get_many 100 keys (cluster)", &lat, rounds, "3-master cluster");
-            // Throughput: A B B A slices of the three subjects.
-            let mut tot = [0.0f64; 3];
-            for order in [[0usize, 1, 2], [2, 1, 0]] {
-                for i in order {
-                    tot[i] += match i {
-                        0 => l2_throughput(&ccache, run / 2).await?,
-                        1 => l2_throughput(&cache, run / 2).await?,
-                        _ => raw_cluster_throughput(&ccon, run / 2).await?,
-                    } / 2.0;
+            for tasks in TASKS {
+                // Throughput: A B B A slices of the three subjects.
+                let mut tot = [0.0f64; 3];
+                for order in [[0usize, 1, 2], [2, 1, 0]] {
+                    for i in order {
+                        tot[i] += match i {
+                            0 => l2_throughput(&ccache, run / 2, tasks).await?,
+                            1 => l2_throughput(&cache, run / 2, tasks).await?,
+                            _ => raw_cluster_throughput(&ccon, run / 2, tasks).await?,
+                        } / 2.0;
+                    }
                 }
-            }
-            let standalone = (tot[1] + standalone_ops) / 2.0;
-            let w = "l2_hit/throughput, 16 tasks, cluster vs standalone";
-            for (subject, role, label, ops, how) in [
-                ("tiercache", Role::Tiercache, "tiercache", tot[0], "tiercache on the 3-master cluster (ClusterStore): 16 tasks, invalidate_local + get per read"),
-                ("tiercache_standalone", Role::Peer, "tiercache standalone", standalone, "tiercache on the standalone Redis: 16 tasks, invalidate_local + get per read"),
-                ("redis_cluster", Role::Peer, "raw redis-rs cluster GET + decode", tot[2], "raw redis-rs ClusterConnection GET + rmp_serde decode, 16 tasks"),
-            ] {
-                eprintln!("get_many: {label:<34} {ops:>10.0} ops/s");
-                records.push(
-                    Record::result(w, subject, role, label, "ops_per_s")
-                        .num("ops_per_s", ops)
-                        .str("how", how),
-                );
+                let w = format!("l2_hit/throughput, {tasks} tasks, cluster vs standalone");
+                for (subject, role, label, ops, how) in [
+                    ("tiercache", Role::Tiercache, "tiercache", tot[0], "tiercache on the 3-master cluster (ClusterStore): invalidate_local + get per read"),
+                    ("tiercache_standalone", Role::Peer, "tiercache standalone", tot[1], "tiercache on the standalone Redis: invalidate_local + get per read"),
+                    ("redis_cluster", Role::Peer, "raw redis-rs cluster GET + decode", tot[2], "raw redis-rs ClusterConnection GET + rmp_serde decode"),
+                ] {
+                    eprintln!("get_many: {tasks:>3} tasks {label:<34} {ops:>10.0} ops/s");
+                    records.push(
+                        Record::result(&w, subject, role, label, "ops_per_s")
+                            .num("ops_per_s", ops)
+                            .str("how", &format!("{how}, {tasks} tasks, each on its own key")),
+                    );
+                }
+                if tasks == TASKS[1] {
+                    records.push(Record::target(
+                        &w,
+                        "ops_per_s",
+                        "redis_cluster",
+                        TargetKind::MinRatio,
+                        1.0,
+                        ">= 1.0x raw redis-rs cluster GET + decode (coalesced reads per primary)",
+                    ));
+                }
             }
         }
         Ok::<_, BoxError>(records)
