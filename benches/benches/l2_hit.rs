@@ -53,6 +53,22 @@ async fn cache_op(cache: &Cache<User, MsgPack>, key: &str) -> Result<Duration, B
     }
 }
 
+/// One L2 read through `get_or_load` (a load's first step; the loader must not run).
+async fn load_op(cache: &Cache<User, MsgPack>, key: &str) -> Result<Duration, BoxError> {
+    cache.invalidate_local(key);
+    let start = Instant::now();
+    let v = cache
+        .get_or_load(key, |_| async {
+            Err::<User, BoxError>("the loader ran on an L2 hit".into())
+        })
+        .await?;
+    let d = start.elapsed();
+    if v.name.is_empty() {
+        return Err(format!("tiercache get_or_load: no value for {key}").into());
+    }
+    Ok(d)
+}
+
 /// One raw GET + decode; errors unless it returns the value.
 async fn raw_op(con: &mut MultiplexedConnection, key: &str) -> Result<Duration, BoxError> {
     let start = Instant::now();
@@ -68,9 +84,55 @@ async fn raw_op(con: &mut MultiplexedConnection, key: &str) -> Result<Duration, 
     }
 }
 
+/// Cold loads, interleaved: `get_or_load` of a fresh key (loader answers at once) against
+/// raw cache-aside (`GET`, a miss, encode, `SET PX`); `n` of each. Returns (tiercache, raw).
+async fn cold_latency(
+    cache: &Cache<User, MsgPack>,
+    con: &mut MultiplexedConnection,
+    n: usize,
+) -> Result<(Latencies, Latencies), BoxError> {
+    let nonce = benches::realtime_ns();
+    let (mut c, mut r) = (Latencies::new(), Latencies::new());
+    for i in 0..n {
+        let key = format!("cold:{nonce}:{i}");
+        let raw_key = format!("bench:raw:cold:{nonce}:{i}");
+        for k in 0..2 {
+            if (i + k) % 2 == 0 {
+                let start = Instant::now();
+                let v = cache
+                    .get_or_load(&key, move |_| async move {
+                        Ok::<_, BoxError>(sample_user(i as u64))
+                    })
+                    .await?;
+                c.record(start.elapsed());
+                if v.id != i as u64 {
+                    return Err("tiercache: wrong value on a cold load".into());
+                }
+            } else {
+                let start = Instant::now();
+                let got: Option<Vec<u8>> = redis::cmd("GET").arg(&raw_key).query_async(con).await?;
+                if got.is_some() {
+                    return Err("raw: a cold key held a value".into());
+                }
+                let bytes = rmp_serde::to_vec_named(&sample_user(i as u64))?;
+                let () = redis::cmd("SET")
+                    .arg(&raw_key)
+                    .arg(bytes)
+                    .arg("PX")
+                    .arg(60_000)
+                    .query_async(con)
+                    .await?;
+                r.record(start.elapsed());
+            }
+        }
+    }
+    Ok((c, r))
+}
+
 struct Latency {
     cache: Latencies,
     raw: Latencies,
+    load: Latencies,
 }
 
 async fn latency(
@@ -84,24 +146,31 @@ async fn latency(
     for _ in 0..warm {
         cache_op(cache, &ck).await?;
         raw_op(con, &rk).await?;
+        load_op(cache, &ck).await?;
     }
     let hits_before = cache.stats().l2_hits;
     let mut c = Latencies::new();
     let mut r = Latencies::new();
+    let mut l = Latencies::new();
     for i in 0..n {
-        if i % 2 == 0 {
-            c.record(cache_op(cache, &ck).await?);
-            r.record(raw_op(con, &rk).await?);
-        } else {
-            r.record(raw_op(con, &rk).await?);
-            c.record(cache_op(cache, &ck).await?);
+        // The three subjects in rotating order.
+        for k in 0..3 {
+            match (i + k) % 3 {
+                0 => c.record(cache_op(cache, &ck).await?),
+                1 => r.record(raw_op(con, &rk).await?),
+                _ => l.record(load_op(cache, &ck).await?),
+            }
         }
     }
     let hits = cache.stats().l2_hits - hits_before;
-    if hits != n as u64 {
-        return Err(format!("expected {n} L2 hits, the cache counted {hits}").into());
+    if hits != 2 * n as u64 {
+        return Err(format!("expected {} L2 hits, the cache counted {hits}", 2 * n).into());
     }
-    Ok(Latency { cache: c, raw: r })
+    Ok(Latency {
+        cache: c,
+        raw: r,
+        load: l,
+    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -299,6 +368,79 @@ fn main() -> Result<(), BoxError> {
                 5.0,
                 "p50 <= raw p50 + 5 µs",
             ));
+            let (c2, mut con2) = (cache.clone(), con.clone());
+            let cold_n = n / 5;
+            let (cold, raw_cold) =
+                tokio::spawn(async move { cold_latency(&c2, &mut con2, cold_n).await }).await??;
+            let w_cold = "l2_hit/cold load (L1 and L2 miss, loader answers at once)";
+            for (subject, role, label, s, how) in [
+                (
+                    "tiercache",
+                    Role::Tiercache,
+                    "tiercache get_or_load",
+                    &cold,
+                    "get_or_load(fresh key, loader).await: the first step (the value, else the \
+                     lease), the loader, the compare-and-set fill",
+                ),
+                (
+                    "redis-rs",
+                    Role::Peer,
+                    "raw cache-aside: GET, miss, encode, SET PX",
+                    &raw_cold,
+                    "redis-rs GET (a miss) + rmp_serde encode + SET PX on a MultiplexedConnection \
+                     (no protection against concurrent loads)",
+                ),
+            ] {
+                let (p50, p99) = (s.percentile(50.0) / 1e3, s.percentile(99.0) / 1e3);
+                eprintln!("l2_hit: cold load {subject:<10} p50 {p50:>7.1} µs  p99 {p99:>7.1} µs");
+                records.push(
+                    Record::result(w_cold, subject, role, label, "p50_us")
+                        .num("p50_us", p50)
+                        .num("p99_us", p99)
+                        .num("mean_us", s.mean() / 1e3)
+                        .num("samples", s.len() as f64)
+                        .str("how", &format!("{how}; {} interleaved ops", s.len())),
+                );
+            }
+            // The same L2 hit through `get_or_load` (a load's first step: the flight, then the
+            // read), beside the same raw figures; no target.
+            let w = "l2_hit/latency via get_or_load (L1 dropped)";
+            let how_load = format!(
+                "invalidate_local(key) untimed, then get_or_load(key, loader).await timed (an L2 \
+                 hit: the loader never runs); {} ops interleaved with the rows above",
+                lat.load.len()
+            );
+            for (subject, role, label, s, how) in [
+                ("tiercache", Role::Tiercache, "tiercache get_or_load", &lat.load, how_load),
+                (
+                    "redis-rs",
+                    Role::Peer,
+                    "raw redis-rs GET + decode",
+                    &lat.raw,
+                    "the raw subject of l2_hit/latency (L1 dropped)".to_owned(),
+                ),
+            ] {
+                let (p50, p99, mean) = (
+                    s.percentile(50.0) / 1e3,
+                    s.percentile(99.0) / 1e3,
+                    s.mean() / 1e3,
+                );
+                if subject == "tiercache" {
+                    eprintln!(
+                        "l2_hit: get_or_load latency p50 {p50:>7.1} µs  p99 {p99:>7.1} µs  \
+                         mean {mean:>7.1} µs  ({} ops)",
+                        s.len()
+                    );
+                }
+                records.push(
+                    Record::result(w, subject, role, label, "p50_us")
+                        .num("p50_us", p50)
+                        .num("p99_us", p99)
+                        .num("mean_us", mean)
+                        .num("samples", s.len() as f64)
+                        .str("how", &how),
+                );
+            }
         }
         if run_throughput {
             for tasks in [1usize, 16, 64, 256] {
