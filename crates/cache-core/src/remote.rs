@@ -438,6 +438,27 @@ impl RemoteStore for MemoryStore {
         Ok(true)
     }
 
+    /// One call, atomic like the Redis script.
+    async fn get_or_lease(
+        &self,
+        key: &str,
+        lease_key: &str,
+        token: &[u8],
+        ttl: Duration,
+    ) -> Result<LeaseRead> {
+        self.enter()?;
+        self.pause().await;
+        let mut map = self.lock();
+        if let Some(value) = Self::live(&mut map, key) {
+            return Ok(LeaseRead::Value(value));
+        }
+        if Self::live(&mut map, lease_key).is_some() {
+            return Ok(LeaseRead::Busy);
+        }
+        map.insert(lease_key.to_owned(), (token.to_vec(), Instant::now() + ttl));
+        Ok(LeaseRead::Leased)
+    }
+
     async fn set_if_lease(
         &self,
         lease_key: &str,
@@ -519,6 +540,21 @@ mod tests {
                 .await?
         );
         assert_eq!(s.get("a").await?, Some(b"3".to_vec()));
+        // get_or_lease: the value, else the lease (one call), else busy.
+        let ttl = Duration::from_secs(5);
+        let calls = s.calls();
+        assert_eq!(
+            s.get_or_lease("a", "la", b"t", ttl).await?,
+            LeaseRead::Value(b"3".to_vec())
+        );
+        assert_eq!(s.get("la").await?, None, "a hit took the lease");
+        assert_eq!(
+            s.get_or_lease("m", "lm", b"t", ttl).await?,
+            LeaseRead::Leased
+        );
+        assert_eq!(s.get("lm").await?, Some(b"t".to_vec()));
+        assert_eq!(s.get_or_lease("m", "lm", b"u", ttl).await?, LeaseRead::Busy);
+        assert_eq!(s.calls() - calls, 5, "one call each");
         s.set_down(true);
         assert_eq!(
             s.get("a").await.map_err(|e| e.kind()),

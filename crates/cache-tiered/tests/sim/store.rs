@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cache_tiered::{Error, ErrorKind, RemoteEntry, RemoteStore, Result};
+use cache_tiered::{Error, ErrorKind, LeaseRead, RemoteEntry, RemoteStore, Result};
 
 use super::faults::Faults;
 
@@ -102,6 +102,21 @@ impl RemoteStore for FaultStore {
     async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool> {
         self.gated("set_nx", key, self.inner.set_nx(key, value, ttl))
             .await
+    }
+
+    async fn get_or_lease(
+        &self,
+        key: &str,
+        lease_key: &str,
+        token: &[u8],
+        ttl: Duration,
+    ) -> Result<LeaseRead> {
+        self.gated(
+            "get_or_lease",
+            key,
+            self.inner.get_or_lease(key, lease_key, token, ttl),
+        )
+        .await
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
