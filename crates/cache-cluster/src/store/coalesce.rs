@@ -33,18 +33,19 @@ struct Queued {
 }
 
 impl ClusterStore {
+    /// This store seen through the read queue of `key`'s primary.
+    fn queued(&self, key: &str) -> Queued {
+        Queued {
+            store: self.clone(),
+            queue: self.inner.topology.read_queue(slot(key.as_bytes())),
+        }
+    }
+
     /// Read `key` through the queue of its slot's primary.
     pub(super) async fn coalesced_get(&self, key: &str) -> Answer {
-        let queue = self.inner.topology.read_queue(slot(key.as_bytes()));
-        let queued = Queued {
-            store: self.clone(),
-            queue,
-        };
-        coalesced_read(&queued, key).await
+        coalesced_read(&self.queued(key), key).await
     }
-}
 
-impl ClusterStore {
     /// [`RemoteStore::get_or_lease`] through the queue of the key's primary: the script when
     /// the read goes out alone, else the batched read and `SET NX` on a miss.
     pub(super) async fn coalesced_get_or_lease(
@@ -55,11 +56,7 @@ impl ClusterStore {
         ttl: Duration,
     ) -> Result<LeaseRead> {
         same_slot(key, lease_key)?;
-        let queue = self.inner.topology.read_queue(slot(key.as_bytes()));
-        let queued = Queued {
-            store: self.clone(),
-            queue,
-        };
+        let queued = self.queued(key);
         let script = || async {
             let op = "EVALSHA (get_or_lease)";
             let ttl = ttl_ms(ttl).to_string();
