@@ -504,20 +504,19 @@ where
             && self.misses.likely())
         .then(|| self.fill_lease_key(&full))
         .flatten();
-        let mut leasing = None;
-        let read = match lease_first {
-            _ if options.skip_l2_read => Ok(None),
-            Some(lease_key) => self
-                .l2_read_or_lease(&key, &full, lease_key, epoch, !options.skip_l1_write)
-                .await
-                .map(|(found, lease)| {
-                    leasing = lease;
-                    found
-                }),
-            None => {
-                self.l2_read(&key, &full, epoch, !options.skip_l1_write)
+        let fill_l1 = !options.skip_l1_write;
+        let (read, leasing) = match lease_first {
+            _ if options.skip_l2_read => (Ok(None), None),
+            Some(lease_key) => {
+                match self
+                    .l2_read_or_lease(&key, &full, lease_key, epoch, fill_l1)
                     .await
+                {
+                    Ok((found, leasing)) => (Ok(found), leasing),
+                    Err(e) => (Err(e), None),
+                }
             }
+            None => (self.l2_read(&key, &full, epoch, fill_l1).await, None),
         };
         let (l2_found, l2_down) = match read {
             Ok(found) => {
