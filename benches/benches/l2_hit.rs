@@ -129,6 +129,35 @@ async fn cold_latency(
     Ok((c, r))
 }
 
+/// Print and record the latency rows of workload `w`: `(subject, role, label, figures, how)`.
+fn latency_rows(
+    records: &mut Vec<Record>,
+    w: &str,
+    rows: [(&str, Role, &str, &Latencies, String); 2],
+) {
+    for (subject, role, label, s, how) in rows {
+        let (p50, p99, mean) = (
+            s.percentile(50.0) / 1e3,
+            s.percentile(99.0) / 1e3,
+            s.mean() / 1e3,
+        );
+        eprintln!(
+            "l2_hit: {w}: {label:<26} p50 {p50:>7.1} µs  p99 {p99:>7.1} µs  mean {mean:>7.1} µs  \
+             ({} ops)",
+            s.len()
+        );
+        records.push(
+            Record::result(w, subject, role, label, "p50_us")
+                .num("p50_us", p50)
+                .num("p99_us", p99)
+                .num("mean_us", mean)
+                .num("ops_per_s", 1e6 / mean)
+                .num("samples", s.len() as f64)
+                .str("how", &how),
+        );
+    }
+}
+
 struct Latency {
     cache: Latencies,
     raw: Latencies,
@@ -324,42 +353,14 @@ fn main() -> Result<(), BoxError> {
                  {} interleaved ops, {raw_len} B in Redis",
                 lat.raw.len()
             );
-            for (subject, role, label, s, how) in [
-                (
-                    "tiercache",
-                    Role::Tiercache,
-                    "tiercache",
-                    &lat.cache,
-                    how_cache,
-                ),
-                (
-                    "redis-rs",
-                    Role::Peer,
-                    "raw redis-rs GET + decode",
-                    &lat.raw,
-                    how_raw,
-                ),
-            ] {
-                let (p50, p99, mean) = (
-                    s.percentile(50.0) / 1e3,
-                    s.percentile(99.0) / 1e3,
-                    s.mean() / 1e3,
-                );
-                eprintln!(
-                    "l2_hit: {subject:<10} latency p50 {p50:>7.1} µs  p99 {p99:>7.1} µs  \
-                     mean {mean:>7.1} µs  ({} ops)",
-                    s.len()
-                );
-                records.push(
-                    Record::result(w, subject, role, label, "p50_us")
-                        .num("p50_us", p50)
-                        .num("p99_us", p99)
-                        .num("mean_us", mean)
-                        .num("ops_per_s", 1e6 / mean)
-                        .num("samples", s.len() as f64)
-                        .str("how", &how),
-                );
-            }
+            latency_rows(
+                &mut records,
+                w,
+                [
+                    ("tiercache", Role::Tiercache, "tiercache", &lat.cache, how_cache),
+                    ("redis-rs", Role::Peer, "raw redis-rs GET + decode", &lat.raw, how_raw),
+                ],
+            );
             records.push(Record::target(
                 w,
                 "p50_us",
@@ -373,35 +374,36 @@ fn main() -> Result<(), BoxError> {
             let (cold, raw_cold) =
                 tokio::spawn(async move { cold_latency(&c2, &mut con2, cold_n).await }).await??;
             let w_cold = "l2_hit/cold load (L1 and L2 miss, loader answers at once)";
-            for (subject, role, label, s, how) in [
-                (
-                    "tiercache",
-                    Role::Tiercache,
-                    "tiercache get_or_load",
-                    &cold,
-                    "get_or_load(fresh key, loader).await: the first step (the value, else the \
-                     lease), the loader, the compare-and-set fill",
-                ),
-                (
-                    "redis-rs",
-                    Role::Peer,
-                    "raw cache-aside: GET, miss, encode, SET PX",
-                    &raw_cold,
-                    "redis-rs GET (a miss) + rmp_serde encode + SET PX on a MultiplexedConnection \
-                     (no protection against concurrent loads)",
-                ),
-            ] {
-                let (p50, p99) = (s.percentile(50.0) / 1e3, s.percentile(99.0) / 1e3);
-                eprintln!("l2_hit: cold load {subject:<10} p50 {p50:>7.1} µs  p99 {p99:>7.1} µs");
-                records.push(
-                    Record::result(w_cold, subject, role, label, "p50_us")
-                        .num("p50_us", p50)
-                        .num("p99_us", p99)
-                        .num("mean_us", s.mean() / 1e3)
-                        .num("samples", s.len() as f64)
-                        .str("how", &format!("{how}; {} interleaved ops", s.len())),
-                );
-            }
+            latency_rows(
+                &mut records,
+                w_cold,
+                [
+                    (
+                        "tiercache",
+                        Role::Tiercache,
+                        "tiercache get_or_load",
+                        &cold,
+                        format!(
+                            "get_or_load(fresh key, loader).await: the first step (the value, \
+                             else the lease), the loader, the compare-and-set fill; {} \
+                             interleaved ops",
+                            cold.len()
+                        ),
+                    ),
+                    (
+                        "redis-rs",
+                        Role::Peer,
+                        "raw cache-aside: GET, miss, encode, SET PX",
+                        &raw_cold,
+                        format!(
+                            "redis-rs GET (a miss) + rmp_serde encode + SET PX on a \
+                             MultiplexedConnection (no protection against concurrent loads); {} \
+                             interleaved ops",
+                            raw_cold.len()
+                        ),
+                    ),
+                ],
+            );
             // The same L2 hit through `get_or_load` (a load's first step: the flight, then the
             // read), beside the same raw figures; no target.
             let w = "l2_hit/latency via get_or_load (L1 dropped)";
@@ -410,37 +412,20 @@ fn main() -> Result<(), BoxError> {
                  hit: the loader never runs); {} ops interleaved with the rows above",
                 lat.load.len()
             );
-            for (subject, role, label, s, how) in [
-                ("tiercache", Role::Tiercache, "tiercache get_or_load", &lat.load, how_load),
-                (
-                    "redis-rs",
-                    Role::Peer,
-                    "raw redis-rs GET + decode",
-                    &lat.raw,
-                    "the raw subject of l2_hit/latency (L1 dropped)".to_owned(),
-                ),
-            ] {
-                let (p50, p99, mean) = (
-                    s.percentile(50.0) / 1e3,
-                    s.percentile(99.0) / 1e3,
-                    s.mean() / 1e3,
-                );
-                if subject == "tiercache" {
-                    eprintln!(
-                        "l2_hit: get_or_load latency p50 {p50:>7.1} µs  p99 {p99:>7.1} µs  \
-                         mean {mean:>7.1} µs  ({} ops)",
-                        s.len()
-                    );
-                }
-                records.push(
-                    Record::result(w, subject, role, label, "p50_us")
-                        .num("p50_us", p50)
-                        .num("p99_us", p99)
-                        .num("mean_us", mean)
-                        .num("samples", s.len() as f64)
-                        .str("how", &how),
-                );
-            }
+            latency_rows(
+                &mut records,
+                w,
+                [
+                    ("tiercache", Role::Tiercache, "tiercache get_or_load", &lat.load, how_load),
+                    (
+                        "redis-rs",
+                        Role::Peer,
+                        "raw redis-rs GET + decode",
+                        &lat.raw,
+                        "the raw subject of l2_hit/latency (L1 dropped)".to_owned(),
+                    ),
+                ],
+            );
         }
         if run_throughput {
             for tasks in [1usize, 16, 64, 256] {
